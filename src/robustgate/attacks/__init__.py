@@ -1,0 +1,7 @@
+"""Attacks share one signature: ``attack(model, x, target, threat) -> x_adv``, moving the
+prediction away from ``target``. Evaluation is separate (``check_robustness``)."""
+
+from robustgate.attacks.pgd import PGD, Attack
+from robustgate.attacks.robustness import check_robustness
+
+__all__ = ["PGD", "Attack", "check_robustness"]

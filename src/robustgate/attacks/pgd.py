@@ -1,0 +1,145 @@
+"""Projected gradient descent (Madry et al.), written here because training needs it inside the
+loop. Linf: sign steps; L2: normalized gradient steps; uniform random start in the ball;
+projection onto the ball and clamp to the domain after every step."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustgate.inputs import check_inputs
+from robustgate.threat import ThreatModel
+
+OBJECTIVES = ("ce", "kl")
+
+
+class Attack(Protocol):
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, threat: ThreatModel
+    ) -> torch.Tensor: ...
+
+
+class PGD:
+    """PGD that moves the prediction away from ``target``.
+
+    Parameters
+    ----------
+    steps: gradient steps per restart.
+    relative_step: step size as a fraction of ``threat.eps``.
+    restarts: independent runs from different random starts.
+    random_start: start uniformly in the ball (else at ``x``).
+    objective: ``"ce"`` maximizes ``CE(f(x'), target)``; ``"kl"`` maximizes
+        ``KL(p(x) || p(x'))`` (TRADES's inner maximization; ``target`` is then unused).
+    early_exit: for robustness checks: a sample leaves the batch as soon as its prediction
+        differs from ``target``, and the first such point is returned. Without it (training) the
+        point of highest objective over the restarts is returned.
+    seed: seed of the random starts (``None``: PyTorch's global generator).
+    """
+
+    def __init__(
+        self,
+        steps: int = 10,
+        relative_step: float = 0.25,
+        restarts: int = 1,
+        random_start: bool = True,
+        objective: str = "ce",
+        early_exit: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        if steps < 0 or restarts < 1:
+            raise ValueError(f"PGD needs steps >= 0 and restarts >= 1, got {steps=}, {restarts=}")
+        if not relative_step > 0:
+            raise ValueError(f"relative_step must be > 0, got {relative_step}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        self.steps = steps
+        self.relative_step = relative_step
+        self.restarts = restarts
+        self.random_start = random_start
+        self.objective = objective
+        self.early_exit = early_exit
+        self.generator = None if seed is None else torch.Generator().manual_seed(seed)
+
+    def __repr__(self) -> str:
+        return (
+            f"PGD(steps={self.steps}, relative_step={self.relative_step}, "
+            f"restarts={self.restarts}, objective={self.objective!r}, "
+            f"early_exit={self.early_exit})"
+        )
+
+    def _loss(
+        self, logits: torch.Tensor, target: torch.Tensor, clean_log_probs: torch.Tensor | None
+    ) -> torch.Tensor:
+        if clean_log_probs is None:
+            return F.cross_entropy(logits, target, reduction="none")
+        return F.kl_div(
+            F.log_softmax(logits, dim=1), clean_log_probs, reduction="none", log_target=True
+        ).sum(dim=1)
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, threat: ThreatModel
+    ) -> torch.Tensor:
+        check_inputs(x, getattr(model, "input_shape", None), threat.low, threat.high)
+        threat.check_dimension(x)
+        x = x.detach()
+        target = target.to(x.device)
+        clean_log_probs = None
+        if self.objective == "kl":
+            with torch.no_grad():
+                clean_log_probs = F.log_softmax(model(x), dim=1)
+        best = x.clone()
+        best_loss = torch.full((len(x),), -torch.inf, device=x.device)
+        fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        for _ in range(self.restarts):
+            active = (~fooled).nonzero().flatten()
+            if len(active) == 0 or threat.eps == 0:
+                break
+            self._run(model, x, target, threat, active, clean_log_probs, best, best_loss, fooled)
+        return best
+
+    def _run(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        target: torch.Tensor,
+        threat: ThreatModel,
+        active: torch.Tensor,
+        clean_log_probs: torch.Tensor | None,
+        best: torch.Tensor,
+        best_loss: torch.Tensor,
+        fooled: torch.Tensor,
+    ) -> None:
+        """One restart on the samples ``active``; updates ``best``, ``best_loss``, ``fooled``."""
+        origin, aim = x[active], target[active]
+        clean = None if clean_log_probs is None else clean_log_probs[active]
+        x_adv = threat.random_start(origin, self.generator) if self.random_start else origin
+        step_size = self.relative_step * threat.eps
+        for step in range(self.steps + 1):
+            x_adv = x_adv.detach().requires_grad_(True)
+            logits = model(x_adv)
+            loss = self._loss(logits, aim, clean)
+            last = step == self.steps
+            gradient = None if last else torch.autograd.grad(loss.sum(), x_adv)[0]
+            x_adv, loss = x_adv.detach(), loss.detach()
+            if self.early_exit:
+                flipped = logits.argmax(dim=1) != aim
+                if bool(flipped.any()):
+                    best[active[flipped]] = x_adv[flipped]
+                    fooled[active[flipped]] = True
+                    keep = ~flipped
+                    active, origin, aim, x_adv, loss = (
+                        active[keep], origin[keep], aim[keep], x_adv[keep], loss[keep]
+                    )
+                    clean = None if clean is None else clean[keep]
+                    gradient = None if gradient is None else gradient[keep]
+                    if len(active) == 0:
+                        return
+            if last:
+                break
+            x_adv = threat.project(x_adv + threat.ascent_step(gradient, step_size), origin)
+        better = loss > best_loss[active]
+        best[active[better]] = x_adv[better]
+        best_loss[active[better]] = loss[better]

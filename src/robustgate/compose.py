@@ -1,0 +1,80 @@
+"""The composed classifier at inference time: branches with selectors, then an accurate core.
+
+``predict(x)`` walks the chain ``(branch_1, selector_1) → … → core``: each input is answered by
+the first branch whose selector selects it, or by the core. It returns the labels and the route
+(the index of the stage that answered; ``len(stages)`` means the core).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from robustgate.inputs import check_inputs
+from robustgate.models.modes import predict_logits
+from robustgate.select import Selector
+
+
+class ComposedClassifier:
+    """``(branch, selector, core)``: predict ``branch(x)`` where the selector selects, else
+    ``core(x)``. Use :meth:`chain` for several branches."""
+
+    def __init__(self, branch: nn.Module, selector: Selector, core: nn.Module) -> None:
+        self.stages: list[tuple[nn.Module, Selector]] = [(branch, selector)]
+        self.core = core
+        self._check_class_counts()
+
+    @classmethod
+    def chain(
+        cls, stages: Sequence[tuple[nn.Module, Selector]], core: nn.Module
+    ) -> ComposedClassifier:
+        """``(branch_1, selector_1) → (branch_2, selector_2) → … → core``."""
+        if not stages:
+            raise ValueError("a chain needs at least one (branch, selector) stage")
+        composed = cls(stages[0][0], stages[0][1], core)
+        composed.stages = list(stages)
+        composed._check_class_counts()
+        return composed
+
+    @property
+    def core_route(self) -> int:
+        """The route value of inputs answered by the core."""
+        return len(self.stages)
+
+    def _named_models(self) -> list[tuple[str, nn.Module]]:
+        named = [(f"branch {i}", branch) for i, (branch, _) in enumerate(self.stages)]
+        return [*named, ("core", self.core)]
+
+    def _check_class_counts(self, probe: torch.Tensor | None = None) -> None:
+        """Models declare ``num_classes``; those that do not are run on ``probe``, if given."""
+        counts = {}
+        for name, model in self._named_models():
+            if hasattr(model, "num_classes"):
+                counts[name] = int(model.num_classes)
+            elif probe is not None:
+                counts[name] = int(predict_logits(model, probe).shape[1])
+        if len(set(counts.values())) > 1:
+            raise ValueError(f"composed models disagree on the number of classes: {counts}")
+
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Labels and routes (int64 tensors on the CPU) for the batch ``x``."""
+        check_inputs(x, getattr(self.core, "input_shape", None))
+        labels = torch.full((len(x),), -1, dtype=torch.int64)
+        routes = torch.full((len(x),), self.core_route, dtype=torch.int64)
+        if len(x):
+            self._check_class_counts(probe=x[:1])
+        pending = torch.arange(len(x))
+        for route, (branch, selector) in enumerate(self.stages):
+            if len(pending) == 0:
+                break
+            selected = selector.select(x[pending]).cpu().bool()
+            chosen = pending[selected]
+            if len(chosen):
+                labels[chosen] = predict_logits(branch, x[chosen]).argmax(dim=1).cpu()
+                routes[chosen] = route
+            pending = pending[~selected]
+        if len(pending):
+            labels[pending] = predict_logits(self.core, x[pending]).argmax(dim=1).cpu()
+        return labels, routes

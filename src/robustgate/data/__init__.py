@@ -1,0 +1,5 @@
+"""Data sets as ``(x, y)``: ``x`` float32 in ``[0, 1]``, ``y`` int64."""
+
+from robustgate.data.synthetic import SYNTHETIC_DATASETS, make_synthetic
+
+__all__ = ["SYNTHETIC_DATASETS", "make_synthetic"]

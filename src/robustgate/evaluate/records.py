@@ -1,0 +1,114 @@
+"""Per-sample evaluation records: label, prediction, accuracy and robustness at each radius."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from robustgate.attacks import Attack, check_robustness
+from robustgate.inputs import check_labels
+from robustgate.io import atomic_write_text
+from robustgate.threat import ThreatModel
+
+
+@dataclass
+class Records:
+    """Per-sample indicators, the atoms of every metric.
+
+    ``robust[eps]`` is ``rob_eps``: the prediction is constant on the ball of radius ``eps``.
+    """
+
+    labels: np.ndarray
+    predictions: np.ndarray
+    robust: dict[float, np.ndarray]
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        self.predictions = np.asarray(self.predictions, dtype=np.int64)
+        self.robust = {float(eps): np.asarray(r, dtype=bool) for eps, r in self.robust.items()}
+        lengths = {len(self.labels), len(self.predictions), *map(len, self.robust.values())}
+        if len(lengths) != 1:
+            raise ValueError(f"records of unequal lengths {sorted(lengths)}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def accurate(self) -> np.ndarray:
+        """``acc(x) = [ŷ(x) = y]``."""
+        return self.predictions == self.labels
+
+    def robust_at(self, eps: float) -> np.ndarray:
+        """``rob_eps``; raises ``KeyError`` naming the radii that were evaluated."""
+        for radius, indicator in self.robust.items():
+            if np.isclose(radius, eps, rtol=1e-9, atol=1e-12):
+                return indicator
+        raise KeyError(f"no robustness evaluated at eps={eps}; have {sorted(self.robust)}")
+
+    def to_csv(self, path: str | Path) -> None:
+        """Write one row per sample (atomically): index, label, prediction, accurate, robust@eps."""
+        radii = sorted(self.robust)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(
+            ["index", "label", "prediction", "accurate", *[f"robust@{r:g}" for r in radii]]
+        )
+        accurate = self.accurate
+        for i in range(len(self)):
+            writer.writerow(
+                [i, self.labels[i], self.predictions[i], int(accurate[i]),
+                 *[int(self.robust[r][i]) for r in radii]]
+            )
+        atomic_write_text(path, buffer.getvalue())
+
+    @classmethod
+    def read_csv(cls, path: str | Path) -> Records:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        if not rows:
+            raise ValueError(f"{path} holds no records")
+        radii = [key for key in rows[0] if key.startswith("robust@")]
+        return cls(
+            labels=[int(row["label"]) for row in rows],
+            predictions=[int(row["prediction"]) for row in rows],
+            robust={
+                float(key.split("@", 1)[1]): [row[key] == "1" for row in rows] for key in radii
+            },
+        )
+
+
+def evaluate_model(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threat: ThreatModel,
+    radii: Sequence[float],
+    attack: Attack,
+    batch_size: int = 1000,
+    progress: bool = True,
+    description: str = "evaluate",
+) -> Records:
+    """Records of ``model`` on ``(x, y)``, with robustness checked by ``attack`` at every radius
+    of ``radii`` (norm and domain from ``threat``)."""
+    check_labels(y, len(x), getattr(model, "num_classes", None))
+    robust = {}
+    predictions = None
+    with tqdm(total=len(x) * len(radii), desc=description, disable=not progress,
+              leave=False, unit="sample") as bar:
+        for eps in radii:
+            at_radius = ThreatModel(threat.norm, eps, threat.low, threat.high)
+            predicted, robust[float(eps)] = check_robustness(
+                model, x, at_radius, attack, batch_size=batch_size, on_batch=bar.update
+            )
+            predictions = predicted if predictions is None else predictions
+    if predictions is None:
+        raise ValueError("radii must name at least one eps")
+    return Records(y.cpu().numpy(), predictions.numpy(), {r: v.numpy() for r, v in robust.items()})

@@ -1,0 +1,57 @@
+"""Validation of input batches: finite, inside the domain, of the shape a model expects."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+DOMAIN_TOLERANCE = 1e-6
+
+
+def check_inputs(
+    x: torch.Tensor,
+    input_shape: Sequence[int] | None = None,
+    low: float = 0.0,
+    high: float = 1.0,
+    name: str = "x",
+) -> None:
+    """Raise ``ValueError`` naming the offending value if ``x`` is not a valid input batch."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() < 2:
+        raise ValueError(
+            f"{name} must be a batch of shape (n, *input_shape), got shape {tuple(x.shape)}"
+        )
+    if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape):
+        raise ValueError(
+            f"{name} has per-sample shape {tuple(x.shape[1:])}, the model expects "
+            f"{tuple(input_shape)}"
+        )
+    if len(x) == 0:
+        return
+    finite = torch.isfinite(x.detach())
+    if not bool(finite.all()):
+        bad = int((~finite).flatten(1).any(dim=1).nonzero()[0])
+        raise ValueError(f"{name} holds NaN or infinite values (first at sample {bad})")
+    smallest, largest = float(x.detach().min()), float(x.detach().max())
+    if smallest < low - DOMAIN_TOLERANCE or largest > high + DOMAIN_TOLERANCE:
+        raise ValueError(
+            f"{name} has values in [{smallest:.4g}, {largest:.4g}], outside the domain "
+            f"[{low}, {high}]; normalization belongs inside the model (a Normalize layer)"
+        )
+
+
+def check_labels(y: torch.Tensor, n: int, num_classes: int | None = None, name: str = "y") -> None:
+    """Raise ``ValueError`` unless ``y`` holds ``n`` integer labels in ``[0, num_classes)``."""
+    if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.dim() != 1:
+        raise ValueError(f"{name} must be a 1-D int64 tensor of labels")
+    if len(y) != n:
+        raise ValueError(f"{name} holds {len(y)} labels for {n} inputs")
+    if num_classes is not None and len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(
+            f"{name} has labels in [{int(y.min())}, {int(y.max())}], the model has "
+            f"{num_classes} classes"
+        )

@@ -1,0 +1,59 @@
+"""The training objectives behind one registry: ``make_loss(name, threat, **params)``."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from robustgate.losses.objectives import (
+    ERA,
+    PGDAT,
+    TRADES,
+    Standard,
+    kl_averaged_over_classes,
+    runner_up,
+    trades_term,
+    training_attack,
+)
+from robustgate.threat import ThreatModel
+
+
+class Loss(Protocol):
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
+
+
+LOSSES: dict[str, type] = {"standard": Standard, "pgd_at": PGDAT, "trades": TRADES, "era": ERA}
+
+
+def make_loss(name: str, threat: ThreatModel | None = None, **params: Any) -> Loss:
+    """Build the named objective; adversarial ones need a ``threat``."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose from {sorted(LOSSES)}")
+    loss_class = LOSSES[name]
+    if loss_class is Standard:
+        if params:
+            raise ValueError(f"loss 'standard' takes no parameters, got {sorted(params)}")
+        return Standard()
+    if threat is None:
+        raise ValueError(f"loss {name!r} is adversarial and needs a threat model")
+    try:
+        return loss_class(threat, **params)
+    except TypeError as error:
+        raise ValueError(f"bad parameters {sorted(params)} for loss {name!r}: {error}") from None
+
+
+__all__ = [
+    "ERA",
+    "LOSSES",
+    "PGDAT",
+    "TRADES",
+    "Loss",
+    "Standard",
+    "kl_averaged_over_classes",
+    "make_loss",
+    "runner_up",
+    "trades_term",
+    "training_attack",
+]

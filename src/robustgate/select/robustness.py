@@ -1,0 +1,47 @@
+"""The robustness selector: keep an input for the branch exactly where the branch is robust.
+
+Checked at ``radius_factor · eps`` (2 by default): ``B(x', eps) ⊂ B(x, 2·eps)`` for every
+``x'`` in ``B(x, eps)``, so robustness on the larger ball keeps the selector's decision and the
+branch's answer fixed under attack (DESIGN.md section 1). ``radius_factor = 1`` is the paper's
+Figure 1 form, in which the selector itself is not attacked.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from robustgate.attacks import Attack, check_robustness
+from robustgate.threat import ThreatModel
+
+
+class Selector(Protocol):
+    def select(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+class RobustnessSelector:
+    """Selects ``x`` where ``model`` is (empirically) robust on ``B(x, radius_factor · eps)``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        threat: ThreatModel,
+        attack: Attack,
+        radius_factor: float = 2.0,
+        batch_size: int = 1000,
+    ) -> None:
+        if not radius_factor >= 1:
+            raise ValueError(
+                f"radius_factor must be >= 1 (2 for a selector that survives attack), got "
+                f"{radius_factor}"
+            )
+        self.model = model
+        self.threat = threat.scaled(radius_factor)
+        self.attack = attack
+        self.batch_size = batch_size
+
+    def select(self, x: torch.Tensor) -> torch.Tensor:
+        """Boolean mask on the CPU: ``True`` where the branch answers."""
+        return check_robustness(self.model, x, self.threat, self.attack, self.batch_size)[1]

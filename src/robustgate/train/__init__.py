@@ -1,0 +1,5 @@
+"""The training loop."""
+
+from robustgate.train.loop import TrainConfig, fit, learning_rate
+
+__all__ = ["TrainConfig", "fit", "learning_rate"]
