@@ -118,11 +118,12 @@ class PGD:
         x_adv = threat.random_start(origin, self.generator) if self.random_start else origin
         step_size = self.relative_step * threat.eps
         for step in range(self.steps + 1):
-            x_adv = x_adv.detach().requires_grad_(True)
-            logits = model(x_adv)
-            loss = self._loss(logits, aim, clean)
             last = step == self.steps
-            gradient = None if last else torch.autograd.grad(loss.sum(), x_adv)[0]
+            with torch.enable_grad():  # also when called under torch.no_grad()
+                x_adv = x_adv.detach().requires_grad_(True)
+                logits = model(x_adv)
+                loss = self._loss(logits, aim, clean)
+                gradient = None if last else torch.autograd.grad(loss.sum(), x_adv)[0]
             x_adv, loss = x_adv.detach(), loss.detach()
             if self.early_exit:
                 flipped = logits.argmax(dim=1) != aim

@@ -1,0 +1,114 @@
+import pytest
+import torch
+from conftest import Linear, exact_radius, random_linear
+
+from robustgate.attacks import PGD, check_robustness
+from robustgate.threat import ThreatModel
+
+EPS = 0.1
+
+
+def interior_points(n: int, dim: int, seed: int) -> torch.Tensor:
+    """Points whose eps-balls (linf and l2, eps <= 0.25) lie inside [0, 1]^dim."""
+    return 0.25 + 0.5 * torch.rand(n, dim, generator=torch.Generator().manual_seed(seed))
+
+
+def robustness_against_exact_radius(num_classes: int, norm: str):
+    model = random_linear(num_classes, dim=5, seed=num_classes)
+    x = interior_points(2000, 5, seed=1)
+    radius = exact_radius(model, x, norm)
+    eps = min(0.25, float(radius.median()))  # balls of radius <= 0.25 stay in the domain
+    attack = PGD(steps=30, relative_step=0.1, restarts=2, early_exit=True, seed=0)
+    _, robust = check_robustness(model, x, ThreatModel(norm, eps), attack)
+    clearly_below, clearly_above = radius < 0.8 * eps, radius > 1.2 * eps
+    assert clearly_below.sum() > 50 and clearly_above.sum() > 50
+    return robust, clearly_below, clearly_above
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_matches_the_exact_radius_of_a_binary_linear_classifier(norm):
+    """|margin| / ||w||_dual: PGD finds a flip below it and never above it."""
+    robust, clearly_below, clearly_above = robustness_against_exact_radius(2, norm)
+    assert not robust[clearly_below].any(), "PGD missed an adversarial point inside the ball"
+    assert robust[clearly_above].all(), "PGD claims a flip beyond the exact radius"
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_on_a_multiclass_linear_classifier_is_sound_and_nearly_complete(norm):
+    """With several classes, maximizing cross-entropy is not always aimed at the nearest
+    boundary, so a few flips below the radius are missed; none is ever claimed above it."""
+    robust, clearly_below, clearly_above = robustness_against_exact_radius(4, norm)
+    assert robust[clearly_above].all(), "PGD claims a flip beyond the exact radius"
+    assert float(robust[clearly_below].float().mean()) < 0.1
+
+
+def test_attack_points_stay_in_the_ball_and_flip_where_they_claim():
+    model = random_linear(3, dim=4, seed=0)
+    x = interior_points(300, 4, seed=2)
+    threat = ThreatModel("linf", EPS)
+    predicted = model(x).argmax(1)
+    x_adv = PGD(steps=20, early_exit=True, seed=0)(model, x, predicted, threat)
+    assert bool((threat.norm_of(x_adv - x) <= EPS + 1e-6).all())
+    flipped = model(x_adv).argmax(1) != predicted
+    _, robust = check_robustness(model, x, threat, PGD(steps=20, early_exit=True, seed=0))
+    assert torch.equal(flipped, ~robust)
+
+
+def test_early_exit_makes_the_same_decisions_as_the_full_attack():
+    model = random_linear(3, dim=4, seed=3)
+    x = interior_points(500, 4, seed=3)
+    threat = ThreatModel("l2", EPS)
+    full = PGD(steps=30, relative_step=0.1, random_start=False)
+    early = PGD(steps=30, relative_step=0.1, random_start=False, early_exit=True)
+    assert torch.equal(check_robustness(model, x, threat, full)[1],
+                       check_robustness(model, x, threat, early)[1])
+
+
+def test_kl_objective_moves_away_from_the_clean_distribution():
+    model = random_linear(3, dim=4, seed=4)
+    x = interior_points(200, 4, seed=4)
+    threat = ThreatModel("linf", EPS)
+    x_adv = PGD(steps=10, objective="kl", seed=0)(model, x, model(x).argmax(1), threat)
+    with torch.no_grad():
+        clean = torch.log_softmax(model(x), 1)
+        kl = (clean.exp() * (clean - torch.log_softmax(model(x_adv), 1))).sum(1)
+    assert bool((threat.norm_of(x_adv - x) <= EPS + 1e-6).all())
+    assert float(kl.mean()) > 1e-3
+
+
+def test_zero_eps_is_robust_everywhere():
+    model = random_linear(3, dim=4, seed=5)
+    x = interior_points(50, 4, seed=5)
+    _, robust = check_robustness(model, x, ThreatModel("linf", 0.0), PGD(seed=0))
+    assert robust.all()
+
+
+def test_attack_rejects_nan_and_wrong_shape():
+    model = random_linear(3, dim=4, seed=0)
+    threat = ThreatModel("linf", EPS)
+    bad = torch.full((2, 4), 0.5)
+    bad[1, 2] = torch.nan
+    with pytest.raises(ValueError, match="NaN"):
+        PGD()(model, bad, torch.zeros(2, dtype=torch.int64), threat)
+    with pytest.raises(ValueError, match="shape"):
+        PGD()(model, torch.full((2, 3), 0.5), torch.zeros(2, dtype=torch.int64), threat)
+    with pytest.raises(ValueError, match="domain"):
+        PGD()(model, torch.full((2, 4), 1.5), torch.zeros(2, dtype=torch.int64), threat)
+
+
+def test_a_point_outside_the_ball_is_reported():
+    model = Linear(torch.eye(2), torch.zeros(2))
+
+    def cheating_attack(model, x, target, threat):
+        return threat.clamp(x + 0.5)
+
+    with pytest.raises(RuntimeError, match="distance"):
+        check_robustness(model, torch.full((3, 2), 0.2), ThreatModel("linf", EPS),
+                         cheating_attack)
+
+
+@pytest.mark.parametrize("arguments", [{"steps": -1}, {"restarts": 0},
+                                       {"relative_step": 0.0}, {"objective": "dlr"}])
+def test_invalid_pgd_settings_are_errors(arguments):
+    with pytest.raises(ValueError):
+        PGD(**arguments)
