@@ -161,11 +161,11 @@ def _explanation(metrics: dict[str, dict[str, Any]], config: DemoConfig) -> str:
         f"the branch's answer cannot be changed. It selects "
         f"{100 * at_2eps['selection_rate']:.1f}% of the inputs and reaches "
         f"{100 * at_2eps['robust_accuracy']:.1f}% robust accuracy. It differs from "
-        f"`composed@eps` because at 2·eps = {2 * config.eps:g} the ball around most points "
-        f"reaches the neighbouring classes, and ERA is robust there only deep inside the "
-        f"classes: on the inputs the sound selector keeps, the standard model is itself robust at "
-        f"eps for {share_text} of them — the sound selector keeps mostly inputs on which the "
-        f"standard model is robust anyway, so the composition gains little over it.\n"
+        f"`composed@eps` because ERA is robust at 2·eps = {2 * config.eps:g} only on inputs at "
+        f"least that far from its decision boundary, i.e. far from every class boundary, where "
+        f"the standard model is robust at eps as well: it is robust on {share_text} of the "
+        f"inputs the sound selector keeps. The sound selector keeps mostly inputs on which the "
+        f"standard model is robust anyway, so the composition gains little over it here.\n"
     )
 
 
