@@ -2,7 +2,7 @@ import pytest
 import torch
 from conftest import Linear, exact_radius, random_linear
 
-from robustgate.attacks import PGD, check_robustness
+from robustgate.attacks import PGD, AutoAttackAdapter, check_robustness, make_attack
 from robustgate.threat import ThreatModel
 
 EPS = 0.1
@@ -112,3 +112,32 @@ def test_a_point_outside_the_ball_is_reported():
 def test_invalid_pgd_settings_are_errors(arguments):
     with pytest.raises(ValueError):
         PGD(**arguments)
+
+
+@pytest.mark.parametrize("name", ["apgd-ce", "autoattack"])
+def test_pyautoattack_matches_the_exact_radius_of_a_binary_linear_classifier(name):
+    model = random_linear(2, dim=5, seed=2)
+    x = interior_points(300, 5, seed=1)
+    radius = exact_radius(model, x, "linf")
+    eps = min(0.25, float(radius.median()))
+    _, robust = check_robustness(model, x, ThreatModel("linf", eps), make_attack(name, steps=50))
+    assert not robust[radius < 0.8 * eps].any()
+    assert robust[radius > 1.2 * eps].all()
+
+
+def test_targeted_apgd_finds_the_nearest_boundary_of_a_multiclass_linear_classifier():
+    model = random_linear(4, dim=5, seed=4)
+    x = interior_points(500, 5, seed=1)
+    radius = exact_radius(model, x, "linf")
+    eps = min(0.25, float(radius.median()))
+    attack = make_attack("apgd-t", steps=50)
+    _, robust = check_robustness(model, x, ThreatModel("linf", eps), attack)
+    assert not robust[radius < 0.8 * eps].any()
+    assert robust[radius > 1.2 * eps].all()
+
+
+def test_unknown_attacks_are_errors():
+    with pytest.raises(ValueError, match="unknown attack 'cw'"):
+        make_attack("cw")
+    with pytest.raises(ValueError, match="unknown pyautoattack attacks"):
+        AutoAttackAdapter(["deepfool"])

@@ -110,3 +110,20 @@ def test_registry_errors_name_the_problem():
         make_loss("era", THREAT, gamma=3)
     with pytest.raises(ValueError, match="weight"):
         make_loss("era", THREAT, weight="medium")
+
+
+def test_gambler_and_confidence_terms_by_hand():
+    model = random_linear(3, dim=2, seed=5)
+    x = torch.rand(10, 2, generator=torch.Generator().manual_seed(5))
+    y = torch.randint(0, 3, (10,), generator=torch.Generator().manual_seed(6))
+    logits, logits_adv = model(x), model(THREAT.project(x + 0.05, x))
+    target = runner_up(logits_adv, logits.argmax(1))
+    extended = torch.cat([logits, logits_adv.gather(1, target.view(-1, 1))], 1).softmax(1)
+    q_y, q_abstain = extended.gather(1, y.view(-1, 1)).squeeze(1), extended[:, -1]
+    gambler = make_loss("era_gambler", THREAT, beta=0.0, payoff=2.0, attack=fixed_attack(0.05))
+    assert torch.allclose(gambler(model, x, y), -torch.log(2.0 * q_y + q_abstain))
+    p = logits.softmax(1)
+    kl_uniform = (torch.full_like(p, 1 / 3) * (torch.log(torch.tensor(1 / 3)) - p.log())).mean(1)
+    weight = 1 - p.gather(1, y.view(-1, 1)).squeeze(1) + q_abstain
+    confidence = make_loss("era_conf", THREAT, beta=0.0, attack=fixed_attack(0.05))
+    assert torch.allclose(confidence(model, x, y), weight * kl_uniform, atol=1e-6)

@@ -1,7 +1,9 @@
 """Attacks share one signature: ``attack(model, x, target, threat) -> x_adv``, moving the
 prediction away from ``target``. Evaluation is separate (``check_robustness``)."""
 
+from robustgate.attacks.autoattack import AutoAttackAdapter
 from robustgate.attacks.pgd import PGD, Attack
+from robustgate.attacks.registry import ATTACKS, make_attack
 from robustgate.attacks.robustness import check_robustness
 
-__all__ = ["PGD", "Attack", "check_robustness"]
+__all__ = ["ATTACKS", "PGD", "Attack", "AutoAttackAdapter", "check_robustness", "make_attack"]

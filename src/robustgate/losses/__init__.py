@@ -11,6 +11,8 @@ from robustgate.losses.objectives import (
     ERA,
     PGDAT,
     TRADES,
+    ERAConfidence,
+    ERAGambler,
     Standard,
     kl_averaged_over_classes,
     runner_up,
@@ -24,7 +26,14 @@ class Loss(Protocol):
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
 
 
-LOSSES: dict[str, type] = {"standard": Standard, "pgd_at": PGDAT, "trades": TRADES, "era": ERA}
+LOSSES: dict[str, type] = {
+    "standard": Standard,
+    "pgd_at": PGDAT,
+    "trades": TRADES,
+    "era": ERA,
+    "era_gambler": ERAGambler,
+    "era_conf": ERAConfidence,
+}
 
 
 def make_loss(name: str, threat: ThreatModel | None = None, **params: Any) -> Loss:
@@ -46,6 +55,8 @@ def make_loss(name: str, threat: ThreatModel | None = None, **params: Any) -> Lo
 
 __all__ = [
     "ERA",
+    "ERAConfidence",
+    "ERAGambler",
     "LOSSES",
     "PGDAT",
     "TRADES",

@@ -7,6 +7,8 @@ own mode; gradients flow only through the loss forwards.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -86,13 +88,60 @@ class TRADES:
         return trades_term(model(x), model(x_adv), y, self.beta_trades)
 
 
-class ERA:
+class _AbstainObjective:
+    """Shared by the ERA family: ``x_adv`` maximizes ``CE(·, ŷ)`` (computed in eval mode),
+    ``ỹ`` is the highest-scoring class of ``f(x_adv)`` other than ``ŷ``, and the loss is an
+    abstain term plus ``β · TRADES`` on the same ``x_adv``."""
+
+    def __init__(
+        self,
+        threat: ThreatModel,
+        beta: float = 1.0,
+        beta_trades: float = 6.0,
+        attack: Attack | None = None,
+    ) -> None:
+        if not (beta >= 0 and beta_trades >= 0):
+            raise ValueError(f"beta and beta_trades must be >= 0, got {beta=}, {beta_trades=}")
+        self.threat = threat
+        self.beta = beta
+        self.beta_trades = beta_trades
+        self.attack = attack or training_attack("ce")
+
+    def abstain_term(
+        self, logits: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor,
+        predicted: torch.Tensor, abstain_target: torch.Tensor,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with eval_mode(model):
+            with torch.no_grad():
+                predicted = model(x).argmax(dim=1)
+            x_adv = self.attack(model, x, predicted, self.threat)
+        logits, logits_adv = model(x), model(x_adv)
+        abstain_target = runner_up(logits_adv, predicted)
+        return self.abstain_term(
+            logits, logits_adv, y, predicted, abstain_target
+        ) + self.beta * trades_term(logits, logits_adv, y, self.beta_trades)
+
+
+def _probability_of(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.softmax(logits, dim=1).gather(1, labels.view(-1, 1)).squeeze(1)
+
+
+def _abstain_extended(logits: torch.Tensor, logits_adv: torch.Tensor,
+                      abstain_target: torch.Tensor) -> torch.Tensor:
+    """Softmax over ``f(x)`` with the abstain score ``f(x_adv)_ỹ`` appended as class ``K``."""
+    abstain_score = logits_adv.gather(1, abstain_target.view(-1, 1))
+    return F.softmax(torch.cat([logits, abstain_score], dim=1), dim=1)
+
+
+class ERA(_AbstainObjective):
     """Empirical robust abstain: ``w · CE(f(x_adv), ỹ) + β · TRADES``.
 
-    ``x_adv`` maximizes ``CE(·, ŷ)``; ``ỹ`` is the highest-scoring class of ``f(x_adv)`` other
-    than ``ŷ``. The weight is ``w = 1 − p_y(x)`` (``"soft"``, not detached, so it also raises
-    ``p_y``) or ``w = [ŷ ≠ y]`` (``"hard"``). The first term makes inaccurate samples
-    non-robust; the TRADES term, on the same ``x_adv``, keeps accurate ones robust.
+    The weight is ``w = 1 − p_y(x)`` (``"soft"``, not detached, so it also raises ``p_y``) or
+    ``w = [ŷ ≠ y]`` (``"hard"``). The first term makes inaccurate samples non-robust; the
+    TRADES term keeps accurate ones robust.
     """
 
     def __init__(
@@ -105,25 +154,49 @@ class ERA:
     ) -> None:
         if weight not in WEIGHTS:
             raise ValueError(f"weight must be one of {WEIGHTS}, got {weight!r}")
-        if not (beta >= 0 and beta_trades >= 0):
-            raise ValueError(f"beta and beta_trades must be >= 0, got {beta=}, {beta_trades=}")
-        self.threat = threat
-        self.beta = beta
-        self.beta_trades = beta_trades
+        super().__init__(threat, beta, beta_trades, attack)
         self.weight = weight
-        self.attack = attack or training_attack("ce")
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with eval_mode(model):
-            with torch.no_grad():
-                predicted = model(x).argmax(dim=1)
-            x_adv = self.attack(model, x, predicted, self.threat)
-        logits, logits_adv = model(x), model(x_adv)
+    def abstain_term(self, logits, logits_adv, y, predicted, abstain_target):
         if self.weight == "soft":
-            weight = 1 - F.softmax(logits, dim=1).gather(1, y.view(-1, 1)).squeeze(1)
+            weight = 1 - _probability_of(logits, y)
         else:
             weight = (predicted != y).to(logits.dtype)
-        abstain_target = runner_up(logits_adv, predicted)
-        return weight * F.cross_entropy(
-            logits_adv, abstain_target, reduction="none"
-        ) + self.beta * trades_term(logits, logits_adv, y, self.beta_trades)
+        return weight * F.cross_entropy(logits_adv, abstain_target, reduction="none")
+
+
+class ERAGambler(_AbstainObjective):
+    """Deep-Gamblers-style ERA: ``−log(c · q_y + q_abstain) + β · TRADES``, ``q`` the softmax of
+    ``f(x)`` extended by the abstain score ``f(x_adv)_ỹ``; the payoff ``c`` > 0 (larger favours
+    predicting over abstaining)."""
+
+    def __init__(
+        self,
+        threat: ThreatModel,
+        beta: float = 1.0,
+        beta_trades: float = 6.0,
+        payoff: float = 1.0,
+        attack: Attack | None = None,
+    ) -> None:
+        if not payoff > 0:
+            raise ValueError(f"payoff must be > 0, got {payoff}")
+        super().__init__(threat, beta, beta_trades, attack)
+        self.payoff = payoff
+
+    def abstain_term(self, logits, logits_adv, y, predicted, abstain_target):
+        extended = _abstain_extended(logits, logits_adv, abstain_target)
+        q_y, q_abstain = extended.gather(1, y.view(-1, 1)).squeeze(1), extended[:, -1]
+        return -torch.log(self.payoff * q_y + q_abstain)
+
+
+class ERAConfidence(_AbstainObjective):
+    """ERA for a confidence selector: ``((1 − p_y(x)) + q_abstain) · KL(u ‖ p(x)) / K +
+    β · TRADES``, ``u`` uniform: low confidence where the sample is inaccurate or non-robust."""
+
+    def abstain_term(self, logits, logits_adv, y, predicted, abstain_target):
+        extended = _abstain_extended(logits, logits_adv, abstain_target)
+        weight = (1 - _probability_of(logits, y)) + extended[:, -1]
+        log_p = F.log_softmax(logits, dim=1)
+        uniform = torch.full_like(log_p, -math.log(logits.shape[1]))
+        kl_uniform = F.kl_div(log_p, uniform, reduction="none", log_target=True).mean(dim=1)
+        return weight * kl_uniform

@@ -1,0 +1,27 @@
+"""Attacks for evaluation by name: ``make_attack(name, **params)``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from robustgate.attacks.autoattack import AutoAttackAdapter
+from robustgate.attacks.pgd import PGD, Attack
+
+ATTACKS = ("pgd", "apgd-ce", "apgd-t", "autoattack")
+
+
+def make_attack(
+    name: str, steps: int = 100, restarts: int = 1, seed: int = 0, **params: Any
+) -> Attack:
+    """An evaluation attack: ``pgd`` (robustgate's, with early exit), ``apgd-ce`` and ``apgd-t``
+    (``steps`` iterations, ``restarts``), or ``autoattack`` (the standard ensemble)."""
+    if name == "pgd":
+        return PGD(steps=steps, restarts=restarts, early_exit=True, seed=seed,
+                   relative_step=params.pop("relative_step", 0.1), **params)
+    if params:
+        raise ValueError(f"attack {name!r} takes no parameters {sorted(params)}")
+    if name in ("apgd-ce", "apgd-t"):
+        return AutoAttackAdapter([name], iterations=steps, restarts=restarts, seed=seed)
+    if name == "autoattack":
+        return AutoAttackAdapter(None, seed=seed)
+    raise ValueError(f"unknown attack {name!r}; choose from {ATTACKS}")
