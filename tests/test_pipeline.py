@@ -27,9 +27,9 @@ def test_small_demo_writes_the_report_and_resumes(tmp_path):
     assert "composed@2eps" in report and "| standard |" in report
     assert (tmp_path / "decision_regions.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "config.json").read_text())["n_train"] == 120
-    weights = (tmp_path / "models" / "era.pt").stat().st_mtime_ns
+    weights = (tmp_path / "models" / "era.safetensors").stat().st_mtime_ns
     assert run_demo(SMALL, tmp_path, device="cpu", progress=False) == metrics
-    assert (tmp_path / "models" / "era.pt").stat().st_mtime_ns == weights
+    assert (tmp_path / "models" / "era.safetensors").stat().st_mtime_ns == weights
 
 
 def test_a_different_config_in_the_same_directory_is_refused(tmp_path):

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from robustgate.data.synthetic import SYNTHETIC_DATASETS
 from robustgate.losses.objectives import WEIGHTS
@@ -79,3 +83,164 @@ class DemoConfig:
                 raise ValueError(f"unknown config keys {['train.' + key for key in bad]}")
             values["train"] = TrainConfig(**values["train"])
         return cls(**values)
+
+
+class _Strict(BaseModel):
+    """Every config section: unknown keys are errors, values are validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ThreatSettings(_Strict):
+    norm: Literal["linf", "l2"] = "linf"
+    eps: float = Field(0.1, ge=0)
+
+    def build(self) -> ThreatModel:
+        return ThreatModel(self.norm, self.eps)
+
+
+class AttackSettings(_Strict):
+    """An attack: ``pgd`` (training and validation), or for evaluation ``apgd-ce``, ``apgd-t``,
+    ``autoattack``. ``relative_step`` applies to ``pgd`` only."""
+
+    name: Literal["pgd", "apgd-ce", "apgd-t", "autoattack"] = "pgd"
+    steps: int = Field(10, ge=1)
+    relative_step: float = Field(0.25, gt=0)
+    restarts: int = Field(1, ge=1)
+
+
+class DataSettings(_Strict):
+    name: str
+    root: str | None = None
+    path: str | None = None
+    download: bool = False
+    validation_size: float = Field(0, ge=0)
+    limit_train: int | None = Field(None, ge=1)
+
+
+class ModelSettings(_Strict):
+    """``init`` names a checkpoint to fine-tune (a robustgate checkpoint, or a plain state dict
+    of this architecture), or ``@name`` for another model of the same experiment."""
+
+    architecture: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    init: str | None = None
+    last_layer_only: bool = False
+
+
+class LossSettings(_Strict):
+    name: str = "standard"
+    params: dict[str, Any] = Field(default_factory=dict)
+    threat: ThreatSettings = Field(default_factory=ThreatSettings)
+    attack: AttackSettings = Field(default_factory=AttackSettings)
+
+
+class OptimizerSettings(_Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    lr_drop_at: float = Field(0.75, ge=0, le=1)
+    lr_drop_factor: float = Field(0.1, gt=0, le=1)
+
+    def build(self, seed: int) -> TrainConfig:
+        return TrainConfig(seed=seed, **self.model_dump())
+
+
+class SelectionSettings(_Strict):
+    """Which validated epoch is kept as ``best``: the best ``metric`` (``goal`` max or min),
+    among the epochs whose ``within`` metric is at most ``tolerance`` below its best value
+    (e.g. lowest robust inaccuracy at equal robust accuracy). Ties go to the later epoch."""
+
+    metric: Literal["natural_accuracy", "robust_accuracy", "robust_inaccuracy", "non_robust"] = (
+        "robust_accuracy"
+    )
+    goal: Literal["max", "min"] = "max"
+    within: Literal["natural_accuracy", "robust_accuracy"] | None = None
+    tolerance: float = Field(0.01, ge=0)
+
+
+class ValidationSettings(_Strict):
+    every: int = Field(1, ge=1)
+    eps: float | None = Field(None, ge=0)
+    attack: AttackSettings = Field(
+        default_factory=lambda: AttackSettings(steps=20, relative_step=0.1)
+    )
+    limit: int | None = Field(1000, ge=1)
+    select: SelectionSettings = Field(default_factory=SelectionSettings)
+
+
+class TrainSpec(_Strict):
+    """One model to train: architecture (and checkpoint to start from), loss, optimizer and
+    validation."""
+
+    model: ModelSettings
+    loss: LossSettings = Field(default_factory=LossSettings)
+    train: OptimizerSettings = Field(default_factory=OptimizerSettings)
+    validation: ValidationSettings | None = None
+
+
+class TrainRunConfig(TrainSpec):
+    """``robustgate train CONFIG.yaml``: one model on one data set."""
+
+    name: str
+    seed: int = 0
+    data: DataSettings
+
+
+class EvaluationSettings(_Strict):
+    attack: AttackSettings = Field(default_factory=lambda: AttackSettings(name="apgd-ce",
+                                                                          steps=100))
+    threat: ThreatSettings = Field(default_factory=ThreatSettings)
+    selector_radius_factor: float = Field(2.0, ge=1)
+    limit: int | None = Field(None, ge=1)
+    batch_size: int = Field(500, ge=1)
+    autoattack_check: int = Field(0, ge=0)
+
+
+class CompositionSettings(_Strict):
+    branch: str
+    core: str
+
+
+class ExperimentConfig(_Strict):
+    """``robustgate run CONFIG.yaml``: several models trained on one data set, evaluated with
+    one attack, and composed."""
+
+    name: str
+    seed: int = 0
+    data: DataSettings
+    models: dict[str, TrainSpec]
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    compositions: list[CompositionSettings] = Field(default_factory=list)
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{where}'")
+        else:
+            problems.append(f"'{where}': {item['msg']}")
+    return "; ".join(problems)
+
+
+def parse_config(values: dict[str, Any], kind: type[_Strict], source: str = "config") -> Any:
+    """Validate ``values`` as a ``kind``; errors name the offending keys."""
+    try:
+        return kind.model_validate(values)
+    except ValidationError as error:
+        raise ValueError(f"{source}: {_describe(error)}") from None
+
+
+def load_config(path: str | Path, kind: type[_Strict]) -> Any:
+    """Read a YAML config file and validate it."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    values = yaml.safe_load(path.read_text())
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a config is a mapping of keys, got {type(values).__name__}")
+    return parse_config(values, kind, str(path))

@@ -95,20 +95,46 @@ def evaluate_model(
     batch_size: int = 1000,
     progress: bool = True,
     description: str = "evaluate",
+    partial: str | Path | None = None,
 ) -> Records:
     """Records of ``model`` on ``(x, y)``, with robustness checked by ``attack`` at every radius
-    of ``radii`` (norm and domain from ``threat``)."""
+    of ``radii`` (norm and domain from ``threat``).
+
+    With ``partial``, the records of the samples done so far are written there (atomically)
+    after every batch, and an earlier partial file is picked up: an interrupted evaluation
+    resumes where it stopped.
+    """
     check_labels(y, len(x), getattr(model, "num_classes", None))
-    robust = {}
-    predictions = None
-    with tqdm(total=len(x) * len(radii), desc=description, disable=not progress,
-              leave=False, unit="sample") as bar:
-        for eps in radii:
-            at_radius = ThreatModel(threat.norm, eps, threat.low, threat.high)
-            predicted, robust[float(eps)] = check_robustness(
-                model, x, at_radius, attack, batch_size=batch_size, on_batch=bar.update
-            )
-            predictions = predicted if predictions is None else predictions
-    if predictions is None:
+    if not radii:
         raise ValueError("radii must name at least one eps")
-    return Records(y.cpu().numpy(), predictions.numpy(), {r: v.numpy() for r, v in robust.items()})
+    threats = [ThreatModel(threat.norm, eps, threat.low, threat.high) for eps in radii]
+    done = _read_partial(partial, y, radii)
+    labels = y.cpu().numpy()
+    predictions = list(done.predictions) if done else []
+    robust = {float(eps): list(done.robust_at(eps)) if done else [] for eps in radii}
+    with tqdm(total=len(x), initial=len(predictions), desc=description, disable=not progress,
+              leave=False, unit="sample") as bar:
+        for start in range(len(predictions), len(x), batch_size):
+            batch = x[start : start + batch_size]
+            for at_radius in threats:
+                predicted, robust_batch = check_robustness(
+                    model, batch, at_radius, attack, batch_size=batch_size
+                )
+                robust[at_radius.eps] += robust_batch.tolist()
+            predictions += predicted.tolist()
+            if partial is not None:
+                Records(labels[: len(predictions)], predictions, robust).to_csv(partial)
+            bar.update(len(batch))
+    return Records(labels, predictions, robust)
+
+
+def _read_partial(partial: str | Path | None, y: torch.Tensor, radii: Sequence[float]
+                  ) -> Records | None:
+    if partial is None or not Path(partial).exists():
+        return None
+    done = Records.read_csv(partial)
+    for eps in radii:
+        done.robust_at(eps)
+    if len(done) > len(y) or not np.array_equal(done.labels, y[: len(done)].cpu().numpy()):
+        raise ValueError(f"{partial} holds records of other data; remove it to start over")
+    return done

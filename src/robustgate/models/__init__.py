@@ -4,17 +4,29 @@ from robustgate.models.checkpoint import (
     ARCHITECTURES,
     build_model,
     load_checkpoint,
+    load_state_dict_file,
     save_checkpoint,
 )
+from robustgate.models.cnn import SmallCNN
 from robustgate.models.mlp import MLP
 from robustgate.models.modes import eval_mode, model_device, predict_logits
+from robustgate.models.normalize import Normalize
+from robustgate.models.resnet import CIFAR10_MEAN, CIFAR10_STD, ResNet
+from robustgate.models.wideresnet import WideResNet
 
 __all__ = [
     "ARCHITECTURES",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
     "MLP",
+    "Normalize",
+    "ResNet",
+    "SmallCNN",
+    "WideResNet",
     "build_model",
     "eval_mode",
     "load_checkpoint",
+    "load_state_dict_file",
     "model_device",
     "predict_logits",
     "save_checkpoint",

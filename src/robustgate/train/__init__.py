@@ -1,5 +1,5 @@
 """The training loop."""
 
-from robustgate.train.loop import TrainConfig, fit, learning_rate
+from robustgate.train.loop import TrainConfig, epoch_seed, fit, learning_rate, make_optimizer
 
-__all__ = ["TrainConfig", "fit", "learning_rate"]
+__all__ = ["TrainConfig", "epoch_seed", "fit", "learning_rate", "make_optimizer"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +54,24 @@ def learning_rate(config: TrainConfig, epoch: int) -> float:
     return config.lr * (config.lr_drop_factor if dropped else 1.0)
 
 
+def epoch_seed(config: TrainConfig, epoch: int) -> int:
+    """The seed of one epoch's randomness (batch order, attack starts): a resumed run draws
+    exactly what an uninterrupted one would."""
+    return config.seed * 1_000_003 + epoch
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD over the parameters that require gradients (all, or the last layer when frozen)."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if not parameters:
+        raise ValueError("the model has no trainable parameters")
+    return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
+EpochCallback = Callable[[int, dict[str, float], torch.optim.Optimizer], None]
+
+
 def fit(
     model: nn.Module,
     loss: Loss,
@@ -61,35 +80,46 @@ def fit(
     config: TrainConfig,
     progress: bool = True,
     description: str = "train",
+    optimizer: torch.optim.Optimizer | None = None,
+    start_epoch: int = 0,
+    on_epoch_end: EpochCallback | None = None,
 ) -> list[dict[str, float]]:
-    """Train ``model`` in place on ``(x, y)``; returns one log entry per epoch."""
+    """Train ``model`` in place on ``(x, y)`` from ``start_epoch`` on; returns one log entry per
+    epoch run. ``on_epoch_end(epoch, entry, optimizer)`` may add to the entry (validation
+    metrics) and save state; ``optimizer`` and ``start_epoch`` resume an interrupted run."""
     check_inputs(x, getattr(model, "input_shape", None))
     check_labels(y, len(x), getattr(model, "num_classes", None))
     device = model_device(model)
-    generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum,
-        weight_decay=config.weight_decay,
-    )
+    optimizer = optimizer or make_optimizer(model, config)
     history = []
-    epochs = tqdm(range(config.epochs), desc=description, disable=not progress, leave=False)
+    epochs = tqdm(range(start_epoch, config.epochs), desc=description, disable=not progress,
+                  leave=False, initial=start_epoch, total=config.epochs)
+    forked = [device] if device.type == "cuda" else []
     for epoch in epochs:
         lr = learning_rate(config, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
-        order = torch.randperm(len(x), generator=generator)
         total, count = 0.0, 0
-        for start in range(0, len(x), config.batch_size):
-            index = order[start : start + config.batch_size]
-            batch_x, batch_y = x[index].to(device), y[index].to(device)
-            batch_loss = loss(model, batch_x, batch_y).mean()
-            optimizer.zero_grad(set_to_none=True)
-            batch_loss.backward()
-            optimizer.step()
-            total += batch_loss.item() * len(index)
-            count += len(index)
-        history.append({"epoch": epoch + 1, "lr": lr, "loss": total / count})
+        with torch.random.fork_rng(devices=forked):
+            torch.manual_seed(epoch_seed(config, epoch))
+            order = torch.randperm(
+                len(x), generator=torch.Generator().manual_seed(epoch_seed(config, epoch))
+            )
+            for start in range(0, len(x), config.batch_size):
+                index = order[start : start + config.batch_size]
+                batch_x, batch_y = x[index].to(device), y[index].to(device)
+                batch_loss = loss(model, batch_x, batch_y).mean()
+                optimizer.zero_grad(set_to_none=True)
+                batch_loss.backward()
+                optimizer.step()
+                total += batch_loss.item() * len(index)
+                count += len(index)
+        entry = {"epoch": epoch + 1, "lr": lr, "loss": total / count}
+        model.eval()
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, entry, optimizer)
+        history.append(entry)
         epochs.set_postfix(loss=f"{total / count:.4f}")
     model.eval()
     return history

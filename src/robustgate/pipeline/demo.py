@@ -1,6 +1,6 @@
-"""Config → train → evaluate → compose → report. The demo path of the system.
+"""The demo: standard, TRADES and ERA on a 2-D data set, evaluated, composed and reported.
 
-A run directory holds ``config.json`` (the resolved config), ``models/*.pt``,
+A run directory holds ``config.json`` (the resolved config), ``models/*.safetensors``,
 ``records/<split>/<model>.csv``, ``metrics.json``, ``report.md`` and ``decision_regions.png``.
 A run interrupted midway resumes from the models and records already written, as long as the
 config is the same; a different config in an existing run directory is an error, so nothing
@@ -64,7 +64,7 @@ def _prepare_run_directory(out: Path, config: DemoConfig) -> None:
 def _losses(config: DemoConfig) -> dict[str, Any]:
     def attack(objective: str) -> PGD:
         return training_attack(
-            objective, config.train_attack_steps, config.train_attack_relative_step, config.seed
+            objective, config.train_attack_steps, config.train_attack_relative_step
         )
 
     return {
@@ -83,7 +83,7 @@ def _train_or_load(
     name: str, config: DemoConfig, loss: Any, x: torch.Tensor, y: torch.Tensor,
     num_classes: int, out: Path, device: torch.device, progress: bool,
 ) -> nn.Module:
-    path = out / "models" / f"{name}.pt"
+    path = out / "models" / f"{name}.safetensors"
     if path.exists():
         model, _ = load_checkpoint(path, device)
         _say(f"[{name}] loaded {path}", progress)
@@ -115,15 +115,19 @@ def _evaluate_or_load(
     return records
 
 
-def compositions(records: dict[str, Records], eps: float) -> dict[str, tuple[Records, np.ndarray]]:
-    """ERA (branch) + standard (core) with the robustness selector at eps and at 2·eps: the
-    composed records and the selection mask of each."""
-    branch, core = records[BRANCH], records[CORE]
-    composed = {}
-    for label, factor in COMPOSITIONS.items():
-        selected = branch.robust_at(factor * eps)
-        composed[label] = (compose_records(branch, core, selected), selected)
-    return composed
+def composition_metrics(
+    branch: Records, core: Records, eps: float, radius_factor: float
+) -> dict[str, Any]:
+    """Metrics of ``(branch, robustness selector at radius_factor·eps, core)`` at ``eps``, with
+    the selection rate and the branch's accuracy on the selected inputs."""
+    selected = branch.robust_at(radius_factor * eps)
+    composed = compose_records(branch, core, selected)
+    return {
+        **robustness_metrics(composed.accurate, composed.robust_at(eps)),
+        **selection_metrics(branch.accurate, selected),
+        "core_robust_on_selected": float(core.robust_at(eps)[selected].mean())
+        if selected.any() else None,
+    }
 
 
 def split_metrics(records: dict[str, Records], eps: float) -> dict[str, dict[str, Any]]:
@@ -131,14 +135,8 @@ def split_metrics(records: dict[str, Records], eps: float) -> dict[str, dict[str
     metrics: dict[str, dict[str, Any]] = {
         name: robustness_metrics(r.accurate, r.robust_at(eps)) for name, r in records.items()
     }
-    branch, core = records[BRANCH], records[CORE]
-    for label, (composed, selected) in compositions(records, eps).items():
-        metrics[label] = {
-            **robustness_metrics(composed.accurate, composed.robust_at(eps)),
-            **selection_metrics(branch.accurate, selected),
-            "core_robust_on_selected": float(core.robust_at(eps)[selected].mean())
-            if selected.any() else None,
-        }
+    for label, factor in COMPOSITIONS.items():
+        metrics[label] = composition_metrics(records[BRANCH], records[CORE], eps, factor)
     return metrics
 
 
@@ -194,8 +192,10 @@ def _decision_region_panels(
         return ~r.accurate & r.robust_at(config.eps)
 
     panels = {name: Panel(plain(models[name]), robust_inaccurate(records[name])) for name in MODELS}
-    for label, (composed, _) in compositions(records, config.eps).items():
-        panels[label] = Panel(composition(COMPOSITIONS[label]), robust_inaccurate(composed))
+    for label, factor in COMPOSITIONS.items():
+        selected = records[BRANCH].robust_at(factor * config.eps)
+        composed = compose_records(records[BRANCH], records[CORE], selected)
+        panels[label] = Panel(composition(factor), robust_inaccurate(composed))
     return panels
 
 

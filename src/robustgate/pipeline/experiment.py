@@ -1,0 +1,201 @@
+"""``robustgate run CONFIG.yaml``: train several models on one data set, evaluate them with one
+attack on the test split, compose them, check the attack against full AutoAttack, and report.
+
+The run directory holds ``config.json``, ``models/<name>/`` (training runs, resumable),
+``records/test/<name>.csv`` (per-sample records, resumable), ``autoattack/<name>.csv`` (the
+AutoAttack check), ``metrics.json`` and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robustgate.attacks import make_attack
+from robustgate.config import AttackSettings, ExperimentConfig
+from robustgate.data import load_dataset
+from robustgate.device import resolve_device
+from robustgate.evaluate import Records, evaluate_model, robustness_metrics
+from robustgate.io import atomic_write_json, atomic_write_text
+from robustgate.models import load_checkpoint
+from robustgate.pipeline.demo import composition_metrics
+from robustgate.report import metrics_table
+from robustgate.train.run import train_model
+
+
+def _say(message: str, progress: bool) -> None:
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def evaluation_attack(settings: AttackSettings, seed: int):
+    extra = {"relative_step": settings.relative_step} if settings.name == "pgd" else {}
+    return make_attack(settings.name, steps=settings.steps, restarts=settings.restarts,
+                       seed=seed, **extra)
+
+
+def _check_run_directory(out: Path, config: ExperimentConfig) -> None:
+    path = out / "config.json"
+    resolved = json.loads(config.model_dump_json())
+    if path.exists() and json.loads(path.read_text()) != resolved:
+        raise ValueError(f"{out} holds a run with a different config ({path}); choose another "
+                         "output directory or remove it")
+    atomic_write_json(path, resolved)
+
+
+def _check_model_references(config: ExperimentConfig) -> None:
+    seen: set[str] = set()
+    for name, spec in config.models.items():
+        init = spec.model.init
+        if init is not None and init.startswith("@") and init[1:] not in seen:
+            raise ValueError(f"model {name!r} starts from {init!r}, which is not a model "
+                             f"trained before it; models so far: {sorted(seen)}")
+        seen.add(name)
+    for composition in config.compositions:
+        for role in ("branch", "core"):
+            if getattr(composition, role) not in config.models:
+                raise ValueError(f"composition {role} {getattr(composition, role)!r} is not a "
+                                 f"model of the config; models: {sorted(config.models)}")
+
+
+def run_experiment(
+    config: ExperimentConfig, out: str | Path, device: str | torch.device = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the experiment into ``out`` (resuming what is there); returns the metrics."""
+    out = Path(out)
+    device = resolve_device(device)
+    _check_model_references(config)
+    _check_run_directory(out, config)
+    started = time.perf_counter()
+    data_settings = config.data.model_dump(exclude={"limit_train"})
+    train = load_dataset(split="train", seed=config.seed, **data_settings)
+    validation = load_dataset(split="validation", seed=config.seed, **data_settings)
+    test = load_dataset(split="test", seed=config.seed, **data_settings)
+    x_train, y_train = train.x, train.y
+    if config.data.limit_train is not None:
+        x_train, y_train = x_train[: config.data.limit_train], y_train[: config.data.limit_train]
+    checkpoints: dict[str, Path] = {}
+    for name, spec in config.models.items():
+        _say(f"[{name}] training ({spec.loss.name}, {spec.train.epochs} epochs)", progress)
+        checkpoints[name] = train_model(
+            spec, (x_train, y_train), (validation.x, validation.y) if len(validation.y) else None,
+            train.num_classes, out / "models" / name, seed=config.seed, device=device,
+            progress=progress, resolve=lambda ref: checkpoints[ref[1:]],
+            metadata={"dataset": config.data.name, "num_classes": train.num_classes,
+                      "input_shape": list(train.input_shape)},
+        )
+
+    settings = config.evaluation
+    threat = settings.threat.build()
+    eps, selector_eps = threat.eps, threat.eps * settings.selector_radius_factor
+    threat.scaled(settings.selector_radius_factor)  # validates the selector's radius
+    x_test, y_test = test.x, test.y
+    if settings.limit is not None:
+        x_test, y_test = x_test[: settings.limit], y_test[: settings.limit]
+    attack = evaluation_attack(settings.attack, config.seed)
+    branches = {composition.branch for composition in config.compositions}
+    records: dict[str, Records] = {}
+    models = {}
+    for name, path in checkpoints.items():
+        models[name], _ = load_checkpoint(path, device)
+        radii = [eps, selector_eps] if name in branches else [eps]
+        _say(f"[{name}] evaluating with {settings.attack.name} at eps "
+             + " and ".join(f"{r:g}" for r in radii), progress)
+        partial = out / "records" / "test" / f"{name}.partial.csv"
+        records[name] = evaluate_model(
+            models[name], x_test, y_test, threat, radii, attack,
+            batch_size=settings.batch_size, progress=progress, description=name, partial=partial,
+        )
+        records[name].to_csv(out / "records" / "test" / f"{name}.csv")
+        partial.unlink(missing_ok=True)
+
+    metrics: dict[str, Any] = {
+        name: robustness_metrics(r.accurate, r.robust_at(eps)) for name, r in records.items()
+    }
+    for composition in config.compositions:
+        label = f"{composition.branch}→{composition.core}"
+        metrics[label] = composition_metrics(
+            records[composition.branch], records[composition.core], eps,
+            settings.selector_radius_factor,
+        )
+    check = _autoattack_check(models, records, x_test, y_test, threat, config, out, progress)
+    result = {"test": metrics, "autoattack_check": check,
+              "attack": settings.attack.name, "eps": eps, "selector_eps": selector_eps,
+              "samples": len(y_test), "wall_time_s": round(time.perf_counter() - started, 1)}
+    atomic_write_json(out / "metrics.json", result)
+    atomic_write_text(out / "report.md", _report(config, result))
+    return result
+
+
+def _autoattack_check(
+    models: dict[str, Any], records: dict[str, Records], x: torch.Tensor, y: torch.Tensor,
+    threat: Any, config: ExperimentConfig, out: Path, progress: bool,
+) -> dict[str, Any]:
+    """Robust accuracy by the evaluation attack and by full AutoAttack (standard version) on the
+    first ``autoattack_check`` test points, per model."""
+    count = min(config.evaluation.autoattack_check, len(y))
+    if count == 0:
+        return {}
+    attack = make_attack("autoattack", seed=config.seed)
+    check = {}
+    for name, model in models.items():
+        _say(f"[{name}] AutoAttack check on {count} test points", progress)
+        path = out / "autoattack" / f"{name}.csv"
+        partial = out / "autoattack" / f"{name}.partial.csv"
+        if path.exists():
+            strong = Records.read_csv(path)
+        else:
+            strong = evaluate_model(model, x[:count], y[:count], threat, [threat.eps], attack,
+                                    batch_size=config.evaluation.batch_size, progress=progress,
+                                    description=f"{name}/autoattack", partial=partial)
+            strong.to_csv(path)
+            partial.unlink(missing_ok=True)
+        reference = records[name]
+        evaluation = float((reference.accurate & reference.robust_at(threat.eps))[:count].mean())
+        autoattack = float((strong.accurate & strong.robust_at(threat.eps)).mean())
+        check[name] = {
+            config.evaluation.attack.name: evaluation,
+            "autoattack": autoattack,
+            "difference_points": round(100 * (evaluation - autoattack), 2),
+            "agree_within_1_point": abs(evaluation - autoattack) <= 0.01,
+        }
+    return check
+
+
+def _report(config: ExperimentConfig, result: dict[str, Any]) -> str:
+    attack = config.evaluation.attack
+    lines = [
+        f"# {config.name}\n",
+        f"Data set `{config.data.name}`, {result['samples']} test points; attack "
+        f"`{attack.name}` ({attack.steps} iterations) at {config.evaluation.threat.norm} "
+        f"eps = {result['eps']:g}; robustness selectors checked at {result['selector_eps']:g}. "
+        f"Compositions are named branch→core. Wall time {result['wall_time_s']:.0f} s.\n",
+        metrics_table(result["test"]),
+        "",
+    ]
+    check = result["autoattack_check"]
+    if check:
+        lines += [
+            "## Robust accuracy: evaluation attack vs full AutoAttack\n",
+            f"| model | {attack.name} | AutoAttack (standard) | difference (points) |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, values in check.items():
+            lines.append(f"| {name} | {100 * values[attack.name]:.2f}% | "
+                         f"{100 * values['autoattack']:.2f}% | "
+                         f"{values['difference_points']:+.2f} |")
+        lines.append("")
+        for name, values in check.items():
+            if values["agree_within_1_point"]:
+                lines.append(f"- {name}: the two agree within 1 point.")
+            else:
+                lower = "AutoAttack" if values["autoattack"] < values[attack.name] else attack.name
+                lines.append(f"- {name}: they differ by more than 1 point; {lower} gives the "
+                             "lower robust accuracy, the figure to trust.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,188 @@
+"""A training run in a directory: resumable, logged, with best-checkpoint selection.
+
+The directory holds ``spec.json`` (what is trained), ``log.jsonl`` (one line per epoch, with
+validation metrics where validated), ``state.pt`` (weights, optimizer and epoch, rewritten after
+every epoch), ``epochs/epoch-K.safetensors`` for validated epochs, and at the end
+``last.safetensors``, ``best.safetensors`` and ``summary.json``. Started again on the same
+directory, a run continues from its last finished epoch and ends with the same weights as an
+uninterrupted run (every epoch's randomness is seeded from the seed and the epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustgate.attacks import make_attack
+from robustgate.config import SelectionSettings, TrainSpec
+from robustgate.evaluate import evaluate_model, robustness_metrics
+from robustgate.io import atomic_write, atomic_write_json, atomic_write_text
+from robustgate.losses import make_loss, training_attack
+from robustgate.models import (
+    ARCHITECTURES,
+    build_model,
+    load_checkpoint,
+    load_state_dict_file,
+    save_checkpoint,
+)
+from robustgate.threat import ThreatModel
+from robustgate.train.loop import fit, make_optimizer
+
+Data = tuple[torch.Tensor, torch.Tensor]
+
+
+def initial_model(
+    spec: TrainSpec, num_classes: int, device: torch.device,
+    resolve: Callable[[str], Path] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The model to train and its constructor arguments: built fresh (seeded by the caller), or
+    with the weights of ``spec.model.init``; only the last linear layer trains when asked."""
+    arguments = {"num_classes": num_classes, **spec.model.arguments}
+    init = spec.model.init
+    if init is None:
+        model = build_model(spec.model.architecture, arguments).to(device)
+    else:
+        path = resolve(init) if init.startswith("@") and resolve else Path(init)
+        try:
+            model, _ = load_checkpoint(path, device)
+        except ValueError:  # not a robustgate checkpoint: a plain state dict of this architecture
+            model = load_state_dict_file(path, spec.model.architecture, arguments, device)
+        if type(model) is not ARCHITECTURES[spec.model.architecture]:
+            raise ValueError(
+                f"{path} holds a {type(model).__name__}, the config asks for "
+                f"{spec.model.architecture}"
+            )
+    if spec.model.last_layer_only:
+        linear = [module for module in model.modules() if isinstance(module, nn.Linear)]
+        if not linear:
+            raise ValueError("last_layer_only needs a model that ends in a Linear layer")
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        for parameter in linear[-1].parameters():
+            parameter.requires_grad_(True)
+    return model, arguments
+
+
+def select_epoch(history: list[dict[str, Any]], rule: SelectionSettings) -> int | None:
+    """The validated epoch chosen by ``rule`` (``None`` when no epoch was validated)."""
+    validated = [entry for entry in history if "validation" in entry]
+    if not validated:
+        return None
+    if rule.within is not None:
+        best = max(entry["validation"][rule.within] for entry in validated)
+        validated = [e for e in validated if e["validation"][rule.within] >= best - rule.tolerance]
+    sign = 1 if rule.goal == "max" else -1
+    chosen = max(validated, key=lambda e: (sign * e["validation"][rule.metric], e["epoch"]))
+    return int(chosen["epoch"])
+
+
+def train_model(
+    spec: TrainSpec,
+    train: Data,
+    validation: Data | None,
+    num_classes: int,
+    out: str | Path,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    metadata: dict[str, Any] | None = None,
+    resolve: Callable[[str], Path] | None = None,
+) -> Path:
+    """Train (or resume training) one model into ``out``; returns the best checkpoint's path."""
+    out = Path(out)
+    best_path = out / "best.safetensors"
+    spec_json = json.loads(spec.model_dump_json())
+    if (out / "spec.json").exists():
+        if json.loads((out / "spec.json").read_text()) != {"spec": spec_json, "seed": seed}:
+            raise ValueError(f"{out} holds another training run (spec.json differs); choose "
+                             "another output directory")
+        if best_path.exists():
+            return best_path
+    else:
+        atomic_write_json(out / "spec.json", {"spec": spec_json, "seed": seed})
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        model, arguments = initial_model(spec, num_classes, device, resolve)
+    threat = spec.loss.threat.build()
+    attack_settings = spec.loss.attack
+    objective = "kl" if spec.loss.name == "trades" else "ce"
+    loss = make_loss(
+        spec.loss.name, None if spec.loss.name == "standard" else threat,
+        **({} if spec.loss.name == "standard" else {
+            "attack": training_attack(objective, attack_settings.steps,
+                                      attack_settings.relative_step)
+        }),
+        **spec.loss.params,
+    )
+    config = spec.train.build(seed)
+    optimizer = make_optimizer(model, config)
+    history: list[dict[str, Any]] = []
+    state_path = out / "state.pt"
+    if state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = json.loads(state["history"])
+    checkpoint_metadata = {**(metadata or {}), "loss": spec_json["loss"],
+                           "train": spec_json["train"], "seed": seed}
+
+    def save(path: Path, epoch: int, extra: dict[str, Any] | None = None) -> None:
+        save_checkpoint(path, model, spec.model.architecture, arguments,
+                        {**checkpoint_metadata, "epoch": epoch, **(extra or {})})
+
+    def on_epoch_end(epoch: int, entry: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
+        validated = spec.validation is not None and (
+            epoch % spec.validation.every == 0 or epoch == config.epochs
+        )
+        if validated and validation is not None:
+            entry["validation"] = validate(model, validation, spec, threat, seed, progress)
+            save(out / "epochs" / f"epoch-{epoch}.safetensors", epoch,
+                 {"validation": entry["validation"]})
+        history.append(entry)
+        atomic_write_text(out / "log.jsonl", "".join(json.dumps(e) + "\n" for e in history))
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "history": json.dumps(history)}
+        atomic_write(state_path, lambda temporary: torch.save(state, temporary))
+
+    fit(model, loss, *train, config, progress=progress, description=out.name,
+        optimizer=optimizer, start_epoch=len(history), on_epoch_end=on_epoch_end)
+    save(out / "last.safetensors", config.epochs)
+    chosen = None if spec.validation is None else select_epoch(history, spec.validation.select)
+    if chosen is None:
+        shutil.copyfile(out / "last.safetensors", out / "best.tmp")
+    else:
+        shutil.copyfile(out / "epochs" / f"epoch-{chosen}.safetensors", out / "best.tmp")
+    atomic_write_json(out / "summary.json", {
+        "best_epoch": chosen or config.epochs,
+        "validation": next((e.get("validation") for e in history if e["epoch"] == chosen), None),
+        "epochs": config.epochs,
+    })
+    (out / "best.tmp").replace(best_path)
+    return best_path
+
+
+def validate(
+    model: nn.Module, validation: Data, spec: TrainSpec, threat: ThreatModel, seed: int,
+    progress: bool,
+) -> dict[str, float]:
+    """Natural and robust metrics on (up to ``limit`` samples of) the validation split."""
+    settings = spec.validation
+    assert settings is not None
+    x, y = validation
+    if settings.limit is not None:
+        x, y = x[: settings.limit], y[: settings.limit]
+    eps = threat.eps if settings.eps is None else settings.eps
+    attack = make_attack(settings.attack.name, steps=settings.attack.steps,
+                         restarts=settings.attack.restarts, seed=seed,
+                         **({"relative_step": settings.attack.relative_step}
+                            if settings.attack.name == "pgd" else {}))
+    records = evaluate_model(model, x, y, threat, [eps], attack, progress=progress,
+                             description="validate")
+    return robustness_metrics(records.accurate, records.robust_at(eps))
