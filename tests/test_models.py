@@ -22,6 +22,7 @@ from robustgate.models import (
 SMALL = {
     "MLP": {"in_features": 2, "num_classes": 3, "hidden": [8, 8]},
     "SmallCNN": {"channels": [4, 8], "hidden": 16},
+    "StridedCNN": {"channels": [4, 8], "hidden": 16},
     "ResNet20": {"depth": 20, "width": 4},
     "ResNet18": {"depth": 18, "width": 4, "num_classes": 7},
     "WideResNet": {"depth": 28, "widen_factor": 1, "num_classes": 5},
@@ -42,12 +43,13 @@ def _small(key: str) -> torch.nn.Module:
 
 
 def test_registry_names():
-    assert set(ARCHITECTURES) == {"MLP", "SmallCNN", "ResNet", "WideResNet"}
+    assert set(ARCHITECTURES) == {"MLP", "SmallCNN", "StridedCNN", "ResNet", "WideResNet"}
 
 
 @pytest.mark.parametrize(
     ("key", "input_shape", "num_classes"),
-    [("MLP", (2,), 3), ("SmallCNN", (1, 28, 28), 10), ("ResNet20", (3, 32, 32), 10),
+    [("MLP", (2,), 3), ("SmallCNN", (1, 28, 28), 10), ("StridedCNN", (1, 28, 28), 10),
+     ("ResNet20", (3, 32, 32), 10),
      ("ResNet18", (3, 32, 32), 7), ("WideResNet", (3, 32, 32), 5)],
 )
 def test_output_shapes_and_declared_attributes(key, input_shape, num_classes):

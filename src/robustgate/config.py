@@ -114,7 +114,7 @@ class DataSettings(_Strict):
     root: str | None = None
     path: str | None = None
     download: bool = False
-    validation_size: float = Field(0, ge=0)
+    validation_size: int | float = Field(0, ge=0)
     limit_train: int | None = Field(None, ge=1)
 
 

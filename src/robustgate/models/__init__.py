@@ -7,7 +7,7 @@ from robustgate.models.checkpoint import (
     load_state_dict_file,
     save_checkpoint,
 )
-from robustgate.models.cnn import SmallCNN
+from robustgate.models.cnn import SmallCNN, StridedCNN
 from robustgate.models.mlp import MLP
 from robustgate.models.modes import eval_mode, model_device, predict_logits
 from robustgate.models.normalize import Normalize
@@ -22,6 +22,7 @@ __all__ = [
     "Normalize",
     "ResNet",
     "SmallCNN",
+    "StridedCNN",
     "WideResNet",
     "build_model",
     "eval_mode",

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from robustgate.io import atomic_write
-from robustgate.models.cnn import SmallCNN
+from robustgate.models.cnn import SmallCNN, StridedCNN
 from robustgate.models.mlp import MLP
 from robustgate.models.resnet import ResNet
 from robustgate.models.wideresnet import WideResNet
@@ -29,6 +29,7 @@ from robustgate.models.wideresnet import WideResNet
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "MLP": MLP,
     "SmallCNN": SmallCNN,
+    "StridedCNN": StridedCNN,
     "ResNet": ResNet,
     "WideResNet": WideResNet,
 }

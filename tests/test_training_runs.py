@@ -1,0 +1,177 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from robustgate.cli import main
+from robustgate.config import (
+    ExperimentConfig,
+    SelectionSettings,
+    TrainSpec,
+    load_config,
+    parse_config,
+)
+from robustgate.data import load_dataset
+from robustgate.models import MLP, load_checkpoint, save_checkpoint
+from robustgate.pipeline import run_experiment
+from robustgate.train import run as training_run
+from robustgate.train.run import initial_model, select_epoch, train_model
+
+SPEC = {
+    "model": {"architecture": "MLP", "arguments": {"in_features": 2, "hidden": [16, 16]}},
+    "loss": {"name": "trades", "threat": {"eps": 0.05}, "attack": {"steps": 3}},
+    "train": {"epochs": 3, "batch_size": 50, "lr": 0.05},
+    "validation": {"eps": 0.05, "limit": 100, "attack": {"steps": 5}},
+}
+
+
+def data(split: str):
+    dataset = load_dataset("twogauss", split=split, validation_size=100, seed=0, n=400)
+    return dataset.x, dataset.y
+
+
+def weights(path) -> torch.Tensor:
+    model, _ = load_checkpoint(path)
+    return torch.cat([p.flatten() for p in model.parameters()])
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    spec = parse_config(SPEC, TrainSpec)
+    straight = train_model(spec, data("train"), data("validation"), 2, tmp_path / "straight",
+                           progress=False)
+    real_fit = training_run.fit
+
+    def interrupted_fit(*args, on_epoch_end, **kwargs):
+        def stop_after_two(epoch, entry, optimizer):
+            on_epoch_end(epoch, entry, optimizer)
+            if epoch == 2:
+                raise KeyboardInterrupt
+        return real_fit(*args, on_epoch_end=stop_after_two, **kwargs)
+
+    monkeypatch.setattr(training_run, "fit", interrupted_fit)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(spec, data("train"), data("validation"), 2, tmp_path / "resumed",
+                    progress=False)
+    assert not (tmp_path / "resumed" / "best.safetensors").exists()
+    monkeypatch.setattr(training_run, "fit", real_fit)
+    resumed = train_model(spec, data("train"), data("validation"), 2, tmp_path / "resumed",
+                          progress=False)
+    assert torch.equal(weights(straight), weights(resumed))
+    log = [json.loads(line) for line in (tmp_path / "resumed" / "log.jsonl").read_text()
+           .splitlines()]
+    assert [entry["epoch"] for entry in log] == [1, 2, 3]
+    assert all("validation" in entry for entry in log)
+
+
+def test_another_spec_in_the_same_directory_is_refused(tmp_path):
+    spec = parse_config({**SPEC, "train": {"epochs": 1, "batch_size": 50}}, TrainSpec)
+    train_model(spec, data("train"), None, 2, tmp_path, progress=False)
+    other = parse_config({**SPEC, "train": {"epochs": 2, "batch_size": 50}}, TrainSpec)
+    with pytest.raises(ValueError, match="another training run"):
+        train_model(other, data("train"), None, 2, tmp_path, progress=False)
+
+
+def test_best_epoch_selection_rules():
+    history = [
+        {"epoch": 1, "validation": {"robust_accuracy": 0.90, "robust_inaccuracy": 0.05}},
+        {"epoch": 2, "validation": {"robust_accuracy": 0.95, "robust_inaccuracy": 0.04}},
+        {"epoch": 3},
+        {"epoch": 4, "validation": {"robust_accuracy": 0.945, "robust_inaccuracy": 0.01}},
+        {"epoch": 5, "validation": {"robust_accuracy": 0.95, "robust_inaccuracy": 0.03}},
+    ]
+    assert select_epoch(history, SelectionSettings(metric="robust_accuracy")) == 5
+    lowest = SelectionSettings(metric="robust_inaccuracy", goal="min", within="robust_accuracy",
+                               tolerance=0.01)
+    assert select_epoch(history, lowest) == 4
+    strict = SelectionSettings(metric="robust_inaccuracy", goal="min", within="robust_accuracy",
+                               tolerance=0.0)
+    assert select_epoch(history, strict) == 5
+    assert select_epoch([{"epoch": 1}], lowest) is None
+
+
+def test_fine_tuning_the_last_layer_only(tmp_path):
+    source = MLP(2, 2, (16, 16))
+    save_checkpoint(tmp_path / "base.safetensors", source, "MLP",
+                    {"in_features": 2, "num_classes": 2, "hidden": [16, 16]})
+    base = str(tmp_path / "base.safetensors")
+    spec = parse_config({**SPEC, "model": {**SPEC["model"], "init": base,
+                                           "last_layer_only": True}}, TrainSpec)
+    model, _ = initial_model(spec, 2, torch.device("cpu"))
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable == ["layers.4.weight", "layers.4.bias"]
+    assert torch.equal(model.layers[0].weight, source.layers[0].weight)
+    torch.save(source.state_dict(), tmp_path / "plain.pt")
+    plain = parse_config({**SPEC, "model": {**SPEC["model"], "init": str(tmp_path / "plain.pt")}},
+                         TrainSpec)
+    assert torch.equal(initial_model(plain, 2, torch.device("cpu"))[0].layers[0].weight,
+                       source.layers[0].weight)
+
+
+def test_config_errors_name_the_bad_key(tmp_path):
+    with pytest.raises(ValueError, match="unknown key 'loss.parms'"):
+        parse_config({**SPEC, "loss": {"name": "era", "parms": {}}}, TrainSpec)
+    with pytest.raises(ValueError, match="'train.epochs'"):
+        parse_config({**SPEC, "train": {"epochs": 0}}, TrainSpec)
+    with pytest.raises(ValueError, match="'loss.threat.norm'"):
+        parse_config({**SPEC, "loss": {"threat": {"norm": "l1"}}}, TrainSpec)
+    (tmp_path / "c.yaml").write_text("- a list\n")
+    with pytest.raises(ValueError, match="mapping"):
+        load_config(tmp_path / "c.yaml", TrainSpec)
+    with pytest.raises(FileNotFoundError):
+        load_config(tmp_path / "missing.yaml", TrainSpec)
+
+
+EXPERIMENT = {
+    "name": "tiny",
+    "data": {"name": "twogauss", "validation_size": 100},
+    "models": {
+        "core": {"model": SPEC["model"], "train": {"epochs": 1, "batch_size": 50}},
+        "era": {"model": {**SPEC["model"], "init": "@core"},
+                "loss": {"name": "era", "params": {"beta": 0.5}, "threat": {"eps": 0.05},
+                         "attack": {"steps": 3}},
+                "train": {"epochs": 1, "batch_size": 50, "lr": 0.01}},
+    },
+    "evaluation": {"attack": {"name": "apgd-ce", "steps": 10}, "threat": {"eps": 0.05},
+                   "limit": 60, "autoattack_check": 20},
+    "compositions": [{"branch": "era", "core": "core"}],
+}
+
+
+def test_a_small_experiment_end_to_end(tmp_path):
+    config = parse_config(EXPERIMENT, ExperimentConfig)
+    result = run_experiment(config, tmp_path, device="cpu", progress=False)
+    assert set(result["test"]) == {"core", "era", "era→core"}
+    composed = result["test"]["era→core"]
+    assert 0 <= composed["selection_rate"] <= 1
+    assert set(result["autoattack_check"]) == {"core", "era"}
+    for check in result["autoattack_check"].values():
+        assert check["autoattack"] <= check["apgd-ce"] + 0.05
+    assert "AutoAttack" in (tmp_path / "report.md").read_text()
+    records = (tmp_path / "records" / "test" / "era.csv").read_text().splitlines()
+    assert records[0].endswith("robust@0.05,robust@0.1") and len(records) == 61
+    again = run_experiment(config, tmp_path, device="cpu", progress=False)
+    assert again["test"] == result["test"]
+
+
+def test_experiment_references_are_checked(tmp_path):
+    bad = {**EXPERIMENT, "compositions": [{"branch": "era", "core": "standard"}]}
+    with pytest.raises(ValueError, match="'standard' is not a model"):
+        run_experiment(parse_config(bad, ExperimentConfig), tmp_path, progress=False)
+
+
+def test_evaluate_command_writes_records_and_resumes(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 2)).astype(np.float32)
+    np.savez(tmp_path / "points.npz", x=x, y=(x[:, 0] > 0.5).astype(np.int64))
+    save_checkpoint(tmp_path / "m.safetensors", MLP(2, 2, (8,)), "MLP",
+                    {"in_features": 2, "num_classes": 2, "hidden": [8]})
+    arguments = ["evaluate", str(tmp_path / "m.safetensors"), "--data", "npz", "--path",
+                 str(tmp_path / "points.npz"), "--attack", "pgd", "--steps", "5",
+                 "--batch-size", "16", "--quiet", "--eps"]
+    assert main([*arguments, "0.05", "0.1", "--out", str(tmp_path / "out")]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert set(summary["metrics"]) == {"eps=0.05", "eps=0.1"} and summary["samples"] == 40
+    assert len((tmp_path / "out" / "records.csv").read_text().splitlines()) == 41
+    assert main([*arguments, "-1", "--out", str(tmp_path / "bad")]) == 2
+    assert "eps" in capsys.readouterr().err
