@@ -108,6 +108,13 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count_or_fraction(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:0…")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
@@ -144,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--path", help="the .npz file, for --data npz")
     evaluate.add_argument("--download", action="store_true", help="download missing files")
     evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    evaluate.add_argument("--validation-size", type=float, default=0)
+    evaluate.add_argument("--validation-size", type=_count_or_fraction, default=0,
+                          help="validation samples taken from the training data (count or "
+                          "fraction), for --split train/validation")
     evaluate.add_argument("--attack", default="apgd-ce", choices=ATTACKS)
     evaluate.add_argument("--steps", type=int, default=100, help="attack iterations")
     evaluate.add_argument("--restarts", type=int, default=1)

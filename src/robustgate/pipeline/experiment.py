@@ -107,13 +107,10 @@ def run_experiment(
         radii = [eps, selector_eps] if name in branches else [eps]
         _say(f"[{name}] evaluating with {settings.attack.name} at eps "
              + " and ".join(f"{r:g}" for r in radii), progress)
-        partial = out / "records" / "test" / f"{name}.partial.csv"
-        records[name] = evaluate_model(
-            models[name], x_test, y_test, threat, radii, attack,
-            batch_size=settings.batch_size, progress=progress, description=name, partial=partial,
+        records[name] = _evaluate_or_resume(
+            out / "records" / "test" / f"{name}.csv", models[name], x_test, y_test, threat,
+            radii, attack, settings.batch_size, progress, name,
         )
-        records[name].to_csv(out / "records" / "test" / f"{name}.csv")
-        partial.unlink(missing_ok=True)
 
     metrics: dict[str, Any] = {
         name: robustness_metrics(r.accurate, r.robust_at(eps)) for name, r in records.items()
@@ -133,6 +130,21 @@ def run_experiment(
     return result
 
 
+def _evaluate_or_resume(
+    path: Path, model: Any, x: torch.Tensor, y: torch.Tensor, threat: Any, radii: list[float],
+    attack: Any, batch_size: int, progress: bool, description: str,
+) -> Records:
+    """Records at ``path`` if they are complete, else evaluate (resuming a partial file)."""
+    if path.exists():
+        return Records.read_csv(path)
+    partial = path.with_suffix(".partial.csv")
+    records = evaluate_model(model, x, y, threat, radii, attack, batch_size=batch_size,
+                             progress=progress, description=description, partial=partial)
+    records.to_csv(path)
+    partial.unlink(missing_ok=True)
+    return records
+
+
 def _autoattack_check(
     models: dict[str, Any], records: dict[str, Records], x: torch.Tensor, y: torch.Tensor,
     threat: Any, config: ExperimentConfig, out: Path, progress: bool,
@@ -146,16 +158,10 @@ def _autoattack_check(
     check = {}
     for name, model in models.items():
         _say(f"[{name}] AutoAttack check on {count} test points", progress)
-        path = out / "autoattack" / f"{name}.csv"
-        partial = out / "autoattack" / f"{name}.partial.csv"
-        if path.exists():
-            strong = Records.read_csv(path)
-        else:
-            strong = evaluate_model(model, x[:count], y[:count], threat, [threat.eps], attack,
-                                    batch_size=config.evaluation.batch_size, progress=progress,
-                                    description=f"{name}/autoattack", partial=partial)
-            strong.to_csv(path)
-            partial.unlink(missing_ok=True)
+        strong = _evaluate_or_resume(
+            out / "autoattack" / f"{name}.csv", model, x[:count], y[:count], threat,
+            [threat.eps], attack, config.evaluation.batch_size, progress, f"{name}/autoattack",
+        )
         reference = records[name]
         evaluation = float((reference.accurate & reference.robust_at(threat.eps))[:count].mean())
         autoattack = float((strong.accurate & strong.robust_at(threat.eps)).mean())
