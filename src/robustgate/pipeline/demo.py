@@ -43,22 +43,24 @@ SPLITS = ("train", "test")
 COMPOSITIONS = {"composed@eps": 1.0, "composed@2eps": 2.0}  # selector radius in units of eps
 
 
-def _say(message: str, progress: bool) -> None:
+def say(message: str, progress: bool) -> None:
+    """A progress line on standard error, unless progress is off."""
     if progress:
         print(message, file=sys.stderr, flush=True)
 
 
-def _prepare_run_directory(out: Path, config: DemoConfig) -> None:
+def check_run_directory(out: Path, resolved: dict[str, Any]) -> None:
+    """Write the resolved config into ``out``, or, if ``out`` holds a run, insist it is the same
+    config (so that a rerun resumes, and nothing written by another run is lost)."""
     path = out / "config.json"
     if path.exists():
-        saved = json.loads(path.read_text())
-        if saved != json.loads(json.dumps(config.to_dict())):
+        if json.loads(path.read_text()) != json.loads(json.dumps(resolved)):
             raise ValueError(
                 f"{out} holds a run with a different config ({path}); choose another --out or "
                 "remove that directory"
             )
     else:
-        atomic_write_json(path, config.to_dict())
+        atomic_write_json(path, resolved)
 
 
 def _losses(config: DemoConfig) -> dict[str, Any]:
@@ -86,7 +88,7 @@ def _train_or_load(
     path = out / "models" / f"{name}.safetensors"
     if path.exists():
         model, _ = load_checkpoint(path, device)
-        _say(f"[{name}] loaded {path}", progress)
+        say(f"[{name}] loaded {path}", progress)
         return model
     arguments = {
         "in_features": x.shape[1], "num_classes": num_classes, "hidden": list(config.hidden)
@@ -94,7 +96,7 @@ def _train_or_load(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = MLP(**arguments).to(device)
-    _say(f"[{name}] training {config.train.epochs} epochs", progress)
+    say(f"[{name}] training {config.train.epochs} epochs", progress)
     history = fit(model, loss, x, y, config.train, progress=progress, description=name)
     save_checkpoint(path, model, "MLP", arguments, {"loss": name, "history": history})
     return model
@@ -205,7 +207,7 @@ def run_demo(
     """Run the demo into ``out``; returns ``{split: {model: metrics}}`` (also ``metrics.json``)."""
     out = Path(out)
     device = resolve_device(device)
-    _prepare_run_directory(out, config)
+    check_run_directory(out, config.to_dict())
     data = {
         split: make_synthetic(config.dataset, n, config.seed, split)
         for split, n in (("train", config.n_train), ("test", config.n_test))
@@ -221,7 +223,7 @@ def run_demo(
         steps=config.eval_attack_steps, relative_step=config.eval_attack_relative_step,
         restarts=config.eval_attack_restarts, early_exit=True, seed=config.seed,
     )
-    _say("evaluating: PGD at eps and 2·eps on the train and test points", progress)
+    say("evaluating: PGD at eps and 2·eps on the train and test points", progress)
     records = {
         split: {
             name: _evaluate_or_load(name, split, models[name], *data[split][:2], config, attack,
@@ -249,7 +251,7 @@ def run_demo(
                "![decision regions](decision_regions.png)\n"]
     atomic_write_text(out / "report.md", "\n".join(report))
 
-    _say("plotting decision regions", progress)
+    say("plotting decision regions", progress)
     x_train, y_train, _ = data["train"]
     plot_decision_regions(
         _decision_region_panels(models, records["train"], config, attack),

@@ -9,7 +9,6 @@ AutoAttack check), ``metrics.json`` and ``report.md``.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,29 +22,15 @@ from robustgate.device import resolve_device
 from robustgate.evaluate import Records, evaluate_model, robustness_metrics
 from robustgate.io import atomic_write_json, atomic_write_text
 from robustgate.models import load_checkpoint
-from robustgate.pipeline.demo import composition_metrics
+from robustgate.pipeline.demo import check_run_directory, composition_metrics, say
 from robustgate.report import metrics_table
 from robustgate.train.run import train_model
-
-
-def _say(message: str, progress: bool) -> None:
-    if progress:
-        print(message, file=sys.stderr, flush=True)
 
 
 def evaluation_attack(settings: AttackSettings, seed: int):
     extra = {"relative_step": settings.relative_step} if settings.name == "pgd" else {}
     return make_attack(settings.name, steps=settings.steps, restarts=settings.restarts,
                        seed=seed, **extra)
-
-
-def _check_run_directory(out: Path, config: ExperimentConfig) -> None:
-    path = out / "config.json"
-    resolved = json.loads(config.model_dump_json())
-    if path.exists() and json.loads(path.read_text()) != resolved:
-        raise ValueError(f"{out} holds a run with a different config ({path}); choose another "
-                         "output directory or remove it")
-    atomic_write_json(path, resolved)
 
 
 def _check_model_references(config: ExperimentConfig) -> None:
@@ -71,7 +56,7 @@ def run_experiment(
     out = Path(out)
     device = resolve_device(device)
     _check_model_references(config)
-    _check_run_directory(out, config)
+    check_run_directory(out, json.loads(config.model_dump_json()))
     started = time.perf_counter()
     data_settings = config.data.model_dump(exclude={"limit_train"})
     train = load_dataset(split="train", seed=config.seed, **data_settings)
@@ -82,7 +67,7 @@ def run_experiment(
         x_train, y_train = x_train[: config.data.limit_train], y_train[: config.data.limit_train]
     checkpoints: dict[str, Path] = {}
     for name, spec in config.models.items():
-        _say(f"[{name}] training ({spec.loss.name}, {spec.train.epochs} epochs)", progress)
+        say(f"[{name}] training ({spec.loss.name}, {spec.train.epochs} epochs)", progress)
         checkpoints[name] = train_model(
             spec, (x_train, y_train), (validation.x, validation.y) if len(validation.y) else None,
             train.num_classes, out / "models" / name, seed=config.seed, device=device,
@@ -105,7 +90,7 @@ def run_experiment(
     for name, path in checkpoints.items():
         models[name], _ = load_checkpoint(path, device)
         radii = [eps, selector_eps] if name in branches else [eps]
-        _say(f"[{name}] evaluating with {settings.attack.name} at eps "
+        say(f"[{name}] evaluating with {settings.attack.name} at eps "
              + " and ".join(f"{r:g}" for r in radii), progress)
         records[name] = _evaluate_or_resume(
             out / "records" / "test" / f"{name}.csv", models[name], x_test, y_test, threat,
@@ -157,7 +142,7 @@ def _autoattack_check(
     attack = make_attack("autoattack", seed=config.seed)
     check = {}
     for name, model in models.items():
-        _say(f"[{name}] AutoAttack check on {count} test points", progress)
+        say(f"[{name}] AutoAttack check on {count} test points", progress)
         strong = _evaluate_or_resume(
             out / "autoattack" / f"{name}.csv", model, x[:count], y[:count], threat,
             [threat.eps], attack, config.evaluation.batch_size, progress, f"{name}/autoattack",
