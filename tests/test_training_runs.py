@@ -175,3 +175,13 @@ def test_evaluate_command_writes_records_and_resumes(tmp_path, capsys):
     assert len((tmp_path / "out" / "records.csv").read_text().splitlines()) == 41
     assert main([*arguments, "-1", "--out", str(tmp_path / "bad")]) == 2
     assert "eps" in capsys.readouterr().err
+
+
+def test_train_command_without_a_validation_split(tmp_path):
+    config = {"name": "plain", "data": {"name": "twogauss", "limit_train": 200},
+              "model": SPEC["model"], "train": {"epochs": 1, "batch_size": 50}}
+    (tmp_path / "plain.yaml").write_text(json.dumps(config))
+    assert main(["train", str(tmp_path / "plain.yaml"), "--out", str(tmp_path / "run"),
+                 "--quiet"]) == 0
+    assert (tmp_path / "run" / "best.safetensors").exists()
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["validation"] is None

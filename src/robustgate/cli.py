@@ -29,32 +29,21 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from robustgate.config import TrainRunConfig, load_config
-    from robustgate.data import load_dataset
     from robustgate.device import resolve_device
-    from robustgate.train.run import train_model
+    from robustgate.train.run import train_model, training_data
 
     config = load_config(args.config, TrainRunConfig)
     out = Path(args.out or Path("runs") / config.name)
-    settings = config.data.model_dump(exclude={"limit_train"})
-    train = load_dataset(split="train", seed=config.seed, **settings)
-    validation = load_dataset(split="validation", seed=config.seed, **settings)
-    x, y = train.x, train.y
-    if config.data.limit_train is not None:
-        x, y = x[: config.data.limit_train], y[: config.data.limit_train]
-    spec = config.model_copy()
-    best = train_model(
-        spec, (x, y), (validation.x, validation.y) if len(validation.y) else None,
-        train.num_classes, out, seed=config.seed, device=resolve_device(args.device),
-        progress=not args.quiet,
-        metadata={"dataset": config.data.name, "num_classes": train.num_classes,
-                  "input_shape": list(train.input_shape)},
-    )
+    train, validation, num_classes, metadata = training_data(config.data, config.seed)
+    best = train_model(config, train, validation, num_classes, out, seed=config.seed,
+                       device=resolve_device(args.device), progress=not args.quiet,
+                       metadata=metadata)
     print(f"best checkpoint: {best}")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from robustgate.attacks import make_attack
+    from robustgate.config import AttackSettings
     from robustgate.data import load_dataset
     from robustgate.device import resolve_device
     from robustgate.evaluate import evaluate_model, robustness_metrics
@@ -74,9 +63,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     threat = ThreatModel(args.norm, args.eps[0])
     for eps in args.eps:
         ThreatModel(args.norm, eps).check_dimension(x)
-    extra = {"relative_step": args.relative_step} if args.attack == "pgd" else {}
-    attack = make_attack(args.attack, steps=args.steps, restarts=args.restarts, seed=args.seed,
-                         **extra)
+    attack = AttackSettings(name=args.attack, steps=args.steps, restarts=args.restarts,
+                            relative_step=args.relative_step).build(args.seed)
     out = Path(args.out)
     records = evaluate_model(model, x, y, threat, args.eps, attack, batch_size=args.batch_size,
                              progress=not args.quiet, description=args.attack,

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from robustgate.attacks import Attack, make_attack
 from robustgate.data.synthetic import SYNTHETIC_DATASETS
 from robustgate.losses.objectives import WEIGHTS
 from robustgate.threat import ThreatModel
@@ -107,6 +108,12 @@ class AttackSettings(_Strict):
     steps: int = Field(10, ge=1)
     relative_step: float = Field(0.25, gt=0)
     restarts: int = Field(1, ge=1)
+
+    def build(self, seed: int) -> Attack:
+        """The evaluation attack these settings describe (``pgd`` with early exit)."""
+        extra = {"relative_step": self.relative_step} if self.name == "pgd" else {}
+        return make_attack(self.name, steps=self.steps, restarts=self.restarts, seed=seed,
+                           **extra)
 
 
 class DataSettings(_Strict):

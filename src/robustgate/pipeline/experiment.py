@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from robustgate.attacks import make_attack
-from robustgate.config import AttackSettings, ExperimentConfig
+from robustgate.config import ExperimentConfig
 from robustgate.data import load_dataset
 from robustgate.device import resolve_device
 from robustgate.evaluate import Records, evaluate_model, robustness_metrics
@@ -24,13 +24,7 @@ from robustgate.io import atomic_write_json, atomic_write_text
 from robustgate.models import load_checkpoint
 from robustgate.pipeline.demo import check_run_directory, composition_metrics, say
 from robustgate.report import metrics_table
-from robustgate.train.run import train_model
-
-
-def evaluation_attack(settings: AttackSettings, seed: int):
-    extra = {"relative_step": settings.relative_step} if settings.name == "pgd" else {}
-    return make_attack(settings.name, steps=settings.steps, restarts=settings.restarts,
-                       seed=seed, **extra)
+from robustgate.train.run import train_model, training_data
 
 
 def _check_model_references(config: ExperimentConfig) -> None:
@@ -58,22 +52,16 @@ def run_experiment(
     _check_model_references(config)
     check_run_directory(out, json.loads(config.model_dump_json()))
     started = time.perf_counter()
-    data_settings = config.data.model_dump(exclude={"limit_train"})
-    train = load_dataset(split="train", seed=config.seed, **data_settings)
-    validation = load_dataset(split="validation", seed=config.seed, **data_settings)
-    test = load_dataset(split="test", seed=config.seed, **data_settings)
-    x_train, y_train = train.x, train.y
-    if config.data.limit_train is not None:
-        x_train, y_train = x_train[: config.data.limit_train], y_train[: config.data.limit_train]
+    train, validation, num_classes, metadata = training_data(config.data, config.seed)
+    test = load_dataset(split="test", seed=config.seed,
+                        **config.data.model_dump(exclude={"limit_train"}))
     checkpoints: dict[str, Path] = {}
     for name, spec in config.models.items():
         say(f"[{name}] training ({spec.loss.name}, {spec.train.epochs} epochs)", progress)
         checkpoints[name] = train_model(
-            spec, (x_train, y_train), (validation.x, validation.y) if len(validation.y) else None,
-            train.num_classes, out / "models" / name, seed=config.seed, device=device,
-            progress=progress, resolve=lambda ref: checkpoints[ref[1:]],
-            metadata={"dataset": config.data.name, "num_classes": train.num_classes,
-                      "input_shape": list(train.input_shape)},
+            spec, train, validation, num_classes, out / "models" / name, seed=config.seed,
+            device=device, progress=progress, resolve=lambda ref: checkpoints[ref[1:]],
+            metadata=metadata,
         )
 
     settings = config.evaluation
@@ -83,7 +71,7 @@ def run_experiment(
     x_test, y_test = test.x, test.y
     if settings.limit is not None:
         x_test, y_test = x_test[: settings.limit], y_test[: settings.limit]
-    attack = evaluation_attack(settings.attack, config.seed)
+    attack = settings.attack.build(config.seed)
     branches = {composition.branch for composition in config.compositions}
     records: dict[str, Records] = {}
     models = {}

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustgate.attacks import make_attack
-from robustgate.config import SelectionSettings, TrainSpec
+from robustgate.config import DataSettings, SelectionSettings, TrainSpec
+from robustgate.data import load_dataset
 from robustgate.evaluate import evaluate_model, robustness_metrics
 from robustgate.io import atomic_write, atomic_write_json, atomic_write_text
 from robustgate.losses import make_loss, training_attack
@@ -179,10 +179,23 @@ def validate(
     if settings.limit is not None:
         x, y = x[: settings.limit], y[: settings.limit]
     eps = threat.eps if settings.eps is None else settings.eps
-    attack = make_attack(settings.attack.name, steps=settings.attack.steps,
-                         restarts=settings.attack.restarts, seed=seed,
-                         **({"relative_step": settings.attack.relative_step}
-                            if settings.attack.name == "pgd" else {}))
-    records = evaluate_model(model, x, y, threat, [eps], attack, progress=progress,
-                             description="validate")
+    records = evaluate_model(model, x, y, threat, [eps], settings.attack.build(seed),
+                             progress=progress, description="validate")
     return robustness_metrics(records.accurate, records.robust_at(eps))
+
+
+def training_data(
+    settings: DataSettings, seed: int
+) -> tuple[Data, Data | None, int, dict[str, Any]]:
+    """The training split (cut to ``limit_train``), the validation split (``None`` without a
+    ``validation_size``), the number of classes, and the data's checkpoint metadata."""
+    arguments = settings.model_dump(exclude={"limit_train"})
+    train = load_dataset(split="train", seed=seed, **arguments)
+    validation = None
+    if settings.validation_size:
+        held_out = load_dataset(split="validation", seed=seed, **arguments)
+        validation = (held_out.x, held_out.y)
+    limit = settings.limit_train
+    metadata = {"dataset": settings.name, "num_classes": train.num_classes,
+                "input_shape": list(train.input_shape)}
+    return (train.x[:limit], train.y[:limit]), validation, train.num_classes, metadata
