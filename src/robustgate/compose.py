@@ -43,14 +43,15 @@ class ComposedClassifier:
         """The route value of inputs answered by the core."""
         return len(self.stages)
 
-    def _named_models(self) -> list[tuple[str, nn.Module]]:
+    def named_models(self) -> list[tuple[str, nn.Module]]:
+        """``("branch 0", model), …, ("core", model)``."""
         named = [(f"branch {i}", branch) for i, (branch, _) in enumerate(self.stages)]
         return [*named, ("core", self.core)]
 
     def _check_class_counts(self, probe: torch.Tensor | None = None) -> None:
         """Models declare ``num_classes``; those that do not are run on ``probe``, if given."""
         counts = {}
-        for name, model in self._named_models():
+        for name, model in self.named_models():
             if hasattr(model, "num_classes"):
                 counts[name] = int(model.num_classes)
             elif probe is not None:

@@ -4,6 +4,7 @@ projection onto the ball and clamp to the domain after every step."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -14,6 +15,9 @@ from robustgate.inputs import check_inputs
 from robustgate.threat import ThreatModel
 
 OBJECTIVES = ("ce", "kl")
+
+Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``objective(outputs, target) -> per-sample value to maximize``, ``outputs = model(x')``."""
 
 
 class Attack(Protocol):
@@ -32,7 +36,9 @@ class PGD:
     restarts: independent runs from different random starts.
     random_start: start uniformly in the ball (else at ``x``).
     objective: ``"ce"`` maximizes ``CE(f(x'), target)``; ``"kl"`` maximizes
-        ``KL(p(x) || p(x'))`` (TRADES's inner maximization; ``target`` is then unused).
+        ``KL(p(x) || p(x'))`` (TRADES's inner maximization; ``target`` is then unused); a
+        callable ``objective(model(x'), target)`` maximizes any per-sample objective (the
+        adaptive attack on a composition; ``model`` then need not return logits).
     early_exit: for robustness checks: a sample leaves the batch as soon as its prediction
         differs from ``target``, and the first such point is returned. Without it (training) the
         point of highest objective over the restarts is returned.
@@ -45,7 +51,7 @@ class PGD:
         relative_step: float = 0.25,
         restarts: int = 1,
         random_start: bool = True,
-        objective: str = "ce",
+        objective: str | Objective = "ce",
         early_exit: bool = False,
         seed: int | None = None,
     ) -> None:
@@ -53,8 +59,13 @@ class PGD:
             raise ValueError(f"PGD needs steps >= 0 and restarts >= 1, got {steps=}, {restarts=}")
         if not relative_step > 0:
             raise ValueError(f"relative_step must be > 0, got {relative_step}")
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if not callable(objective) and objective not in OBJECTIVES:
+            raise ValueError(
+                f"objective must be one of {OBJECTIVES} or a callable, got {objective!r}"
+            )
+        if callable(objective) and early_exit:
+            raise ValueError("early_exit needs logits; it does not combine with a callable "
+                             "objective")
         self.steps = steps
         self.relative_step = relative_step
         self.restarts = restarts
@@ -73,6 +84,8 @@ class PGD:
     def _loss(
         self, logits: torch.Tensor, target: torch.Tensor, clean_log_probs: torch.Tensor | None
     ) -> torch.Tensor:
+        if callable(self.objective):
+            return self.objective(logits, target)
         if clean_log_probs is None:
             return F.cross_entropy(logits, target, reduction="none")
         return F.kl_div(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robustgate.attacks import Attack, check_robustness
+from robustgate.compose import ComposedClassifier
 from robustgate.inputs import check_labels
 from robustgate.io import atomic_write_text
 from robustgate.threat import ThreatModel
@@ -86,7 +87,7 @@ class Records:
 
 
 def evaluate_model(
-    model: nn.Module,
+    model: nn.Module | ComposedClassifier,
     x: torch.Tensor,
     y: torch.Tensor,
     threat: ThreatModel,
@@ -96,13 +97,15 @@ def evaluate_model(
     progress: bool = True,
     description: str = "evaluate",
     partial: str | Path | None = None,
+    check: Callable[..., tuple[torch.Tensor, torch.Tensor]] = check_robustness,
 ) -> Records:
     """Records of ``model`` on ``(x, y)``, with robustness checked by ``attack`` at every radius
     of ``radii`` (norm and domain from ``threat``).
 
     With ``partial``, the records of the samples done so far are written there (atomically)
     after every batch, and an earlier partial file is picked up: an interrupted evaluation
-    resumes where it stopped.
+    resumes where it stopped. ``check(model, x, threat, attack, batch_size)`` gives predictions
+    and robustness (``check_composition`` evaluates a composed classifier).
     """
     check_labels(y, len(x), getattr(model, "num_classes", None))
     if not radii:
@@ -117,7 +120,7 @@ def evaluate_model(
         for start in range(len(predictions), len(x), batch_size):
             batch = x[start : start + batch_size]
             for at_radius in threats:
-                predicted, robust_batch = check_robustness(
+                predicted, robust_batch = check(
                     model, batch, at_radius, attack, batch_size=batch_size
                 )
                 robust[at_radius.eps] += robust_batch.tolist()

@@ -8,6 +8,7 @@ from robustgate.models.checkpoint import (
     save_checkpoint,
 )
 from robustgate.models.cnn import SmallCNN, StridedCNN
+from robustgate.models.mixing import MixedClassifier, choose_mixing_weight, mix
 from robustgate.models.mlp import MLP
 from robustgate.models.modes import eval_mode, model_device, predict_logits
 from robustgate.models.normalize import Normalize
@@ -19,15 +20,18 @@ __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "MLP",
+    "MixedClassifier",
     "Normalize",
     "ResNet",
     "SmallCNN",
     "StridedCNN",
     "WideResNet",
     "build_model",
+    "choose_mixing_weight",
     "eval_mode",
     "load_checkpoint",
     "load_state_dict_file",
+    "mix",
     "model_device",
     "predict_logits",
     "save_checkpoint",

@@ -1,5 +1,27 @@
-"""Selectors decide, per input, whether the branch answers: ``select(x) -> mask``."""
+"""Selectors decide, per input, whether the branch answers: ``select(x) -> mask``, with a
+differentiable ``score(x)`` that grows where they select."""
 
-from robustgate.select.robustness import RobustnessSelector, Selector
+from robustgate.select.base import Selector, ThresholdSelector
+from robustgate.select.calibration import (
+    threshold_for_composed_accuracy,
+    threshold_for_coverage,
+    threshold_for_selective_accuracy,
+)
+from robustgate.select.confidence import MEASURES, ConfidenceSelector, confidence
+from robustgate.select.gate import GateSelector, train_gate
+from robustgate.select.robustness import RobustnessSelector, logit_margin
 
-__all__ = ["RobustnessSelector", "Selector"]
+__all__ = [
+    "MEASURES",
+    "ConfidenceSelector",
+    "GateSelector",
+    "RobustnessSelector",
+    "Selector",
+    "ThresholdSelector",
+    "confidence",
+    "logit_margin",
+    "threshold_for_composed_accuracy",
+    "threshold_for_coverage",
+    "threshold_for_selective_accuracy",
+    "train_gate",
+]

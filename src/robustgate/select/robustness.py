@@ -8,8 +8,6 @@ Figure 1 form, in which the selector itself is not attacked.
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import torch
 from torch import nn
 
@@ -17,8 +15,10 @@ from robustgate.attacks import Attack, check_robustness
 from robustgate.threat import ThreatModel
 
 
-class Selector(Protocol):
-    def select(self, x: torch.Tensor) -> torch.Tensor: ...
+def logit_margin(logits: torch.Tensor) -> torch.Tensor:
+    """``f_ŷ(x) − max_{j≠ŷ} f_j(x)``: how far the prediction is from changing."""
+    top = logits.topk(2, dim=1).values
+    return top[:, 0] - top[:, 1]
 
 
 class RobustnessSelector:
@@ -41,6 +41,14 @@ class RobustnessSelector:
         self.threat = threat.scaled(radius_factor)
         self.attack = attack
         self.batch_size = batch_size
+
+    def __repr__(self) -> str:
+        return f"RobustnessSelector(radius={self.threat.eps:g}, attack={self.attack!r})"
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """The branch's logit margin: not the decision (a robustness check), but the quantity an
+        adaptive attack lowers to make the selector abstain, or raises to make it select."""
+        return logit_margin(self.model(x))
 
     def select(self, x: torch.Tensor) -> torch.Tensor:
         """Boolean mask on the CPU: ``True`` where the branch answers."""

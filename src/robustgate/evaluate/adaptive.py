@@ -1,0 +1,180 @@
+"""Adaptive evaluation of a composed classifier (DESIGN.md section 5): attack the whole system.
+
+For every input the attack searches ``B(x, eps)`` for a point ``x'`` where the composed prediction
+differs from the clean one, along each route an adversary can take:
+
+- into the core's errors while every selector abstains: maximize ``CE(core(x'), ŷ)`` with and
+  without lowering the selectors' scores (``− steer · score``);
+- into branch ``i``'s errors while its selector selects (and the selectors before it abstain):
+  maximize ``CE(branch_i(x'), ŷ)``, and — for each of the ``target_classes`` most likely wrong
+  classes ``t`` — raise the branch's confidence in ``t``, ``log p_t(x')``. Confidence raising
+  is what breaks confidence selectors (a confident wrong answer is selected) and what steers an
+  abstained input into a region where the branch is robust and wrong; every branch objective
+  adds ``+ steer · score_i``.
+
+Each candidate point is judged by the composition itself (``ComposedClassifier.predict``, the
+selector's real decision, e.g. a robustness check around ``x'``); the first that changes the
+prediction is kept. The result is an upper bound on the composition's robustness, reported beside
+the indicator form of DESIGN.md section 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import ExitStack
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustgate.attacks import PGD
+from robustgate.compose import ComposedClassifier
+from robustgate.models.modes import eval_mode, model_device
+from robustgate.threat import ThreatModel
+
+
+class _Outputs(nn.Module):
+    """Everything the objectives need in one forward pass: the core's logits, then per stage the
+    branch's logits and the selector's score (one column)."""
+
+    def __init__(self, composed: ComposedClassifier) -> None:
+        super().__init__()
+        self.composed = composed
+        self.core = composed.core
+        self.branches = nn.ModuleList(branch for branch, _ in composed.stages)
+        self.input_shape = getattr(composed.core, "input_shape", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [self.core(x)]
+        for branch, selector in self.composed.stages:
+            parts += [branch(x), selector.score(x).to(x.dtype).unsqueeze(1)]
+        return torch.cat(parts, dim=1)
+
+
+Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _objectives(stages: int, classes: int, steer: float, target_classes: int
+                ) -> list[tuple[str, int | None, int, Objective]]:
+    """``(name, stage whose wrong classes are targets or None, rank of the target, objective)``."""
+
+    def split(outputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        core, rest = outputs[:, :classes], outputs[:, classes:]
+        logits = [rest[:, i * (classes + 1) : i * (classes + 1) + classes] for i in range(stages)]
+        scores = [rest[:, i * (classes + 1) + classes] for i in range(stages)]
+        return core, logits, scores
+
+    def abstain(scores: list[torch.Tensor], upto: int) -> torch.Tensor:
+        return sum((scores[j] for j in range(upto)), torch.zeros_like(scores[0]))
+
+    def core_route(weight: float) -> Objective:
+        def objective(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            core, _, scores = split(outputs)
+            return F.cross_entropy(core, target, reduction="none") - weight * abstain(scores,
+                                                                                      stages)
+        return objective
+
+    def branch_route(stage: int, targeted: bool) -> Objective:
+        def objective(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            _, logits, scores = split(outputs)
+            if targeted:
+                gain = F.log_softmax(logits[stage], dim=1).gather(1, target.view(-1, 1))[:, 0]
+            else:
+                gain = F.cross_entropy(logits[stage], target, reduction="none")
+            return gain + steer * (scores[stage] - abstain(scores, stage))
+        return objective
+
+    plans: list[tuple[str, int | None, int, Objective]] = [("core", None, 0, core_route(0.0))]
+    if steer > 0:
+        plans.append(("core, selectors abstain", None, 0, core_route(steer)))
+    for stage in range(stages):
+        plans.append((f"branch {stage}", None, 0, branch_route(stage, targeted=False)))
+        plans += [(f"branch {stage} towards its rank-{rank + 2} class", stage, rank,
+                   branch_route(stage, targeted=True)) for rank in range(target_classes)]
+    return plans
+
+
+class AdaptiveAttack:
+    """Attacks a :class:`ComposedClassifier` along every route (module docstring).
+
+    Parameters
+    ----------
+    steps, relative_step, restarts: of the PGD run for each route.
+    target_classes: wrong classes, per branch, towards which its confidence is raised.
+    steer: weight of the selectors' scores in the objectives (0: attack the models only).
+    seed: seed of the random starts.
+    """
+
+    def __init__(self, steps: int = 50, relative_step: float = 0.1, restarts: int = 1,
+                 target_classes: int = 2, steer: float = 1.0, seed: int = 0) -> None:
+        if target_classes < 0 or steer < 0:
+            raise ValueError(f"need target_classes >= 0 and steer >= 0, got {target_classes=}, "
+                             f"{steer=}")
+        self.pgd = PGD(steps=steps, relative_step=relative_step, restarts=restarts, seed=seed,
+                       objective="ce")
+        self.target_classes = target_classes
+        self.steer = steer
+        self.seed = seed
+
+    def __repr__(self) -> str:
+        return (f"AdaptiveAttack(steps={self.pgd.steps}, relative_step={self.pgd.relative_step}, "
+                f"target_classes={self.target_classes}, steer={self.steer})")
+
+    def __call__(self, composed: ComposedClassifier, x: torch.Tensor, target: torch.Tensor,
+                 threat: ThreatModel) -> torch.Tensor:
+        """For every input the first point found in the threat ball where the composed
+        prediction differs from ``target`` (``x`` itself where none is found). ``target`` is
+        the clean composed prediction (robustness) or the label (robust accuracy)."""
+        outputs = _Outputs(composed)
+        device = model_device(composed.core)
+        x, target = x.to(device), target.to(device)
+        with ExitStack() as stack:
+            for _, model in composed.named_models():
+                stack.enter_context(eval_mode(model))
+            with torch.no_grad():
+                classes = outputs.core(x[:1]).shape[1]
+                stage_logits = [branch(x) for branch, _ in composed.stages]
+            x_adv = x.clone()
+            pending = torch.arange(len(x), device=device)
+            plans = _objectives(len(composed.stages), classes, self.steer, self.target_classes)
+            for _, stage, rank, objective in plans:
+                if len(pending) == 0:
+                    break
+                aim = target[pending]
+                if stage is not None:
+                    wrong = stage_logits[stage][pending].scatter(1, aim.view(-1, 1), -torch.inf)
+                    if rank >= classes - 1:
+                        continue
+                    aim = wrong.topk(rank + 1, dim=1).indices[:, rank]
+                self.pgd.objective = objective
+                candidate = self.pgd(outputs, x[pending], aim, threat)
+                changed = composed.predict(candidate)[0].to(device) != target[pending]
+                x_adv[pending[changed]] = candidate[changed]
+                pending = pending[~changed]
+        return x_adv
+
+
+def check_composition(
+    composed: ComposedClassifier, x: torch.Tensor, threat: ThreatModel, attack: AdaptiveAttack,
+    batch_size: int = 1000,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Composed predictions and robustness (the prediction is constant as far as ``attack``
+    finds), the composed counterpart of ``check_robustness``."""
+    predictions, robust = [], []
+    for start in range(0, len(x), batch_size):
+        batch = x[start : start + batch_size]
+        predicted = composed.predict(batch)[0]
+        x_adv = attack(composed, batch, predicted, threat)
+        distance = threat.norm_of(x_adv.cpu() - batch.cpu())
+        if bool((distance > threat.eps + 1e-5).any()):
+            raise RuntimeError(f"{attack!r} left the threat ball (distance "
+                               f"{float(distance.max()):.6g} > {threat.eps})")
+        moved = (x_adv.cpu() != batch.cpu()).flatten(1).any(dim=1)
+        still = torch.ones(len(batch), dtype=torch.bool)
+        if bool(moved.any()):
+            still[moved] = composed.predict(x_adv[moved.to(x_adv.device)])[0] == predicted[moved]
+        predictions.append(predicted)
+        robust.append(still)
+    if not predictions:
+        return torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.bool)
+    return torch.cat(predictions), torch.cat(robust)

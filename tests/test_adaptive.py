@@ -1,0 +1,84 @@
+"""The adaptive attack on a composition, on hand-made linear models whose regions are known.
+
+Two classes over [0, 1]²; each model predicts class 1 where the second feature exceeds its own
+boundary. eps = 0.1 (linf); the robustness selector checks robustness at 0.2."""
+
+import pytest
+import torch
+from conftest import Linear
+
+from robustgate import ComposedClassifier, ThreatModel
+from robustgate.attacks import PGD
+from robustgate.evaluate import AdaptiveAttack, check_composition, evaluate_model
+from robustgate.select import ConfidenceSelector, RobustnessSelector
+
+THREAT = ThreatModel("linf", 0.1)
+
+
+def boundary_model(boundary: float, steepness: float = 20.0) -> Linear:
+    """Class 1 where ``x[1] > boundary``."""
+    return Linear(torch.tensor([[0.0, 0.0], [0.0, steepness]]),
+                  torch.tensor([0.0, -steepness * boundary]))
+
+
+def robustness_composition(branch_boundary: float, core_boundary: float) -> ComposedClassifier:
+    branch = boundary_model(branch_boundary)
+    check = PGD(steps=20, relative_step=0.1, early_exit=True, seed=0)
+    return ComposedClassifier(branch, RobustnessSelector(branch, THREAT, check),
+                              boundary_model(core_boundary))
+
+
+def robust_accuracy(composed, x, y, attack):
+    predicted, robust = check_composition(composed, x, THREAT, attack)
+    return ((predicted == y) & robust).tolist()
+
+
+def test_steers_an_abstained_input_into_a_robust_and_wrong_branch_region():
+    # At x = (0.5, 0.5), label 0: the branch says 1 but is not robust at 0.2 (its boundary 0.38
+    # is 0.12 away), so the core answers 0, robustly (its boundary is at 0.9). The indicator
+    # form counts the input as robust; moving to (0.5, 0.6) makes the branch robust and wrong.
+    composed = robustness_composition(0.38, 0.9)
+    x, y = torch.tensor([[0.5, 0.5]]), torch.tensor([0])
+    assert composed.predict(x)[1].tolist() == [composed.core_route]
+    assert robust_accuracy(composed, x, y, AdaptiveAttack(steer=0.0, target_classes=0)) == [False]
+    assert robust_accuracy(composed, x, y, AdaptiveAttack()) == [False]
+
+
+def test_moves_a_selected_input_to_where_the_selector_abstains_and_the_core_is_wrong():
+    # At x2 = 0.62, label 1, the branch is robust at 0.2 and right; at x2 = 0.52 it is not
+    # robust at 0.2 any more, so the core answers, and the core says 0 below 0.9.
+    composed = robustness_composition(0.38, 0.9)
+    x, y = torch.tensor([[0.5, 0.62]]), torch.tensor([1])
+    assert composed.predict(x) == (torch.tensor([1]), torch.tensor([0]))
+    assert robust_accuracy(composed, x, y, AdaptiveAttack()) == [False]
+
+
+def test_cannot_break_what_is_robust_by_construction():
+    # Branch robust on B(x, 0.3) and right: every reachable x' is selected and answered 1.
+    composed = robustness_composition(0.38, 0.9)
+    x, y = torch.tensor([[0.5, 0.75], [0.2, 0.8]]), torch.tensor([1, 1])
+    assert robust_accuracy(composed, x, y, AdaptiveAttack()) == [True, True]
+
+
+def test_confidence_raising_breaks_a_confidence_selector():
+    # The branch is unsure at x2 = 0.5 (boundary 0.45), so the core answers 0, robustly; within
+    # eps the branch becomes confident in class 1 and is selected.
+    branch = boundary_model(0.45)
+    selector = ConfidenceSelector(branch, threshold=-0.05)
+    composed = ComposedClassifier(branch, selector, boundary_model(0.9))
+    x, y = torch.tensor([[0.5, 0.5]]), torch.tensor([0])
+    assert composed.predict(x)[1].tolist() == [1]
+    assert robust_accuracy(composed, x, y, AdaptiveAttack()) == [False]
+
+
+def test_adaptive_records_resume_and_stay_in_the_ball(tmp_path):
+    composed = robustness_composition(0.38, 0.9)
+    x = torch.rand(40, 2, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 1] > 0.5).long()
+    attack = AdaptiveAttack(steps=20)
+    records = evaluate_model(composed, x, y, THREAT, [0.1], attack, batch_size=10,
+                             progress=False, check=check_composition)
+    assert records.predictions.tolist() == composed.predict(x)[0].tolist()
+    assert 0 < records.robust_at(0.1).sum() < len(x)
+    with pytest.raises(ValueError, match="target_classes"):
+        AdaptiveAttack(target_classes=-1)
