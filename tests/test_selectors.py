@@ -120,3 +120,17 @@ def test_mixing_weight_is_the_largest_that_keeps_the_accuracy():
     assert choose_mixing_weight(standard, robust, labels, 1.0) == 0.5
     assert choose_mixing_weight(standard, robust, labels, 0.75) == 1.0
     assert (mix(standard, robust, 0.5).argmax(1) == labels).all()
+
+
+def test_risk_coverage_curve_and_aurc_on_hand_made_scores():
+    from robustgate.evaluate.selective import area_under_risk_coverage, risk_coverage_curve
+
+    accurate = np.array([1, 1, 0, 1], dtype=bool)
+    coverage, risk = risk_coverage_curve(np.array([4.0, 3.0, 2.0, 1.0]), accurate)
+    assert coverage.tolist() == [0.25, 0.5, 0.75, 1.0]
+    assert risk.tolist() == pytest.approx([0, 0, 1 / 3, 1 / 4])
+    assert area_under_risk_coverage(np.array([1.0, 2.0, 3.0, 4.0]), accurate) == pytest.approx(
+        (0 + 1 / 2 + 1 / 3 + 1 / 4) / 4)
+    # a constant score (a selector without ranking): every coverage at the overall error rate
+    assert risk_coverage_curve(np.zeros(4), accurate)[1] == pytest.approx([0.25] * 4)
+    assert area_under_risk_coverage(np.arange(4.0), np.ones(4, bool)) == 0

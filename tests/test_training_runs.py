@@ -135,7 +135,16 @@ EXPERIMENT = {
     "evaluation": {"attack": {"name": "apgd-ce", "steps": 10}, "threat": {"eps": 0.05},
                    "limit": 60, "autoattack_check": 20},
     "compositions": [{"branch": "era", "core": "core"}],
+    "adaptive": {"limit": 20, "steps": 5},
 }
+
+SELECTORS = [
+    {"branch": "era", "core": "core", "selector": "softmax_response"},
+    {"branch": "era", "core": "core", "selector": "entropy", "coverage": 0.8},
+    {"branch": "era", "core": "core", "selector": "gate", "selective_accuracy": 0.9},
+    {"branch": "era", "core": "core", "selector": "mixing"},
+    {"branch": ["era", "core"], "core": "core"},
+]
 
 
 def test_a_small_experiment_end_to_end(tmp_path):
@@ -144,6 +153,9 @@ def test_a_small_experiment_end_to_end(tmp_path):
     assert set(result["test"]) == {"core", "era", "era→core"}
     composed = result["test"]["era→core"]
     assert 0 <= composed["selection_rate"] <= 1
+    adaptive = composed["adaptive"]
+    assert adaptive["samples"] == 20 and adaptive["natural_agrees_with_indicator"]
+    assert adaptive["robust_accuracy"] <= composed["natural_accuracy"] + 0.2
     assert set(result["autoattack_check"]) == {"core", "era"}
     for check in result["autoattack_check"].values():
         assert check["autoattack"] <= check["apgd-ce"] + 0.05
@@ -152,6 +164,28 @@ def test_a_small_experiment_end_to_end(tmp_path):
     assert records[0].endswith("robust@0.05,robust@0.1") and len(records) == 61
     again = run_experiment(config, tmp_path, device="cpu", progress=False)
     assert again["test"] == result["test"]
+
+
+def test_every_selector_in_an_experiment(tmp_path):
+    config = parse_config({**EXPERIMENT, "compositions": SELECTORS,
+                           "calibration": {"gate": {"train": {"epochs": 2}}},
+                           "evaluation": {**EXPERIMENT["evaluation"], "autoattack_check": 0,
+                                          "threat": {"eps": 0.1}}},
+                          ExperimentConfig)
+    result = run_experiment(config, tmp_path, device="cpu", progress=False)["test"]
+    response = result["era→core [softmax_response]"]
+    assert response["calibrated_for"] == {"composed_accuracy": pytest.approx(
+        response["calibrated_for"]["composed_accuracy"])}
+    assert 0 <= response["aurc"] <= 1 and response["adaptive"]["samples"] == 20
+    assert result["era→core [entropy]"]["calibrated_for"] == {"coverage": 0.8}
+    assert result["era→core [gate]"]["calibrated_for"] == {"selective_accuracy": 0.9}
+    assert (tmp_path / "models" / "gates" / "era.safetensors").exists()
+    assert 0 <= result["era→core [mixing]"]["weight"] <= 1
+    chain = result["era→core→core"]
+    assert set(chain["routes"]) == {"branch 0", "branch 1", "core"}
+    assert sum(sum(route.values()) for route in chain["routes"].values()) == 60
+    selection = (tmp_path / "selection" / "era-core-softmax_response.csv").read_text()
+    assert selection.startswith("index,score,selected\n0,")
 
 
 def test_experiment_references_are_checked(tmp_path):

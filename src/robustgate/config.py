@@ -206,9 +206,74 @@ class EvaluationSettings(_Strict):
     autoattack_check: int = Field(0, ge=0)
 
 
+SELECTORS = ("robustness", "softmax_response", "entropy", "gate", "mixing")
+
+
 class CompositionSettings(_Strict):
-    branch: str
+    """``branch`` (or a chain of branches, each with a robustness selector) composed with
+    ``core``. ``selector``: ``robustness`` (at the evaluation's selector radius), a confidence
+    measure (``softmax_response``, ``entropy``), a learned ``gate``, or ``mixing`` (the soft
+    mixing baseline; it never abstains). Thresholds (and the mixing weight) are chosen on
+    validation data for ``coverage`` or ``selective_accuracy`` when given, else to match the
+    composed natural accuracy of the robustness selector on the same branch."""
+
+    branch: str | list[str]
     core: str
+    selector: Literal["robustness", "softmax_response", "entropy", "gate", "mixing"] = (
+        "robustness"
+    )
+    coverage: float | None = Field(None, gt=0, le=1)
+    selective_accuracy: float | None = Field(None, gt=0, le=1)
+
+    @property
+    def branches(self) -> list[str]:
+        return [self.branch] if isinstance(self.branch, str) else list(self.branch)
+
+    @property
+    def label(self) -> str:
+        chain = "→".join([*self.branches, self.core])
+        return chain if self.selector == "robustness" else f"{chain} [{self.selector}]"
+
+
+class GateSettings(_Strict):
+    """The learned gate: a two-class network (the branch's architecture and arguments unless
+    given) trained on ``share`` of the calibration data to predict where the branch is robust
+    (at the selector radius) and accurate."""
+
+    architecture: str | None = None
+    arguments: dict[str, Any] | None = None
+    share: float = Field(0.6, gt=0, lt=1)
+    train: OptimizerSettings = Field(
+        default_factory=lambda: OptimizerSettings(epochs=10, batch_size=64, lr=0.05)
+    )
+
+
+class MixingSettings(_Strict):
+    """The robust model's logits transform of the mixing baseline (``models.mixing``)."""
+
+    scale: float = Field(1.0, gt=0)
+    power: float = Field(1.0, gt=0)
+    shift: float | None = None
+
+
+class CalibrationSettings(_Strict):
+    """Validation data for thresholds, the gate and the mixing weight (first ``limit`` points of
+    the validation split)."""
+
+    limit: int | None = Field(5000, ge=2)
+    gate: GateSettings = Field(default_factory=GateSettings)
+    mixing: MixingSettings = Field(default_factory=MixingSettings)
+
+
+class AdaptiveSettings(_Strict):
+    """The adaptive attack on every composition, on the first ``limit`` test points (0: off);
+    the mixing baseline is attacked as one model with the evaluation attack instead."""
+
+    limit: int = Field(1000, ge=0)
+    steps: int = Field(50, ge=1)
+    relative_step: float = Field(0.1, gt=0)
+    target_classes: int = Field(2, ge=0)
+    steer: float = Field(1.0, ge=0)
 
 
 class ExperimentConfig(_Strict):
@@ -221,6 +286,8 @@ class ExperimentConfig(_Strict):
     models: dict[str, TrainSpec]
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     compositions: list[CompositionSettings] = Field(default_factory=list)
+    calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
+    adaptive: AdaptiveSettings = Field(default_factory=AdaptiveSettings)
 
 
 def _describe(error: ValidationError) -> str:

@@ -4,13 +4,16 @@ from robustgate.evaluate.adaptive import AdaptiveAttack, check_composition
 from robustgate.evaluate.composition import compose_records
 from robustgate.evaluate.metrics import robustness_metrics, selection_metrics
 from robustgate.evaluate.records import Records, evaluate_model
+from robustgate.evaluate.selective import area_under_risk_coverage, risk_coverage_curve
 
 __all__ = [
     "AdaptiveAttack",
     "Records",
     "check_composition",
+    "area_under_risk_coverage",
     "compose_records",
     "evaluate_model",
+    "risk_coverage_curve",
     "robustness_metrics",
     "selection_metrics",
 ]

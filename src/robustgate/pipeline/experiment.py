@@ -22,7 +22,8 @@ from robustgate.device import resolve_device
 from robustgate.evaluate import Records, evaluate_model, robustness_metrics
 from robustgate.io import atomic_write_json, atomic_write_text
 from robustgate.models import load_checkpoint
-from robustgate.pipeline.demo import check_run_directory, composition_metrics, say
+from robustgate.pipeline.compositions import CompositionEvaluator
+from robustgate.pipeline.demo import check_run_directory, say
 from robustgate.report import metrics_table
 from robustgate.train.run import train_model, training_data
 
@@ -36,10 +37,11 @@ def _check_model_references(config: ExperimentConfig) -> None:
                              f"trained before it; models so far: {sorted(seen)}")
         seen.add(name)
     for composition in config.compositions:
-        for role in ("branch", "core"):
-            if getattr(composition, role) not in config.models:
-                raise ValueError(f"composition {role} {getattr(composition, role)!r} is not a "
-                                 f"model of the config; models: {sorted(config.models)}")
+        for role, name in [*(("branch", b) for b in composition.branches),
+                           ("core", composition.core)]:
+            if name not in config.models:
+                raise ValueError(f"composition {role} {name!r} is not a model of the config; "
+                                 f"models: {sorted(config.models)}")
 
 
 def run_experiment(
@@ -72,7 +74,7 @@ def run_experiment(
     if settings.limit is not None:
         x_test, y_test = x_test[: settings.limit], y_test[: settings.limit]
     attack = settings.attack.build(config.seed)
-    branches = {composition.branch for composition in config.compositions}
+    branches = {name for composition in config.compositions for name in composition.branches}
     records: dict[str, Records] = {}
     models = {}
     for name, path in checkpoints.items():
@@ -88,12 +90,10 @@ def run_experiment(
     metrics: dict[str, Any] = {
         name: robustness_metrics(r.accurate, r.robust_at(eps)) for name, r in records.items()
     }
+    evaluator = CompositionEvaluator(config, out, models, records, (x_test, y_test),
+                                     validation, threat, attack, device, progress)
     for composition in config.compositions:
-        label = f"{composition.branch}→{composition.core}"
-        metrics[label] = composition_metrics(
-            records[composition.branch], records[composition.core], eps,
-            settings.selector_radius_factor,
-        )
+        metrics[composition.label] = evaluator.evaluate(composition)
     check = _autoattack_check(models, records, x_test, y_test, threat, config, out, progress)
     result = {"test": metrics, "autoattack_check": check,
               "attack": settings.attack.name, "eps": eps, "selector_eps": selector_eps,

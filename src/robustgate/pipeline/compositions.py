@@ -1,0 +1,316 @@
+"""Compositions of an experiment: build each selector (calibrated on validation data), evaluate
+the composition offline in the indicator form and end to end with the adaptive attack.
+
+Files in the run directory: ``records/validation/<branch>.csv`` (the branch's robustness at the
+selector radius on the calibration data), ``models/gates/<branch>.safetensors`` (learned gates),
+``selection/<composition>.csv`` (per test input: score where the selector has one, selected) and
+``records/adaptive/<composition>.csv`` (per-sample records under the adaptive attack, or under the
+evaluation attack for the mixing baseline).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from robustgate.attacks import Attack
+from robustgate.compose import ComposedClassifier
+from robustgate.config import CompositionSettings, ExperimentConfig
+from robustgate.evaluate import (
+    AdaptiveAttack,
+    Records,
+    area_under_risk_coverage,
+    check_composition,
+    compose_records,
+    evaluate_model,
+    robustness_metrics,
+    selection_metrics,
+)
+from robustgate.io import atomic_write_text
+from robustgate.models import (
+    MixedClassifier,
+    build_model,
+    choose_mixing_weight,
+    load_checkpoint,
+    predict_logits,
+    save_checkpoint,
+)
+from robustgate.pipeline.demo import say
+from robustgate.select import (
+    ConfidenceSelector,
+    GateSelector,
+    RobustnessSelector,
+    ThresholdSelector,
+    threshold_for_composed_accuracy,
+    threshold_for_coverage,
+    threshold_for_selective_accuracy,
+    train_gate,
+)
+from robustgate.threat import ThreatModel
+
+Data = tuple[torch.Tensor, torch.Tensor]
+
+
+def file_name(label: str) -> str:
+    """A composition's label as a file name: ``era→core [gate]`` → ``era-core-gate``."""
+    return re.sub(r"[^A-Za-z0-9_.]+", "-", label).strip("-")
+
+
+def route_counts(accurate: np.ndarray, routes: np.ndarray, stages: int) -> dict[str, Any]:
+    """Correct and wrong answers per route (``branch i`` …, ``core``)."""
+    names = [f"branch {i}" for i in range(stages)] + ["core"]
+    return {name: {"correct": int((accurate & (routes == i)).sum()),
+                   "wrong": int((~accurate & (routes == i)).sum())}
+            for i, name in enumerate(names)}
+
+
+@dataclass
+class CompositionEvaluator:
+    """Evaluates the compositions of ``config`` from the trained ``models`` and their test
+    ``records``; ``validation`` is the validation split (thresholds, gates, mixing weights)."""
+
+    config: ExperimentConfig
+    out: Path
+    models: dict[str, nn.Module]
+    records: dict[str, Records]
+    test: Data
+    validation: Data | None
+    threat: ThreatModel
+    attack: Attack
+    device: torch.device
+    progress: bool = True
+
+    @property
+    def selector_eps(self) -> float:
+        return self.threat.eps * self.config.evaluation.selector_radius_factor
+
+    # -- calibration data --------------------------------------------------------------------
+
+    def _calibration(self) -> Data:
+        if self.validation is None:
+            raise ValueError("calibrated selectors need validation data: set "
+                             "data.validation_size")
+        limit = self.config.calibration.limit
+        return self.validation[0][:limit], self.validation[1][:limit]
+
+    def _gate_count(self) -> int:
+        return int(self.config.calibration.gate.share * len(self._calibration()[1]))
+
+    def _validation_records(self, branch: str) -> Records:
+        """The branch's records on the calibration data at the selector radius (resumable)."""
+        path = self.out / "records" / "validation" / f"{branch}.csv"
+        if path.exists():
+            return Records.read_csv(path)
+        x, y = self._calibration()
+        say(f"[{branch}] robustness at {self.selector_eps:g} on {len(y)} validation points",
+            self.progress)
+        partial = path.with_suffix(".partial.csv")
+        records = evaluate_model(self.models[branch], x, y, self.threat, [self.selector_eps],
+                                 self.attack, batch_size=self.config.evaluation.batch_size,
+                                 progress=self.progress, description=f"{branch}/validation",
+                                 partial=partial)
+        records.to_csv(path)
+        partial.unlink(missing_ok=True)
+        return records
+
+    def _calibration_part(self) -> slice:
+        return slice(self._gate_count(), None)
+
+    def _matching_accuracy(self, branch: str, core: str) -> float:
+        """The robustness selector's composed natural accuracy on the calibration part."""
+        x, y = self._calibration()
+        part = self._calibration_part()
+        records = self._validation_records(branch)
+        core_accurate = (predict_logits(self.models[core], x).argmax(1) == y).numpy()
+        selected = records.robust_at(self.selector_eps)
+        composed = np.where(selected, records.accurate, core_accurate)
+        return float(composed[part].mean())
+
+    # -- selectors -----------------------------------------------------------------------------
+
+    def _gate(self, branch: str) -> GateSelector:
+        settings = self.config.calibration.gate
+        spec = self.config.models[branch].model
+        architecture = settings.architecture or spec.architecture
+        arguments = {**(settings.arguments if settings.arguments is not None
+                        else spec.arguments), "num_classes": 2}
+        path = self.out / "models" / "gates" / f"{branch}.safetensors"
+        if path.exists():
+            gate, _ = load_checkpoint(path, self.device)
+            return GateSelector(gate)
+        x, y = self._calibration()
+        count = self._gate_count()
+        records = self._validation_records(branch)
+        target = (records.accurate & records.robust_at(self.selector_eps))[:count]
+        say(f"[{branch}] training the gate on {count} validation points "
+            f"({100 * target.mean():.1f}% robust and accurate)", self.progress)
+        torch.manual_seed(self.config.seed)
+        gate = build_model(architecture, arguments).to(self.device)
+        selector = train_gate(gate, x[:count], target, settings.train.build(self.config.seed),
+                              progress=self.progress)
+        save_checkpoint(path, gate, architecture, arguments, {"gate_for": branch})
+        return selector
+
+    def _threshold_selector(self, composition: CompositionSettings, branch: str
+                            ) -> tuple[ThresholdSelector, dict[str, Any]]:
+        if composition.selector == "gate":
+            selector: ThresholdSelector = self._gate(branch)
+        else:
+            selector = ConfidenceSelector(self.models[branch], 0.0, composition.selector)
+        x, y = self._calibration()
+        part = self._calibration_part()
+        scores = selector.scores(x[part]).numpy()
+        branch_accurate = (predict_logits(self.models[branch], x[part]).argmax(1) == y[part])
+        if composition.coverage is not None:
+            rule = {"coverage": composition.coverage}
+            threshold = threshold_for_coverage(scores, composition.coverage)
+        elif composition.selective_accuracy is not None:
+            rule = {"selective_accuracy": composition.selective_accuracy}
+            threshold = threshold_for_selective_accuracy(scores, branch_accurate.numpy(),
+                                                         composition.selective_accuracy)
+        else:
+            target = self._matching_accuracy(branch, composition.core)
+            rule = {"composed_accuracy": target}
+            core_accurate = predict_logits(self.models[composition.core], x[part]).argmax(1)
+            threshold = threshold_for_composed_accuracy(
+                scores, branch_accurate.numpy(), (core_accurate == y[part]).numpy(), target)
+        selector.threshold = threshold
+        return selector, {"threshold": threshold, "calibrated_for": rule,
+                          "calibration_samples": len(scores)}
+
+    # -- evaluation ----------------------------------------------------------------------------
+
+    def evaluate(self, composition: CompositionSettings) -> dict[str, Any]:
+        """Metrics of one composition (indicator form on the test set, adaptive attack on the
+        first ``adaptive.limit`` test points); writes the selection and adaptive records."""
+        if composition.selector == "mixing":
+            return self._evaluate_mixing(composition)
+        branches = composition.branches
+        if len(branches) > 1 and composition.selector != "robustness":
+            raise ValueError(f"composition {composition.label!r}: chains use robustness "
+                             "selectors only")
+        x, _ = self.test
+        info: dict[str, Any] = {}
+        scores = None
+        if composition.selector == "robustness":
+            selectors = [RobustnessSelector(self.models[name], self.threat, self.attack,
+                                            self.config.evaluation.selector_radius_factor,
+                                            self.config.evaluation.batch_size)
+                         for name in branches]
+            selected = [self.records[name].robust_at(self.selector_eps) for name in branches]
+        else:
+            selector, info = self._threshold_selector(composition, branches[0])
+            scores = selector.scores(x).numpy()
+            selectors, selected = [selector], [scores >= selector.threshold]
+        composed_records = self.records[composition.core]
+        for name, mask in zip(reversed(branches), reversed(selected), strict=True):
+            composed_records = compose_records(self.records[name], composed_records, mask)
+        routes = np.full(len(x), len(branches))
+        for stage in reversed(range(len(branches))):
+            routes[selected[stage]] = stage  # earlier stages win
+        self._write_selection(composition.label, scores, routes == 0)
+        first = self.records[branches[0]]
+        metrics: dict[str, Any] = {
+            **robustness_metrics(composed_records.accurate, composed_records.robust_at(
+                self.threat.eps)),
+            **selection_metrics(first.accurate, selected[0]),
+            "routes": route_counts(composed_records.accurate, routes, len(branches)),
+            **info,
+        }
+        if scores is not None:
+            metrics["aurc"] = area_under_risk_coverage(scores, first.accurate)
+        composed = ComposedClassifier.chain(
+            [(self.models[name], sel) for name, sel in zip(branches, selectors, strict=True)],
+            self.models[composition.core])
+        metrics["adaptive"] = self._adaptive(composition.label, composed, composed_records)
+        return metrics
+
+    def _write_selection(self, label: str, scores: np.ndarray | None, selected: np.ndarray
+                         ) -> None:
+        lines = ["index,score,selected"]
+        for i, chosen in enumerate(selected):
+            score = "" if scores is None else repr(float(scores[i]))
+            lines.append(f"{i},{score},{int(chosen)}")
+        atomic_write_text(self.out / "selection" / f"{file_name(label)}.csv",
+                          "\n".join(lines) + "\n")
+
+    def _attacked(self, label: str, model: Any, attack: Any, **check: Any) -> Records | None:
+        """Records of ``model`` (a composition or the mixed model) under ``attack`` on the first
+        ``adaptive.limit`` test points (resumable)."""
+        limit = min(self.config.adaptive.limit, len(self.test[1]))
+        if limit == 0:
+            return None
+        path = self.out / "records" / "adaptive" / f"{file_name(label)}.csv"
+        if path.exists():
+            return Records.read_csv(path)
+        say(f"[{label}] attacking the whole system on {limit} test points", self.progress)
+        partial = path.with_suffix(".partial.csv")
+        records = evaluate_model(model, self.test[0][:limit], self.test[1][:limit], self.threat,
+                                 [self.threat.eps], attack,
+                                 batch_size=self.config.evaluation.batch_size,
+                                 progress=self.progress, description=f"{label}/adaptive",
+                                 partial=partial, **check)
+        records.to_csv(path)
+        partial.unlink(missing_ok=True)
+        return records
+
+    def _adaptive(self, label: str, composed: ComposedClassifier, indicator: Records
+                  ) -> dict[str, Any] | None:
+        settings = self.config.adaptive
+        attack = AdaptiveAttack(steps=settings.steps, relative_step=settings.relative_step,
+                                target_classes=settings.target_classes, steer=settings.steer,
+                                seed=self.config.seed)
+        attacked = self._attacked(label, composed, attack, check=check_composition)
+        if attacked is None:
+            return None
+        count = len(attacked)
+        indicator_robust = float(
+            (indicator.accurate & indicator.robust_at(self.threat.eps))[:count].mean())
+        adaptive_robust = float((attacked.accurate & attacked.robust_at(self.threat.eps)).mean())
+        return {
+            "samples": count,
+            "attack": repr(attack),
+            "robust_accuracy": adaptive_robust,
+            "indicator_robust_accuracy": indicator_robust,
+            "difference_points": round(100 * (indicator_robust - adaptive_robust), 2),
+            "natural_agrees_with_indicator": bool(
+                np.array_equal(attacked.predictions, indicator.predictions[:count])),
+        }
+
+    def _evaluate_mixing(self, composition: CompositionSettings) -> dict[str, Any]:
+        branches = composition.branches
+        if len(branches) > 1 or composition.coverage or composition.selective_accuracy:
+            raise ValueError(f"composition {composition.label!r}: mixing takes one branch and "
+                             "never abstains (no coverage or selective accuracy)")
+        branch, core = branches[0], composition.core
+        settings = self.config.calibration.mixing
+        x, y = self._calibration()
+        part = self._calibration_part()
+        target = self._matching_accuracy(branch, core)
+        weight = choose_mixing_weight(
+            predict_logits(self.models[core], x[part]), predict_logits(self.models[branch],
+                                                                        x[part]),
+            y[part], target, scale=settings.scale, power=settings.power, shift=settings.shift)
+        mixed = MixedClassifier(self.models[core], self.models[branch], weight,
+                                settings.scale, settings.power, settings.shift)
+        natural = (predict_logits(mixed, self.test[0]).argmax(1) == self.test[1]).numpy()
+        attacked = self._attacked(composition.label, mixed, self.attack)
+        metrics: dict[str, Any] = {"natural_accuracy": float(natural.mean()), "weight": weight,
+                                   "calibrated_for": {"composed_accuracy": target}}
+        if attacked is not None:
+            robust = attacked.robust_at(self.threat.eps)
+            metrics.update({
+                "robust_accuracy": float((attacked.accurate & robust).mean()),
+                "robust_inaccuracy": float((~attacked.accurate & robust).mean()),
+                "non_robust": float((~robust).mean()),
+                "adaptive": {"samples": len(attacked), "attack": repr(self.attack),
+                             "robust_accuracy": float((attacked.accurate & robust).mean()),
+                             "indicator_robust_accuracy": None, "difference_points": None},
+            })
+        return metrics
