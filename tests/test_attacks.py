@@ -141,3 +141,15 @@ def test_unknown_attacks_are_errors():
         make_attack("cw")
     with pytest.raises(ValueError, match="unknown pyautoattack attacks"):
         AutoAttackAdapter(["deepfool"])
+
+
+def test_a_seeded_attack_gives_the_same_answer_on_every_call():
+    model = random_linear(3, 2, seed=4)
+    x = torch.rand(64, 2, generator=torch.Generator().manual_seed(4))
+    attack = PGD(steps=3, relative_step=0.1, restarts=2, seed=7)
+    threat = ThreatModel("linf", 0.05)
+    target = model(x).argmax(1)
+    first = attack(model, x, target, threat)
+    assert torch.equal(first, attack(model, x, target, threat))
+    assert not torch.equal(first, PGD(steps=3, relative_step=0.1, restarts=2, seed=8)(
+        model, x, target, threat))

@@ -167,7 +167,7 @@ def test_a_small_experiment_end_to_end(tmp_path):
 
 
 def test_every_selector_in_an_experiment(tmp_path):
-    config = parse_config({**EXPERIMENT, "compositions": SELECTORS,
+    config = parse_config({**EXPERIMENT, "compositions": [*EXPERIMENT["compositions"], *SELECTORS],
                            "calibration": {"gate": {"train": {"epochs": 2}}},
                            "evaluation": {**EXPERIMENT["evaluation"], "autoattack_check": 0,
                                           "threat": {"eps": 0.1}}},
@@ -185,7 +185,37 @@ def test_every_selector_in_an_experiment(tmp_path):
     assert set(chain["routes"]) == {"branch 0", "branch 1", "core"}
     assert sum(sum(route.values()) for route in chain["routes"].values()) == 60
     selection = (tmp_path / "selection" / "era-core-softmax_response.csv").read_text()
-    assert selection.startswith("index,score,selected\n0,")
+    assert selection.startswith("index,score,route\n0,")
+    (tmp_path / "report.html").unlink()
+    assert main(["report", str(tmp_path)]) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4 and "AURC" in page
+    assert "Selectors at matched composed natural accuracy" in (tmp_path / "report.md").read_text()
+
+
+def test_compose_command_from_records_and_from_checkpoints(tmp_path):
+    run = tmp_path / "run"
+    run_experiment(parse_config({**EXPERIMENT, "evaluation": {**EXPERIMENT["evaluation"],
+                                                              "autoattack_check": 0}},
+                                ExperimentConfig), run, device="cpu", progress=False)
+    records = run / "records" / "test"
+    assert main(["compose", "--branch", str(records / "era.csv"), "--core",
+                 str(records / "core.csv"), "--eps", "0.05", "--out", str(tmp_path / "a")]) == 0
+    offline = json.loads((tmp_path / "a" / "summary.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())["test"]["era→core"]
+    assert offline["metrics"]["robust_accuracy"] == metrics["robust_accuracy"]
+    arguments = ["compose", "--branch", str(run / "models" / "era" / "best.safetensors"),
+                 "--core", str(run / "models" / "core" / "best.safetensors"), "--eps", "0.05",
+                 "--data", "twogauss", "--limit", "20", "--attack", "pgd", "--steps", "10",
+                 "--quiet", "--device", "cpu"]
+    assert main([*arguments, "--adaptive", "--out", str(tmp_path / "b")]) == 0
+    inference = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert inference["natural_accuracy"] == inference["adaptive"]["natural_accuracy"]
+    assert sum(sum(r.values()) for r in inference["routes"].values()) == 20
+    assert main([*arguments, "--selector", "entropy", "--out", str(tmp_path / "c")]) == 2
+    assert main(["compose", "--branch", str(records / "era.csv"), "--core",
+                 str(run / "models" / "core" / "best.safetensors"), "--eps", "0.05",
+                 "--out", str(tmp_path / "d")]) == 2
 
 
 def test_experiment_references_are_checked(tmp_path):

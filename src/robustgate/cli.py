@@ -1,4 +1,4 @@
-"""The command line: ``robustgate demo | train | evaluate | run``."""
+"""The command line: ``robustgate demo | train | evaluate | run | compose | report``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from robustgate.config import DemoConfig
 from robustgate.data import SYNTHETIC_DATASETS
@@ -42,9 +43,26 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    from robustgate.config import AttackSettings
+def _split(args: argparse.Namespace, split: str | None = None) -> tuple[Any, Any]:
+    """Inputs and labels of the data set the arguments name (``split`` or ``--split``), cut to
+    ``--limit``."""
     from robustgate.data import load_dataset
+
+    data = load_dataset(args.data, root=args.root, path=args.path, split=split or args.split,
+                        download=args.download, validation_size=args.validation_size,
+                        seed=args.seed)
+    limit = args.limit if split is None else None
+    return data.x[:limit], data.y[:limit]
+
+
+def _attack(args: argparse.Namespace) -> Any:
+    from robustgate.config import AttackSettings
+
+    return AttackSettings(name=args.attack, steps=args.steps, restarts=args.restarts,
+                          relative_step=args.relative_step).build(args.seed)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     from robustgate.device import resolve_device
     from robustgate.evaluate import evaluate_model, robustness_metrics
     from robustgate.io import atomic_write_json
@@ -54,17 +72,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     model, metadata = load_checkpoint(args.checkpoint, device)
-    data = load_dataset(args.data, root=args.root, path=args.path, split=args.split,
-                        download=args.download, validation_size=args.validation_size,
-                        seed=args.seed)
-    x, y = data.x, data.y
-    if args.limit is not None:
-        x, y = x[: args.limit], y[: args.limit]
+    x, y = _split(args)
     threat = ThreatModel(args.norm, args.eps[0])
     for eps in args.eps:
         ThreatModel(args.norm, eps).check_dimension(x)
-    attack = AttackSettings(name=args.attack, steps=args.steps, restarts=args.restarts,
-                            relative_step=args.relative_step).build(args.seed)
+    attack = _attack(args)
     out = Path(args.out)
     records = evaluate_model(model, x, y, threat, args.eps, attack, batch_size=args.batch_size,
                              progress=not args.quiet, description=args.attack,
@@ -96,11 +108,81 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compose(args: argparse.Namespace) -> int:
+    from robustgate.pipeline.compose import compose_from_checkpoints, compose_from_records
+    from robustgate.report import metrics_table
+
+    parts = [*args.branch, args.core]
+    kinds = {Path(part).suffix for part in parts}
+    if kinds == {".csv"}:
+        summary = compose_from_records(args.branch, args.core, args.eps, args.radius_factor,
+                                       args.out)
+        print(metrics_table({"composed": summary["metrics"]}))
+        print(f"wrote {args.out}/records.csv and summary.json")
+        return 0
+    if kinds != {".safetensors"}:
+        raise ValueError(f"compose takes records (.csv) or checkpoints (.safetensors), not a "
+                         f"mix: {parts}")
+    if args.data is None:
+        raise ValueError("composing checkpoints needs --data (and --root or --path)")
+    from robustgate.device import resolve_device
+    from robustgate.evaluate import AdaptiveAttack
+    from robustgate.threat import ThreatModel
+
+    x, y = _split(args)
+    threat = ThreatModel(args.norm, args.eps)
+    threat.check_dimension(x)
+    calibration = _split(args, "validation")[0] if args.coverage is not None else None
+    summary = compose_from_checkpoints(
+        args.branch, args.core, x, y, threat, _attack(args), args.out, selector=args.selector,
+        radius_factor=args.radius_factor, threshold=args.threshold, coverage=args.coverage,
+        calibration=calibration,
+        adaptive=AdaptiveAttack(seed=args.seed) if args.adaptive else None,
+        device=resolve_device(args.device), batch_size=args.batch_size,
+        progress=not args.quiet)
+    rows = {"composed": {key: summary[key] for key in ("natural_accuracy", "selection_rate")}}
+    if "adaptive" in summary:
+        rows["composed, adaptive attack"] = summary["adaptive"]
+    print(metrics_table(rows))
+    print(f"wrote {args.out}/predictions.csv and summary.json")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from robustgate.report.run_report import write_reports
+
+    markdown, html = write_reports(args.run_dir)
+    print(f"wrote {markdown} and {html}")
+    return 0
+
+
 def _count_or_fraction(text: str) -> int | float:
     try:
         return int(text)
     except ValueError:
         return float(text)
+
+
+def _data_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    from robustgate.attacks import ATTACKS
+    from robustgate.data import DATASETS
+
+    parser.add_argument("--data", required=required, choices=DATASETS)
+    parser.add_argument("--root", help="directory holding the data set's files")
+    parser.add_argument("--path", help="the .npz file, for --data npz")
+    parser.add_argument("--download", action="store_true", help="download missing files")
+    parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    parser.add_argument("--validation-size", type=_count_or_fraction, default=0,
+                        help="validation samples taken from the training data (count or "
+                        "fraction), for --split train/validation and calibration")
+    parser.add_argument("--limit", type=int, help="only the first N samples")
+    parser.add_argument("--attack", default="apgd-ce", choices=ATTACKS)
+    parser.add_argument("--steps", type=int, default=100, help="attack iterations")
+    parser.add_argument("--restarts", type=int, default=1)
+    parser.add_argument("--relative-step", type=float, default=0.1, help="pgd only")
+    parser.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -109,9 +191,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from robustgate.attacks import ATTACKS
-    from robustgate.data import DATASETS
-
     parser = argparse.ArgumentParser(
         prog="robustgate",
         description="Robust only where accurate: train, select by robustness, compose.",
@@ -134,23 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate", help="per-sample accuracy and robustness records of a checkpoint")
     evaluate.add_argument("checkpoint", help="a robustgate .safetensors checkpoint")
-    evaluate.add_argument("--data", required=True, choices=DATASETS)
-    evaluate.add_argument("--root", help="directory holding the data set's files")
-    evaluate.add_argument("--path", help="the .npz file, for --data npz")
-    evaluate.add_argument("--download", action="store_true", help="download missing files")
-    evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    evaluate.add_argument("--validation-size", type=_count_or_fraction, default=0,
-                          help="validation samples taken from the training data (count or "
-                          "fraction), for --split train/validation")
-    evaluate.add_argument("--attack", default="apgd-ce", choices=ATTACKS)
-    evaluate.add_argument("--steps", type=int, default=100, help="attack iterations")
-    evaluate.add_argument("--restarts", type=int, default=1)
-    evaluate.add_argument("--relative-step", type=float, default=0.1, help="pgd only")
-    evaluate.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    _data_options(evaluate)
     evaluate.add_argument("--eps", type=float, nargs="+", required=True, help="radii to check")
-    evaluate.add_argument("--limit", type=int, help="only the first N samples")
-    evaluate.add_argument("--batch-size", type=int, default=500)
-    evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--out", required=True, help="directory for records and summary")
     _common(evaluate)
     evaluate.set_defaults(handler=_evaluate)
@@ -161,6 +225,34 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run directory (default: runs/<name>)")
     _common(run)
     run.set_defaults(handler=_run)
+
+    compose = commands.add_parser(
+        "compose", help="compose a branch (or a chain) with a core, from per-sample records "
+        "(.csv, offline) or from checkpoints (.safetensors, on a data split)")
+    compose.add_argument("--branch", action="append", required=True,
+                         help="branch records or checkpoint; repeat for a chain")
+    compose.add_argument("--core", required=True, help="core records or checkpoint")
+    compose.add_argument("--eps", type=float, required=True, help="threat radius")
+    compose.add_argument("--radius-factor", type=float, default=2.0,
+                         help="the robustness selector checks radius-factor × eps (default 2)")
+    compose.add_argument("--selector", default="robustness",
+                         choices=["robustness", "softmax_response", "entropy"],
+                         help="checkpoints only; confidence selectors need --threshold or "
+                         "--coverage")
+    compose.add_argument("--threshold", type=float, help="confidence selector threshold")
+    compose.add_argument("--coverage", type=float,
+                         help="calibrate the confidence threshold on the validation split")
+    compose.add_argument("--adaptive", action="store_true",
+                         help="attack the composed system end to end (checkpoints only)")
+    _data_options(compose, required=False)
+    compose.add_argument("--out", required=True, help="directory for the results")
+    _common(compose)
+    compose.set_defaults(handler=_compose)
+
+    report = commands.add_parser(
+        "report", help="write report.md and report.html (plots embedded) for a run directory")
+    report.add_argument("run_dir", help="a directory written by `robustgate run`")
+    report.set_defaults(handler=_report)
     return parser
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,8 @@ from typing import Any
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(temporary_path)`` and rename the result onto ``path``; on failure the old
-    ``path`` is left as it was."""
+    ``path`` is left as it was. The file gets the usual permissions (``0o666`` less the umask),
+    not the owner-only ones of a temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix,
@@ -20,10 +22,17 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     os.close(descriptor)
     try:
         write(Path(temporary))
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -32,3 +41,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def file_name(label: str) -> str:
+    """A label as a file name: ``era→core [gate]`` → ``era-core-gate``."""
+    return re.sub(r"[^A-Za-z0-9_.]+", "-", label).strip("-")

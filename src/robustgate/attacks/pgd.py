@@ -42,7 +42,8 @@ class PGD:
     early_exit: for robustness checks: a sample leaves the batch as soon as its prediction
         differs from ``target``, and the first such point is returned. Without it (training) the
         point of highest objective over the restarts is returned.
-    seed: seed of the random starts (``None``: PyTorch's global generator).
+    seed: seed of the random starts, drawn afresh on every call, so that the same batch always
+        gets the same answer (``None``: PyTorch's global generator).
     """
 
     def __init__(
@@ -72,7 +73,7 @@ class PGD:
         self.random_start = random_start
         self.objective = objective
         self.early_exit = early_exit
-        self.generator = None if seed is None else torch.Generator().manual_seed(seed)
+        self.seed = seed
 
     def __repr__(self) -> str:
         return (
@@ -103,6 +104,7 @@ class PGD:
         if self.objective == "kl":
             with torch.no_grad():
                 clean_log_probs = F.log_softmax(model(x), dim=1)
+        generator = None if self.seed is None else torch.Generator().manual_seed(self.seed)
         best = x.clone()
         best_loss = torch.full((len(x),), -torch.inf, device=x.device)
         fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
@@ -110,7 +112,8 @@ class PGD:
             active = (~fooled).nonzero().flatten()
             if len(active) == 0 or threat.eps == 0:
                 break
-            self._run(model, x, target, threat, active, clean_log_probs, best, best_loss, fooled)
+            self._run(model, x, target, threat, active, clean_log_probs, best, best_loss, fooled,
+                      generator)
         return best
 
     def _run(
@@ -124,11 +127,12 @@ class PGD:
         best: torch.Tensor,
         best_loss: torch.Tensor,
         fooled: torch.Tensor,
+        generator: torch.Generator | None,
     ) -> None:
         """One restart on the samples ``active``; updates ``best``, ``best_loss``, ``fooled``."""
         origin, aim = x[active], target[active]
         clean = None if clean_log_probs is None else clean_log_probs[active]
-        x_adv = threat.random_start(origin, self.generator) if self.random_start else origin
+        x_adv = threat.random_start(origin, generator) if self.random_start else origin
         step_size = self.relative_step * threat.eps
         for step in range(self.steps + 1):
             last = step == self.steps

@@ -1,7 +1,7 @@
 """Per-sample records, the metrics computed from them, and composition arithmetic."""
 
 from robustgate.evaluate.adaptive import AdaptiveAttack, check_composition
-from robustgate.evaluate.composition import compose_records
+from robustgate.evaluate.composition import compose_chain, compose_records
 from robustgate.evaluate.metrics import robustness_metrics, selection_metrics
 from robustgate.evaluate.records import Records, evaluate_model
 from robustgate.evaluate.selective import area_under_risk_coverage, risk_coverage_curve
@@ -11,6 +11,7 @@ __all__ = [
     "Records",
     "check_composition",
     "area_under_risk_coverage",
+    "compose_chain",
     "compose_records",
     "evaluate_model",
     "risk_coverage_curve",

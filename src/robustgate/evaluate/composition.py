@@ -12,6 +12,8 @@ is itself a composition.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from robustgate.evaluate.records import Records
@@ -42,3 +44,19 @@ def compose_records(branch: Records, core: Records, selected: np.ndarray) -> Rec
             eps: np.where(selected, branch.robust[eps], core.robust_at(eps)) for eps in radii
         },
     )
+
+
+def compose_chain(branches: Sequence[Records], core: Records, selected: Sequence[np.ndarray]
+                  ) -> tuple[Records, np.ndarray]:
+    """Records of the chain ``(branch_1, S_1) → … → core`` and each input's route (the index of
+    the first stage that selects it; ``len(branches)`` for the core)."""
+    if len(branches) != len(selected) or not branches:
+        raise ValueError(f"a chain needs one selection per branch, got {len(branches)} branches "
+                         f"and {len(selected)} selections")
+    composed = core
+    for branch, mask in zip(reversed(branches), reversed(selected), strict=True):
+        composed = compose_records(branch, composed, mask)
+    routes = np.full(len(core), len(branches))
+    for stage in reversed(range(len(branches))):
+        routes[np.asarray(selected[stage], dtype=bool)] = stage
+    return composed, routes

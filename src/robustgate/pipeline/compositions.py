@@ -3,14 +3,15 @@ the composition offline in the indicator form and end to end with the adaptive a
 
 Files in the run directory: ``records/validation/<branch>.csv`` (the branch's robustness at the
 selector radius on the calibration data), ``models/gates/<branch>.safetensors`` (learned gates),
-``selection/<composition>.csv`` (per test input: score where the selector has one, selected) and
+``selection/<composition>.csv`` (per test input: the selector's score where it has one, and the
+route: ``0`` … for the branches, ``len(branches)`` for the core), ``records/composed/
+<composition>.csv`` (the composition's records in the indicator form) and
 ``records/adaptive/<composition>.csv`` (per-sample records under the adaptive attack, or under the
 evaluation attack for the mixing baseline).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,12 @@ from robustgate.evaluate import (
     Records,
     area_under_risk_coverage,
     check_composition,
-    compose_records,
+    compose_chain,
     evaluate_model,
     robustness_metrics,
     selection_metrics,
 )
-from robustgate.io import atomic_write_text
+from robustgate.io import atomic_write_text, file_name
 from robustgate.models import (
     MixedClassifier,
     build_model,
@@ -55,11 +56,6 @@ from robustgate.select import (
 from robustgate.threat import ThreatModel
 
 Data = tuple[torch.Tensor, torch.Tensor]
-
-
-def file_name(label: str) -> str:
-    """A composition's label as a file name: ``era→core [gate]`` → ``era-core-gate``."""
-    return re.sub(r"[^A-Za-z0-9_.]+", "-", label).strip("-")
 
 
 def route_counts(accurate: np.ndarray, routes: np.ndarray, stages: int) -> dict[str, Any]:
@@ -208,13 +204,11 @@ class CompositionEvaluator:
             selector, info = self._threshold_selector(composition, branches[0])
             scores = selector.scores(x).numpy()
             selectors, selected = [selector], [scores >= selector.threshold]
-        composed_records = self.records[composition.core]
-        for name, mask in zip(reversed(branches), reversed(selected), strict=True):
-            composed_records = compose_records(self.records[name], composed_records, mask)
-        routes = np.full(len(x), len(branches))
-        for stage in reversed(range(len(branches))):
-            routes[selected[stage]] = stage  # earlier stages win
-        self._write_selection(composition.label, scores, routes == 0)
+        composed_records, routes = compose_chain([self.records[name] for name in branches],
+                                                 self.records[composition.core], selected)
+        self._write_selection(composition.label, scores, routes)
+        composed_records.to_csv(self.out / "records" / "composed"
+                                / f"{file_name(composition.label)}.csv")
         first = self.records[branches[0]]
         metrics: dict[str, Any] = {
             **robustness_metrics(composed_records.accurate, composed_records.robust_at(
@@ -231,12 +225,12 @@ class CompositionEvaluator:
         metrics["adaptive"] = self._adaptive(composition.label, composed, composed_records)
         return metrics
 
-    def _write_selection(self, label: str, scores: np.ndarray | None, selected: np.ndarray
+    def _write_selection(self, label: str, scores: np.ndarray | None, routes: np.ndarray
                          ) -> None:
-        lines = ["index,score,selected"]
-        for i, chosen in enumerate(selected):
+        lines = ["index,score,route"]
+        for i, route in enumerate(routes):
             score = "" if scores is None else repr(float(scores[i]))
-            lines.append(f"{i},{score},{int(chosen)}")
+            lines.append(f"{i},{score},{int(route)}")
         atomic_write_text(self.out / "selection" / f"{file_name(label)}.csv",
                           "\n".join(lines) + "\n")
 

@@ -3,7 +3,8 @@ attack on the test split, compose them, check the attack against full AutoAttack
 
 The run directory holds ``config.json``, ``models/<name>/`` (training runs, resumable),
 ``records/test/<name>.csv`` (per-sample records, resumable), ``autoattack/<name>.csv`` (the
-AutoAttack check), ``metrics.json`` and ``report.md``.
+AutoAttack check), the compositions' files (``pipeline.compositions``), ``metrics.json``, and
+``report.md`` and ``report.html`` (``report.run_report``).
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from robustgate.config import ExperimentConfig
 from robustgate.data import load_dataset
 from robustgate.device import resolve_device
 from robustgate.evaluate import Records, evaluate_model, robustness_metrics
-from robustgate.io import atomic_write_json, atomic_write_text
+from robustgate.io import atomic_write_json
 from robustgate.models import load_checkpoint
 from robustgate.pipeline.compositions import CompositionEvaluator
 from robustgate.pipeline.demo import check_run_directory, say
-from robustgate.report import metrics_table
+from robustgate.report.run_report import write_reports
 from robustgate.train.run import train_model, training_data
 
 
@@ -99,7 +100,7 @@ def run_experiment(
               "attack": settings.attack.name, "eps": eps, "selector_eps": selector_eps,
               "samples": len(y_test), "wall_time_s": round(time.perf_counter() - started, 1)}
     atomic_write_json(out / "metrics.json", result)
-    atomic_write_text(out / "report.md", _report(config, result))
+    write_reports(out)
     return result
 
 
@@ -145,36 +146,3 @@ def _autoattack_check(
             "agree_within_1_point": abs(evaluation - autoattack) <= 0.01,
         }
     return check
-
-
-def _report(config: ExperimentConfig, result: dict[str, Any]) -> str:
-    attack = config.evaluation.attack
-    lines = [
-        f"# {config.name}\n",
-        f"Data set `{config.data.name}`, {result['samples']} test points; attack "
-        f"`{attack.name}` ({attack.steps} iterations) at {config.evaluation.threat.norm} "
-        f"eps = {result['eps']:g}; robustness selectors checked at {result['selector_eps']:g}. "
-        f"Compositions are named branch→core. Wall time {result['wall_time_s']:.0f} s.\n",
-        metrics_table(result["test"]),
-        "",
-    ]
-    check = result["autoattack_check"]
-    if check:
-        lines += [
-            "## Robust accuracy: evaluation attack vs full AutoAttack\n",
-            f"| model | {attack.name} | AutoAttack (standard) | difference (points) |",
-            "|---|---:|---:|---:|",
-        ]
-        for name, values in check.items():
-            lines.append(f"| {name} | {100 * values[attack.name]:.2f}% | "
-                         f"{100 * values['autoattack']:.2f}% | "
-                         f"{values['difference_points']:+.2f} |")
-        lines.append("")
-        for name, values in check.items():
-            if values["agree_within_1_point"]:
-                lines.append(f"- {name}: the two agree within 1 point.")
-            else:
-                lower = "AutoAttack" if values["autoattack"] < values[attack.name] else attack.name
-                lines.append(f"- {name}: they differ by more than 1 point; {lower} gives the "
-                             "lower robust accuracy, the figure to trust.")
-    return "\n".join(lines) + "\n"

@@ -1,0 +1,123 @@
+"""``robustgate compose``: a composition from per-sample records (offline, the indicator form)
+or from checkpoints (inference on a data split, with routes, and optionally the adaptive
+attack)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robustgate.attacks import Attack
+from robustgate.compose import ComposedClassifier
+from robustgate.evaluate import (
+    AdaptiveAttack,
+    Records,
+    check_composition,
+    compose_chain,
+    evaluate_model,
+    robustness_metrics,
+    selection_metrics,
+)
+from robustgate.io import atomic_write_json, atomic_write_text
+from robustgate.models import load_checkpoint
+from robustgate.pipeline.compositions import route_counts
+from robustgate.select import (
+    ConfidenceSelector,
+    RobustnessSelector,
+    Selector,
+    threshold_for_coverage,
+)
+from robustgate.threat import ThreatModel
+
+
+def compose_from_records(branches: Sequence[str | Path], core: str | Path, eps: float,
+                         radius_factor: float, out: str | Path) -> dict[str, Any]:
+    """The chain ``branches → core`` with robustness selectors at ``radius_factor · eps``, from
+    the parts' records (each must hold robustness at ``eps`` and at the selector radius)."""
+    parts = [Records.read_csv(path) for path in branches]
+    selector_eps = radius_factor * eps
+    selected = [part.robust_at(selector_eps) for part in parts]
+    composed, routes = compose_chain(parts, Records.read_csv(core), selected)
+    out = Path(out)
+    composed.to_csv(out / "records.csv")
+    summary = {
+        "branches": [str(path) for path in branches], "core": str(core), "eps": eps,
+        "selector_eps": selector_eps,
+        "metrics": {**robustness_metrics(composed.accurate, composed.robust_at(eps)),
+                    **selection_metrics(parts[0].accurate, selected[0])},
+        "routes": route_counts(composed.accurate, routes, len(parts)),
+    }
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def _selector(kind: str, branch: torch.nn.Module, threat: ThreatModel, attack: Attack,
+              radius_factor: float, threshold: float | None, coverage: float | None,
+              calibration: torch.Tensor | None) -> Selector:
+    if kind == "robustness":
+        if threshold is not None or coverage is not None:
+            raise ValueError("the robustness selector takes no threshold or coverage")
+        return RobustnessSelector(branch, threat, attack, radius_factor)
+    if (threshold is None) == (coverage is None):
+        raise ValueError(f"the {kind} selector needs exactly one of --threshold and --coverage")
+    selector = ConfidenceSelector(branch, 0.0 if threshold is None else threshold, kind)
+    if coverage is not None:
+        if calibration is None or len(calibration) == 0:
+            raise ValueError("--coverage calibrates on the validation split: give "
+                             "--validation-size")
+        selector.threshold = threshold_for_coverage(selector.scores(calibration).numpy(),
+                                                    coverage)
+    return selector
+
+
+def compose_from_checkpoints(
+    branches: Sequence[str | Path], core: str | Path, x: torch.Tensor, y: torch.Tensor,
+    threat: ThreatModel, attack: Attack, out: str | Path, selector: str = "robustness",
+    radius_factor: float = 2.0, threshold: float | None = None, coverage: float | None = None,
+    calibration: torch.Tensor | None = None, adaptive: AdaptiveAttack | None = None,
+    device: torch.device | str = "cpu", batch_size: int = 500, progress: bool = True,
+) -> dict[str, Any]:
+    """Compose checkpoints and predict on ``(x, y)``: predictions with routes, route counts, and
+    with ``adaptive`` the composition's robust accuracy under the adaptive attack."""
+    if selector != "robustness" and len(branches) > 1:
+        raise ValueError("chains use robustness selectors only")
+    models = [load_checkpoint(path, device)[0] for path in branches]
+    stages = [(model, _selector(selector, model, threat, attack, radius_factor, threshold,
+                                coverage, calibration)) for model in models]
+    composed = ComposedClassifier.chain(stages, load_checkpoint(core, device)[0])
+    labels, routes = [], []
+    for start in range(0, len(x), batch_size):
+        batch_labels, batch_routes = composed.predict(x[start : start + batch_size])
+        labels.append(batch_labels)
+        routes.append(batch_routes)
+    predicted = torch.cat(labels).numpy() if labels else np.empty(0, np.int64)
+    route = torch.cat(routes).numpy() if routes else np.empty(0, np.int64)
+    accurate = predicted == y.numpy()
+    out = Path(out)
+    rows = ["index,label,prediction,route"] + [
+        f"{i},{int(y[i])},{int(predicted[i])},{int(route[i])}" for i in range(len(y))]
+    atomic_write_text(out / "predictions.csv", "\n".join(rows) + "\n")
+    summary: dict[str, Any] = {
+        "branches": [str(path) for path in branches], "core": str(core),
+        "selector": selector, "samples": len(y),
+        "natural_accuracy": float(accurate.mean()) if len(y) else None,
+        "selection_rate": float((route == 0).mean()) if len(y) else None,
+        "routes": route_counts(accurate, route, len(models)),
+    }
+    if selector != "robustness":
+        summary["threshold"] = stages[0][1].threshold
+    if adaptive is not None:
+        records = evaluate_model(composed, x, y, threat, [threat.eps], adaptive,
+                                 batch_size=batch_size, progress=progress,
+                                 description="adaptive", partial=out / "adaptive.partial.csv",
+                                 check=check_composition)
+        records.to_csv(out / "adaptive.csv")
+        (out / "adaptive.partial.csv").unlink(missing_ok=True)
+        summary["adaptive"] = {"attack": repr(adaptive), **robustness_metrics(
+            records.accurate, records.robust_at(threat.eps))}
+    atomic_write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,129 @@
+"""The run report's plots, each returned as a base64 PNG to embed in one HTML file."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from robustgate.config import CompositionSettings, ExperimentConfig  # noqa: E402
+
+MARKERS = {"robustness": "o", "softmax_response": "s", "entropy": "D", "gate": "^",
+           "mixing": "P"}
+
+
+def png(figure: Any) -> str:
+    """``figure`` as a base64 PNG; the figure is closed."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def robust_vs_inaccuracy(metrics: dict[str, dict[str, Any]], config: ExperimentConfig) -> str:
+    """Robust accuracy against robust inaccuracy, one point per robust model; models trained
+    with the same loss are joined (a sweep, e.g. of the ERA weight β or the training eps)."""
+    figure, ax = plt.subplots(figsize=(6.4, 4.4))
+    by_loss: dict[str, list[tuple[float, float, str]]] = {}
+    for name, spec in config.models.items():
+        if spec.loss.name == "standard" or name not in metrics:
+            continue
+        values = metrics[name]
+        point = (100 * values["robust_inaccuracy"], 100 * values["robust_accuracy"], name)
+        by_loss.setdefault(spec.loss.name, []).append(point)
+    for loss, points in by_loss.items():
+        points.sort()
+        xs, ys, names = zip(*points, strict=True)
+        ax.plot(xs, ys, marker="o", linestyle="-" if len(points) > 1 else "none", label=loss)
+        for x, y, name in points:
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("robust inaccuracy (%)  ← better")
+    ax.set_ylabel("robust accuracy (%)  ↑ better")
+    ax.set_title("Branch models")
+    ax.grid(alpha=0.3)
+    ax.legend(title="loss", fontsize=8)
+    return png(figure)
+
+
+def composed_accuracies(metrics: dict[str, dict[str, Any]],
+                        compositions: Sequence[CompositionSettings]) -> str:
+    """Composed natural against composed robust accuracy for each composition: filled under
+    the attack on the whole system, hollow in the indicator form; the core and the branches
+    alone for reference."""
+    figure, ax = plt.subplots(figsize=(7.2, 4.8))
+    references = {name for c in compositions for name in (*c.branches, c.core)}
+    for name in sorted(references):
+        if name in metrics:
+            values = metrics[name]
+            ax.scatter(100 * values["natural_accuracy"], 100 * values["robust_accuracy"],
+                       marker="x", color="black")
+            ax.annotate(f"{name} alone", (100 * values["natural_accuracy"],
+                                          100 * values["robust_accuracy"]),
+                        textcoords="offset points", xytext=(5, -10), fontsize=8)
+    for index, composition in enumerate(compositions):
+        values = metrics.get(composition.label)
+        if values is None:
+            continue
+        colour = f"C{index % 10}"
+        marker = MARKERS.get(composition.selector, "o")
+        natural = 100 * values["natural_accuracy"]
+        adaptive = (values.get("adaptive") or {}).get("robust_accuracy")
+        if values.get("selection_rate") is not None:
+            ax.scatter(natural, 100 * values["robust_accuracy"], marker=marker,
+                       facecolors="none", edgecolors=colour)
+        if adaptive is not None:
+            ax.scatter(natural, 100 * adaptive, marker=marker, color=colour,
+                       label=composition.label)
+    ax.set_xlabel("composed natural accuracy (%)")
+    ax.set_ylabel("composed robust accuracy (%)")
+    ax.set_title("Compositions (filled: attacked end to end; hollow: indicator form)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    return png(figure)
+
+
+def risk_coverage(curves: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> str:
+    """Selective risk against coverage for each abstain model (a point for a selector without
+    a score)."""
+    figure, ax = plt.subplots(figsize=(6.4, 4.4))
+    for label, coverage, risk in curves:
+        if len(coverage) == 1:
+            ax.scatter(100 * coverage, 100 * risk, marker="o", label=label, zorder=3)
+        else:
+            ax.plot(100 * coverage, 100 * risk, label=label)
+    ax.set_xlabel("coverage (%)")
+    ax.set_ylabel("selective risk (%)")
+    ax.set_title("Risk–coverage")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return png(figure)
+
+
+def threshold_sweeps(sweeps: Sequence[tuple[str, np.ndarray, np.ndarray, float]]) -> str:
+    """Per score-based selector: selection rate and the accuracy of the selected inputs against
+    the threshold, with the chosen threshold dashed."""
+    figure, axes = plt.subplots(1, len(sweeps), figsize=(4.6 * len(sweeps), 3.8), squeeze=False)
+    for ax, (label, scores, accurate, chosen) in zip(axes[0], sweeps, strict=True):
+        thresholds = np.unique(np.quantile(scores, np.linspace(0, 1, 201)))
+        selected = scores[None, :] >= thresholds[:, None]
+        rate = selected.mean(axis=1)
+        correct = (selected & accurate[None, :]).sum(axis=1)
+        accuracy = np.where(rate > 0, correct / np.maximum(selected.sum(axis=1), 1), np.nan)
+        ax.plot(thresholds, 100 * rate, label="selection rate")
+        ax.plot(thresholds, 100 * accuracy, label="accuracy on selected")
+        ax.axvline(chosen, color="grey", linestyle="--")
+        ax.set_title(label, fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+        ax.set_xlabel("threshold")
+        ax.set_ylabel("%")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return png(figure)
