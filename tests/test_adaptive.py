@@ -1,7 +1,8 @@
 """The adaptive attack on a composition, on hand-made linear models whose regions are known.
 
 Two classes over [0, 1]²; each model predicts class 1 where the second feature exceeds its own
-boundary. eps = 0.1 (linf); the robustness selector checks robustness at 0.2."""
+boundary. eps = 0.1 (linf); the robustness selector checks robustness at 0.1 around the input it
+sees, and its decision is stable where the branch is robust at 0.2."""
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from conftest import Linear
 
 from robustgate import ComposedClassifier, ThreatModel
 from robustgate.attacks import PGD
-from robustgate.evaluate import AdaptiveAttack, check_composition, evaluate_model
+from robustgate.evaluate import AdaptiveAttack, check_composition, compose_records, evaluate_model
 from robustgate.select import ConfidenceSelector, RobustnessSelector
 
 THREAT = ThreatModel("linf", 0.1)
@@ -33,30 +34,45 @@ def robust_accuracy(composed, x, y, attack):
     return ((predicted == y) & robust).tolist()
 
 
+def indicator_form(composed, x, y):
+    """Robust accuracy in the sound indicator form, from the parts' records."""
+    check = PGD(steps=20, relative_step=0.1, early_exit=True, seed=0)
+    (branch, _), core = composed.stages[0], composed.core
+    branch_records = evaluate_model(branch, x, y, THREAT, [0.1, 0.2], check, progress=False)
+    core_records = evaluate_model(core, x, y, THREAT, [0.1], check, progress=False)
+    sound = compose_records(branch_records, core_records, branch_records.robust_at(0.1),
+                            branch_records.robust_at(0.2))
+    return (sound.accurate & sound.robust_at(0.1)).tolist()
+
+
 def test_steers_an_abstained_input_into_a_robust_and_wrong_branch_region():
-    # At x = (0.5, 0.5), label 0: the branch says 1 but is not robust at 0.2 (its boundary 0.38
-    # is 0.12 away), so the core answers 0, robustly (its boundary is at 0.9). The indicator
-    # form counts the input as robust; moving to (0.5, 0.6) makes the branch robust and wrong.
-    composed = robustness_composition(0.38, 0.9)
+    # At x = (0.5, 0.5), label 0: the branch says 1 but is not robust at 0.1 (its boundary 0.45
+    # is 0.05 away), so the core answers 0, robustly (its boundary is at 0.9). The indicator
+    # form counts the input as robust; at (0.5, 0.6) the branch is robust and wrong.
+    composed = robustness_composition(0.45, 0.9)
     x, y = torch.tensor([[0.5, 0.5]]), torch.tensor([0])
     assert composed.predict(x)[1].tolist() == [composed.core_route]
+    assert indicator_form(composed, x, y) == [True]
     assert robust_accuracy(composed, x, y, AdaptiveAttack(steer=0.0, target_classes=0)) == [False]
     assert robust_accuracy(composed, x, y, AdaptiveAttack()) == [False]
 
 
 def test_moves_a_selected_input_to_where_the_selector_abstains_and_the_core_is_wrong():
-    # At x2 = 0.62, label 1, the branch is robust at 0.2 and right; at x2 = 0.52 it is not
-    # robust at 0.2 any more, so the core answers, and the core says 0 below 0.9.
-    composed = robustness_composition(0.38, 0.9)
-    x, y = torch.tensor([[0.5, 0.62]]), torch.tensor([1])
+    # At x2 = 0.57, label 1, the branch is robust at 0.1 and right, but not at 0.2; at x2 = 0.5
+    # it is not robust at 0.1, so the core answers, and the core says 0 below 0.9. The sound
+    # indicator form does not count the input (the core disagrees with the branch).
+    composed = robustness_composition(0.45, 0.9)
+    x, y = torch.tensor([[0.5, 0.57]]), torch.tensor([1])
     assert composed.predict(x) == (torch.tensor([1]), torch.tensor([0]))
+    assert indicator_form(composed, x, y) == [False]
     assert robust_accuracy(composed, x, y, AdaptiveAttack()) == [False]
 
 
 def test_cannot_break_what_is_robust_by_construction():
-    # Branch robust on B(x, 0.3) and right: every reachable x' is selected and answered 1.
-    composed = robustness_composition(0.38, 0.9)
-    x, y = torch.tensor([[0.5, 0.75], [0.2, 0.8]]), torch.tensor([1, 1])
+    # Branch robust on B(x, 0.2) and right: every reachable x' is selected and answered 1.
+    composed = robustness_composition(0.45, 0.9)
+    x, y = torch.tensor([[0.5, 0.66], [0.2, 0.8]]), torch.tensor([1, 1])
+    assert indicator_form(composed, x, y) == [True, True]
     assert robust_accuracy(composed, x, y, AdaptiveAttack()) == [True, True]
 
 
@@ -72,7 +88,7 @@ def test_confidence_raising_breaks_a_confidence_selector():
 
 
 def test_adaptive_records_resume_and_stay_in_the_ball(tmp_path):
-    composed = robustness_composition(0.38, 0.9)
+    composed = robustness_composition(0.45, 0.9)
     x = torch.rand(40, 2, generator=torch.Generator().manual_seed(0))
     y = (x[:, 1] > 0.5).long()
     attack = AdaptiveAttack(steps=20)

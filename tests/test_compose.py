@@ -36,17 +36,20 @@ def test_a_chain_of_two_branches_routes_as_specified():
     assert composed.core_route == 2
 
 
-def test_robustness_selector_checks_twice_the_radius():
+def test_robustness_selector_checks_the_radius_it_is_given():
     model = random_linear(2, dim=2, seed=0)
     x = 0.25 + 0.5 * torch.rand(1000, 2, generator=torch.Generator().manual_seed(0))
     radius = exact_radius(model, x, "linf")
     eps = float(radius.median()) / 2
     selector = RobustnessSelector(model, ThreatModel("linf", eps),
-                                  PGD(steps=30, relative_step=0.1, early_exit=True, seed=0))
+                                  PGD(steps=30, relative_step=0.1, early_exit=True, seed=0),
+                                  radius_factor=2)
     selected = selector.select(x)
     assert selected[radius > 2.4 * eps].all()
     assert not selected[radius < 1.6 * eps].any()
     assert (radius < 1.6 * eps).sum() > 50
+    deployed = RobustnessSelector(model, ThreatModel("linf", eps), PGD())
+    assert deployed.threat.eps == eps
 
 
 def test_inference_time_and_offline_composition_agree():
@@ -59,9 +62,10 @@ def test_inference_time_and_offline_composition_agree():
     labels, routes = composed.predict(x)
     branch_records = evaluate_model(branch, x, y, threat, [0.05, 0.1], attack, progress=False)
     core_records = evaluate_model(core, x, y, threat, [0.05, 0.1], attack, progress=False)
-    offline = compose_records(branch_records, core_records, branch_records.robust_at(0.1))
+    offline = compose_records(branch_records, core_records, branch_records.robust_at(0.05),
+                              branch_records.robust_at(0.1))
     assert labels.tolist() == offline.predictions.tolist()
-    assert (routes == 0).tolist() == branch_records.robust_at(0.1).tolist()
+    assert (routes == 0).tolist() == branch_records.robust_at(0.05).tolist()
     assert 0 < int((routes == 0).sum()) < len(x)
 
 

@@ -50,29 +50,37 @@ def test_composition_arithmetic_on_hand_made_indicators():
         "natural_accuracy": 5 / 6, "robust_accuracy": 4 / 6, "robust_inaccuracy": 1 / 6,
         "non_robust": 1 / 6,
     }
-    sound = compose_records(branch, core, branch.robust_at(0.2))
-    # selected 0,2 -> branch (robust, accurate); others -> core: robust at eps on 3,4
-    natural = np.mean([1, 1, 1, 1, 1, 1])
-    robust = np.mean([1, 0, 1, 1, 1, 0])
+    sound = compose_records(branch, core, branch.robust_at(0.1), branch.robust_at(0.2))
+    # the same answers; stable 0,2 -> branch robust; 1 (core not robust) and 4 (core robust
+    # but disagrees with the branch) unstable -> not robust; 3,5 abstained -> core: 3 robust
+    assert sound.predictions.tolist() == at_eps.predictions.tolist()
+    assert sound.robust_at(0.1).tolist() == [True, False, True, True, False, False]
     metrics = robustness_metrics(sound.accurate, sound.robust_at(0.1))
-    assert metrics["natural_accuracy"] == natural and metrics["robust_accuracy"] == robust
+    assert metrics["natural_accuracy"] == 5 / 6 and metrics["robust_accuracy"] == 3 / 6
 
 
 def test_formula_form_equals_the_indicator_form():
     rng = np.random.default_rng(0)
     n = 200
     labels = rng.integers(0, 3, n)
-    branch = records(labels, rng.integers(0, 3, n), rng.random(n) < 0.8, rng.random(n) < 0.5)
+    robust_at_eps = rng.random(n) < 0.8
+    branch = records(labels, rng.integers(0, 3, n), robust_at_eps,
+                     robust_at_eps & (rng.random(n) < 0.6))
     core = records(labels, rng.integers(0, 3, n), rng.random(n) < 0.3, rng.random(n) < 0.1)
-    selected = branch.robust_at(0.2)
-    composed = compose_records(branch, core, selected)
+    selected, stable = branch.robust_at(0.1), branch.robust_at(0.2)
     robacc_b = branch.accurate & branch.robust_at(0.1)
     robacc_c = core.accurate & core.robust_at(0.1)
+    agree = branch.predictions == core.predictions
     natural = np.mean(selected * branch.accurate + (1 - selected) * core.accurate)
-    robust = np.mean(selected * robacc_b + (1 - selected) * robacc_c)
-    metrics = robustness_metrics(composed.accurate, composed.robust_at(0.1))
-    assert metrics["natural_accuracy"] == pytest.approx(natural)
-    assert metrics["robust_accuracy"] == pytest.approx(robust)
+    unattacked = np.mean(selected * robacc_b + (1 - selected) * robacc_c)
+    sound = np.mean(stable * robacc_b + (selected & ~stable) * (robacc_c & agree)
+                    + (1 - selected) * robacc_c)
+    for composed, robust in ((compose_records(branch, core, selected), unattacked),
+                             (compose_records(branch, core, selected, stable), sound)):
+        metrics = robustness_metrics(composed.accurate, composed.robust_at(0.1))
+        assert metrics["natural_accuracy"] == pytest.approx(natural)
+        assert metrics["robust_accuracy"] == pytest.approx(robust)
+    assert sound < unattacked
 
 
 def test_a_chain_is_a_composition_whose_core_is_a_composition():

@@ -170,7 +170,7 @@ def test_every_selector_in_an_experiment(tmp_path):
     config = parse_config({**EXPERIMENT, "compositions": [*EXPERIMENT["compositions"], *SELECTORS],
                            "calibration": {"gate": {"train": {"epochs": 2}}},
                            "evaluation": {**EXPERIMENT["evaluation"], "autoattack_check": 0,
-                                          "threat": {"eps": 0.1}}},
+                                          "threat": {"eps": 0.2}}},
                           ExperimentConfig)
     result = run_experiment(config, tmp_path, device="cpu", progress=False)["test"]
     response = result["era→core [softmax_response]"]

@@ -135,7 +135,7 @@ def _compose(args: argparse.Namespace) -> int:
     calibration = _split(args, "validation")[0] if args.coverage is not None else None
     summary = compose_from_checkpoints(
         args.branch, args.core, x, y, threat, _attack(args), args.out, selector=args.selector,
-        radius_factor=args.radius_factor, threshold=args.threshold, coverage=args.coverage,
+        threshold=args.threshold, coverage=args.coverage,
         calibration=calibration,
         adaptive=AdaptiveAttack(seed=args.seed) if args.adaptive else None,
         device=resolve_device(args.device), batch_size=args.batch_size,
@@ -234,7 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     compose.add_argument("--core", required=True, help="core records or checkpoint")
     compose.add_argument("--eps", type=float, required=True, help="threat radius")
     compose.add_argument("--radius-factor", type=float, default=2.0,
-                         help="the robustness selector checks radius-factor × eps (default 2)")
+                         help="records only: a robustness selection counts as stable under "
+                         "attack where the branch is robust at radius-factor × eps (default 2; "
+                         "1: the selector not attacked)")
     compose.add_argument("--selector", default="robustness",
                          choices=["robustness", "softmax_response", "entropy"],
                          help="checkpoints only; confidence selectors need --threshold or "

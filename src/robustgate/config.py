@@ -200,6 +200,8 @@ class EvaluationSettings(_Strict):
     attack: AttackSettings = Field(default_factory=lambda: AttackSettings(name="apgd-ce",
                                                                           steps=100))
     threat: ThreatSettings = Field(default_factory=ThreatSettings)
+    # robustness selectors deploy at eps; their decision counts as stable under attack where the
+    # branch is robust at selector_radius_factor · eps (2: the sound form; 1: not attacked)
     selector_radius_factor: float = Field(2.0, ge=1)
     limit: int | None = Field(None, ge=1)
     batch_size: int = Field(500, ge=1)
@@ -211,7 +213,7 @@ SELECTORS = ("robustness", "softmax_response", "entropy", "gate", "mixing")
 
 class CompositionSettings(_Strict):
     """``branch`` (or a chain of branches, each with a robustness selector) composed with
-    ``core``. ``selector``: ``robustness`` (at the evaluation's selector radius), a confidence
+    ``core``. ``selector``: ``robustness`` (checking eps around the input it sees), a confidence
     measure (``softmax_response``, ``entropy``), a learned ``gate``, or ``mixing`` (the soft
     mixing baseline; it never abstains). Thresholds (and the mixing weight) are chosen on
     validation data for ``coverage`` or ``selective_accuracy`` when given, else to match the
@@ -238,7 +240,7 @@ class CompositionSettings(_Strict):
 class GateSettings(_Strict):
     """The learned gate: a two-class network (the branch's architecture and arguments unless
     given) trained on ``share`` of the calibration data to predict where the branch is robust
-    (at the selector radius) and accurate."""
+    (at eps, where the robustness selector checks) and accurate."""
 
     architecture: str | None = None
     arguments: dict[str, Any] | None = None

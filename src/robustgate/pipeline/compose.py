@@ -36,12 +36,14 @@ from robustgate.threat import ThreatModel
 
 def compose_from_records(branches: Sequence[str | Path], core: str | Path, eps: float,
                          radius_factor: float, out: str | Path) -> dict[str, Any]:
-    """The chain ``branches → core`` with robustness selectors at ``radius_factor · eps``, from
-    the parts' records (each must hold robustness at ``eps`` and at the selector radius)."""
+    """The chain ``branches → core`` with robustness selectors (checking ``eps``), from the
+    parts' records; each selection counts as stable where the branch is robust at
+    ``radius_factor · eps`` (1: the selector not attacked), so branch records must hold both."""
     parts = [Records.read_csv(path) for path in branches]
     selector_eps = radius_factor * eps
-    selected = [part.robust_at(selector_eps) for part in parts]
-    composed, routes = compose_chain(parts, Records.read_csv(core), selected)
+    selected = [part.robust_at(eps) for part in parts]
+    stable = [part.robust_at(selector_eps) for part in parts] if radius_factor > 1 else None
+    composed, routes = compose_chain(parts, Records.read_csv(core), selected, stable)
     out = Path(out)
     composed.to_csv(out / "records.csv")
     summary = {
@@ -56,12 +58,12 @@ def compose_from_records(branches: Sequence[str | Path], core: str | Path, eps: 
 
 
 def _selector(kind: str, branch: torch.nn.Module, threat: ThreatModel, attack: Attack,
-              radius_factor: float, threshold: float | None, coverage: float | None,
+              threshold: float | None, coverage: float | None,
               calibration: torch.Tensor | None) -> Selector:
     if kind == "robustness":
         if threshold is not None or coverage is not None:
             raise ValueError("the robustness selector takes no threshold or coverage")
-        return RobustnessSelector(branch, threat, attack, radius_factor)
+        return RobustnessSelector(branch, threat, attack)
     if (threshold is None) == (coverage is None):
         raise ValueError(f"the {kind} selector needs exactly one of --threshold and --coverage")
     selector = ConfidenceSelector(branch, 0.0 if threshold is None else threshold, kind)
@@ -77,7 +79,7 @@ def _selector(kind: str, branch: torch.nn.Module, threat: ThreatModel, attack: A
 def compose_from_checkpoints(
     branches: Sequence[str | Path], core: str | Path, x: torch.Tensor, y: torch.Tensor,
     threat: ThreatModel, attack: Attack, out: str | Path, selector: str = "robustness",
-    radius_factor: float = 2.0, threshold: float | None = None, coverage: float | None = None,
+    threshold: float | None = None, coverage: float | None = None,
     calibration: torch.Tensor | None = None, adaptive: AdaptiveAttack | None = None,
     device: torch.device | str = "cpu", batch_size: int = 500, progress: bool = True,
 ) -> dict[str, Any]:
@@ -86,8 +88,8 @@ def compose_from_checkpoints(
     if selector != "robustness" and len(branches) > 1:
         raise ValueError("chains use robustness selectors only")
     models = [load_checkpoint(path, device)[0] for path in branches]
-    stages = [(model, _selector(selector, model, threat, attack, radius_factor, threshold,
-                                coverage, calibration)) for model in models]
+    stages = [(model, _selector(selector, model, threat, attack, threshold, coverage,
+                                calibration)) for model in models]
     composed = ComposedClassifier.chain(stages, load_checkpoint(core, device)[0])
     labels, routes = [], []
     for start in range(0, len(x), batch_size):

@@ -1,8 +1,8 @@
 """Compositions of an experiment: build each selector (calibrated on validation data), evaluate
 the composition offline in the indicator form and end to end with the adaptive attack.
 
-Files in the run directory: ``records/validation/<branch>.csv`` (the branch's robustness at the
-selector radius on the calibration data), ``models/gates/<branch>.safetensors`` (learned gates),
+Files in the run directory: ``records/validation/<branch>.csv`` (the branch's robustness at eps
+on the calibration data), ``models/gates/<branch>.safetensors`` (learned gates),
 ``selection/<composition>.csv`` (per test input: the selector's score where it has one, and the
 route: ``0`` … for the branches, ``len(branches)`` for the core), ``records/composed/
 <composition>.csv`` (the composition's records in the indicator form) and
@@ -99,15 +99,16 @@ class CompositionEvaluator:
         return int(self.config.calibration.gate.share * len(self._calibration()[1]))
 
     def _validation_records(self, branch: str) -> Records:
-        """The branch's records on the calibration data at the selector radius (resumable)."""
+        """The branch's records on the calibration data at eps, where the deployed robustness
+        selector checks (resumable)."""
         path = self.out / "records" / "validation" / f"{branch}.csv"
         if path.exists():
             return Records.read_csv(path)
         x, y = self._calibration()
-        say(f"[{branch}] robustness at {self.selector_eps:g} on {len(y)} validation points",
+        say(f"[{branch}] robustness at {self.threat.eps:g} on {len(y)} validation points",
             self.progress)
         partial = path.with_suffix(".partial.csv")
-        records = evaluate_model(self.models[branch], x, y, self.threat, [self.selector_eps],
+        records = evaluate_model(self.models[branch], x, y, self.threat, [self.threat.eps],
                                  self.attack, batch_size=self.config.evaluation.batch_size,
                                  progress=self.progress, description=f"{branch}/validation",
                                  partial=partial)
@@ -124,7 +125,7 @@ class CompositionEvaluator:
         part = self._calibration_part()
         records = self._validation_records(branch)
         core_accurate = (predict_logits(self.models[core], x).argmax(1) == y).numpy()
-        selected = records.robust_at(self.selector_eps)
+        selected = records.robust_at(self.threat.eps)
         composed = np.where(selected, records.accurate, core_accurate)
         return float(composed[part].mean())
 
@@ -143,7 +144,7 @@ class CompositionEvaluator:
         x, y = self._calibration()
         count = self._gate_count()
         records = self._validation_records(branch)
-        target = (records.accurate & records.robust_at(self.selector_eps))[:count]
+        target = (records.accurate & records.robust_at(self.threat.eps))[:count]
         say(f"[{branch}] training the gate on {count} validation points "
             f"({100 * target.mean():.1f}% robust and accurate)", self.progress)
         torch.manual_seed(self.config.seed)
@@ -194,18 +195,20 @@ class CompositionEvaluator:
         x, _ = self.test
         info: dict[str, Any] = {}
         scores = None
+        stable = None
         if composition.selector == "robustness":
             selectors = [RobustnessSelector(self.models[name], self.threat, self.attack,
-                                            self.config.evaluation.selector_radius_factor,
-                                            self.config.evaluation.batch_size)
+                                            batch_size=self.config.evaluation.batch_size)
                          for name in branches]
-            selected = [self.records[name].robust_at(self.selector_eps) for name in branches]
+            selected = [self.records[name].robust_at(self.threat.eps) for name in branches]
+            if self.config.evaluation.selector_radius_factor > 1:
+                stable = [self.records[name].robust_at(self.selector_eps) for name in branches]
         else:
             selector, info = self._threshold_selector(composition, branches[0])
             scores = selector.scores(x).numpy()
             selectors, selected = [selector], [scores >= selector.threshold]
         composed_records, routes = compose_chain([self.records[name] for name in branches],
-                                                 self.records[composition.core], selected)
+                                                 self.records[composition.core], selected, stable)
         self._write_selection(composition.label, scores, routes)
         composed_records.to_csv(self.out / "records" / "composed"
                                 / f"{file_name(composition.label)}.csv")

@@ -40,7 +40,8 @@ from robustgate.train import fit
 MODELS = ("standard", "trades", "era")
 BRANCH, CORE = "era", "standard"
 SPLITS = ("train", "test")
-COMPOSITIONS = {"composed@eps": 1.0, "composed@2eps": 2.0}  # selector radius in units of eps
+# the radius, in units of eps, at which the selection is checked stable (1: not attacked)
+COMPOSITIONS = {"composed@eps": 1.0, "composed@2eps": 2.0}
 
 
 def say(message: str, progress: bool) -> None:
@@ -120,15 +121,19 @@ def _evaluate_or_load(
 def composition_metrics(
     branch: Records, core: Records, eps: float, radius_factor: float
 ) -> dict[str, Any]:
-    """Metrics of ``(branch, robustness selector at radius_factor·eps, core)`` at ``eps``, with
-    the selection rate and the branch's accuracy on the selected inputs."""
-    selected = branch.robust_at(radius_factor * eps)
-    composed = compose_records(branch, core, selected)
+    """Metrics of ``(branch, robustness selector, core)`` at ``eps``, its selection checked
+    stable at ``radius_factor·eps`` (1: the selector not attacked), with the selection rate and
+    the branch's accuracy on the selected inputs."""
+    selected = branch.robust_at(eps)
+    stable = branch.robust_at(radius_factor * eps) if radius_factor > 1 else None
+    composed = compose_records(branch, core, selected, stable)
+    certain = selected if stable is None else stable & selected
     return {
         **robustness_metrics(composed.accurate, composed.robust_at(eps)),
         **selection_metrics(branch.accurate, selected),
-        "core_robust_on_selected": float(core.robust_at(eps)[selected].mean())
-        if selected.any() else None,
+        "stable_rate": float(certain.mean()),
+        "core_robust_on_stable": float(core.robust_at(eps)[certain].mean())
+        if certain.any() else None,
     }
 
 
@@ -145,27 +150,29 @@ def split_metrics(records: dict[str, Records], eps: float) -> dict[str, dict[str
 def _explanation(metrics: dict[str, dict[str, Any]], config: DemoConfig) -> str:
     at_eps, at_2eps = metrics["composed@eps"], metrics["composed@2eps"]
     core, branch = metrics[CORE], metrics[BRANCH]
-    share = at_2eps["core_robust_on_selected"]
+    share = at_2eps["core_robust_on_stable"]
     share_text = "–" if share is None else f"{100 * share:.1f}%"
     return (
-        f"`composed@eps` keeps an input for ERA where ERA is robust at eps = {config.eps:g} around "
-        f"the clean input (the paper's Figure 1). It selects {100 * at_eps['selection_rate']:.1f}% "
-        f"of the inputs and reaches {100 * at_eps['natural_accuracy']:.1f}% natural and "
-        f"{100 * at_eps['robust_accuracy']:.1f}% robust accuracy (standard alone: "
-        f"{100 * core['natural_accuracy']:.1f}% / {100 * core['robust_accuracy']:.1f}%; ERA "
-        f"alone: {100 * branch['natural_accuracy']:.1f}% / {100 * branch['robust_accuracy']:.1f}%)."
-        f" But an adversary who moves x by eps also moves the selector's decision, so that "
-        f"figure is not a guarantee.\n\n"
-        f"`composed@2eps` is the sound form: the selector checks robustness on B(x, 2·eps), "
-        f"which contains B(x', eps) for every x' the adversary can reach, so its decision and "
-        f"the branch's answer cannot be changed. It selects "
-        f"{100 * at_2eps['selection_rate']:.1f}% of the inputs and reaches "
-        f"{100 * at_2eps['robust_accuracy']:.1f}% robust accuracy. It differs from "
-        f"`composed@eps` because ERA is robust at 2·eps = {2 * config.eps:g} only on inputs at "
-        f"least that far from its decision boundary, i.e. far from every class boundary, where "
-        f"the standard model is robust at eps as well: it is robust on {share_text} of the "
-        f"inputs the sound selector keeps. The sound selector keeps mostly inputs on which the "
-        f"standard model is robust anyway, so the composition gains little over it here.\n"
+        f"`composed@eps` and `composed@2eps` are one deployed system: ERA answers where it is "
+        f"robust at eps = {config.eps:g} around the input it sees "
+        f"({100 * at_eps['selection_rate']:.1f}% of the inputs), the standard model elsewhere; "
+        f"natural accuracy {100 * at_eps['natural_accuracy']:.1f}% (standard alone: "
+        f"{100 * core['natural_accuracy']:.1f}% / {100 * core['robust_accuracy']:.1f}% natural / "
+        f"robust; ERA alone: {100 * branch['natural_accuracy']:.1f}% / "
+        f"{100 * branch['robust_accuracy']:.1f}%). They differ in how robustness is counted.\n\n"
+        f"`composed@eps` takes the selector's decision on the clean input (the paper's Figure 1): "
+        f"{100 * at_eps['robust_accuracy']:.1f}% robust accuracy. But an adversary who moves x by "
+        f"eps also moves the selector's decision, so that figure is not a guarantee.\n\n"
+        f"`composed@2eps` is the sound form: only where ERA is robust on B(x, 2·eps), which "
+        f"contains B(x', eps) for every x' the adversary can reach "
+        f"({100 * at_2eps['stable_rate']:.1f}% of the inputs), is the selection certain; a "
+        f"selected input that is not counts as robust only where the standard model is robust "
+        f"and agrees with ERA. It reaches {100 * at_2eps['robust_accuracy']:.1f}% robust "
+        f"accuracy. ERA is robust at 2·eps = {2 * config.eps:g} only on inputs at least that far "
+        f"from its decision boundary, i.e. far from every class boundary, where the standard "
+        f"model is robust at eps as well: it is robust on {share_text} of them. The certain part "
+        f"holds mostly inputs the standard model gets right robustly anyway, so the sound "
+        f"figure gains little over the standard model here.\n"
     )
 
 
@@ -177,11 +184,9 @@ def _decision_region_panels(
             return predict_logits(model, grid).argmax(dim=1).cpu().numpy(), None
         return predict
 
-    def composition(factor: float):
+    def composition():
         def predict(grid: torch.Tensor):
-            _, selected = check_robustness(
-                models[BRANCH], grid, config.threat.scaled(factor), attack
-            )
+            _, selected = check_robustness(models[BRANCH], grid, config.threat, attack)
             labels = torch.where(
                 selected,
                 predict_logits(models[BRANCH], grid).argmax(dim=1).cpu(),
@@ -195,9 +200,10 @@ def _decision_region_panels(
 
     panels = {name: Panel(plain(models[name]), robust_inaccurate(records[name])) for name in MODELS}
     for label, factor in COMPOSITIONS.items():
-        selected = records[BRANCH].robust_at(factor * config.eps)
-        composed = compose_records(records[BRANCH], records[CORE], selected)
-        panels[label] = Panel(composition(factor), robust_inaccurate(composed))
+        stable = records[BRANCH].robust_at(factor * config.eps) if factor > 1 else None
+        composed = compose_records(records[BRANCH], records[CORE],
+                                   records[BRANCH].robust_at(config.eps), stable)
+        panels[label] = Panel(composition(), robust_inaccurate(composed))
     return panels
 
 

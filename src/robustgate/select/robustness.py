@@ -1,9 +1,11 @@
 """The robustness selector: keep an input for the branch exactly where the branch is robust.
 
-Checked at ``radius_factor · eps`` (2 by default): ``B(x', eps) ⊂ B(x, 2·eps)`` for every
-``x'`` in ``B(x, eps)``, so robustness on the larger ball keeps the selector's decision and the
-branch's answer fixed under attack (DESIGN.md section 1). ``radius_factor = 1`` is the paper's
-Figure 1 form, in which the selector itself is not attacked.
+Deployed, it checks the ball of radius ``eps`` around the input it sees (``radius_factor`` 1).
+Its decision survives attack where the branch is robust on ``B(x, 2·eps)``: that ball contains
+``B(x', eps)`` for every ``x'`` in ``B(x, eps)``, so every reachable ``x'`` is selected and
+answered alike. That check at ``2·eps`` belongs to the evaluation (the sound form of
+``evaluate.composition``), not to the deployed selector: a selector that itself checked
+``2·eps`` around ``x'`` would need ``3·eps`` around ``x`` to be stable (DESIGN.md section 1).
 """
 
 from __future__ import annotations
@@ -22,20 +24,20 @@ def logit_margin(logits: torch.Tensor) -> torch.Tensor:
 
 
 class RobustnessSelector:
-    """Selects ``x`` where ``model`` is (empirically) robust on ``B(x, radius_factor · eps)``."""
+    """Selects ``x`` where ``model`` is (empirically) robust on ``B(x, radius_factor · eps)``
+    (``threat.eps`` itself by default)."""
 
     def __init__(
         self,
         model: nn.Module,
         threat: ThreatModel,
         attack: Attack,
-        radius_factor: float = 2.0,
+        radius_factor: float = 1.0,
         batch_size: int = 1000,
     ) -> None:
         if not radius_factor >= 1:
             raise ValueError(
-                f"radius_factor must be >= 1 (2 for a selector that survives attack), got "
-                f"{radius_factor}"
+                f"radius_factor must be >= 1, got {radius_factor}"
             )
         self.model = model
         self.threat = threat.scaled(radius_factor)
