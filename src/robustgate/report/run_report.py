@@ -133,23 +133,31 @@ def _adaptive_section(run: Run) -> Section:
         parts = _breakdown(run, composition, eps)
         if parts is None or difference is None or (parts["selected"] + parts["abstained"]) == 0:
             continue
+        why_selected = (
+            "the indicator form counted them from the branch's robustness at 2·eps (or the "
+            "core's, where it agrees), which an attack can only estimate"
+            if composition.selector == "robustness" else
+            "the indicator form takes the selector's decision on the clean input")
         notes.append(
             f"{label}: the attack breaks {parts['selected'] + parts['abstained']} of "
-            f"{adaptive['samples']} inputs the indicator form counts robust and accurate: "
-            f"{parts['selected']} answered by the branch, moved to where the selector abstains "
-            f"and the core is wrong; {parts['abstained']} abstained, steered to where the branch "
-            "answers and is wrong." + (
-                f" ({parts['held_beyond']} inputs hold against the attack though the "
-                "indicator form does not count them.)" if parts["held_beyond"] else ""))
+            f"{adaptive['samples']} inputs the indicator form counts robust and accurate. "
+            f"{parts['selected']} were answered by a branch: the attack found a point where the "
+            f"system answers otherwise (the selector abstains and the core is wrong, or the "
+            f"branch changes its answer); {why_selected}. {parts['abstained']} were abstained: "
+            "the attack steered them to where a branch answers, wrongly, the route the indicator "
+            "form leaves out." + (
+                f" {parts['held_beyond']} inputs held against the attack though the indicator "
+                "form does not count them." if parts["held_beyond"] else ""))
     notes.insert(0, (
         "The adaptive attack searches the eps-ball of every input for a point where the whole "
-        "system answers differently, with the selector's real decision at that point; the "
-        "mixing baseline is attacked as one model with the evaluation attack. The indicator "
-        "form takes the selector's decision on the clean input, so it misses two routes: "
-        "moving a selected input to where the selector abstains (a robustness selector checks "
-        "the ball around the point it sees, so robustness on B(x, 2·eps) does not cover the "
-        "check at a moved point, which reaches 3·eps from x) and steering an abstained input "
-        "into a region where the branch is robust (or confident) and wrong."))
+        "system answers differently, judged by the selector's real decision at that point; the "
+        "mixing baseline is attacked as one model with the evaluation attack. For the "
+        "robustness selector the indicator form is the sound form: a selected input counts as "
+        "robust where the branch is robust on B(x, 2·eps), which covers the selector's check "
+        "at every reachable point, or where the core is robust and agrees; it leaves out the "
+        "route of steering an abstained input to where the branch answers wrongly (what ERA "
+        "trains against). For score-based selectors it takes the selector's decision on the "
+        "clean input, i.e. the selector not attacked."))
     return Section("Adaptive attack on the composition vs the indicator form", columns, rows,
                    notes)
 
