@@ -3,14 +3,15 @@
 For every input the attack searches ``B(x, eps)`` for a point ``x'`` where the composed prediction
 differs from the clean one, along each route an adversary can take:
 
-- into the core's errors while every selector abstains: maximize ``CE(core(x'), ŷ)`` with and
-  without lowering the selectors' scores (``− steer · score``);
+- into the core's errors while every selector abstains: maximize ``CE(core(x'), ŷ)``, and
+  ``min(CE(core(x'), ŷ), saturation) − steer · score``: once the core is fooled, only lowering
+  the selectors' scores pays;
 - into branch ``i``'s errors while its selector selects (and the selectors before it abstain):
-  maximize ``CE(branch_i(x'), ŷ)``, and — for each of the ``target_classes`` most likely wrong
-  classes ``t`` — raise the branch's confidence in ``t``, ``log p_t(x')``. Confidence raising
-  is what breaks confidence selectors (a confident wrong answer is selected) and what steers an
-  abstained input into a region where the branch is robust and wrong; every branch objective
-  adds ``+ steer · score_i``.
+  maximize ``min(CE(branch_i(x'), ŷ), saturation)``, and — for each of the ``target_classes``
+  most likely wrong classes ``t`` — raise the branch's confidence in ``t``, ``log p_t(x')``.
+  Confidence raising is what breaks confidence selectors (a confident wrong answer is selected)
+  and what steers an abstained input into a region where the branch is robust and wrong; every
+  branch objective adds ``+ steer · score_i``.
 
 Each candidate point is judged by the composition itself (``ComposedClassifier.predict``, the
 selector's real decision, e.g. a robustness check around ``x'``); the first that changes the
@@ -54,8 +55,8 @@ class _Outputs(nn.Module):
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _objectives(stages: int, classes: int, steer: float, target_classes: int
-                ) -> list[tuple[str, int | None, int, Objective]]:
+def _objectives(stages: int, classes: int, steer: float, target_classes: int,
+                saturation: float) -> list[tuple[str, int | None, int, Objective]]:
     """``(name, stage whose wrong classes are targets or None, rank of the target, objective)``."""
 
     def split(outputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
@@ -67,11 +68,14 @@ def _objectives(stages: int, classes: int, steer: float, target_classes: int
     def abstain(scores: list[torch.Tensor], upto: int) -> torch.Tensor:
         return sum((scores[j] for j in range(upto)), torch.zeros_like(scores[0]))
 
+    def fooling(logits: torch.Tensor, target: torch.Tensor, capped: bool) -> torch.Tensor:
+        loss = F.cross_entropy(logits, target, reduction="none")
+        return loss.clamp(max=saturation) if capped else loss
+
     def core_route(weight: float) -> Objective:
         def objective(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             core, _, scores = split(outputs)
-            return F.cross_entropy(core, target, reduction="none") - weight * abstain(scores,
-                                                                                      stages)
+            return fooling(core, target, weight > 0) - weight * abstain(scores, stages)
         return objective
 
     def branch_route(stage: int, targeted: bool) -> Objective:
@@ -80,7 +84,7 @@ def _objectives(stages: int, classes: int, steer: float, target_classes: int
             if targeted:
                 gain = F.log_softmax(logits[stage], dim=1).gather(1, target.view(-1, 1))[:, 0]
             else:
-                gain = F.cross_entropy(logits[stage], target, reduction="none")
+                gain = fooling(logits[stage], target, steer > 0)
             return gain + steer * (scores[stage] - abstain(scores, stage))
         return objective
 
@@ -102,14 +106,17 @@ class AdaptiveAttack:
     steps, relative_step, restarts: of the PGD run for each route.
     target_classes: wrong classes, per branch, towards which its confidence is raised.
     steer: weight of the selectors' scores in the objectives (0: attack the models only).
+    saturation: cap of the cross-entropy terms that the selectors' scores are added to.
     seed: seed of the random starts.
     """
 
     def __init__(self, steps: int = 50, relative_step: float = 0.1, restarts: int = 1,
-                 target_classes: int = 2, steer: float = 1.0, seed: int = 0) -> None:
-        if target_classes < 0 or steer < 0:
-            raise ValueError(f"need target_classes >= 0 and steer >= 0, got {target_classes=}, "
-                             f"{steer=}")
+                 target_classes: int = 2, steer: float = 1.0, saturation: float = 4.0,
+                 seed: int = 0) -> None:
+        if target_classes < 0 or steer < 0 or not saturation > 0:
+            raise ValueError(f"need target_classes >= 0, steer >= 0 and saturation > 0, got "
+                             f"{target_classes=}, {steer=}, {saturation=}")
+        self.saturation = saturation
         self.pgd = PGD(steps=steps, relative_step=relative_step, restarts=restarts, seed=seed,
                        objective="ce")
         self.target_classes = target_classes
@@ -118,7 +125,8 @@ class AdaptiveAttack:
 
     def __repr__(self) -> str:
         return (f"AdaptiveAttack(steps={self.pgd.steps}, relative_step={self.pgd.relative_step}, "
-                f"target_classes={self.target_classes}, steer={self.steer})")
+                f"target_classes={self.target_classes}, steer={self.steer}, "
+                f"saturation={self.saturation})")
 
     def __call__(self, composed: ComposedClassifier, x: torch.Tensor, target: torch.Tensor,
                  threat: ThreatModel) -> torch.Tensor:
@@ -136,7 +144,8 @@ class AdaptiveAttack:
                 stage_logits = [branch(x) for branch, _ in composed.stages]
             x_adv = x.clone()
             pending = torch.arange(len(x), device=device)
-            plans = _objectives(len(composed.stages), classes, self.steer, self.target_classes)
+            plans = _objectives(len(composed.stages), classes, self.steer, self.target_classes,
+                                self.saturation)
             for _, stage, rank, objective in plans:
                 if len(pending) == 0:
                     break
