@@ -144,6 +144,7 @@ SELECTORS = [
     {"branch": "era", "core": "core", "selector": "gate", "selective_accuracy": 0.9},
     {"branch": "era", "core": "core", "selector": "mixing"},
     {"branch": ["era", "core"], "core": "core"},
+    {"branch": "era", "core": "core", "deployed_radius_factor": 2},
 ]
 
 
@@ -181,6 +182,7 @@ def test_every_selector_in_an_experiment(tmp_path):
     assert result["era→core [gate]"]["calibrated_for"] == {"selective_accuracy": 0.9}
     assert (tmp_path / "models" / "gates" / "era.safetensors").exists()
     assert 0 <= result["era→core [mixing]"]["weight"] <= 1
+    assert result["era→core [robustness at 2·eps]"]["adaptive"]["samples"] == 20
     chain = result["era→core→core"]
     assert set(chain["routes"]) == {"branch 0", "branch 1", "core"}
     assert sum(sum(route.values()) for route in chain["routes"].values()) == 60

@@ -217,7 +217,11 @@ class CompositionSettings(_Strict):
     measure (``softmax_response``, ``entropy``), a learned ``gate``, or ``mixing`` (the soft
     mixing baseline; it never abstains). Thresholds (and the mixing weight) are chosen on
     validation data for ``coverage`` or ``selective_accuracy`` when given, else to match the
-    composed natural accuracy of the robustness selector on the same branch."""
+    composed natural accuracy of the robustness selector on the same branch.
+    ``deployed_radius_factor`` (robustness selectors): the deployed selector checks
+    ``B(x', factor · eps)`` around the input it sees; 1 is the sound design, larger factors keep
+    more inputs for the core but their decision can be flipped by an attack (the indicator form
+    then takes it on the clean input)."""
 
     branch: str | list[str]
     core: str
@@ -226,6 +230,7 @@ class CompositionSettings(_Strict):
     )
     coverage: float | None = Field(None, gt=0, le=1)
     selective_accuracy: float | None = Field(None, gt=0, le=1)
+    deployed_radius_factor: float = Field(1.0, ge=1)
 
     @property
     def branches(self) -> list[str]:
@@ -234,7 +239,10 @@ class CompositionSettings(_Strict):
     @property
     def label(self) -> str:
         chain = "→".join([*self.branches, self.core])
-        return chain if self.selector == "robustness" else f"{chain} [{self.selector}]"
+        if self.selector != "robustness":
+            return f"{chain} [{self.selector}]"
+        factor = self.deployed_radius_factor
+        return chain if factor == 1 else f"{chain} [robustness at {factor:g}·eps]"
 
 
 class GateSettings(_Strict):

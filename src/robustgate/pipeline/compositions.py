@@ -197,11 +197,13 @@ class CompositionEvaluator:
         scores = None
         stable = None
         if composition.selector == "robustness":
+            deployed = composition.deployed_radius_factor
             selectors = [RobustnessSelector(self.models[name], self.threat, self.attack,
-                                            batch_size=self.config.evaluation.batch_size)
+                                            deployed, self.config.evaluation.batch_size)
                          for name in branches]
-            selected = [self.records[name].robust_at(self.threat.eps) for name in branches]
-            if self.config.evaluation.selector_radius_factor > 1:
+            selected = [self.records[name].robust_at(deployed * self.threat.eps)
+                        for name in branches]
+            if deployed == 1 and self.config.evaluation.selector_radius_factor > 1:
                 stable = [self.records[name].robust_at(self.selector_eps) for name in branches]
         else:
             selector, info = self._threshold_selector(composition, branches[0])

@@ -80,7 +80,7 @@ def run_experiment(
     models = {}
     for name, path in checkpoints.items():
         models[name], _ = load_checkpoint(path, device)
-        radii = [eps, selector_eps] if name in branches else [eps]
+        radii = _radii(config, name, eps, selector_eps) if name in branches else [eps]
         say(f"[{name}] evaluating with {settings.attack.name} at eps "
              + " and ".join(f"{r:g}" for r in radii), progress)
         records[name] = _evaluate_or_resume(
@@ -102,6 +102,15 @@ def run_experiment(
     atomic_write_json(out / "metrics.json", result)
     write_reports(out)
     return result
+
+
+def _radii(config: ExperimentConfig, branch: str, eps: float, selector_eps: float
+           ) -> list[float]:
+    """Where a branch's robustness is evaluated: eps, the selector radius, and the radii its
+    robustness selectors are deployed at."""
+    deployed = {c.deployed_radius_factor * eps for c in config.compositions
+                if branch in c.branches and c.selector == "robustness"}
+    return sorted({eps, selector_eps, *deployed})
 
 
 def _evaluate_or_resume(

@@ -136,7 +136,8 @@ def _adaptive_section(run: Run) -> Section:
         why_selected = (
             "the indicator form counted them from the branch's robustness at 2·eps (or the "
             "core's, where it agrees), which an attack can only estimate"
-            if composition.selector == "robustness" else
+            if composition.selector == "robustness" and composition.deployed_radius_factor == 1
+            else
             "the indicator form takes the selector's decision on the clean input")
         notes.append(
             f"{label}: the attack breaks {parts['selected'] + parts['abstained']} of "
@@ -168,7 +169,7 @@ def _matched_section(run: Run) -> Section | None:
     reference = {composition.branches[0]: run.metrics[composition.label]["natural_accuracy"]
                  for composition in run.compositions
                  if composition.selector == "robustness" and len(composition.branches) == 1
-                 and composition.label in run.metrics}
+                 and composition.deployed_radius_factor == 1 and composition.label in run.metrics}
     rows = []
     for composition in run.compositions:
         values = run.metrics.get(composition.label)
