@@ -104,7 +104,8 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("runs") / config.name)
     result = run_experiment(config, out, device=args.device, progress=not args.quiet)
     print(metrics_table(result["test"]))
-    print(f"wrote {out}/report.md and metrics.json in {result['wall_time_s']:.0f} s")
+    print(f"wrote {out}/report.md, report.html and metrics.json in "
+          f"{result['wall_time_s']:.0f} s")
     return 0
 
 
