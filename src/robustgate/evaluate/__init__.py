@@ -3,7 +3,7 @@
 from robustgate.evaluate.adaptive import AdaptiveAttack, check_composition
 from robustgate.evaluate.composition import compose_chain, compose_records
 from robustgate.evaluate.metrics import robustness_metrics, selection_metrics
-from robustgate.evaluate.records import Records, evaluate_model
+from robustgate.evaluate.records import Records, evaluate_model, evaluate_or_resume
 from robustgate.evaluate.selective import area_under_risk_coverage, risk_coverage_curve
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "compose_chain",
     "compose_records",
     "evaluate_model",
+    "evaluate_or_resume",
     "risk_coverage_curve",
     "robustness_metrics",
     "selection_metrics",

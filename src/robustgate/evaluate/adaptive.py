@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustgate.attacks import PGD
+from robustgate.attacks.robustness import BALL_TOLERANCE
 from robustgate.compose import ComposedClassifier
 from robustgate.models.modes import eval_mode, model_device
 from robustgate.threat import ThreatModel
@@ -175,7 +176,7 @@ def check_composition(
         predicted = composed.predict(batch)[0]
         x_adv = attack(composed, batch, predicted, threat)
         distance = threat.norm_of(x_adv.cpu() - batch.cpu())
-        if bool((distance > threat.eps + 1e-5).any()):
+        if bool((distance > threat.eps + BALL_TOLERANCE).any()):
             raise RuntimeError(f"{attack!r} left the threat ball (distance "
                                f"{float(distance.max()):.6g} > {threat.eps})")
         moved = (x_adv.cpu() != batch.cpu()).flatten(1).any(dim=1)

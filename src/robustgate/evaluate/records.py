@@ -7,6 +7,7 @@ import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -129,6 +130,22 @@ def evaluate_model(
                 Records(labels[: len(predictions)], predictions, robust).to_csv(partial)
             bar.update(len(batch))
     return Records(labels, predictions, robust)
+
+
+def evaluate_or_resume(
+    path: str | Path, model: nn.Module | ComposedClassifier, x: torch.Tensor, y: torch.Tensor,
+    threat: ThreatModel, radii: Sequence[float], attack: Attack, **options: Any,
+) -> Records:
+    """The records at ``path`` if they are complete there; else :func:`evaluate_model` (same
+    ``options``), resuming from and writing to ``<path>.partial.csv``, then the complete file."""
+    path = Path(path)
+    if path.exists():
+        return Records.read_csv(path)
+    partial = path.with_suffix(".partial.csv")
+    records = evaluate_model(model, x, y, threat, radii, attack, partial=partial, **options)
+    records.to_csv(path)
+    partial.unlink(missing_ok=True)
+    return records
 
 
 def _read_partial(partial: str | Path | None, y: torch.Tensor, radii: Sequence[float]

@@ -29,7 +29,7 @@ from robustgate.evaluate import (
     area_under_risk_coverage,
     check_composition,
     compose_chain,
-    evaluate_model,
+    evaluate_or_resume,
     robustness_metrics,
     selection_metrics,
 )
@@ -102,19 +102,14 @@ class CompositionEvaluator:
         """The branch's records on the calibration data at eps, where the deployed robustness
         selector checks (resumable)."""
         path = self.out / "records" / "validation" / f"{branch}.csv"
-        if path.exists():
-            return Records.read_csv(path)
         x, y = self._calibration()
-        say(f"[{branch}] robustness at {self.threat.eps:g} on {len(y)} validation points",
-            self.progress)
-        partial = path.with_suffix(".partial.csv")
-        records = evaluate_model(self.models[branch], x, y, self.threat, [self.threat.eps],
-                                 self.attack, batch_size=self.config.evaluation.batch_size,
-                                 progress=self.progress, description=f"{branch}/validation",
-                                 partial=partial)
-        records.to_csv(path)
-        partial.unlink(missing_ok=True)
-        return records
+        if not path.exists():
+            say(f"[{branch}] robustness at {self.threat.eps:g} on {len(y)} validation points",
+                self.progress)
+        return evaluate_or_resume(path, self.models[branch], x, y, self.threat,
+                                  [self.threat.eps], self.attack,
+                                  batch_size=self.config.evaluation.batch_size,
+                                  progress=self.progress, description=f"{branch}/validation")
 
     def _calibration_part(self) -> slice:
         return slice(self._gate_count(), None)
@@ -246,18 +241,13 @@ class CompositionEvaluator:
         if limit == 0:
             return None
         path = self.out / "records" / "adaptive" / f"{file_name(label)}.csv"
-        if path.exists():
-            return Records.read_csv(path)
-        say(f"[{label}] attacking the whole system on {limit} test points", self.progress)
-        partial = path.with_suffix(".partial.csv")
-        records = evaluate_model(model, self.test[0][:limit], self.test[1][:limit], self.threat,
-                                 [self.threat.eps], attack,
-                                 batch_size=self.config.evaluation.batch_size,
-                                 progress=self.progress, description=f"{label}/adaptive",
-                                 partial=partial, **check)
-        records.to_csv(path)
-        partial.unlink(missing_ok=True)
-        return records
+        if not path.exists():
+            say(f"[{label}] attacking the whole system on {limit} test points", self.progress)
+        return evaluate_or_resume(path, model, self.test[0][:limit], self.test[1][:limit],
+                                  self.threat, [self.threat.eps], attack,
+                                  batch_size=self.config.evaluation.batch_size,
+                                  progress=self.progress, description=f"{label}/adaptive",
+                                  **check)
 
     def _adaptive(self, label: str, composed: ComposedClassifier, indicator: Records
                   ) -> dict[str, Any] | None:
@@ -303,13 +293,13 @@ class CompositionEvaluator:
         metrics: dict[str, Any] = {"natural_accuracy": float(natural.mean()), "weight": weight,
                                    "calibrated_for": {"composed_accuracy": target}}
         if attacked is not None:
-            robust = attacked.robust_at(self.threat.eps)
+            partition = robustness_metrics(attacked.accurate,
+                                           attacked.robust_at(self.threat.eps))
+            del partition["natural_accuracy"]  # of the attacked subset; the test set's is above
             metrics.update({
-                "robust_accuracy": float((attacked.accurate & robust).mean()),
-                "robust_inaccuracy": float((~attacked.accurate & robust).mean()),
-                "non_robust": float((~robust).mean()),
+                **partition,
                 "adaptive": {"samples": len(attacked), "attack": repr(self.attack),
-                             "robust_accuracy": float((attacked.accurate & robust).mean()),
+                             "robust_accuracy": partition["robust_accuracy"],
                              "indicator_robust_accuracy": None, "difference_points": None},
             })
         return metrics

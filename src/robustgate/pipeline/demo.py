@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from robustgate.attacks import PGD
-from robustgate.attacks.robustness import check_robustness
+from robustgate.compose import ComposedClassifier
 from robustgate.config import DemoConfig
 from robustgate.data import make_synthetic
 from robustgate.device import resolve_device
@@ -35,6 +35,7 @@ from robustgate.losses import make_loss, training_attack
 from robustgate.models import MLP, load_checkpoint, predict_logits, save_checkpoint
 from robustgate.report import metrics_table
 from robustgate.report.decision_regions import Panel, plot_decision_regions
+from robustgate.select import RobustnessSelector
 from robustgate.train import fit
 
 MODELS = ("standard", "trades", "era")
@@ -184,16 +185,16 @@ def _decision_region_panels(
             return predict_logits(model, grid).argmax(dim=1).cpu().numpy(), None
         return predict
 
-    def composition():
-        def predict(grid: torch.Tensor):
-            _, selected = check_robustness(models[BRANCH], grid, config.threat, attack)
-            labels = torch.where(
-                selected,
-                predict_logits(models[BRANCH], grid).argmax(dim=1).cpu(),
-                predict_logits(models[CORE], grid).argmax(dim=1).cpu(),
-            )
-            return labels.numpy(), (~selected).numpy()
-        return predict
+    deployed = ComposedClassifier(
+        models[BRANCH], RobustnessSelector(models[BRANCH], config.threat, attack), models[CORE])
+    last: dict[str, Any] = {}
+
+    def composition(grid: torch.Tensor):
+        """The deployed system, the same for both compositions: predicted once per grid."""
+        if last.get("grid") is not grid:
+            labels, routes = deployed.predict(grid)
+            last.update(grid=grid, answer=(labels.numpy(), (routes == deployed.core_route).numpy()))
+        return last["answer"]
 
     def robust_inaccurate(r: Records) -> np.ndarray:
         return ~r.accurate & r.robust_at(config.eps)
@@ -203,7 +204,7 @@ def _decision_region_panels(
         stable = records[BRANCH].robust_at(factor * config.eps) if factor > 1 else None
         composed = compose_records(records[BRANCH], records[CORE],
                                    records[BRANCH].robust_at(config.eps), stable)
-        panels[label] = Panel(composition(), robust_inaccurate(composed))
+        panels[label] = Panel(composition, robust_inaccurate(composed))
     return panels
 
 

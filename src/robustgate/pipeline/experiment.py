@@ -20,7 +20,7 @@ from robustgate.attacks import make_attack
 from robustgate.config import ExperimentConfig
 from robustgate.data import load_dataset
 from robustgate.device import resolve_device
-from robustgate.evaluate import Records, evaluate_model, robustness_metrics
+from robustgate.evaluate import Records, evaluate_or_resume, robustness_metrics
 from robustgate.io import atomic_write_json
 from robustgate.models import load_checkpoint
 from robustgate.pipeline.compositions import CompositionEvaluator
@@ -83,9 +83,9 @@ def run_experiment(
         radii = _radii(config, name, eps, selector_eps) if name in branches else [eps]
         say(f"[{name}] evaluating with {settings.attack.name} at eps "
              + " and ".join(f"{r:g}" for r in radii), progress)
-        records[name] = _evaluate_or_resume(
+        records[name] = evaluate_or_resume(
             out / "records" / "test" / f"{name}.csv", models[name], x_test, y_test, threat,
-            radii, attack, settings.batch_size, progress, name,
+            radii, attack, batch_size=settings.batch_size, progress=progress, description=name,
         )
 
     metrics: dict[str, Any] = {
@@ -113,21 +113,6 @@ def _radii(config: ExperimentConfig, branch: str, eps: float, selector_eps: floa
     return sorted({eps, selector_eps, *deployed})
 
 
-def _evaluate_or_resume(
-    path: Path, model: Any, x: torch.Tensor, y: torch.Tensor, threat: Any, radii: list[float],
-    attack: Any, batch_size: int, progress: bool, description: str,
-) -> Records:
-    """Records at ``path`` if they are complete, else evaluate (resuming a partial file)."""
-    if path.exists():
-        return Records.read_csv(path)
-    partial = path.with_suffix(".partial.csv")
-    records = evaluate_model(model, x, y, threat, radii, attack, batch_size=batch_size,
-                             progress=progress, description=description, partial=partial)
-    records.to_csv(path)
-    partial.unlink(missing_ok=True)
-    return records
-
-
 def _autoattack_check(
     models: dict[str, Any], records: dict[str, Records], x: torch.Tensor, y: torch.Tensor,
     threat: Any, config: ExperimentConfig, out: Path, progress: bool,
@@ -141,9 +126,10 @@ def _autoattack_check(
     check = {}
     for name, model in models.items():
         say(f"[{name}] AutoAttack check on {count} test points", progress)
-        strong = _evaluate_or_resume(
+        strong = evaluate_or_resume(
             out / "autoattack" / f"{name}.csv", model, x[:count], y[:count], threat,
-            [threat.eps], attack, config.evaluation.batch_size, progress, f"{name}/autoattack",
+            [threat.eps], attack, batch_size=config.evaluation.batch_size, progress=progress,
+            description=f"{name}/autoattack",
         )
         reference = records[name]
         evaluation = float((reference.accurate & reference.robust_at(threat.eps))[:count].mean())
