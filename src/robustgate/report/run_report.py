@@ -42,6 +42,7 @@ class Run:
     directory: Path
     config: ExperimentConfig
     result: dict[str, Any]
+    read_records: dict[tuple[str, str], Records | None] = field(default_factory=dict)
 
     @classmethod
     def read(cls, directory: str | Path) -> Run:
@@ -63,8 +64,12 @@ class Run:
         return self.config.compositions
 
     def records(self, kind: str, name: str) -> Records | None:
-        path = self.directory / "records" / kind / f"{file_name(name)}.csv"
-        return Records.read_csv(path) if path.exists() else None
+        """``records/<kind>/<name>.csv`` (read once), or ``None`` where the run has none."""
+        key = (kind, name)
+        if key not in self.read_records:
+            path = self.directory / "records" / kind / f"{file_name(name)}.csv"
+            self.read_records[key] = Records.read_csv(path) if path.exists() else None
+        return self.read_records[key]
 
     def selection(self, label: str) -> tuple[np.ndarray | None, np.ndarray] | None:
         """Scores (``None`` for a selector without) and routes on the test set."""
@@ -258,24 +263,19 @@ def _autoattack_section(run: Run) -> Section | None:
                    ["model", attack, "AutoAttack (standard)", "difference (points)"], rows, notes)
 
 
-def _sections(run: Run, with_figures: bool) -> list[Section]:
-    sections = [_model_section(run)]
-    matched = _matched_section(run)
-    adaptive = _adaptive_section(run)
+def _sections(run: Run) -> list[Section]:
+    """Every section of the report, figures included (the Markdown report leaves them out)."""
     selective, curves = _selective_section(run)
-    if with_figures:
-        sections[0].figure = plots.robust_vs_inaccuracy(run.metrics, run.config)
-        adaptive.figure = plots.composed_accuracies(run.metrics, run.compositions)
-        if selective is not None:
-            selective.figure = plots.risk_coverage(curves)
-    sections += [s for s in (matched, adaptive if adaptive.rows else None) if s is not None]
-    if with_figures:
-        threshold = _threshold_section(run)
-        if threshold is not None:
-            sections.append(threshold)
-    sections += [s for s in (_routes_section(run), selective, _autoattack_section(run))
-                 if s is not None]
-    return sections
+    if selective is not None:
+        selective.figure = plots.risk_coverage(curves)
+    models = _model_section(run)
+    models.figure = plots.robust_vs_inaccuracy(run.metrics, run.config)
+    adaptive = _adaptive_section(run)
+    adaptive.figure = plots.composed_accuracies(run.metrics, run.compositions)
+    sections = [models, _matched_section(run), adaptive if adaptive.rows else None,
+                _threshold_section(run), _routes_section(run), selective,
+                _autoattack_section(run)]
+    return [section for section in sections if section is not None]
 
 
 def _threshold_section(run: Run) -> Section | None:
@@ -295,24 +295,27 @@ def _threshold_section(run: Run) -> Section | None:
                    figure=plots.threshold_sweeps(sweeps))
 
 
-def markdown(run: Run) -> str:
+def markdown(run: Run, sections: list[Section]) -> str:
+    """The sections with tables, in Markdown (figures are in the HTML report)."""
     lines = [f"# {run.config.name}\n"]
-    for section in _sections(run, with_figures=False):
+    for section in sections:
+        if not section.columns:
+            continue
         lines.append(f"## {section.title}\n")
-        if section.columns:
-            lines.append("| " + " | ".join(section.columns) + " |")
-            lines.append("|---|" + "---:|" * (len(section.columns) - 1))
-            lines += ["| " + " | ".join(row) + " |" for row in section.rows]
-            lines.append("")
+        lines.append("| " + " | ".join(section.columns) + " |")
+        lines.append("|---|" + "---:|" * (len(section.columns) - 1))
+        lines += ["| " + " | ".join(row) + " |" for row in section.rows]
+        lines.append("")
         lines += [f"- {note}" if len(section.notes) > 1 else note for note in section.notes]
         lines.append("")
     return "\n".join(lines)
 
 
-def to_html(run: Run) -> str:
+def to_html(run: Run, sections: list[Section]) -> str:
+    """The sections, figures embedded, as one HTML page."""
     title = html.escape(run.config.name)
     body = [f"<h1>{title}</h1>"]
-    for section in _sections(run, with_figures=True):
+    for section in sections:
         body.append(f"<h2>{html.escape(section.title)}</h2>")
         if section.figure:
             body.append(f'<img alt="{html.escape(section.title)}" '
@@ -335,6 +338,7 @@ def write_reports(directory: str | Path) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` into the run directory; returns their paths."""
     run = Run.read(directory)
     paths = (run.directory / "report.md", run.directory / "report.html")
-    atomic_write_text(paths[0], markdown(run))
-    atomic_write_text(paths[1], to_html(run))
+    sections = _sections(run)
+    atomic_write_text(paths[0], markdown(run, sections))
+    atomic_write_text(paths[1], to_html(run, sections))
     return paths
