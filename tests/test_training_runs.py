@@ -120,6 +120,10 @@ def test_config_errors_name_the_bad_key(tmp_path):
         load_config(tmp_path / "c.yaml", TrainSpec)
     with pytest.raises(FileNotFoundError):
         load_config(tmp_path / "missing.yaml", TrainSpec)
+    (tmp_path / "twice.yaml").write_text("model:\n  architecture: MLP\ntrain:\n  epochs: 2\n"
+                                         "train:\n  epochs: 3\n")
+    with pytest.raises(ValueError, match="key 'train' is given twice .line 5"):
+        load_config(tmp_path / "twice.yaml", TrainSpec)
 
 
 EXPERIMENT = {

@@ -319,12 +319,30 @@ def parse_config(values: dict[str, Any], kind: type[_Strict], source: str = "con
         raise ValueError(f"{source}: {_describe(error)}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that rejects a key given twice in one mapping (plain YAML keeps the
+    last one silently, so half of a config would be ignored)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise ValueError(f"key '{key}' is given twice (line {line})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path, kind: type[_Strict]) -> Any:
     """Read a YAML config file and validate it."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config file {path} does not exist")
-    values = yaml.safe_load(path.read_text())
+    try:
+        values = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a config is a mapping of keys, got {type(values).__name__}")
     return parse_config(values, kind, str(path))
