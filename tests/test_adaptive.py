@@ -1,8 +1,9 @@
-"""The adaptive attack on a composition, on hand-made linear models whose regions are known.
+"""The adaptive attack on a composition, and the count held against it, on hand-made linear
+models whose regions are known.
 
 Two classes over [0, 1]²; each model predicts class 1 where the second feature exceeds its own
-boundary. eps = 0.1 (linf); the robustness selector checks robustness at 0.1 around the input it
-sees, and its decision is stable where the branch is robust at 0.2."""
+boundary. eps = 0.1 (linf); the robustness selector checks robustness at κ·0.1 around the input
+it sees, and its decision is stable where the branch is robust at (κ+1)·0.1."""
 
 import pytest
 import torch
@@ -10,7 +11,13 @@ from conftest import Linear
 
 from robustgate import ComposedClassifier, ThreatModel
 from robustgate.attacks import PGD
-from robustgate.evaluate import AdaptiveAttack, check_composition, compose_records, evaluate_model
+from robustgate.evaluate import (
+    AdaptiveAttack,
+    Selection,
+    check_composition,
+    compose_records,
+    evaluate_model,
+)
 from robustgate.select import ConfidenceSelector, RobustnessSelector
 
 THREAT = ThreatModel("linf", 0.1)
@@ -22,10 +29,11 @@ def boundary_model(boundary: float, steepness: float = 20.0) -> Linear:
                   torch.tensor([0.0, -steepness * boundary]))
 
 
-def robustness_composition(branch_boundary: float, core_boundary: float) -> ComposedClassifier:
+def robustness_composition(branch_boundary: float, core_boundary: float, kappa: float = 1.0
+                           ) -> ComposedClassifier:
     branch = boundary_model(branch_boundary)
     check = PGD(steps=20, relative_step=0.1, early_exit=True, seed=0)
-    return ComposedClassifier(branch, RobustnessSelector(branch, THREAT, check),
+    return ComposedClassifier(branch, RobustnessSelector(branch, THREAT, check, kappa),
                               boundary_model(core_boundary))
 
 
@@ -34,26 +42,32 @@ def robust_accuracy(composed, x, y, attack):
     return ((predicted == y) & robust).tolist()
 
 
-def indicator_form(composed, x, y):
-    """Robust accuracy in the sound indicator form, from the parts' records."""
+def counted(composed, x, y, kappa=1.0):
+    """Robust accuracy counted in the sound form from the parts' records (robustness selector
+    at ``kappa``, or the composition's score selector)."""
     check = PGD(steps=20, relative_step=0.1, early_exit=True, seed=0)
-    (branch, _), core = composed.stages[0], composed.core
-    branch_records = evaluate_model(branch, x, y, THREAT, [0.1, 0.2], check, progress=False)
+    (branch, selector), core = composed.stages[0], composed.core
+    radii = [0.1, kappa * 0.1, (kappa + 1) * 0.1] + ([(kappa - 1) * 0.1] if kappa > 1 else [])
+    branch_records = evaluate_model(branch, x, y, THREAT, radii, check, progress=False)
     core_records = evaluate_model(core, x, y, THREAT, [0.1], check, progress=False)
-    sound = compose_records(branch_records, core_records, branch_records.robust_at(0.1),
-                            branch_records.robust_at(0.2))
+    if isinstance(selector, RobustnessSelector):
+        selection = Selection.robustness(branch_records, 0.1, kappa)
+    else:
+        selection = Selection.scores(branch_records, selector.select(x).numpy(), 0.1)
+    sound = compose_records(branch_records, core_records, selection)
     return (sound.accurate & sound.robust_at(0.1)).tolist()
 
 
 def test_steers_an_abstained_input_into_a_robust_and_wrong_branch_region():
     # At x = (0.5, 0.5), label 0: the branch says 1 but is not robust at 0.1 (its boundary 0.45
-    # is 0.05 away), so the core answers 0, robustly (its boundary is at 0.9). The indicator
-    # form counts the input as robust; at (0.5, 0.6) the branch is robust and wrong.
+    # is 0.05 away), so the core answers 0, robustly (its boundary is at 0.9); at (0.5, 0.6) the
+    # branch is robust and wrong. The count does not hold the input: the branch is wrong on it.
     composed = robustness_composition(0.45, 0.9)
     x, y = torch.tensor([[0.5, 0.5]]), torch.tensor([0])
     assert composed.predict(x)[1].tolist() == [composed.core_route]
-    assert indicator_form(composed, x, y) == [True]
-    assert robust_accuracy(composed, x, y, AdaptiveAttack(steer=0.0, target_classes=0)) == [False]
+    assert counted(composed, x, y) == [False]
+    assert robust_accuracy(composed, x, y, AdaptiveAttack(steers=[0.0], target_classes=0)) == [
+        False]
     assert robust_accuracy(composed, x, y, AdaptiveAttack()) == [False]
 
 
@@ -64,7 +78,7 @@ def test_moves_a_selected_input_to_where_the_selector_abstains_and_the_core_is_w
     composed = robustness_composition(0.45, 0.9)
     x, y = torch.tensor([[0.5, 0.57]]), torch.tensor([1])
     assert composed.predict(x) == (torch.tensor([1]), torch.tensor([0]))
-    assert indicator_form(composed, x, y) == [False]
+    assert counted(composed, x, y) == [False]
     assert robust_accuracy(composed, x, y, AdaptiveAttack()) == [False]
 
 
@@ -72,7 +86,7 @@ def test_cannot_break_what_is_robust_by_construction():
     # Branch robust on B(x, 0.2) and right: every reachable x' is selected and answered 1.
     composed = robustness_composition(0.45, 0.9)
     x, y = torch.tensor([[0.5, 0.66], [0.2, 0.8]]), torch.tensor([1, 1])
-    assert indicator_form(composed, x, y) == [True, True]
+    assert counted(composed, x, y) == [True, True]
     assert robust_accuracy(composed, x, y, AdaptiveAttack()) == [True, True]
 
 
@@ -84,7 +98,35 @@ def test_confidence_raising_breaks_a_confidence_selector():
     composed = ComposedClassifier(branch, selector, boundary_model(0.9))
     x, y = torch.tensor([[0.5, 0.5]]), torch.tensor([0])
     assert composed.predict(x)[1].tolist() == [1]
-    assert robust_accuracy(composed, x, y, AdaptiveAttack()) == [False]
+    attack = AdaptiveAttack()
+    assert robust_accuracy(composed, x, y, attack) == [False]
+    assert sum(attack.candidate_counts.values()) == 1
+    assert counted(composed, x, y) == [False]
+
+
+POINTS = torch.rand(60, 2, generator=torch.Generator().manual_seed(1))
+LABELS = (POINTS[:, 1] > 0.5).long()
+
+
+@pytest.mark.parametrize("kappa", [1.0, 2.0])
+def test_the_count_is_at_or_below_the_attacked_figure_per_input(kappa):
+    # the κ = 2 selector that the old count over-counted, and the paper's κ = 1, on one grid of
+    # inputs: every input the count holds, the adaptive attack cannot break
+    composed = robustness_composition(0.45, 0.6, kappa)
+    held = robust_accuracy(composed, POINTS, LABELS, AdaptiveAttack(steps=30))
+    count = counted(composed, POINTS, LABELS, kappa)
+    assert all(h for h, c in zip(held, count, strict=True) if c)
+    assert sum(count) > 0
+
+
+def test_a_score_selectors_count_is_at_or_below_its_attacked_figure():
+    branch = boundary_model(0.45)
+    composed = ComposedClassifier(branch, ConfidenceSelector(branch, threshold=-0.05),
+                                  boundary_model(0.6))
+    held = robust_accuracy(composed, POINTS, LABELS, AdaptiveAttack(steps=30))
+    count = counted(composed, POINTS, LABELS)
+    assert all(h for h, c in zip(held, count, strict=True) if c)
+    assert sum(count) > 0
 
 
 def test_adaptive_records_resume_and_stay_in_the_ball(tmp_path):
@@ -98,3 +140,5 @@ def test_adaptive_records_resume_and_stay_in_the_ball(tmp_path):
     assert 0 < records.robust_at(0.1).sum() < len(x)
     with pytest.raises(ValueError, match="target_classes"):
         AdaptiveAttack(target_classes=-1)
+    with pytest.raises(ValueError, match="steer"):
+        AdaptiveAttack(steers=[])

@@ -4,7 +4,7 @@ from conftest import Linear, exact_radius, random_linear
 
 from robustgate import ComposedClassifier, ThreatModel
 from robustgate.attacks import PGD
-from robustgate.evaluate import compose_records, evaluate_model
+from robustgate.evaluate import Selection, compose_records, evaluate_model
 from robustgate.models import MLP
 from robustgate.select import RobustnessSelector
 
@@ -43,7 +43,7 @@ def test_robustness_selector_checks_the_radius_it_is_given():
     eps = float(radius.median()) / 2
     selector = RobustnessSelector(model, ThreatModel("linf", eps),
                                   PGD(steps=30, relative_step=0.1, early_exit=True, seed=0),
-                                  radius_factor=2)
+                                  kappa=2)
     selected = selector.select(x)
     assert selected[radius > 2.4 * eps].all()
     assert not selected[radius < 1.6 * eps].any()
@@ -62,8 +62,8 @@ def test_inference_time_and_offline_composition_agree():
     labels, routes = composed.predict(x)
     branch_records = evaluate_model(branch, x, y, threat, [0.05, 0.1], attack, progress=False)
     core_records = evaluate_model(core, x, y, threat, [0.05, 0.1], attack, progress=False)
-    offline = compose_records(branch_records, core_records, branch_records.robust_at(0.05),
-                              branch_records.robust_at(0.1))
+    offline = compose_records(branch_records, core_records,
+                              Selection.robustness(branch_records, 0.05))
     assert labels.tolist() == offline.predictions.tolist()
     assert (routes == 0).tolist() == branch_records.robust_at(0.05).tolist()
     assert 0 < int((routes == 0).sum()) < len(x)
@@ -88,6 +88,6 @@ def test_bad_inputs_are_clear_errors():
         composed.predict(torch.tensor([[0.5, 2.0]]))
 
 
-def test_selector_radius_factor_below_one_is_rejected():
-    with pytest.raises(ValueError, match="radius_factor"):
-        RobustnessSelector(MLP(), ThreatModel("linf", 0.1), PGD(), radius_factor=0.5)
+def test_selector_kappa_below_one_is_rejected():
+    with pytest.raises(ValueError, match="kappa"):
+        RobustnessSelector(MLP(), ThreatModel("linf", 0.1), PGD(), kappa=0.5)

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,7 +153,9 @@ SELECTORS = [
     {"branch": "era", "core": "core", "selector": "gate", "selective_accuracy": 0.9},
     {"branch": "era", "core": "core", "selector": "mixing"},
     {"branch": ["era", "core"], "core": "core"},
-    {"branch": "era", "core": "core", "deployed_radius_factor": 2},
+    {"branch": "era", "core": "core", "kappa": 2},
+    {"branch": "era", "core": "core", "operating_point": {"max_accuracy_drop": 0.0,
+                                                          "kappas": [1, 1.5, 2]}},
 ]
 
 
@@ -163,7 +166,9 @@ def test_a_small_experiment_end_to_end(tmp_path):
     composed = result["test"]["era→core"]
     assert 0 <= composed["selection_rate"] <= 1
     adaptive = composed["adaptive"]
-    assert adaptive["samples"] == 20 and adaptive["natural_agrees_with_indicator"]
+    assert adaptive["samples"] == 20 and adaptive["natural_agrees_with_count"]
+    low, high = adaptive["robust_accuracy_interval"]
+    assert low <= adaptive["robust_accuracy"] <= high
     assert adaptive["robust_accuracy"] <= composed["natural_accuracy"] + 0.2
     assert set(result["autoattack_check"]) == {"core", "era"}
     for check in result["autoattack_check"].values():
@@ -190,7 +195,12 @@ def test_every_selector_in_an_experiment(tmp_path):
     assert result["era→core [gate]"]["calibrated_for"] == {"selective_accuracy": 0.9}
     assert (tmp_path / "models" / "gates" / "era.safetensors").exists()
     assert 0 <= result["era→core [mixing]"]["weight"] <= 1
-    assert result["era→core [robustness at 2·eps]"]["adaptive"]["samples"] == 20
+    assert result["era→core [κ = 2]"]["adaptive"]["samples"] == 20
+    point = result["era→core [operating point: accuracy ≥ core − 0 pt]"]["operating_point"]
+    assert [p["kappa"] for p in point["validation_curve"]] == [1, 1.5, 2]
+    assert point["chosen"]["kappa"] in (1, 1.5, 2) and len(point["test_curve"]) == 3
+    if point["chosen"]["meets_target"]:
+        assert point["chosen"]["natural_accuracy"] >= point["chosen"]["core_accuracy"] - 1e-9
     chain = result["era→core→core"]
     assert set(chain["routes"]) == {"branch 0", "branch 1", "core"}
     assert sum(sum(route.values()) for route in chain["routes"].values()) == 60
@@ -199,7 +209,8 @@ def test_every_selector_in_an_experiment(tmp_path):
     (tmp_path / "report.html").unlink()
     assert main(["report", str(tmp_path)]) == 0
     page = (tmp_path / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4 and "AURC" in page
+    assert page.count("data:image/png;base64,") == 5 and "AURC" in page
+    assert "Operating points of the robustness selector" in page
     assert "Selectors at matched composed natural accuracy" in (tmp_path / "report.md").read_text()
 
 
@@ -259,3 +270,17 @@ def test_train_command_without_a_validation_split(tmp_path):
                  "--quiet"]) == 0
     assert (tmp_path / "run" / "best.safetensors").exists()
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["validation"] is None
+
+
+def test_the_shipped_experiment_configs_load():
+    for path in sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")):
+        config = load_config(path, ExperimentConfig)
+        assert config.compositions, path
+    with pytest.raises(ValueError, match="kappa"):
+        parse_config({**EXPERIMENT, "compositions": [
+            {"branch": "era", "core": "core", "selector": "entropy", "kappa": 2}]},
+            ExperimentConfig)
+    with pytest.raises(ValueError, match="operating_point"):
+        parse_config({**EXPERIMENT, "compositions": [
+            {"branch": "era", "core": "core", "kappa": 2, "operating_point": {}}]},
+            ExperimentConfig)

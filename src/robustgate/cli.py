@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from robustgate.config import DemoConfig
+from robustgate.config import DEFAULT_KAPPAS, DemoConfig
 from robustgate.data import SYNTHETIC_DATASETS
 
 
@@ -59,7 +59,8 @@ def _attack(args: argparse.Namespace) -> Any:
     from robustgate.config import AttackSettings
 
     return AttackSettings(name=args.attack, steps=args.steps, restarts=args.restarts,
-                          relative_step=args.relative_step).build(args.seed)
+                          relative_step=args.relative_step,
+                          target_classes=args.target_classes).build(args.seed)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -116,9 +117,16 @@ def _compose(args: argparse.Namespace) -> int:
     parts = [*args.branch, args.core]
     kinds = {Path(part).suffix for part in parts}
     if kinds == {".csv"}:
-        summary = compose_from_records(args.branch, args.core, args.eps, args.radius_factor,
-                                       args.out)
-        print(metrics_table({"composed": summary["metrics"]}))
+        validation = (None if args.validation_branch is None
+                      else (args.validation_branch, args.validation_core))
+        summary = compose_from_records(args.branch, args.core, args.eps, args.out,
+                                       kappa=args.kappa, max_accuracy_drop=args.max_accuracy_drop,
+                                       validation=validation, kappas=args.kappas)
+        print(metrics_table({f"composed (kappa {summary['kappa']:g})": summary["metrics"]}))
+        chosen = summary.get("operating_point", {}).get("chosen")
+        if chosen is not None and not chosen["meets_target"]:
+            print(f"no kappa keeps the validation accuracy within {args.max_accuracy_drop} of "
+                  f"the core's; chose the most accurate, kappa {chosen['kappa']:g}")
         print(f"wrote {args.out}/records.csv and summary.json")
         return 0
     if kinds != {".safetensors"}:
@@ -137,7 +145,7 @@ def _compose(args: argparse.Namespace) -> int:
     summary = compose_from_checkpoints(
         args.branch, args.core, x, y, threat, _attack(args), args.out, selector=args.selector,
         threshold=args.threshold, coverage=args.coverage,
-        calibration=calibration,
+        calibration=calibration, kappa=args.kappa,
         adaptive=AdaptiveAttack(seed=args.seed) if args.adaptive else None,
         device=resolve_device(args.device), batch_size=args.batch_size,
         progress=not args.quiet)
@@ -177,10 +185,14 @@ def _data_options(parser: argparse.ArgumentParser, required: bool = True) -> Non
                         help="validation samples taken from the training data (count or "
                         "fraction), for --split train/validation and calibration")
     parser.add_argument("--limit", type=int, help="only the first N samples")
-    parser.add_argument("--attack", default="apgd-ce", choices=ATTACKS)
+    parser.add_argument("--attack", default="pgd", choices=ATTACKS,
+                        help="pgd (default): the logit margin, then the targeted margin towards "
+                        "--target-classes other classes")
     parser.add_argument("--steps", type=int, default=100, help="attack iterations")
     parser.add_argument("--restarts", type=int, default=1)
     parser.add_argument("--relative-step", type=float, default=0.1, help="pgd only")
+    parser.add_argument("--target-classes", type=int, default=3,
+                        help="pgd only: classes attacked with the targeted margin (default 3)")
     parser.add_argument("--norm", default="linf", choices=["linf", "l2"])
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
@@ -234,10 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="branch records or checkpoint; repeat for a chain")
     compose.add_argument("--core", required=True, help="core records or checkpoint")
     compose.add_argument("--eps", type=float, required=True, help="threat radius")
-    compose.add_argument("--radius-factor", type=float, default=2.0,
-                         help="records only: a robustness selection counts as stable under "
-                         "attack where the branch is robust at radius-factor × eps (default 2; "
-                         "1: the selector not attacked)")
+    compose.add_argument("--kappa", type=float, default=1.0,
+                         help="the robustness selector checks the branch on B(x', kappa·eps) "
+                         "(default 1); records must hold kappa·eps and (kappa+1)·eps, where a "
+                         "selection is stable under attack")
+    compose.add_argument("--max-accuracy-drop", type=float,
+                         help="records only: choose kappa on validation records, the most "
+                         "robust whose natural accuracy is at most this below the core's")
+    compose.add_argument("--validation-branch", help="branch records on validation data")
+    compose.add_argument("--validation-core", help="core records on validation data")
+    compose.add_argument("--kappas", type=float, nargs="+", default=list(DEFAULT_KAPPAS),
+                         help="the kappas --max-accuracy-drop chooses from")
     compose.add_argument("--selector", default="robustness",
                          choices=["robustness", "softmax_response", "entropy"],
                          help="checkpoints only; confidence selectors need --threshold or "

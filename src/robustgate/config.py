@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from robustgate.attacks import Attack, make_attack
 from robustgate.data.synthetic import SYNTHETIC_DATASETS
@@ -103,16 +110,20 @@ class ThreatSettings(_Strict):
 
 class AttackSettings(_Strict):
     """An attack: ``pgd`` (training and validation), or for evaluation ``apgd-ce``, ``apgd-t``,
-    ``autoattack``. ``relative_step`` applies to ``pgd`` only."""
+    ``autoattack``. ``relative_step``, ``objective`` and ``target_classes`` apply to ``pgd``
+    only (``attacks.PGD``)."""
 
     name: Literal["pgd", "apgd-ce", "apgd-t", "autoattack"] = "pgd"
     steps: int = Field(10, ge=1)
     relative_step: float = Field(0.25, gt=0)
     restarts: int = Field(1, ge=1)
+    objective: Literal["margin", "ce"] = "margin"
+    target_classes: int = Field(3, ge=0)
 
     def build(self, seed: int) -> Attack:
         """The evaluation attack these settings describe (``pgd`` with early exit)."""
-        extra = {"relative_step": self.relative_step} if self.name == "pgd" else {}
+        extra = ({"relative_step": self.relative_step, "objective": self.objective,
+                  "target_classes": self.target_classes} if self.name == "pgd" else {})
         return make_attack(self.name, steps=self.steps, restarts=self.restarts, seed=seed,
                            **extra)
 
@@ -198,12 +209,9 @@ class TrainRunConfig(TrainSpec):
 
 
 class EvaluationSettings(_Strict):
-    attack: AttackSettings = Field(default_factory=lambda: AttackSettings(name="apgd-ce",
-                                                                          steps=100))
+    attack: AttackSettings = Field(default_factory=lambda: AttackSettings(
+        name="pgd", steps=100, relative_step=0.1))
     threat: ThreatSettings = Field(default_factory=ThreatSettings)
-    # robustness selectors deploy at eps; their decision counts as stable under attack where the
-    # branch is robust at selector_radius_factor · eps (2: the sound form; 1: not attacked)
-    selector_radius_factor: float = Field(2.0, ge=1)
     limit: int | None = Field(None, ge=1)
     batch_size: int = Field(500, ge=1)
     autoattack_check: int = Field(0, ge=0)
@@ -212,17 +220,33 @@ class EvaluationSettings(_Strict):
 SELECTORS = ("robustness", "softmax_response", "entropy", "gate", "mixing")
 
 
+DEFAULT_KAPPAS = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
+
+
+class OperatingPointSettings(_Strict):
+    """Choose the robustness selector's ``κ`` on validation data among ``kappas``: the highest
+    sound robust accuracy whose composed natural accuracy is at most ``max_accuracy_drop`` below
+    the core's (0: no lower than the core; ``None``: the highest sound robust accuracy)."""
+
+    max_accuracy_drop: float | None = Field(0.0, ge=0)
+    kappas: list[float] = Field(default_factory=lambda: list(DEFAULT_KAPPAS), min_length=1)
+
+    @field_validator("kappas")
+    @classmethod
+    def _check_kappas(cls, kappas: list[float]) -> list[float]:
+        if any(not kappa >= 1 for kappa in kappas):
+            raise ValueError(f"every kappa must be >= 1, got {kappas}")
+        return sorted(set(kappas))
+
+
 class CompositionSettings(_Strict):
     """``branch`` (or a chain of branches, each with a robustness selector) composed with
-    ``core``. ``selector``: ``robustness`` (checking eps around the input it sees), a confidence
-    measure (``softmax_response``, ``entropy``), a learned ``gate``, or ``mixing`` (the soft
-    mixing baseline; it never abstains). Thresholds (and the mixing weight) are chosen on
-    validation data for ``coverage`` or ``selective_accuracy`` when given, else to match the
-    composed natural accuracy of the robustness selector on the same branch.
-    ``deployed_radius_factor`` (robustness selectors): the deployed selector checks
-    ``B(x', factor · eps)`` around the input it sees; 1 is the sound design, larger factors keep
-    more inputs for the core but their decision can be flipped by an attack (the indicator form
-    then takes it on the clean input)."""
+    ``core``. ``selector``: ``robustness`` (the branch robust on ``B(x', κ·eps)`` around the input
+    ``x'`` it sees, ``κ = kappa``, or chosen on validation data for an ``operating_point``), a
+    confidence measure (``softmax_response``, ``entropy``), a learned ``gate``, or ``mixing``
+    (the soft mixing baseline; it never abstains). Thresholds (and the mixing weight) are chosen
+    on validation data for ``coverage`` or ``selective_accuracy`` when given, else to match the
+    composed natural accuracy of the robustness selector at ``κ = 1`` on the same branch."""
 
     branch: str | list[str]
     core: str
@@ -231,19 +255,40 @@ class CompositionSettings(_Strict):
     )
     coverage: float | None = Field(None, gt=0, le=1)
     selective_accuracy: float | None = Field(None, gt=0, le=1)
-    deployed_radius_factor: float = Field(1.0, ge=1)
+    kappa: float = Field(1.0, ge=1)
+    operating_point: OperatingPointSettings | None = None
+
+    @model_validator(mode="after")
+    def _one_knob(self) -> CompositionSettings:
+        if self.selector != "robustness" and (self.kappa != 1 or self.operating_point):
+            raise ValueError(f"kappa and operating_point are the robustness selector's; the "
+                             f"{self.selector} selector takes neither")
+        if self.operating_point is not None and (self.kappa != 1 or len(self.branches) > 1):
+            raise ValueError("operating_point chooses kappa for one branch: give no kappa and "
+                             "no chain with it")
+        return self
 
     @property
     def branches(self) -> list[str]:
         return [self.branch] if isinstance(self.branch, str) else list(self.branch)
 
     @property
+    def kappas(self) -> list[float]:
+        """The ``κ`` the composition may deploy (several where an operating point is chosen)."""
+        if self.selector != "robustness":
+            return []
+        return self.operating_point.kappas if self.operating_point else [self.kappa]
+
+    @property
     def label(self) -> str:
         chain = "→".join([*self.branches, self.core])
         if self.selector != "robustness":
             return f"{chain} [{self.selector}]"
-        factor = self.deployed_radius_factor
-        return chain if factor == 1 else f"{chain} [robustness at {factor:g}·eps]"
+        if self.operating_point is not None:
+            drop = self.operating_point.max_accuracy_drop
+            target = "most robust" if drop is None else f"accuracy ≥ core − {100 * drop:g} pt"
+            return f"{chain} [operating point: {target}]"
+        return chain if self.kappa == 1 else f"{chain} [κ = {self.kappa:g}]"
 
 
 class GateSettings(_Strict):
@@ -278,13 +323,20 @@ class CalibrationSettings(_Strict):
 
 class AdaptiveSettings(_Strict):
     """The adaptive attack on every composition, on the first ``limit`` test points (0: off);
-    the mixing baseline is attacked as one model with the evaluation attack instead."""
+    the mixing baseline is attacked as one model with the evaluation attack instead. The other
+    keys are ``evaluate.AdaptiveAttack``'s parameters."""
 
     limit: int = Field(1000, ge=0)
     steps: int = Field(50, ge=1)
     relative_step: float = Field(0.1, gt=0)
+    restarts: int = Field(2, ge=1)
     target_classes: int = Field(2, ge=0)
-    steer: float = Field(1.0, ge=0)
+    steers: list[float] = Field(default_factory=lambda: [1.0, 10.0], min_length=1)
+    saturation: float = Field(4.0, gt=0)
+
+    def attack_options(self) -> dict[str, Any]:
+        """The keyword arguments of ``evaluate.AdaptiveAttack`` these settings give."""
+        return self.model_dump(exclude={"limit"})
 
 
 class ExperimentConfig(_Strict):

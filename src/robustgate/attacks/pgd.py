@@ -14,7 +14,7 @@ from torch import nn
 from robustgate.inputs import check_inputs
 from robustgate.threat import ThreatModel
 
-OBJECTIVES = ("ce", "kl")
+OBJECTIVES = ("ce", "kl", "margin")
 
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``objective(outputs, target) -> per-sample value to maximize``, ``outputs = model(x')``."""
@@ -36,9 +36,15 @@ class PGD:
     restarts: independent runs from different random starts.
     random_start: start uniformly in the ball (else at ``x``).
     objective: ``"ce"`` maximizes ``CE(f(x'), target)``; ``"kl"`` maximizes
-        ``KL(p(x) || p(x'))`` (TRADES's inner maximization; ``target`` is then unused); a
-        callable ``objective(model(x'), target)`` maximizes any per-sample objective (the
-        adaptive attack on a composition; ``model`` then need not return logits).
+        ``KL(p(x) || p(x'))`` (TRADES's inner maximization; ``target`` is then unused);
+        ``"margin"`` maximizes ``max_{j≠target} f_j(x') − f_target(x')``, whose gradient does
+        not vanish where softmax saturates (large logits), unlike cross-entropy's; a callable
+        ``objective(model(x'), target)`` maximizes any per-sample objective (the adaptive
+        attack on a composition; ``model`` then need not return logits).
+    target_classes: after the untargeted restarts, for each of this many classes ``j`` with
+        the largest clean logits other than ``target``, one more run maximizing
+        ``f_j(x') − f_target(x')`` (the targeted margin: it finds the flips towards a class that
+        the untargeted objective, led by the current runner-up, never aims at).
     early_exit: for robustness checks: a sample leaves the batch as soon as its prediction
         differs from ``target``, and the first such point is returned. Without it (training) the
         point of highest objective over the restarts is returned.
@@ -55,9 +61,14 @@ class PGD:
         objective: str | Objective = "ce",
         early_exit: bool = False,
         seed: int | None = None,
+        target_classes: int = 0,
     ) -> None:
-        if steps < 0 or restarts < 1:
-            raise ValueError(f"PGD needs steps >= 0 and restarts >= 1, got {steps=}, {restarts=}")
+        if steps < 0 or restarts < 1 or target_classes < 0:
+            raise ValueError(f"PGD needs steps >= 0, restarts >= 1 and target_classes >= 0, got "
+                             f"{steps=}, {restarts=}, {target_classes=}")
+        if target_classes and callable(objective):
+            raise ValueError("target_classes needs logits; it does not combine with a callable "
+                             "objective")
         if not relative_step > 0:
             raise ValueError(f"relative_step must be > 0, got {relative_step}")
         if not callable(objective) and objective not in OBJECTIVES:
@@ -74,19 +85,26 @@ class PGD:
         self.objective = objective
         self.early_exit = early_exit
         self.seed = seed
+        self.target_classes = target_classes
 
     def __repr__(self) -> str:
         return (
             f"PGD(steps={self.steps}, relative_step={self.relative_step}, "
             f"restarts={self.restarts}, objective={self.objective!r}, "
-            f"early_exit={self.early_exit})"
+            f"target_classes={self.target_classes}, early_exit={self.early_exit})"
         )
 
     def _loss(
-        self, logits: torch.Tensor, target: torch.Tensor, clean_log_probs: torch.Tensor | None
+        self, logits: torch.Tensor, target: torch.Tensor, clean_log_probs: torch.Tensor | None,
+        toward: torch.Tensor | None,
     ) -> torch.Tensor:
         if callable(self.objective):
             return self.objective(logits, target)
+        if toward is not None or self.objective == "margin":
+            own = logits.gather(1, target.view(-1, 1))[:, 0]
+            if toward is not None:
+                return logits.gather(1, toward.view(-1, 1))[:, 0] - own
+            return logits.scatter(1, target.view(-1, 1), -torch.inf).max(dim=1).values - own
         if clean_log_probs is None:
             return F.cross_entropy(logits, target, reduction="none")
         return F.kl_div(
@@ -100,20 +118,25 @@ class PGD:
         threat.check_dimension(x)
         x = x.detach()
         target = target.to(x.device)
-        clean_log_probs = None
-        if self.objective == "kl":
+        clean_log_probs = towards = None
+        if self.objective == "kl" or self.target_classes:
             with torch.no_grad():
-                clean_log_probs = F.log_softmax(model(x), dim=1)
+                clean_logits = model(x)
+            clean_log_probs = F.log_softmax(clean_logits, dim=1) if self.objective == "kl" else None
+            others = clean_logits.scatter(1, target.view(-1, 1), -torch.inf)
+            count = min(self.target_classes, clean_logits.shape[1] - 1)
+            towards = others.topk(count, dim=1).indices.T
+        runs = [None] * self.restarts + ([] if towards is None else list(towards))
         generator = None if self.seed is None else torch.Generator().manual_seed(self.seed)
         best = x.clone()
         best_loss = torch.full((len(x),), -torch.inf, device=x.device)
         fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        for _ in range(self.restarts):
+        for toward in runs:
             active = (~fooled).nonzero().flatten()
             if len(active) == 0 or threat.eps == 0:
                 break
-            self._run(model, x, target, threat, active, clean_log_probs, best, best_loss, fooled,
-                      generator)
+            self._run(model, x, target, threat, active, clean_log_probs, toward, best, best_loss,
+                      fooled, generator)
         return best
 
     def _run(
@@ -124,14 +147,17 @@ class PGD:
         threat: ThreatModel,
         active: torch.Tensor,
         clean_log_probs: torch.Tensor | None,
+        toward: torch.Tensor | None,
         best: torch.Tensor,
         best_loss: torch.Tensor,
         fooled: torch.Tensor,
         generator: torch.Generator | None,
     ) -> None:
-        """One restart on the samples ``active``; updates ``best``, ``best_loss``, ``fooled``."""
+        """One run on the samples ``active`` (targeted at ``toward`` where given); updates
+        ``best``, ``best_loss``, ``fooled``."""
         origin, aim = x[active], target[active]
         clean = None if clean_log_probs is None else clean_log_probs[active]
+        toward = None if toward is None else toward[active]
         x_adv = threat.random_start(origin, generator) if self.random_start else origin
         step_size = self.relative_step * threat.eps
         for step in range(self.steps + 1):
@@ -139,7 +165,7 @@ class PGD:
             with torch.enable_grad():  # also when called under torch.no_grad()
                 x_adv = x_adv.detach().requires_grad_(True)
                 logits = model(x_adv)
-                loss = self._loss(logits, aim, clean)
+                loss = self._loss(logits, aim, clean, toward)
                 gradient = None if last else torch.autograd.grad(loss.sum(), x_adv)[0]
             x_adv, loss = x_adv.detach(), loss.detach()
             if self.early_exit:
@@ -152,6 +178,7 @@ class PGD:
                         active[keep], origin[keep], aim[keep], x_adv[keep], loss[keep]
                     )
                     clean = None if clean is None else clean[keep]
+                    toward = None if toward is None else toward[keep]
                     gradient = None if gradient is None else gradient[keep]
                     if len(active) == 0:
                         return

@@ -13,11 +13,13 @@ ATTACKS = ("pgd", "apgd-ce", "apgd-t", "autoattack")
 def make_attack(
     name: str, steps: int = 100, restarts: int = 1, seed: int = 0, **params: Any
 ) -> Attack:
-    """An evaluation attack: ``pgd`` (robustgate's, with early exit), ``apgd-ce`` and ``apgd-t``
-    (``steps`` iterations, ``restarts``), or ``autoattack`` (the standard ensemble)."""
+    """An evaluation attack: ``pgd`` (robustgate's, with early exit; by default the margin
+    objective, then the targeted margin towards the ``target_classes`` = 3 most likely other
+    classes), ``apgd-ce`` and ``apgd-t`` (``steps`` iterations, ``restarts``), or
+    ``autoattack`` (the standard ensemble)."""
     if name == "pgd":
-        return PGD(steps=steps, restarts=restarts, early_exit=True, seed=seed,
-                   relative_step=params.pop("relative_step", 0.1), **params)
+        params = {"relative_step": 0.1, "objective": "margin", "target_classes": 3, **params}
+        return PGD(steps=steps, restarts=restarts, early_exit=True, seed=seed, **params)
     if params:
         raise ValueError(f"attack {name!r} takes no parameters {sorted(params)}")
     if name in ("apgd-ce", "apgd-t"):

@@ -1,14 +1,17 @@
 """Per-sample records, the metrics computed from them, and composition arithmetic."""
 
 from robustgate.evaluate.adaptive import AdaptiveAttack, check_composition
-from robustgate.evaluate.composition import compose_chain, compose_records
+from robustgate.evaluate.composition import Selection, compose_chain, compose_records
+from robustgate.evaluate.grid import Grid
 from robustgate.evaluate.metrics import robustness_metrics, selection_metrics
 from robustgate.evaluate.records import Records, evaluate_model, evaluate_or_resume
 from robustgate.evaluate.selective import area_under_risk_coverage, risk_coverage_curve
 
 __all__ = [
     "AdaptiveAttack",
+    "Grid",
     "Records",
+    "Selection",
     "check_composition",
     "area_under_risk_coverage",
     "compose_chain",

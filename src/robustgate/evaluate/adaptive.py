@@ -3,15 +3,17 @@
 For every input the attack searches ``B(x, eps)`` for a point ``x'`` where the composed prediction
 differs from the clean one, along each route an adversary can take:
 
-- into the core's errors while every selector abstains: maximize ``CE(core(x'), ŷ)``, and
-  ``min(CE(core(x'), ŷ), saturation) − steer · score``: once the core is fooled, only lowering
-  the selectors' scores pays;
+- into the core's errors while every selector abstains: maximize the core's logit margin
+  ``m(core(x'), ŷ) = max_{j≠ŷ} f_j − f_ŷ`` (the core alone), and
+  ``min(m(core(x'), ŷ), saturation) − steer · score``: once the core is fooled, only lowering
+  the selectors' scores (pulling the branch to its boundary) pays;
 - into branch ``i``'s errors while its selector selects (and the selectors before it abstain):
-  maximize ``min(CE(branch_i(x'), ŷ), saturation)``, and — for each of the ``target_classes``
+  maximize ``min(m(branch_i(x'), ŷ), saturation)``, and — for each of the ``target_classes``
   most likely wrong classes ``t`` — raise the branch's confidence in ``t``, ``log p_t(x')``.
   Confidence raising is what breaks confidence selectors (a confident wrong answer is selected)
   and what steers an abstained input into a region where the branch is robust and wrong; every
-  branch objective adds ``+ steer · score_i``.
+  branch objective adds ``+ steer · score_i``. Every route is tried with each weight ``steer`` of
+  ``steers``.
 
 Each candidate point is judged by the composition itself (``ComposedClassifier.predict``, the
 selector's real decision, e.g. a robustness check around ``x'``); the first that changes the
@@ -21,7 +23,7 @@ the indicator form of DESIGN.md section 1.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 
 import torch
@@ -56,9 +58,17 @@ class _Outputs(nn.Module):
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _objectives(stages: int, classes: int, steer: float, target_classes: int,
+def _margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``max_{j≠target} f_j − f_target``: positive once the prediction left ``target``; its
+    gradient does not vanish where softmax saturates."""
+    own = logits.gather(1, target.view(-1, 1))[:, 0]
+    return logits.scatter(1, target.view(-1, 1), -torch.inf).max(dim=1).values - own
+
+
+def _objectives(stages: int, classes: int, steers: Sequence[float], target_classes: int,
                 saturation: float) -> list[tuple[str, int | None, int, Objective]]:
-    """``(name, stage whose wrong classes are targets or None, rank of the target, objective)``."""
+    """``(name, stage whose wrong classes are targets or None, rank of the target, objective)``,
+    for the core alone and then for every weight of the selectors' scores in ``steers``."""
 
     def split(outputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         core, rest = outputs[:, :classes], outputs[:, classes:]
@@ -70,8 +80,8 @@ def _objectives(stages: int, classes: int, steer: float, target_classes: int,
         return sum((scores[j] for j in range(upto)), torch.zeros_like(scores[0]))
 
     def fooling(logits: torch.Tensor, target: torch.Tensor, capped: bool) -> torch.Tensor:
-        loss = F.cross_entropy(logits, target, reduction="none")
-        return loss.clamp(max=saturation) if capped else loss
+        margin = _margin(logits, target)
+        return margin.clamp(max=saturation) if capped else margin
 
     def core_route(weight: float) -> Objective:
         def objective(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -79,23 +89,27 @@ def _objectives(stages: int, classes: int, steer: float, target_classes: int,
             return fooling(core, target, weight > 0) - weight * abstain(scores, stages)
         return objective
 
-    def branch_route(stage: int, targeted: bool) -> Objective:
+    def branch_route(stage: int, targeted: bool, weight: float) -> Objective:
         def objective(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             _, logits, scores = split(outputs)
             if targeted:
                 gain = F.log_softmax(logits[stage], dim=1).gather(1, target.view(-1, 1))[:, 0]
             else:
-                gain = fooling(logits[stage], target, steer > 0)
-            return gain + steer * (scores[stage] - abstain(scores, stage))
+                gain = fooling(logits[stage], target, weight > 0)
+            return gain + weight * (scores[stage] - abstain(scores, stage))
         return objective
 
     plans: list[tuple[str, int | None, int, Objective]] = [("core", None, 0, core_route(0.0))]
-    if steer > 0:
-        plans.append(("core, selectors abstain", None, 0, core_route(steer)))
-    for stage in range(stages):
-        plans.append((f"branch {stage}", None, 0, branch_route(stage, targeted=False)))
-        plans += [(f"branch {stage} towards its rank-{rank + 2} class", stage, rank,
-                   branch_route(stage, targeted=True)) for rank in range(target_classes)]
+    for weight in steers:
+        steer = f"steer {weight:g}"
+        if weight > 0:
+            plans.append((f"core, selectors abstain ({steer})", None, 0, core_route(weight)))
+        for stage in range(stages):
+            plans.append((f"branch {stage} ({steer})", None, 0,
+                          branch_route(stage, targeted=False, weight=weight)))
+            plans += [(f"branch {stage} towards its rank-{rank + 2} class ({steer})", stage, rank,
+                       branch_route(stage, targeted=True, weight=weight))
+                      for rank in range(target_classes)]
     return plans
 
 
@@ -104,30 +118,36 @@ class AdaptiveAttack:
 
     Parameters
     ----------
-    steps, relative_step, restarts: of the PGD run for each route.
+    steps, relative_step, restarts: of the PGD run for each candidate.
     target_classes: wrong classes, per branch, towards which its confidence is raised.
-    steer: weight of the selectors' scores in the objectives (0: attack the models only).
-    saturation: cap of the cross-entropy terms that the selectors' scores are added to.
+    steers: weights of the selectors' scores in the objectives; every route is tried with each
+        (the core alone, without the selectors, always comes first).
+    saturation: cap of the logit-margin terms that the selectors' scores are added to.
     seed: seed of the random starts.
+
+    ``candidate_counts`` accumulates, over calls, how many inputs each candidate broke first.
     """
 
-    def __init__(self, steps: int = 50, relative_step: float = 0.1, restarts: int = 1,
-                 target_classes: int = 2, steer: float = 1.0, saturation: float = 4.0,
-                 seed: int = 0) -> None:
-        if target_classes < 0 or steer < 0 or not saturation > 0:
-            raise ValueError(f"need target_classes >= 0, steer >= 0 and saturation > 0, got "
-                             f"{target_classes=}, {steer=}, {saturation=}")
+    def __init__(self, steps: int = 50, relative_step: float = 0.1, restarts: int = 2,
+                 target_classes: int = 2, steers: Sequence[float] = (1.0, 10.0),
+                 saturation: float = 4.0, seed: int = 0) -> None:
+        steers = tuple(float(weight) for weight in steers)
+        if target_classes < 0 or not steers or min(steers) < 0 or not saturation > 0:
+            raise ValueError(f"need target_classes >= 0, at least one steer, every steer >= 0 "
+                             f"and saturation > 0, got {target_classes=}, {steers=}, "
+                             f"{saturation=}")
         self.saturation = saturation
         self.pgd = PGD(steps=steps, relative_step=relative_step, restarts=restarts, seed=seed,
                        objective="ce")
         self.target_classes = target_classes
-        self.steer = steer
+        self.steers = steers
         self.seed = seed
+        self.candidate_counts: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return (f"AdaptiveAttack(steps={self.pgd.steps}, relative_step={self.pgd.relative_step}, "
-                f"target_classes={self.target_classes}, steer={self.steer}, "
-                f"saturation={self.saturation})")
+                f"restarts={self.pgd.restarts}, target_classes={self.target_classes}, "
+                f"steers={self.steers}, saturation={self.saturation})")
 
     def __call__(self, composed: ComposedClassifier, x: torch.Tensor, target: torch.Tensor,
                  threat: ThreatModel) -> torch.Tensor:
@@ -145,9 +165,9 @@ class AdaptiveAttack:
                 stage_logits = [branch(x) for branch, _ in composed.stages]
             x_adv = x.clone()
             pending = torch.arange(len(x), device=device)
-            plans = _objectives(len(composed.stages), classes, self.steer, self.target_classes,
+            plans = _objectives(len(composed.stages), classes, self.steers, self.target_classes,
                                 self.saturation)
-            for _, stage, rank, objective in plans:
+            for name, stage, rank, objective in plans:
                 if len(pending) == 0:
                     break
                 aim = target[pending]
@@ -161,6 +181,8 @@ class AdaptiveAttack:
                 changed = composed.predict(candidate)[0].to(device) != target[pending]
                 x_adv[pending[changed]] = candidate[changed]
                 pending = pending[~changed]
+                self.candidate_counts[name] = (self.candidate_counts.get(name, 0)
+                                               + int(changed.sum()))
         return x_adv
 
 

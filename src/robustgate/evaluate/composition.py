@@ -1,87 +1,135 @@
-"""The composed classifier evaluated offline from per-sample records (DESIGN.md section 1).
+"""The composed classifier counted offline from per-sample records (DESIGN.md section 1): the one
+place where it is decided what counts as robust.
 
-The deployed selector ``S`` decides on the input it sees (the robustness selector: is the branch
-robust on ``B(x, eps)``?). On clean data the composition answers ``B(x)`` where ``S(x)``, else
-``C(x)``:
+The deployed selector ``S`` decides on the input it sees. On clean data the composition answers
+``B(x)`` where ``S(x)``, else ``C(x)``:
 
     composed natural accuracy = S·acc_B + (1 − S)·acc_C
 
-Its robustness needs the selector's decision at every ``x'`` the adversary reaches. Without more
-information the indicator form takes the decision on the clean input (the selector not attacked:
-the paper's Figure 1 form):
+An adversary who moves ``x`` to any ``x'`` in ``B(x, eps)`` also moves the selector's decision.
+What a selector's decision at ``x`` says about every reachable ``x'`` is a :class:`Selection`:
 
-    composed robust accuracy = S·robacc_B + (1 − S)·robacc_C
+- ``stable``: every reachable ``x'`` is selected and the branch answers ``ŷ_B(x)`` there;
+- ``consistent``: wherever a reachable ``x'`` is selected, the branch answers ``ŷ_B(x)``;
+- ``unreachable``: no reachable ``x'`` is selected, so the core answers every one.
 
-Given ``stable`` — inputs whose selection cannot change, e.g. the branch robust on
-``B(x, 2·eps) ⊃ B(x', eps)`` for every reachable ``x'`` — the sound form counts a selected input
-as robust only where it is stable, or where the core is robust and agrees with the branch (a
-selected ``x`` has the branch robust on ``B(x, eps)``, so whichever model answers ``x'``, the
-answer is the same):
+Every reachable answer is then ``ŷ_B(x)`` or, where the core is robust, ``ŷ_C(x)``, and the
+composition's robustness indicator is
 
-    rob = stable·rob_B + (S − stable)·rob_C·[ŷ_C = ŷ_B] + (1 − S)·rob_C
+    rob = stable ∨ (rob_C ∧ ((consistent ∧ ŷ_B = ŷ_C) ∨ unreachable))
 
-Abstained inputs keep the core's robustness: the route of steering them into a region where the
-branch answers wrongly is left to the adaptive attack (``evaluate.adaptive``). A chain is a
-composition whose core is itself a composition.
+so that its robust accuracy is ``acc_B · (T ∨ robacc_C)`` for the robustness selector (``T`` the
+stable selection) and ``robacc_B · robacc_C`` for selectors an adversary moves freely. A chain is
+a composition whose core is itself a composition, counted stage by stage. The form is a lower
+bound on the truth as far as the robustness checks behind the records are exact.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from robustgate.evaluate.records import Records
 
 
-def compose_records(branch: Records, core: Records, selected: np.ndarray,
-                    stable: np.ndarray | None = None) -> Records:
-    """Records of the composition ``(branch, S, core)`` from those of its parts, the selection
-    ``S`` and, for the sound form, the inputs whose selection is ``stable`` under attack.
-
-    Robustness is composed at every radius evaluated for both parts.
+@dataclass(frozen=True)
+class Selection:
+    """A selector's decisions on clean inputs, and what they imply under attack at ``eps``
+    (module docstring). Build one with :meth:`robustness`, :meth:`scores` or :meth:`unattacked`.
     """
-    selected = np.asarray(selected, dtype=bool)
-    stable = selected if stable is None else np.asarray(stable, dtype=bool) & selected
-    if not (len(branch) == len(core) == len(selected) == len(stable)):
+
+    eps: float
+    selected: np.ndarray
+    stable: np.ndarray
+    consistent: np.ndarray
+    unreachable: np.ndarray
+
+    def __post_init__(self) -> None:
+        arrays = [np.asarray(getattr(self, name), dtype=bool)
+                  for name in ("selected", "stable", "consistent", "unreachable")]
+        if len({a.shape for a in arrays}) != 1 or arrays[0].ndim != 1:
+            raise ValueError(f"a selection needs four 1-D indicators of one length, got shapes "
+                             f"{[a.shape for a in arrays]}")
+        selected, stable, consistent, unreachable = arrays
+        object.__setattr__(self, "selected", selected)
+        object.__setattr__(self, "stable", stable & selected)
+        object.__setattr__(self, "consistent", consistent)
+        object.__setattr__(self, "unreachable", unreachable & ~selected)
+
+    def __len__(self) -> int:
+        return len(self.selected)
+
+    @classmethod
+    def robustness(cls, branch: Records, eps: float, kappa: float = 1.0) -> Selection:
+        """The robustness selector deployed at ``κ·eps`` (``κ = kappa ≥ 1``): it selects
+        ``x'`` where the branch is robust on ``B(x', κ·eps)``.
+
+        - Stable where the branch is robust on ``B(x, (κ+1)·eps)``, which contains every
+          ``B(x', κ·eps)``: the stability radius is derived from the deployed one, never set.
+        - Consistent everywhere: a selected ``x'`` has the branch robust on ``B(x', κ·eps) ∋ x``.
+        - Unreachable where the branch is not robust on ``B(x, (κ−1)·eps)`` (``κ > 1``), which
+          lies inside every ``B(x', κ·eps)``; counted only when the records hold that radius.
+        """
+        if not kappa >= 1:
+            raise ValueError(f"the robustness selector's kappa must be >= 1, got {kappa}")
+        selected = branch.robust_at(kappa * eps)
+        stable = branch.robust_at((kappa + 1) * eps)
+        inner = (kappa - 1) * eps
+        unreachable = (~branch.robust_at(inner) if kappa > 1 and branch.has_radius(inner)
+                       else np.zeros(len(branch), bool))
+        return cls(eps, selected, stable, np.ones(len(branch), bool), unreachable)
+
+    @classmethod
+    def scores(cls, branch: Records, selected: np.ndarray, eps: float) -> Selection:
+        """A selector whose decision an adversary moves freely (softmax response, entropy, a
+        learned gate): nothing is stable or unreachable, and the branch answers ``ŷ_B(x)``
+        wherever it is selected only where it is robust itself."""
+        none = np.zeros(len(branch), bool)
+        return cls(eps, selected, none, branch.robust_at(eps), none)
+
+    @classmethod
+    def unattacked(cls, branch: Records, selected: np.ndarray, eps: float) -> Selection:
+        """The selection taken on the clean input, as if the selector were not attacked (the
+        paper's Figure 1): ``S·robacc_B + (1 − S)·robacc_C``. Not a robust accuracy."""
+        selected = np.asarray(selected, dtype=bool)
+        return cls(eps, selected, selected & branch.robust_at(eps),
+                   np.zeros(len(branch), bool), ~selected)
+
+
+def compose_records(branch: Records, core: Records, selection: Selection) -> Records:
+    """Records of the composition ``(branch, S, core)`` at ``selection.eps``: the composed
+    answers on clean inputs and the robustness indicator of the module docstring."""
+    if not (len(branch) == len(core) == len(selection)):
         raise ValueError(
             f"branch, core and selector cover different numbers of samples: "
-            f"{len(branch)}, {len(core)}, {len(selected)}"
+            f"{len(branch)}, {len(core)}, {len(selection)}"
         )
     if not np.array_equal(branch.labels, core.labels):
         raise ValueError("branch and core records are for different labels (not the same data)")
-    radii = [eps for eps in branch.robust if any(np.isclose(eps, r) for r in core.robust)]
-    if not radii:
-        raise ValueError(
-            f"branch and core share no radius: {sorted(branch.robust)} vs {sorted(core.robust)}"
-        )
     agree = branch.predictions == core.predictions
-    unstable = selected & ~stable
+    core_answers = selection.consistent & agree | selection.unreachable
+    robust = selection.stable | core.robust_at(selection.eps) & core_answers
     return Records(
         labels=branch.labels,
-        predictions=np.where(selected, branch.predictions, core.predictions),
-        robust={
-            eps: np.where(stable, branch.robust[eps],
-                          core.robust_at(eps) & (agree | ~unstable))
-            for eps in radii
-        },
+        predictions=np.where(selection.selected, branch.predictions, core.predictions),
+        robust={selection.eps: robust},
     )
 
 
-def compose_chain(branches: Sequence[Records], core: Records, selected: Sequence[np.ndarray],
-                  stable: Sequence[np.ndarray] | None = None) -> tuple[Records, np.ndarray]:
-    """Records of the chain ``(branch_1, S_1) → … → core`` (``stable``: per stage, as in
-    :func:`compose_records`) and each input's route (the index of the first stage that selects
-    it; ``len(branches)`` for the core)."""
-    stable = [None] * len(selected) if stable is None else list(stable)
-    if not (len(branches) == len(selected) == len(stable)) or not branches:
+def compose_chain(branches: Sequence[Records], core: Records, selections: Sequence[Selection]
+                  ) -> tuple[Records, np.ndarray]:
+    """Records of the chain ``(branch_1, S_1) → … → core``, counted stage by stage, and each
+    input's route (the index of the first stage that selects it; ``len(branches)`` for the
+    core)."""
+    if len(branches) != len(selections) or not branches:
         raise ValueError(f"a chain needs one selection per branch, got {len(branches)} branches "
-                         f"and {len(selected)} selections")
+                         f"and {len(selections)} selections")
     composed = core
-    for branch, mask, certain in zip(reversed(branches), reversed(selected), reversed(stable),
-                                     strict=True):
-        composed = compose_records(branch, composed, mask, certain)
+    for branch, selection in zip(reversed(branches), reversed(selections), strict=True):
+        composed = compose_records(branch, composed, selection)
     routes = np.full(len(core), len(branches))
     for stage in reversed(range(len(branches))):
-        routes[np.asarray(selected[stage], dtype=bool)] = stage
+        routes[selections[stage].selected] = stage
     return composed, routes

@@ -48,8 +48,14 @@ class Records:
         """``acc(x) = [ŷ(x) = y]``."""
         return self.predictions == self.labels
 
+    def has_radius(self, eps: float) -> bool:
+        """Whether ``rob_eps`` is known (evaluated, or ``eps = 0``, where every input is)."""
+        return eps == 0 or any(np.isclose(r, eps, rtol=1e-9, atol=1e-12) for r in self.robust)
+
     def robust_at(self, eps: float) -> np.ndarray:
         """``rob_eps``; raises ``KeyError`` naming the radii that were evaluated."""
+        if eps == 0:
+            return np.ones(len(self), bool)
         for radius, indicator in self.robust.items():
             if np.isclose(radius, eps, rtol=1e-9, atol=1e-12):
                 return indicator
@@ -111,25 +117,51 @@ def evaluate_model(
     check_labels(y, len(x), getattr(model, "num_classes", None))
     if not radii:
         raise ValueError("radii must name at least one eps")
+    radii = sorted({float(eps) for eps in radii})
     threats = [ThreatModel(threat.norm, eps, threat.low, threat.high) for eps in radii]
     done = _read_partial(partial, y, radii)
     labels = y.cpu().numpy()
     predictions = list(done.predictions) if done else []
-    robust = {float(eps): list(done.robust_at(eps)) if done else [] for eps in radii}
+    robust = {eps: list(done.robust_at(eps)) if done else [] for eps in radii}
     with tqdm(total=len(x), initial=len(predictions), desc=description, disable=not progress,
               leave=False, unit="sample") as bar:
         for start in range(len(predictions), len(x), batch_size):
             batch = x[start : start + batch_size]
-            for at_radius in threats:
-                predicted, robust_batch = check(
-                    model, batch, at_radius, attack, batch_size=batch_size
-                )
-                robust[at_radius.eps] += robust_batch.tolist()
+            predicted, largest = _bisect_radii(check, model, batch, threats, attack, batch_size)
+            for index, eps in enumerate(radii):
+                robust[eps] += (largest >= index).tolist()
             predictions += predicted.tolist()
             if partial is not None:
                 Records(labels[: len(predictions)], predictions, robust).to_csv(partial)
             bar.update(len(batch))
     return Records(labels, predictions, robust)
+
+
+def _bisect_radii(
+    check: Callable[..., tuple[torch.Tensor, torch.Tensor]], model: nn.Module | ComposedClassifier,
+    x: torch.Tensor, threats: Sequence[ThreatModel], attack: Attack, batch_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predictions and, per input, the index of the largest radius of ``threats`` (sorted) at
+    which it is robust (−1: none), found by bisection: robustness on a ball implies it on every
+    smaller ball, so about ``log2(len(threats) + 1)`` checks per input instead of one per
+    radius."""
+    robust_below = torch.full((len(x),), -1, dtype=torch.int64)
+    flipped_from = torch.full((len(x),), len(threats), dtype=torch.int64)
+    predicted = None
+    while bool((open_ := robust_below + 1 < flipped_from).any()):
+        middle = (robust_below + flipped_from) // 2
+        for index in middle[open_].unique().tolist():
+            rows = (open_ & (middle == index)).nonzero().flatten()
+            labels, robust = check(model, x[rows], threats[index], attack, batch_size=batch_size)
+            if predicted is None:
+                predicted = torch.empty(len(x), dtype=labels.dtype)
+            predicted[rows] = labels.cpu()
+            robust = robust.cpu()
+            robust_below[rows[robust]] = index
+            flipped_from[rows[~robust]] = index
+    if predicted is None:
+        predicted = check(model, x, threats[0], attack, batch_size=batch_size)[0].cpu()
+    return predicted, robust_below
 
 
 def evaluate_or_resume(

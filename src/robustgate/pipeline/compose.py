@@ -13,15 +13,18 @@ import torch
 
 from robustgate.attacks import Attack
 from robustgate.compose import ComposedClassifier
+from robustgate.config import DEFAULT_KAPPAS
 from robustgate.evaluate import (
     AdaptiveAttack,
     Records,
+    Selection,
     check_composition,
     compose_chain,
     evaluate_model,
     robustness_metrics,
     selection_metrics,
 )
+from robustgate.evaluate.operating_points import choose_operating_point, operating_curve
 from robustgate.io import atomic_write_json, atomic_write_text
 from robustgate.models import load_checkpoint
 from robustgate.pipeline.compositions import route_counts
@@ -34,36 +37,62 @@ from robustgate.select import (
 from robustgate.threat import ThreatModel
 
 
-def compose_from_records(branches: Sequence[str | Path], core: str | Path, eps: float,
-                         radius_factor: float, out: str | Path) -> dict[str, Any]:
-    """The chain ``branches → core`` with robustness selectors (checking ``eps``), from the
-    parts' records; each selection counts as stable where the branch is robust at
-    ``radius_factor · eps`` (1: the selector not attacked), so branch records must hold both."""
+def compose_from_records(
+    branches: Sequence[str | Path], core: str | Path, eps: float, out: str | Path,
+    kappa: float = 1.0, max_accuracy_drop: float | None = None,
+    validation: tuple[str | Path, str | Path] | None = None,
+    kappas: Sequence[float] = DEFAULT_KAPPAS,
+) -> dict[str, Any]:
+    """The chain ``branches → core`` with robustness selectors deployed at ``κ·eps``, counted in
+    the sound form from the parts' records (branch records at ``κ·eps`` and ``(κ+1)·eps``).
+
+    With ``max_accuracy_drop``, ``κ`` is chosen among ``kappas`` on the ``validation`` records
+    ``(branch, core)`` of a single branch: the highest sound robust accuracy whose composed
+    natural accuracy is at most that far below the core's (``evaluate.operating_points``).
+    """
     parts = [Records.read_csv(path) for path in branches]
-    selector_eps = radius_factor * eps
-    selected = [part.robust_at(eps) for part in parts]
-    stable = [part.robust_at(selector_eps) for part in parts] if radius_factor > 1 else None
-    composed, routes = compose_chain(parts, Records.read_csv(core), selected, stable)
+    core_records = Records.read_csv(core)
+    summary: dict[str, Any] = {"branches": [str(path) for path in branches], "core": str(core),
+                               "eps": eps}
+    if max_accuracy_drop is not None:
+        if validation is None or len(parts) != 1:
+            raise ValueError("choosing kappa for an accuracy target needs one branch and its "
+                             "validation records (--validation-branch, --validation-core)")
+        branch_validation, core_validation = (Records.read_csv(path) for path in validation)
+        curve = operating_curve(branch_validation, core_validation, eps, kappas)
+        chosen = choose_operating_point(curve, float(core_validation.accurate.mean()),
+                                        max_accuracy_drop)
+        kappa = chosen["kappa"]
+        summary["operating_point"] = {"validation_curve": curve, "chosen": chosen}
+    selections = [Selection.robustness(part, eps, kappa) for part in parts]
+    composed, routes = compose_chain(parts, core_records, selections)
+    unattacked, _ = compose_chain(parts, core_records, [
+        Selection.unattacked(part, selection.selected, eps)
+        for part, selection in zip(parts, selections, strict=True)])
     out = Path(out)
     composed.to_csv(out / "records.csv")
-    summary = {
-        "branches": [str(path) for path in branches], "core": str(core), "eps": eps,
-        "selector_eps": selector_eps,
+    summary.update({
+        "kappa": kappa, "selector_eps": kappa * eps,
         "metrics": {**robustness_metrics(composed.accurate, composed.robust_at(eps)),
-                    **selection_metrics(parts[0].accurate, selected[0])},
+                    **selection_metrics(parts[0].accurate, selections[0].selected),
+                    "unattacked_robust_accuracy": float(
+                        (unattacked.accurate & unattacked.robust_at(eps)).mean())},
         "routes": route_counts(composed.accurate, routes, len(parts)),
-    }
+    })
     atomic_write_json(out / "summary.json", summary)
     return summary
 
 
 def _selector(kind: str, branch: torch.nn.Module, threat: ThreatModel, attack: Attack,
               threshold: float | None, coverage: float | None,
-              calibration: torch.Tensor | None) -> Selector:
+              calibration: torch.Tensor | None, kappa: float) -> Selector:
     if kind == "robustness":
         if threshold is not None or coverage is not None:
             raise ValueError("the robustness selector takes no threshold or coverage")
-        return RobustnessSelector(branch, threat, attack)
+        return RobustnessSelector(branch, threat, attack, kappa)
+    if kappa != 1:
+        raise ValueError(f"kappa is the robustness selector's radius factor; the {kind} selector "
+                         f"takes none (got {kappa})")
     if (threshold is None) == (coverage is None):
         raise ValueError(f"the {kind} selector needs exactly one of --threshold and --coverage")
     selector = ConfidenceSelector(branch, 0.0 if threshold is None else threshold, kind)
@@ -82,6 +111,7 @@ def compose_from_checkpoints(
     threshold: float | None = None, coverage: float | None = None,
     calibration: torch.Tensor | None = None, adaptive: AdaptiveAttack | None = None,
     device: torch.device | str = "cpu", batch_size: int = 500, progress: bool = True,
+    kappa: float = 1.0,
 ) -> dict[str, Any]:
     """Compose checkpoints and predict on ``(x, y)``: predictions with routes, route counts, and
     with ``adaptive`` the composition's robust accuracy under the adaptive attack."""
@@ -89,7 +119,7 @@ def compose_from_checkpoints(
         raise ValueError("chains use robustness selectors only")
     models = [load_checkpoint(path, device)[0] for path in branches]
     stages = [(model, _selector(selector, model, threat, attack, threshold, coverage,
-                                calibration)) for model in models]
+                                calibration, kappa)) for model in models]
     composed = ComposedClassifier.chain(stages, load_checkpoint(core, device)[0])
     labels, routes = [], []
     for start in range(0, len(x), batch_size):
@@ -105,7 +135,7 @@ def compose_from_checkpoints(
     atomic_write_text(out / "predictions.csv", "\n".join(rows) + "\n")
     summary: dict[str, Any] = {
         "branches": [str(path) for path in branches], "core": str(core),
-        "selector": selector, "samples": len(y),
+        "selector": selector, "kappa": kappa, "samples": len(y),
         "natural_accuracy": float(accurate.mean()) if len(y) else None,
         "selection_rate": float((route == 0).mean()) if len(y) else None,
         "routes": route_counts(accurate, route, len(models)),

@@ -7,11 +7,13 @@ on the calibration data), ``models/gates/<branch>.safetensors`` (learned gates),
 route: ``0`` … for the branches, ``len(branches)`` for the core), ``records/composed/
 <composition>.csv`` (the composition's records in the indicator form) and
 ``records/adaptive/<composition>.csv`` (per-sample records under the adaptive attack, or under the
-evaluation attack for the mixing baseline).
+evaluation attack for the mixing baseline) with ``<composition>.candidates.json`` beside (how
+many inputs each candidate of the adaptive attack broke first).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from robustgate.config import CompositionSettings, ExperimentConfig
 from robustgate.evaluate import (
     AdaptiveAttack,
     Records,
+    Selection,
     area_under_risk_coverage,
     check_composition,
     compose_chain,
@@ -33,7 +36,13 @@ from robustgate.evaluate import (
     robustness_metrics,
     selection_metrics,
 )
-from robustgate.io import atomic_write_text, file_name
+from robustgate.evaluate.operating_points import (
+    choose_operating_point,
+    operating_curve,
+    sweep_radii,
+)
+from robustgate.evaluate.statistics import clopper_pearson
+from robustgate.io import atomic_write_json, atomic_write_text, file_name
 from robustgate.models import (
     MixedClassifier,
     build_model,
@@ -82,10 +91,6 @@ class CompositionEvaluator:
     device: torch.device
     progress: bool = True
 
-    @property
-    def selector_eps(self) -> float:
-        return self.threat.eps * self.config.evaluation.selector_radius_factor
-
     # -- calibration data --------------------------------------------------------------------
 
     def _calibration(self) -> Data:
@@ -98,18 +103,20 @@ class CompositionEvaluator:
     def _gate_count(self) -> int:
         return int(self.config.calibration.gate.share * len(self._calibration()[1]))
 
-    def _validation_records(self, branch: str) -> Records:
-        """The branch's records on the calibration data at eps, where the deployed robustness
-        selector checks (resumable)."""
-        path = self.out / "records" / "validation" / f"{branch}.csv"
+    def _validation_records(self, name: str) -> Records:
+        """A model's records on the calibration data (resumable): at eps, and for a branch
+        whose operating point is chosen there, at every radius of its sweep."""
+        kappas = [kappa for c in self.config.compositions
+                  if c.operating_point is not None and name in c.branches for kappa in c.kappas]
+        radii = sweep_radii(self.threat.eps, kappas)
+        path = self.out / "records" / "validation" / f"{name}.csv"
         x, y = self._calibration()
         if not path.exists():
-            say(f"[{branch}] robustness at {self.threat.eps:g} on {len(y)} validation points",
-                self.progress)
-        return evaluate_or_resume(path, self.models[branch], x, y, self.threat,
-                                  [self.threat.eps], self.attack,
-                                  batch_size=self.config.evaluation.batch_size,
-                                  progress=self.progress, description=f"{branch}/validation")
+            say(f"[{name}] robustness at {', '.join(f'{r:g}' for r in radii)} on {len(y)} "
+                "validation points", self.progress)
+        return evaluate_or_resume(path, self.models[name], x, y, self.threat, radii,
+                                  self.attack, batch_size=self.config.evaluation.batch_size,
+                                  progress=self.progress, description=f"{name}/validation")
 
     def _calibration_part(self) -> slice:
         return slice(self._gate_count(), None)
@@ -123,6 +130,23 @@ class CompositionEvaluator:
         selected = records.robust_at(self.threat.eps)
         composed = np.where(selected, records.accurate, core_accurate)
         return float(composed[part].mean())
+
+    def _kappa(self, composition: CompositionSettings) -> tuple[float, dict[str, Any]]:
+        """The robustness selector's ``κ``: as configured, or chosen on the calibration data for
+        the operating point (``evaluate.operating_points``)."""
+        point = composition.operating_point
+        if point is None:
+            return composition.kappa, {"kappa": composition.kappa}
+        branch = self._validation_records(composition.branches[0])
+        core = self._validation_records(composition.core)
+        curve = operating_curve(branch, core, self.threat.eps, point.kappas)
+        chosen = choose_operating_point(curve, float(core.accurate.mean()),
+                                        point.max_accuracy_drop)
+        say(f"[{composition.label}] kappa {chosen['kappa']:g} chosen on {len(core)} validation "
+            f"points" + ("" if chosen["meets_target"] else " (no kappa meets the target)"),
+            self.progress)
+        return chosen["kappa"], {"kappa": chosen["kappa"], "operating_point": {
+            "validation_curve": curve, "chosen": chosen}}
 
     # -- selectors -----------------------------------------------------------------------------
 
@@ -188,37 +212,42 @@ class CompositionEvaluator:
             raise ValueError(f"composition {composition.label!r}: chains use robustness "
                              "selectors only")
         x, _ = self.test
-        info: dict[str, Any] = {}
+        eps = self.threat.eps
+        parts = [self.records[name] for name in branches]
         scores = None
-        stable = None
         if composition.selector == "robustness":
-            deployed = composition.deployed_radius_factor
-            selectors = [RobustnessSelector(self.models[name], self.threat, self.attack,
-                                            deployed, self.config.evaluation.batch_size)
+            kappa, info = self._kappa(composition)
+            selectors = [RobustnessSelector(self.models[name], self.threat, self.attack, kappa,
+                                            self.config.evaluation.batch_size)
                          for name in branches]
-            selected = [self.records[name].robust_at(deployed * self.threat.eps)
-                        for name in branches]
-            if deployed == 1 and self.config.evaluation.selector_radius_factor > 1:
-                stable = [self.records[name].robust_at(self.selector_eps) for name in branches]
+            selections = [Selection.robustness(part, eps, kappa) for part in parts]
         else:
             selector, info = self._threshold_selector(composition, branches[0])
             scores = selector.scores(x).numpy()
-            selectors, selected = [selector], [scores >= selector.threshold]
-        composed_records, routes = compose_chain([self.records[name] for name in branches],
-                                                 self.records[composition.core], selected, stable)
+            selectors = [selector]
+            selections = [Selection.scores(parts[0], scores >= selector.threshold, eps)]
+        core = self.records[composition.core]
+        composed_records, routes = compose_chain(parts, core, selections)
+        unattacked, _ = compose_chain(parts, core, [
+            Selection.unattacked(part, selection.selected, eps)
+            for part, selection in zip(parts, selections, strict=True)])
         self._write_selection(composition.label, scores, routes)
         composed_records.to_csv(self.out / "records" / "composed"
                                 / f"{file_name(composition.label)}.csv")
-        first = self.records[branches[0]]
         metrics: dict[str, Any] = {
-            **robustness_metrics(composed_records.accurate, composed_records.robust_at(
-                self.threat.eps)),
-            **selection_metrics(first.accurate, selected[0]),
+            **robustness_metrics(composed_records.accurate, composed_records.robust_at(eps)),
+            **selection_metrics(parts[0].accurate, selections[0].selected),
+            "stable_rate": float(selections[0].stable.mean()),
+            "unattacked_robust_accuracy": float(
+                (unattacked.accurate & unattacked.robust_at(eps)).mean()),
             "routes": route_counts(composed_records.accurate, routes, len(branches)),
             **info,
         }
+        if composition.operating_point is not None:
+            metrics["operating_point"]["test_curve"] = operating_curve(
+                parts[0], core, eps, composition.operating_point.kappas)
         if scores is not None:
-            metrics["aurc"] = area_under_risk_coverage(scores, first.accurate)
+            metrics["aurc"] = area_under_risk_coverage(scores, parts[0].accurate)
         composed = ComposedClassifier.chain(
             [(self.models[name], sel) for name, sel in zip(branches, selectors, strict=True)],
             self.models[composition.core])
@@ -249,27 +278,36 @@ class CompositionEvaluator:
                                   progress=self.progress, description=f"{label}/adaptive",
                                   **check)
 
-    def _adaptive(self, label: str, composed: ComposedClassifier, indicator: Records
+    def _adaptive(self, label: str, composed: ComposedClassifier, counted: Records
                   ) -> dict[str, Any] | None:
-        settings = self.config.adaptive
-        attack = AdaptiveAttack(steps=settings.steps, relative_step=settings.relative_step,
-                                target_classes=settings.target_classes, steer=settings.steer,
-                                seed=self.config.seed)
+        attack = AdaptiveAttack(**self.config.adaptive.attack_options(), seed=self.config.seed)
         attacked = self._attacked(label, composed, attack, check=check_composition)
         if attacked is None:
             return None
+        candidates_path = self.out / "records" / "adaptive" / f"{file_name(label)}.candidates.json"
+        if not candidates_path.exists():
+            atomic_write_json(candidates_path, attack.candidate_counts)
+        candidates = json.loads(candidates_path.read_text())
         count = len(attacked)
-        indicator_robust = float(
-            (indicator.accurate & indicator.robust_at(self.threat.eps))[:count].mean())
-        adaptive_robust = float((attacked.accurate & attacked.robust_at(self.threat.eps)).mean())
+        eps = self.threat.eps
+        counted_robust = (counted.accurate & counted.robust_at(eps))[:count]
+        attacked_robust = attacked.accurate & attacked.robust_at(eps)
         return {
             "samples": count,
             "attack": repr(attack),
-            "robust_accuracy": adaptive_robust,
-            "indicator_robust_accuracy": indicator_robust,
-            "difference_points": round(100 * (indicator_robust - adaptive_robust), 2),
-            "natural_agrees_with_indicator": bool(
-                np.array_equal(attacked.predictions, indicator.predictions[:count])),
+            "robust_accuracy": float(attacked_robust.mean()),
+            "robust_accuracy_interval": clopper_pearson(int(attacked_robust.sum()), count),
+            "counted_robust_accuracy": float(counted_robust.mean()),
+            "counted_robust_accuracy_interval": clopper_pearson(int(counted_robust.sum()), count),
+            "difference_points": round(100 * float(counted_robust.mean()
+                                                   - attacked_robust.mean()), 2),
+            # counted robust and accurate, yet broken by the attack: where the count is unsound
+            # (its robustness checks were weaker than the attack)
+            "counted_but_broken": int((counted_robust & ~attacked_robust).sum()),
+            # which candidate broke each input first (of the attacks that wrote the records)
+            "candidates": candidates,
+            "natural_agrees_with_count": bool(
+                np.array_equal(attacked.predictions, counted.predictions[:count])),
         }
 
     def _evaluate_mixing(self, composition: CompositionSettings) -> dict[str, Any]:
@@ -300,6 +338,9 @@ class CompositionEvaluator:
                 **partition,
                 "adaptive": {"samples": len(attacked), "attack": repr(self.attack),
                              "robust_accuracy": partition["robust_accuracy"],
-                             "indicator_robust_accuracy": None, "difference_points": None},
+                             "robust_accuracy_interval": clopper_pearson(
+                                 int((attacked.accurate & attacked.robust_at(
+                                     self.threat.eps)).sum()), len(attacked)),
+                             "counted_robust_accuracy": None, "difference_points": None},
             })
         return metrics

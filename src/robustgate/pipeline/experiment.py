@@ -21,6 +21,7 @@ from robustgate.config import ExperimentConfig
 from robustgate.data import load_dataset
 from robustgate.device import resolve_device
 from robustgate.evaluate import Records, evaluate_or_resume, robustness_metrics
+from robustgate.evaluate.operating_points import sweep_radii
 from robustgate.io import atomic_write_json
 from robustgate.models import load_checkpoint
 from robustgate.pipeline.compositions import CompositionEvaluator
@@ -69,8 +70,7 @@ def run_experiment(
 
     settings = config.evaluation
     threat = settings.threat.build()
-    eps, selector_eps = threat.eps, threat.eps * settings.selector_radius_factor
-    threat.scaled(settings.selector_radius_factor)  # validates the selector's radius
+    eps = threat.eps
     x_test, y_test = test.x, test.y
     if settings.limit is not None:
         x_test, y_test = x_test[: settings.limit], y_test[: settings.limit]
@@ -80,7 +80,7 @@ def run_experiment(
     models = {}
     for name, path in checkpoints.items():
         models[name], _ = load_checkpoint(path, device)
-        radii = _radii(config, name, eps, selector_eps) if name in branches else [eps]
+        radii = _radii(config, name, eps) if name in branches else [eps]
         say(f"[{name}] evaluating with {settings.attack.name} at eps "
              + " and ".join(f"{r:g}" for r in radii), progress)
         records[name] = evaluate_or_resume(
@@ -97,20 +97,18 @@ def run_experiment(
         metrics[composition.label] = evaluator.evaluate(composition)
     check = _autoattack_check(models, records, x_test, y_test, threat, config, out, progress)
     result = {"test": metrics, "autoattack_check": check,
-              "attack": settings.attack.name, "eps": eps, "selector_eps": selector_eps,
+              "attack": settings.attack.name, "eps": eps,
               "samples": len(y_test), "wall_time_s": round(time.perf_counter() - started, 1)}
     atomic_write_json(out / "metrics.json", result)
     write_reports(out)
     return result
 
 
-def _radii(config: ExperimentConfig, branch: str, eps: float, selector_eps: float
-           ) -> list[float]:
-    """Where a branch's robustness is evaluated: eps, the selector radius, and the radii its
-    robustness selectors are deployed at."""
-    deployed = {c.deployed_radius_factor * eps for c in config.compositions
-                if branch in c.branches and c.selector == "robustness"}
-    return sorted({eps, selector_eps, *deployed})
+def _radii(config: ExperimentConfig, branch: str, eps: float) -> list[float]:
+    """Where a branch's robustness is evaluated: eps, and every radius its robustness selectors
+    need to be counted at each ``κ`` they may deploy (``evaluate.operating_points``)."""
+    kappas = [kappa for c in config.compositions if branch in c.branches for kappa in c.kappas]
+    return sweep_radii(eps, kappas)
 
 
 def _autoattack_check(

@@ -56,8 +56,8 @@ def robust_vs_inaccuracy(metrics: dict[str, dict[str, Any]], config: ExperimentC
 def composed_accuracies(metrics: dict[str, dict[str, Any]],
                         compositions: Sequence[CompositionSettings]) -> str:
     """Composed natural against composed robust accuracy for each composition: filled under
-    the attack on the whole system, hollow in the indicator form; the core and the branches
-    alone for reference."""
+    the attack on the whole system, hollow as counted (the sound form, a lower bound); the core
+    and the branches alone for reference."""
     figure, ax = plt.subplots(figsize=(7.2, 4.8))
     references = {name for c in compositions for name in (*c.branches, c.core)}
     for name in sorted(references):
@@ -84,9 +84,37 @@ def composed_accuracies(metrics: dict[str, dict[str, Any]],
                        label=composition.label)
     ax.set_xlabel("composed natural accuracy (%)")
     ax.set_ylabel("composed robust accuracy (%)")
-    ax.set_title("Compositions (filled: attacked end to end; hollow: indicator form)")
+    ax.set_title("Compositions (filled: attacked end to end; hollow: counted, sound form)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
+    return png(figure)
+
+
+def operating_curves(
+    curves: Sequence[tuple[str, dict[str, Sequence[dict[str, float]]], float, float]],
+) -> str:
+    """Per composition with a chosen operating point: composed natural against sound robust
+    accuracy over ``κ`` (validation data dashed, test data solid), the chosen ``κ`` ringed and
+    the core's natural accuracy minus the allowed drop as a vertical line."""
+    figure, ax = plt.subplots(figsize=(7.2, 4.8))
+    for index, (label, curve, kappa, floor) in enumerate(curves):
+        colour = f"C{index % 10}"
+        for points, style, kind in ((curve["validation"], "--", "validation"),
+                                    (curve["test"], "-", "test")):
+            xs = [100 * point["natural_accuracy"] for point in points]
+            ys = [100 * point["robust_accuracy"] for point in points]
+            ax.plot(xs, ys, style, marker=".", color=colour, label=f"{label} ({kind})")
+            for point, x, y in zip(points, xs, ys, strict=True):
+                if point["kappa"] == kappa:
+                    ax.scatter(x, y, s=120, facecolors="none", edgecolors=colour, zorder=3)
+                ax.annotate(f"κ={point['kappa']:g}", (x, y), textcoords="offset points",
+                            xytext=(4, 3), fontsize=7, color=colour)
+        ax.axvline(100 * floor, color=colour, linestyle=":", alpha=0.7)
+    ax.set_xlabel("composed natural accuracy (%)")
+    ax.set_ylabel("composed robust accuracy, sound form (%)")
+    ax.set_title("Operating points of the robustness selector (ringed: chosen κ; dotted: target)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     return png(figure)
 
 

@@ -2,7 +2,7 @@
 file, the same tables and the plots embedded).
 
 It reads what the run wrote: ``config.json``, ``metrics.json``, ``records/test/<model>.csv``,
-``records/composed/<composition>.csv`` (indicator form), ``records/adaptive/<composition>.csv``
+``records/composed/<composition>.csv`` (sound form), ``records/adaptive/<composition>.csv``
 and ``selection/<composition>.csv`` (scores and routes).
 """
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from robustgate.config import CompositionSettings, ExperimentConfig, parse_config
 from robustgate.evaluate import Records, risk_coverage_curve
+from robustgate.evaluate.statistics import differ
 from robustgate.io import atomic_write_text, file_name
 from robustgate.report import plots
 
@@ -83,89 +84,123 @@ class Run:
 
 def _model_section(run: Run) -> Section:
     columns = ["model", "natural", "robust", "robust inaccuracy", "non-robust", "selection rate",
-               "accuracy on selected"]
+               "accuracy on selected", "if the selector were not attacked"]
     keys = ["natural_accuracy", "robust_accuracy", "robust_inaccuracy", "non_robust",
-            "selection_rate", "selected_accuracy"]
+            "selection_rate", "selected_accuracy", "unattacked_robust_accuracy"]
     rows = [[name, *[_percent(values.get(key)) for key in keys]]
             for name, values in run.metrics.items()]
     evaluation = run.config.evaluation
     return Section(
-        "Models and compositions (indicator form)", columns, rows,
-        [f"{run.result['samples']} test points of `{run.config.data.name}`; attack "
-         f"`{run.result['attack']}` ({evaluation.attack.steps} iterations) at "
-         f"{evaluation.threat.norm} eps = {run.result['eps']:g}; robustness selectors "
-         f"checked at {run.result['selector_eps']:g}. Compositions are named branch→core, "
-         "with the selector in brackets unless it is the robustness selector; in the indicator "
-         "form the selector decides on the clean input. The mixing baseline's robust figures "
-         "are on the adaptive subset. Wall time "
+        "Models and compositions (compositions counted in the sound form)", columns, rows,
+        [f"{run.result['samples']} test points of `{run.config.data.name}`; robustness checked "
+         f"by `{run.result['attack']}` ({evaluation.attack.steps} iterations) at "
+         f"{evaluation.threat.norm} eps = {run.result['eps']:g}. Compositions are named "
+         "branch→core, with the selector in brackets unless it is the robustness selector "
+         "(with κ where it checks B(x', κ·eps) around the input it sees). A composition's robust "
+         "accuracy is the sound form of DESIGN.md section 1: for the robustness selector, the "
+         "branch is right and either the selection is stable (the branch robust at (κ+1)·eps) "
+         "or the core is robust and right; for the other selectors, both parts are robust and "
+         "right. It is a lower bound on the truth as far as the robustness checks behind the "
+         "records are exact (the deployed robustness selector uses the same attack). The last "
+         "column takes the selection on the clean input (the paper's Figure 1): not a robust "
+         "accuracy. The mixing baseline's robust figures are on the adaptive subset. Wall time "
          f"{run.result['wall_time_s']:.0f} s."])
 
 
-def _breakdown(run: Run, composition: CompositionSettings, eps: float) -> dict[str, int] | None:
-    """Inputs the indicator form counts robust and accurate but the adaptive attack broke, split
-    by the clean route, and inputs that held though the indicator form does not count them."""
-    label = composition.label
-    attacked, indicator = run.records("adaptive", label), run.records("composed", label)
-    selection = run.selection(label)
-    if attacked is None or indicator is None or selection is None:
-        return None
-    count = len(attacked)
-    claimed = (indicator.accurate & indicator.robust_at(eps))[:count]
-    held = attacked.accurate & attacked.robust_at(eps)
-    answered_by_branch = selection[1][:count] != len(composition.branches)
-    return {"selected": int((claimed & ~held & answered_by_branch).sum()),
-            "abstained": int((claimed & ~held & ~answered_by_branch).sum()),
-            "held_beyond": int((held & ~claimed).sum())}
+def _interval(interval: list[float] | None) -> str:
+    return "–" if not interval else f"[{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
 
 
 def _adaptive_section(run: Run) -> Section:
-    columns = ["composition", "natural", "robust (indicator form)", "robust (attacked)",
-               "difference (points)", "points"]
+    columns = ["composition", "natural", "robust (counted)", "95% interval", "robust (attacked)",
+               "95% interval", "counted but broken", "points"]
     rows, notes = [], []
-    eps = run.result["eps"]
     for composition in run.compositions:
         label = composition.label
         values = run.metrics.get(label, {})
         adaptive = values.get("adaptive")
         if not adaptive:
             continue
-        indicator = adaptive.get("indicator_robust_accuracy")
-        difference = adaptive.get("difference_points")
-        rows.append([label, _percent(values["natural_accuracy"]), _percent(indicator),
+        counted, samples = adaptive.get("counted_robust_accuracy"), adaptive["samples"]
+        broken = adaptive.get("counted_but_broken")
+        rows.append([label, _percent(values["natural_accuracy"]), _percent(counted),
+                     _interval(adaptive.get("counted_robust_accuracy_interval")),
                      _percent(adaptive["robust_accuracy"]),
-                     "–" if difference is None else f"{difference:+.2f}",
-                     str(adaptive["samples"])])
-        parts = _breakdown(run, composition, eps)
-        if parts is None or difference is None or (parts["selected"] + parts["abstained"]) == 0:
+                     _interval(adaptive.get("robust_accuracy_interval")),
+                     "–" if broken is None else str(broken), str(samples)])
+        if counted is None:
             continue
-        why_selected = (
-            "the indicator form counted them from the branch's robustness at 2·eps (or the "
-            "core's, where it agrees), which an attack can only estimate"
-            if composition.selector == "robustness" and composition.deployed_radius_factor == 1
-            else
-            "the indicator form takes the selector's decision on the clean input")
-        notes.append(
-            f"{label}: the attack breaks {parts['selected'] + parts['abstained']} of "
-            f"{adaptive['samples']} inputs the indicator form counts robust and accurate. "
-            f"{parts['selected']} were answered by a branch: the attack found a point where the "
-            f"system answers otherwise (the selector abstains and the core is wrong, or the "
-            f"branch changes its answer); {why_selected}. {parts['abstained']} were abstained: "
-            "the attack steered them to where a branch answers, wrongly, the route the indicator "
-            "form leaves out." + (
-                f" {parts['held_beyond']} inputs held against the attack though the indicator "
-                "form does not count them." if parts["held_beyond"] else ""))
+        pair = (round(counted * samples), samples), (round(adaptive["robust_accuracy"]
+                                                           * samples), samples)
+        gap = 100 * (adaptive["robust_accuracy"] - counted)
+        verdict = ("a difference beyond the sampling error" if differ(*pair)
+                   else "within the sampling error")
+        notes.append(f"{label}: the attack holds {gap:+.1f} points against the count "
+                     f"({verdict}).")
+        if broken:
+            notes.append(
+                f"{label}: the attack broke {broken} inputs the count holds robust and "
+                "accurate: there, the robustness checks behind the records missed what the "
+                "adaptive attack found, and the count is not a lower bound until they are made "
+                "stronger.")
+        candidates = adaptive.get("candidates")
+        if candidates:
+            found = ", ".join(f"{name}: {count}" for name, count in candidates.items() if count)
+            notes.append(f"{label}: inputs broken first by each candidate: {found or 'none'}.")
     notes.insert(0, (
         "The adaptive attack searches the eps-ball of every input for a point where the whole "
-        "system answers differently, judged by the selector's real decision at that point; the "
-        "mixing baseline is attacked as one model with the evaluation attack. For the "
-        "robustness selector the indicator form is the sound form: a selected input counts as "
-        "robust where the branch is robust on B(x, 2·eps), which covers the selector's check "
-        "at every reachable point, or where the core is robust and agrees; it leaves out the "
-        "route of steering an abstained input to where the branch answers wrongly (what ERA "
-        "trains against). For score-based selectors it takes the selector's decision on the "
-        "clean input, i.e. the selector not attacked."))
-    return Section("Adaptive attack on the composition vs the indicator form", columns, rows,
-                   notes)
+        "system answers differently, judged by the selector's real decision at that point: the "
+        "core alone, then every route (into the core's errors with the selectors pulled to "
+        "abstain, into a branch's errors with its selector pulled to select, towards the "
+        "branch's likeliest wrong classes) at each weight of the selector term. Its figure is an "
+        "upper bound; the counted figure a lower bound as far as the records' robustness checks "
+        "are exact. Intervals are Clopper–Pearson at 95%. The mixing baseline is attacked as one "
+        "model with the evaluation attack."))
+    return Section("Adaptive attack on the composition vs the count", columns, rows, notes)
+
+
+def _operating_point_section(run: Run) -> Section | None:
+    rows, notes, curves = [], [], []
+    core_accuracy = {name: values["natural_accuracy"] for name, values in run.metrics.items()}
+    for composition in run.compositions:
+        values = run.metrics.get(composition.label, {})
+        point = values.get("operating_point")
+        if not point:
+            continue
+        chosen, core = point["chosen"], composition.core
+        drop = chosen["max_accuracy_drop"]
+        for kind in ("validation", "test"):
+            for entry in point[f"{kind}_curve"]:
+                rows.append([composition.label, kind, f"{entry['kappa']:g}",
+                             _percent(entry["natural_accuracy"]),
+                             _percent(entry["robust_accuracy"]),
+                             _percent(entry["selection_rate"]),
+                             "chosen" if entry["kappa"] == chosen["kappa"] else ""])
+        target = core_accuracy[core] - (drop or 0.0)
+        curves.append((composition.label, {"validation": point["validation_curve"],
+                                           "test": point["test_curve"]}, chosen["kappa"],
+                       target))
+        shortfall = 100 * (core_accuracy[core] - values["natural_accuracy"])
+        if not chosen["meets_target"]:
+            notes.append(f"{composition.label}: no κ meets the target on validation data; the "
+                         f"most accurate, κ = {chosen['kappa']:g}, was chosen.")
+        if drop is not None and shortfall > 100 * drop:
+            notes.append(f"{composition.label}: on the test set the composition is "
+                         f"{shortfall:.2f} points less accurate than its core, more than the "
+                         f"{100 * drop:g} points allowed.")
+        else:
+            notes.append(f"{composition.label}: κ = {chosen['kappa']:g}; test natural accuracy "
+                         f"{100 * values['natural_accuracy']:.2f}% (core "
+                         f"{100 * core_accuracy[core]:.2f}%), sound robust accuracy "
+                         f"{100 * values['robust_accuracy']:.2f}%.")
+    if not rows:
+        return None
+    notes.insert(0, "κ is chosen on validation data: the highest sound robust accuracy whose "
+                    "composed natural accuracy is at most the allowed drop below the core's. "
+                    "The test curve is shown for reference, never used to choose.")
+    return Section("Operating points of the robustness selector",
+                   ["composition", "data", "κ", "natural", "robust (sound)", "selection rate",
+                    ""], rows, notes, plots.operating_curves(curves))
 
 
 def _matched_section(run: Run) -> Section | None:
@@ -174,7 +209,8 @@ def _matched_section(run: Run) -> Section | None:
     reference = {composition.branches[0]: run.metrics[composition.label]["natural_accuracy"]
                  for composition in run.compositions
                  if composition.selector == "robustness" and len(composition.branches) == 1
-                 and composition.deployed_radius_factor == 1 and composition.label in run.metrics}
+                 and composition.kappa == 1 and composition.operating_point is None
+                 and composition.label in run.metrics}
     rows = []
     for composition in run.compositions:
         values = run.metrics.get(composition.label)
@@ -272,7 +308,8 @@ def _sections(run: Run) -> list[Section]:
     models.figure = plots.robust_vs_inaccuracy(run.metrics, run.config)
     adaptive = _adaptive_section(run)
     adaptive.figure = plots.composed_accuracies(run.metrics, run.compositions)
-    sections = [models, _matched_section(run), adaptive if adaptive.rows else None,
+    sections = [models, _operating_point_section(run), _matched_section(run),
+                adaptive if adaptive.rows else None,
                 _threshold_section(run), _routes_section(run), selective,
                 _autoattack_section(run)]
     return [section for section in sections if section is not None]

@@ -1,11 +1,10 @@
 """The robustness selector: keep an input for the branch exactly where the branch is robust.
 
-Deployed, it checks the ball of radius ``eps`` around the input it sees (``radius_factor`` 1).
-Its decision survives attack where the branch is robust on ``B(x, 2·eps)``: that ball contains
-``B(x', eps)`` for every ``x'`` in ``B(x, eps)``, so every reachable ``x'`` is selected and
-answered alike. That check at ``2·eps`` belongs to the evaluation (the sound form of
-``evaluate.composition``), not to the deployed selector: a selector that itself checked
-``2·eps`` around ``x'`` would need ``3·eps`` around ``x`` to be stable (DESIGN.md section 1).
+Deployed, it checks the ball of radius ``κ·eps`` around the input ``x'`` it sees (``κ = kappa``,
+1 by default). Its decision survives attack where the branch is robust on ``B(x, (κ+1)·eps)``:
+that ball contains ``B(x', κ·eps)`` for every ``x'`` in ``B(x, eps)``, so every reachable ``x'``
+is selected and answered alike. That check belongs to the evaluation (``evaluate.composition``,
+the one place that counts), not to the deployed selector (DESIGN.md section 1).
 """
 
 from __future__ import annotations
@@ -24,23 +23,21 @@ def logit_margin(logits: torch.Tensor) -> torch.Tensor:
 
 
 class RobustnessSelector:
-    """Selects ``x`` where ``model`` is (empirically) robust on ``B(x, radius_factor · eps)``
-    (``threat.eps`` itself by default)."""
+    """Selects ``x`` where ``model`` is (empirically) robust on ``B(x, κ·eps)`` (``κ = kappa``;
+    ``threat.eps`` itself by default)."""
 
     def __init__(
         self,
         model: nn.Module,
         threat: ThreatModel,
         attack: Attack,
-        radius_factor: float = 1.0,
+        kappa: float = 1.0,
         batch_size: int = 1000,
     ) -> None:
-        if not radius_factor >= 1:
-            raise ValueError(
-                f"radius_factor must be >= 1, got {radius_factor}"
-            )
+        if not kappa >= 1:
+            raise ValueError(f"kappa must be >= 1, got {kappa}")
         self.model = model
-        self.threat = threat.scaled(radius_factor)
+        self.threat = threat.scaled(kappa)
         self.attack = attack
         self.batch_size = batch_size
 

@@ -1,0 +1,67 @@
+"""Operating points of a composition with the robustness selector (DESIGN.md section 5).
+
+The selector's one knob is ``κ ≥ 1``: deployed, it checks the branch on ``B(x', κ·eps)``. A larger
+``κ`` hands more inputs to the core, so the composed natural accuracy moves towards the core's
+and the sound robust accuracy (stable selections need the branch robust at ``(κ+1)·eps``) moves
+down. Both are read, for every ``κ`` of a sweep, from one set of records holding the branch's
+robustness at the radii :func:`sweep_radii` names; ``κ`` is chosen on validation data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from robustgate.evaluate.composition import Selection, compose_records
+from robustgate.evaluate.metrics import robustness_metrics
+from robustgate.evaluate.records import Records
+
+
+def sweep_radii(eps: float, kappas: Sequence[float]) -> list[float]:
+    """The radii at which a branch's robustness is needed to count the robustness selector at
+    every ``κ`` of ``kappas``: ``κ·eps`` (the selection), ``(κ+1)·eps`` (its stability) and
+    ``(κ−1)·eps`` for ``κ > 1`` (where no reachable input is selected)."""
+    radii = {eps}
+    for kappa in kappas:
+        if not kappa >= 1:
+            raise ValueError(f"every kappa must be >= 1, got {kappa}")
+        radii |= {kappa * eps, (kappa + 1) * eps} | ({(kappa - 1) * eps} if kappa > 1 else set())
+    return sorted(round(radius, 12) for radius in radii)
+
+
+def operating_curve(branch: Records, core: Records, eps: float, kappas: Sequence[float]
+                    ) -> list[dict[str, float]]:
+    """Composed natural accuracy, sound robust accuracy and selection rate at every ``κ``."""
+    curve = []
+    for kappa in sorted(kappas):
+        selection = Selection.robustness(branch, eps, kappa)
+        composed = compose_records(branch, core, selection)
+        metrics = robustness_metrics(composed.accurate, composed.robust_at(eps))
+        curve.append({"kappa": float(kappa), "natural_accuracy": metrics["natural_accuracy"],
+                      "robust_accuracy": metrics["robust_accuracy"],
+                      "selection_rate": float(selection.selected.mean())})
+    return curve
+
+
+def choose_operating_point(curve: Sequence[dict[str, float]], core_accuracy: float,
+                           max_accuracy_drop: float | None = None) -> dict[str, Any]:
+    """The point of ``curve`` with the highest sound robust accuracy among those whose natural
+    accuracy is at most ``max_accuracy_drop`` below ``core_accuracy`` (``None``: among all).
+
+    Where no point meets the target, the most accurate one is returned, with ``meets_target``
+    false; ties go to the smaller ``κ`` (more inputs for the robust branch).
+    """
+    if not curve:
+        raise ValueError("the operating curve is empty: give at least one kappa")
+    if max_accuracy_drop is not None and not max_accuracy_drop >= 0:
+        raise ValueError(f"max_accuracy_drop must be >= 0, got {max_accuracy_drop}")
+    floor = None if max_accuracy_drop is None else core_accuracy - max_accuracy_drop
+    # a tolerance of one sample in a million, against the float rounding of the floor
+    meeting = [point for point in curve
+               if floor is None or point["natural_accuracy"] >= floor - 1e-9]
+    if meeting:
+        chosen = max(meeting, key=lambda point: (point["robust_accuracy"], -point["kappa"]))
+    else:
+        chosen = max(curve, key=lambda point: (point["natural_accuracy"], -point["kappa"]))
+    return {**chosen, "meets_target": bool(meeting), "core_accuracy": core_accuracy,
+            "max_accuracy_drop": max_accuracy_drop}

@@ -1,0 +1,23 @@
+"""Sampling error of a figure measured on a few hundred or thousand points."""
+
+from __future__ import annotations
+
+from scipy.stats import binomtest
+
+
+def clopper_pearson(successes: int, trials: int, confidence: float = 0.95
+                    ) -> tuple[float, float]:
+    """The exact (Clopper–Pearson) two-sided interval of a proportion at ``confidence``."""
+    if trials < 1 or not 0 <= successes <= trials:
+        raise ValueError(f"need 0 <= successes <= trials and trials >= 1, got {successes=}, "
+                         f"{trials=}")
+    interval = binomtest(successes, trials).proportion_ci(confidence, method="exact")
+    return float(interval.low), float(interval.high)
+
+
+def differ(first: tuple[int, int], second: tuple[int, int], confidence: float = 0.95) -> bool:
+    """Whether two proportions, each ``(successes, trials)``, differ beyond their sampling error:
+    their Clopper–Pearson intervals do not overlap (conservative)."""
+    low_first, high_first = clopper_pearson(*first, confidence)
+    low_second, high_second = clopper_pearson(*second, confidence)
+    return high_first < low_second or high_second < low_first
