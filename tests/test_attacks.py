@@ -153,3 +153,42 @@ def test_a_seeded_attack_gives_the_same_answer_on_every_call():
     assert torch.equal(first, attack(model, x, target, threat))
     assert not torch.equal(first, PGD(steps=3, relative_step=0.1, restarts=2, seed=8)(
         model, x, target, threat))
+
+
+def saturated_linear(num_classes: int, dim: int, seed: int, scale: float) -> Linear:
+    """A random linear classifier with its logits multiplied by ``scale``: the same regions, but
+    softmax saturates, so cross-entropy's gradient vanishes on confident inputs."""
+    model = random_linear(num_classes, dim, seed)
+    return Linear(scale * model.linear.weight.detach(), scale * model.linear.bias.detach())
+
+
+@pytest.mark.parametrize("scale", [1.0, 1000.0])
+def test_the_margin_check_matches_the_exact_radius_of_a_multiclass_linear_classifier(scale):
+    # five classes: the exact linf radius is min_j (f_ŷ − f_j) / ||w_ŷ − w_j||_1 while the ball
+    # stays in the domain; the targeted margin towards every other class finds each flip below
+    # it, with saturated logits too, and never claims one above it
+    model = saturated_linear(5, dim=5, seed=5, scale=scale)
+    x = interior_points(2000, 5, seed=4)
+    radius = exact_radius(model, x, "linf")
+    eps = min(0.25, float(radius.median()))
+    threat = ThreatModel("linf", eps)
+    clearly_below, clearly_above = radius < 0.9 * eps, radius > 1.1 * eps
+    assert clearly_below.sum() > 200 and clearly_above.sum() > 200
+    attack = make_attack("pgd", steps=50, target_classes=4)
+    _, robust = check_robustness(model, x, threat, attack)
+    assert not robust[clearly_below].any() and robust[clearly_above].all()
+    # the default (the 3 likeliest other classes) misses almost nothing either
+    _, default = check_robustness(model, x, threat, make_attack("pgd", steps=50))
+    assert float(default[clearly_below].float().mean()) < 0.02
+    if scale > 1:
+        # what the margin objective is for: cross-entropy PGD is blind where softmax saturates
+        cross_entropy = make_attack("pgd", steps=50, objective="ce", target_classes=0)
+        _, blind = check_robustness(model, x, threat, cross_entropy)
+        assert float(blind[clearly_below].float().mean()) > 0.3
+
+
+def test_targeted_runs_need_logits():
+    with pytest.raises(ValueError, match="target_classes"):
+        PGD(objective=lambda outputs, target: outputs.sum(1), target_classes=2)
+    with pytest.raises(ValueError, match="target_classes"):
+        PGD(target_classes=-1)

@@ -13,11 +13,14 @@ that agree show the resolution is fine enough.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from scipy.ndimage import maximum_filter
 from torch import nn
 
+from robustgate.evaluate.records import Records
 from robustgate.models.modes import predict_logits
 from robustgate.threat import ThreatModel
 
@@ -71,10 +74,18 @@ class Grid:
         selected = self.constant(branch_labels, kappa * self.threat.eps)
         return np.where(selected, branch_labels, self.labels(core))
 
-    def robustness(self, labels: np.ndarray, x: torch.Tensor
+    def robustness(self, labels: np.ndarray, x: torch.Tensor, radius: float | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
-        """Predictions and exact ``rob_eps`` of the predictor whose grid labels are ``labels``,
-        at the grid points nearest to ``x``."""
+        """Predictions and exact robustness on the ball of ``radius`` (``eps`` by default) of the
+        predictor whose grid labels are ``labels``, at the grid points nearest to ``x``."""
         rows, columns = self.index(x)
-        robust = self.constant(labels, self.threat.eps)
+        robust = self.constant(labels, self.threat.eps if radius is None else radius)
         return labels[rows, columns], robust[rows, columns]
+
+    def records(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                radii: Sequence[float]) -> Records:
+        """Exact per-sample records of ``model`` at every radius of ``radii``."""
+        labels = self.labels(model)
+        predictions = self.robustness(labels, x)[0]
+        return Records(y.cpu().numpy(), predictions,
+                       {radius: self.robustness(labels, x, radius)[1] for radius in radii})

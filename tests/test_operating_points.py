@@ -1,0 +1,92 @@
+"""Operating points of the robustness selector, the sampling error of a figure, and records at
+several radii by bisection."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import exact_radius, random_linear
+
+from robustgate.attacks import check_robustness, make_attack
+from robustgate.evaluate import Records, evaluate_model
+from robustgate.evaluate.operating_points import (
+    choose_operating_point,
+    operating_curve,
+    sweep_radii,
+)
+from robustgate.evaluate.statistics import clopper_pearson, differ
+from robustgate.threat import ThreatModel
+
+
+def test_sweep_radii_cover_selection_stability_and_the_inner_ball():
+    assert sweep_radii(0.1, [1.0]) == [0.1, 0.2]
+    assert sweep_radii(0.1, [1.0, 1.5, 2.0]) == [0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
+    with pytest.raises(ValueError, match="kappa"):
+        sweep_radii(0.1, [0.5])
+
+
+def records_from_radius(labels, predictions, radius, radii):
+    return Records(labels, predictions, {r: radius > r for r in radii})
+
+
+def test_a_larger_kappa_moves_the_composition_towards_the_core():
+    rng = np.random.default_rng(0)
+    n, radii = 2000, sweep_radii(0.1, [1, 1.5, 2, 3])
+    labels = rng.integers(0, 3, n)
+    # the branch is wrong mostly near its boundary (small radius); the core is right more often
+    # but rarely robust
+    branch_radius = rng.exponential(0.2, n)
+    branch_right = rng.random(n) < np.where(branch_radius > 0.3, 0.995, 0.9)
+    branch = records_from_radius(labels, np.where(branch_right, labels, (labels + 1) % 3),
+                                 branch_radius, radii)
+    core_right = rng.random(n) < 0.99
+    core = Records(labels, np.where(core_right, labels, (labels + 2) % 3),
+                   {0.1: rng.random(n) < 0.2})
+    curve = operating_curve(branch, core, 0.1, [1, 1.5, 2, 3])
+    natural = [point["natural_accuracy"] for point in curve]
+    robust = [point["robust_accuracy"] for point in curve]
+    rates = [point["selection_rate"] for point in curve]
+    assert rates == sorted(rates, reverse=True) and robust == sorted(robust, reverse=True)
+    assert natural[-1] > natural[0]
+    core_accuracy = float(core.accurate.mean())
+    best = choose_operating_point(curve, core_accuracy)  # no target: the most robust
+    assert best["kappa"] == 1 and best["meets_target"]
+    within = choose_operating_point(curve, core_accuracy, max_accuracy_drop=0.01)
+    meeting = [p for p in curve if p["natural_accuracy"] >= core_accuracy - 0.01]
+    assert within["kappa"] == min(p["kappa"] for p in meeting)
+    impossible = choose_operating_point(curve, 1.0, max_accuracy_drop=0.0)
+    assert not impossible["meets_target"] and impossible["kappa"] == curve[
+        int(np.argmax(natural))]["kappa"]
+    with pytest.raises(ValueError, match="max_accuracy_drop"):
+        choose_operating_point(curve, core_accuracy, -0.1)
+
+
+def test_clopper_pearson_intervals():
+    low, high = clopper_pearson(0, 10)
+    assert low == 0 and high == pytest.approx(1 - 0.025 ** 0.1)
+    low, high = clopper_pearson(950, 1000)
+    assert low < 0.95 < high and high - low < 0.03
+    assert differ((950, 1000), (900, 1000)) and not differ((950, 1000), (940, 1000))
+    with pytest.raises(ValueError, match="trials"):
+        clopper_pearson(3, 2)
+
+
+def test_records_at_several_radii_by_bisection_equal_one_check_per_radius():
+    model = random_linear(3, dim=4, seed=7)
+    x = 0.3 + 0.4 * torch.rand(300, 4, generator=torch.Generator().manual_seed(7))
+    y = model(x).argmax(1)
+    radii = [0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.14]
+    attack = make_attack("pgd", steps=30, target_classes=2)
+    calls = []
+
+    def counting_check(*arguments, **options):
+        calls.append(len(arguments[1]))
+        return check_robustness(*arguments, **options)
+
+    records = evaluate_model(model, x, y, ThreatModel("linf", 0.1), radii, attack,
+                             progress=False, check=counting_check)
+    radius = exact_radius(model, x, "linf").numpy()
+    for eps in radii:
+        _, one = check_robustness(model, x, ThreatModel("linf", eps), attack)
+        assert np.array_equal(records.robust_at(eps), one.numpy())
+        assert np.array_equal(records.robust_at(eps), radius > eps)
+    assert sum(calls) == 3 * len(x)  # log2(7 + 1) checks per input instead of 7
