@@ -1,12 +1,15 @@
 """Operating points of the robustness selector, the sampling error of a figure, and records at
 several radii by bisection."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from conftest import exact_radius, random_linear
 
 from robustgate.attacks import check_robustness, make_attack
+from robustgate.cli import main
 from robustgate.evaluate import Records, evaluate_model
 from robustgate.evaluate.operating_points import (
     choose_operating_point,
@@ -90,3 +93,38 @@ def test_records_at_several_radii_by_bisection_equal_one_check_per_radius():
         assert np.array_equal(records.robust_at(eps), one.numpy())
         assert np.array_equal(records.robust_at(eps), radius > eps)
     assert sum(calls) == 3 * len(x)  # log2(7 + 1) checks per input instead of 7
+
+
+def test_compose_command_chooses_kappa_on_validation_records(tmp_path):
+    rng = np.random.default_rng(1)
+    files = {}
+    for split in ("validation", "test"):
+        n = 500
+        labels = rng.integers(0, 2, n)
+        branch_radius = rng.exponential(0.2, n)
+        right = rng.random(n) < np.where(branch_radius > 0.3, 0.999, 0.9)
+        branch = records_from_radius(labels, np.where(right, labels, 1 - labels),
+                                     branch_radius, sweep_radii(0.1, [1, 2, 3]))
+        core = Records(labels, np.where(rng.random(n) < 0.98, labels, 1 - labels),
+                       {0.1: rng.random(n) < 0.3})
+        for name, part in (("branch", branch), ("core", core)):
+            files[split, name] = tmp_path / f"{split}-{name}.csv"
+            part.to_csv(files[split, name])
+    arguments = ["compose", "--branch", str(files["test", "branch"]), "--core",
+                 str(files["test", "core"]), "--eps", "0.1"]
+    assert main([*arguments, "--max-accuracy-drop", "0", "--validation-branch",
+                 str(files["validation", "branch"]), "--validation-core",
+                 str(files["validation", "core"]), "--kappas", "1", "2", "3", "--out",
+                 str(tmp_path / "chosen")]) == 0
+    summary = json.loads((tmp_path / "chosen" / "summary.json").read_text())
+    chosen = summary["operating_point"]["chosen"]
+    assert summary["kappa"] == chosen["kappa"] and chosen["kappa"] > 1
+    assert chosen["natural_accuracy"] >= chosen["core_accuracy"] or not chosen["meets_target"]
+    # the count at the chosen kappa is the one --kappa gives
+    assert main([*arguments, "--kappa", str(chosen["kappa"]), "--out",
+                 str(tmp_path / "fixed")]) == 0
+    fixed = json.loads((tmp_path / "fixed" / "summary.json").read_text())
+    assert fixed["metrics"] == summary["metrics"]
+    assert fixed["metrics"]["robust_accuracy"] <= fixed["metrics"]["unattacked_robust_accuracy"]
+    # a target without validation records is a clear error
+    assert main([*arguments, "--max-accuracy-drop", "0", "--out", str(tmp_path / "bad")]) == 2

@@ -133,3 +133,13 @@ def compose_chain(branches: Sequence[Records], core: Records, selections: Sequen
     for stage in reversed(range(len(branches))):
         routes[selections[stage].selected] = stage
     return composed, routes
+
+
+def unattacked_robust_accuracy(branches: Sequence[Records], core: Records,
+                               selections: Sequence[Selection]) -> float:
+    """The chain's robust accuracy with every selection taken on the clean input (the paper's
+    Figure 1), reported beside the sound form as what it is: not a robust accuracy."""
+    clean = [Selection.unattacked(branch, selection.selected, selection.eps)
+             for branch, selection in zip(branches, selections, strict=True)]
+    composed, _ = compose_chain(branches, core, clean)
+    return float((composed.accurate & composed.robust_at(selections[0].eps)).mean())

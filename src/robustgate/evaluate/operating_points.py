@@ -65,3 +65,12 @@ def choose_operating_point(curve: Sequence[dict[str, float]], core_accuracy: flo
         chosen = max(curve, key=lambda point: (point["natural_accuracy"], -point["kappa"]))
     return {**chosen, "meets_target": bool(meeting), "core_accuracy": core_accuracy,
             "max_accuracy_drop": max_accuracy_drop}
+
+
+def choose_kappa(branch: Records, core: Records, eps: float, kappas: Sequence[float],
+                 max_accuracy_drop: float | None) -> dict[str, Any]:
+    """``{"validation_curve", "chosen"}``: the curve on ``branch`` and ``core`` records (of
+    validation data) and the point :func:`choose_operating_point` picks on it."""
+    curve = operating_curve(branch, core, eps, kappas)
+    return {"validation_curve": curve, "chosen": choose_operating_point(
+        curve, float(core.accurate.mean()), max_accuracy_drop)}

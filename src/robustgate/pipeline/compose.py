@@ -24,7 +24,8 @@ from robustgate.evaluate import (
     robustness_metrics,
     selection_metrics,
 )
-from robustgate.evaluate.operating_points import choose_operating_point, operating_curve
+from robustgate.evaluate.composition import unattacked_robust_accuracy
+from robustgate.evaluate.operating_points import choose_kappa
 from robustgate.io import atomic_write_json, atomic_write_text
 from robustgate.models import load_checkpoint
 from robustgate.pipeline.compositions import route_counts
@@ -59,24 +60,19 @@ def compose_from_records(
             raise ValueError("choosing kappa for an accuracy target needs one branch and its "
                              "validation records (--validation-branch, --validation-core)")
         branch_validation, core_validation = (Records.read_csv(path) for path in validation)
-        curve = operating_curve(branch_validation, core_validation, eps, kappas)
-        chosen = choose_operating_point(curve, float(core_validation.accurate.mean()),
-                                        max_accuracy_drop)
-        kappa = chosen["kappa"]
-        summary["operating_point"] = {"validation_curve": curve, "chosen": chosen}
+        summary["operating_point"] = choose_kappa(branch_validation, core_validation, eps, kappas,
+                                                  max_accuracy_drop)
+        kappa = summary["operating_point"]["chosen"]["kappa"]
     selections = [Selection.robustness(part, eps, kappa) for part in parts]
     composed, routes = compose_chain(parts, core_records, selections)
-    unattacked, _ = compose_chain(parts, core_records, [
-        Selection.unattacked(part, selection.selected, eps)
-        for part, selection in zip(parts, selections, strict=True)])
     out = Path(out)
     composed.to_csv(out / "records.csv")
     summary.update({
         "kappa": kappa, "selector_eps": kappa * eps,
         "metrics": {**robustness_metrics(composed.accurate, composed.robust_at(eps)),
                     **selection_metrics(parts[0].accurate, selections[0].selected),
-                    "unattacked_robust_accuracy": float(
-                        (unattacked.accurate & unattacked.robust_at(eps)).mean())},
+                    "unattacked_robust_accuracy": unattacked_robust_accuracy(
+                        parts, core_records, selections)},
         "routes": route_counts(composed.accurate, routes, len(parts)),
     })
     atomic_write_json(out / "summary.json", summary)

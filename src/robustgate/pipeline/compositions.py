@@ -36,11 +36,8 @@ from robustgate.evaluate import (
     robustness_metrics,
     selection_metrics,
 )
-from robustgate.evaluate.operating_points import (
-    choose_operating_point,
-    operating_curve,
-    sweep_radii,
-)
+from robustgate.evaluate.composition import unattacked_robust_accuracy
+from robustgate.evaluate.operating_points import choose_kappa, operating_curve, sweep_radii
 from robustgate.evaluate.statistics import clopper_pearson
 from robustgate.io import atomic_write_json, atomic_write_text, file_name
 from robustgate.models import (
@@ -137,16 +134,13 @@ class CompositionEvaluator:
         point = composition.operating_point
         if point is None:
             return composition.kappa, {"kappa": composition.kappa}
-        branch = self._validation_records(composition.branches[0])
-        core = self._validation_records(composition.core)
-        curve = operating_curve(branch, core, self.threat.eps, point.kappas)
-        chosen = choose_operating_point(curve, float(core.accurate.mean()),
-                                        point.max_accuracy_drop)
-        say(f"[{composition.label}] kappa {chosen['kappa']:g} chosen on {len(core)} validation "
-            f"points" + ("" if chosen["meets_target"] else " (no kappa meets the target)"),
-            self.progress)
-        return chosen["kappa"], {"kappa": chosen["kappa"], "operating_point": {
-            "validation_curve": curve, "chosen": chosen}}
+        choice = choose_kappa(self._validation_records(composition.branches[0]),
+                              self._validation_records(composition.core), self.threat.eps,
+                              point.kappas, point.max_accuracy_drop)
+        chosen = choice["chosen"]
+        say(f"[{composition.label}] kappa {chosen['kappa']:g} chosen on the validation points"
+            + ("" if chosen["meets_target"] else " (no kappa meets the target)"), self.progress)
+        return chosen["kappa"], {"kappa": chosen["kappa"], "operating_point": choice}
 
     # -- selectors -----------------------------------------------------------------------------
 
@@ -228,9 +222,6 @@ class CompositionEvaluator:
             selections = [Selection.scores(parts[0], scores >= selector.threshold, eps)]
         core = self.records[composition.core]
         composed_records, routes = compose_chain(parts, core, selections)
-        unattacked, _ = compose_chain(parts, core, [
-            Selection.unattacked(part, selection.selected, eps)
-            for part, selection in zip(parts, selections, strict=True)])
         self._write_selection(composition.label, scores, routes)
         composed_records.to_csv(self.out / "records" / "composed"
                                 / f"{file_name(composition.label)}.csv")
@@ -238,8 +229,7 @@ class CompositionEvaluator:
             **robustness_metrics(composed_records.accurate, composed_records.robust_at(eps)),
             **selection_metrics(parts[0].accurate, selections[0].selected),
             "stable_rate": float(selections[0].stable.mean()),
-            "unattacked_robust_accuracy": float(
-                (unattacked.accurate & unattacked.robust_at(eps)).mean()),
+            "unattacked_robust_accuracy": unattacked_robust_accuracy(parts, core, selections),
             "routes": route_counts(composed_records.accurate, routes, len(branches)),
             **info,
         }

@@ -28,6 +28,15 @@ def png(figure: Any) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _label(ax: Any, xlabel: str, ylabel: str, title: str, **legend: Any) -> None:
+    """Axis labels, title, a light grid and the legend (``fontsize`` 7 unless given)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(**{"fontsize": 7, **legend})
+
+
 def robust_vs_inaccuracy(metrics: dict[str, dict[str, Any]], config: ExperimentConfig) -> str:
     """Robust accuracy against robust inaccuracy, one point per robust model; models trained
     with the same loss are joined (a sweep, e.g. of the ERA weight β or the training eps)."""
@@ -45,11 +54,8 @@ def robust_vs_inaccuracy(metrics: dict[str, dict[str, Any]], config: ExperimentC
         ax.plot(xs, ys, marker="o", linestyle="-" if len(points) > 1 else "none", label=loss)
         for x, y, name in points:
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ax.set_xlabel("robust inaccuracy (%)  ← better")
-    ax.set_ylabel("robust accuracy (%)  ↑ better")
-    ax.set_title("Branch models")
-    ax.grid(alpha=0.3)
-    ax.legend(title="loss", fontsize=8)
+    _label(ax, "robust inaccuracy (%)  ← better", "robust accuracy (%)  ↑ better",
+           "Branch models", title="loss", fontsize=8)
     return png(figure)
 
 
@@ -82,11 +88,8 @@ def composed_accuracies(metrics: dict[str, dict[str, Any]],
         if adaptive is not None:
             ax.scatter(natural, 100 * adaptive, marker=marker, color=colour,
                        label=composition.label)
-    ax.set_xlabel("composed natural accuracy (%)")
-    ax.set_ylabel("composed robust accuracy (%)")
-    ax.set_title("Compositions (filled: attacked end to end; hollow: counted, sound form)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    _label(ax, "composed natural accuracy (%)", "composed robust accuracy (%)",
+           "Compositions (filled: attacked end to end; hollow: counted, sound form)")
     return png(figure)
 
 
@@ -110,11 +113,8 @@ def operating_curves(
                 ax.annotate(f"κ={point['kappa']:g}", (x, y), textcoords="offset points",
                             xytext=(4, 3), fontsize=7, color=colour)
         ax.axvline(100 * floor, color=colour, linestyle=":", alpha=0.7)
-    ax.set_xlabel("composed natural accuracy (%)")
-    ax.set_ylabel("composed robust accuracy, sound form (%)")
-    ax.set_title("Operating points of the robustness selector (ringed: chosen κ; dotted: target)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _label(ax, "composed natural accuracy (%)", "composed robust accuracy, sound form (%)",
+           "Operating points of the robustness selector (ringed: chosen κ; dotted: target)")
     return png(figure)
 
 
@@ -127,11 +127,7 @@ def risk_coverage(curves: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> str:
             ax.scatter(100 * coverage, 100 * risk, marker="o", label=label, zorder=3)
         else:
             ax.plot(100 * coverage, 100 * risk, label=label)
-    ax.set_xlabel("coverage (%)")
-    ax.set_ylabel("selective risk (%)")
-    ax.set_title("Risk–coverage")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _label(ax, "coverage (%)", "selective risk (%)", "Risk–coverage")
     return png(figure)
 
 
@@ -148,10 +144,7 @@ def threshold_sweeps(sweeps: Sequence[tuple[str, np.ndarray, np.ndarray, float]]
         ax.plot(thresholds, 100 * rate, label="selection rate")
         ax.plot(thresholds, 100 * accuracy, label="accuracy on selected")
         ax.axvline(chosen, color="grey", linestyle="--")
-        ax.set_title(label, fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(5))
-        ax.set_xlabel("threshold")
-        ax.set_ylabel("%")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _label(ax, "threshold", "%", label)
+        ax.title.set_fontsize(9)
     return png(figure)
