@@ -18,6 +18,7 @@ from robustgate.evaluate import (
     compose_records,
     evaluate_model,
 )
+from robustgate.evaluate.sanity import sanity_checks
 from robustgate.select import ConfidenceSelector, RobustnessSelector
 
 THREAT = ThreatModel("linf", 0.1)
@@ -142,3 +143,29 @@ def test_adaptive_records_resume_and_stay_in_the_ball(tmp_path):
         AdaptiveAttack(target_classes=-1)
     with pytest.raises(ValueError, match="steer"):
         AdaptiveAttack(steers=[])
+
+
+def test_sanity_checks_on_a_composition():
+    composed = robustness_composition(0.45, 0.6)
+    x = torch.rand(60, 2, generator=torch.Generator().manual_seed(3))
+    y = (x[:, 1] > 0.5).long()
+    checks = sanity_checks(composed, x, y, THREAT, AdaptiveAttack(steps=20), square_queries=200)
+    assert not checks["gradient_attack_masked"]
+    low, _ = checks["gradient"]["interval"]
+    assert checks["square"]["robust_accuracy"] >= low
+    assert checks["falls_as_eps_grows"] and checks["largest_eps_robust_accuracy"] == 0
+    assert set(checks["robust_accuracy_by_eps"]) == {"0.2", "0.4", "0.8"}
+
+
+def test_sanity_checks_flag_a_gradient_attack_that_finds_nothing():
+    # an attack whose gradients are masked entirely: it never moves; Square finds the flips
+    composed = robustness_composition(0.45, 0.6)
+    x = torch.rand(80, 2, generator=torch.Generator().manual_seed(4))
+    y = (x[:, 1] > 0.5).long()
+
+    def blind(composed, x, target, threat):
+        return x.clone()
+
+    checks = sanity_checks(composed, x, y, ThreatModel("linf", 0.2), blind, square_queries=200,
+                           eps_factors=())
+    assert checks["gradient_attack_masked"]

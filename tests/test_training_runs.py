@@ -229,8 +229,10 @@ def test_compose_command_from_records_and_from_checkpoints(tmp_path):
                  "--core", str(run / "models" / "core" / "best.safetensors"), "--eps", "0.05",
                  "--data", "twogauss", "--limit", "20", "--attack", "pgd", "--steps", "10",
                  "--quiet", "--device", "cpu"]
-    assert main([*arguments, "--adaptive", "--out", str(tmp_path / "b")]) == 0
+    assert main([*arguments, "--adaptive", "--sanity", "10", "--square-queries", "20", "--out",
+                 str(tmp_path / "b")]) == 0
     inference = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert inference["sanity"]["samples"] == 10 and inference["sanity"]["square"]["queries"] == 20
     assert inference["natural_accuracy"] == inference["adaptive"]["natural_accuracy"]
     assert sum(sum(r.values()) for r in inference["routes"].values()) == 20
     assert main([*arguments, "--selector", "entropy", "--out", str(tmp_path / "c")]) == 2

@@ -145,14 +145,25 @@ def _compose(args: argparse.Namespace) -> int:
     summary = compose_from_checkpoints(
         args.branch, args.core, x, y, threat, _attack(args), args.out, selector=args.selector,
         threshold=args.threshold, coverage=args.coverage,
-        calibration=calibration, kappa=args.kappa,
-        adaptive=AdaptiveAttack(seed=args.seed) if args.adaptive else None,
+        calibration=calibration, kappa=args.kappa, sanity=args.sanity,
+        square_queries=args.square_queries,
+        adaptive=AdaptiveAttack(seed=args.seed) if args.adaptive or args.sanity else None,
         device=resolve_device(args.device), batch_size=args.batch_size,
         progress=not args.quiet)
     rows = {"composed": {key: summary[key] for key in ("natural_accuracy", "selection_rate")}}
     if "adaptive" in summary:
         rows["composed, adaptive attack"] = summary["adaptive"]
     print(metrics_table(rows))
+    sanity = summary.get("sanity")
+    if sanity is not None:
+        gradient, square = sanity["gradient"], sanity["square"]
+        by_eps = ", ".join(f"{eps}: {100 * value:.1f}%"
+                           for eps, value in sanity["robust_accuracy_by_eps"].items())
+        print(f"sanity on {sanity['samples']} inputs: adaptive attack "
+              f"{100 * gradient['robust_accuracy']:.1f}%, Square "
+              f"{100 * square['robust_accuracy']:.1f}% ("
+              + ("the gradient attack looks masked" if sanity["gradient_attack_masked"]
+                 else "not below beyond sampling error") + f"); at larger eps {by_eps}")
     print(f"wrote {args.out}/predictions.csv and summary.json")
     return 0
 
@@ -266,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="calibrate the confidence threshold on the validation split")
     compose.add_argument("--adaptive", action="store_true",
                          help="attack the composed system end to end (checkpoints only)")
+    compose.add_argument("--sanity", type=int, default=0, metavar="N",
+                         help="checkpoints only: on the first N inputs, Square judged by the "
+                         "deployed decision against the adaptive attack, and growing eps")
+    compose.add_argument("--square-queries", type=int, default=1000,
+                         help="Square's queries for --sanity (default 1000)")
     _data_options(compose, required=False)
     compose.add_argument("--out", required=True, help="directory for the results")
     _common(compose)

@@ -110,10 +110,10 @@ class ThreatSettings(_Strict):
 
 class AttackSettings(_Strict):
     """An attack: ``pgd`` (training and validation), or for evaluation ``apgd-ce``, ``apgd-t``,
-    ``autoattack``. ``relative_step``, ``objective`` and ``target_classes`` apply to ``pgd``
-    only (``attacks.PGD``)."""
+    ``square``, ``autoattack``. ``relative_step``, ``objective`` and ``target_classes`` apply
+    to ``pgd`` only (``attacks.PGD``)."""
 
-    name: Literal["pgd", "apgd-ce", "apgd-t", "autoattack"] = "pgd"
+    name: Literal["pgd", "apgd-ce", "apgd-t", "square", "autoattack"] = "pgd"
     steps: int = Field(10, ge=1)
     relative_step: float = Field(0.25, gt=0)
     restarts: int = Field(1, ge=1)

@@ -24,8 +24,9 @@ class AutoAttackAdapter:
 
     ``attacks=None`` is the ``standard`` AutoAttack ensemble (APGD-CE, APGD-T, FAB-T, Square);
     its targeted attacks need at least three classes, so on two-class models the ensemble is
-    APGD-CE, FAB and Square instead. ``iterations`` and ``restarts`` set APGD's budget for a
-    custom list (the standard version keeps the authors' settings).
+    APGD-CE, FAB and Square instead. ``iterations`` and ``restarts`` set APGD's budget, and
+    ``iterations`` Square's queries, for a custom list (the standard version keeps the authors'
+    settings).
     """
 
     def __init__(
@@ -84,6 +85,7 @@ class AutoAttackAdapter:
             adversary = AutoAttack(model, version="custom", attacks=list(attacks), **common)
             adversary.apgd.n_iter = adversary.apgd_targeted.n_iter = self.iterations
             adversary.apgd.n_restarts = self.restarts
+            adversary.square.n_queries = self.iterations
         targets = min(9, num_classes - 1)
         adversary.apgd_targeted.n_target_classes = targets
         adversary.fab.n_target_classes = targets

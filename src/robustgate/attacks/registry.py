@@ -7,7 +7,7 @@ from typing import Any
 from robustgate.attacks.autoattack import AutoAttackAdapter
 from robustgate.attacks.pgd import PGD, Attack
 
-ATTACKS = ("pgd", "apgd-ce", "apgd-t", "autoattack")
+ATTACKS = ("pgd", "apgd-ce", "apgd-t", "square", "autoattack")
 
 
 def make_attack(
@@ -15,14 +15,14 @@ def make_attack(
 ) -> Attack:
     """An evaluation attack: ``pgd`` (robustgate's, with early exit; by default the margin
     objective, then the targeted margin towards the ``target_classes`` = 3 most likely other
-    classes), ``apgd-ce`` and ``apgd-t`` (``steps`` iterations, ``restarts``), or
-    ``autoattack`` (the standard ensemble)."""
+    classes), ``apgd-ce`` and ``apgd-t`` (``steps`` iterations, ``restarts``), ``square``
+    (gradient-free, ``steps`` queries), or ``autoattack`` (the standard ensemble)."""
     if name == "pgd":
         params = {"relative_step": 0.1, "objective": "margin", "target_classes": 3, **params}
         return PGD(steps=steps, restarts=restarts, early_exit=True, seed=seed, **params)
     if params:
         raise ValueError(f"attack {name!r} takes no parameters {sorted(params)}")
-    if name in ("apgd-ce", "apgd-t"):
+    if name in ("apgd-ce", "apgd-t", "square"):
         return AutoAttackAdapter([name], iterations=steps, restarts=restarts, seed=seed)
     if name == "autoattack":
         return AutoAttackAdapter(None, seed=seed)

@@ -21,3 +21,15 @@ def differ(first: tuple[int, int], second: tuple[int, int], confidence: float = 
     low_first, high_first = clopper_pearson(*first, confidence)
     low_second, high_second = clopper_pearson(*second, confidence)
     return high_first < low_second or high_second < low_first
+
+
+
+def paired_lower(lost_only_by_first: int, lost_only_by_second: int, level: float = 0.05) -> bool:
+    """Whether a proportion is lower than another measured on the same inputs, beyond the
+    sampling error: the exact McNemar test on the discordant inputs (those only the first loses,
+    and those only the second loses), one-sided at ``level``."""
+    discordant = lost_only_by_first + lost_only_by_second
+    if discordant == 0:
+        return False
+    test = binomtest(lost_only_by_first, discordant, 0.5, alternative="greater")
+    return bool(test.pvalue < level)

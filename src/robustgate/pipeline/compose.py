@@ -26,6 +26,7 @@ from robustgate.evaluate import (
 )
 from robustgate.evaluate.composition import unattacked_robust_accuracy
 from robustgate.evaluate.operating_points import choose_kappa
+from robustgate.evaluate.sanity import sanity_checks
 from robustgate.io import atomic_write_json, atomic_write_text
 from robustgate.models import load_checkpoint
 from robustgate.pipeline.compositions import route_counts
@@ -107,10 +108,12 @@ def compose_from_checkpoints(
     threshold: float | None = None, coverage: float | None = None,
     calibration: torch.Tensor | None = None, adaptive: AdaptiveAttack | None = None,
     device: torch.device | str = "cpu", batch_size: int = 500, progress: bool = True,
-    kappa: float = 1.0,
+    kappa: float = 1.0, sanity: int = 0, square_queries: int = 1000,
 ) -> dict[str, Any]:
     """Compose checkpoints and predict on ``(x, y)``: predictions with routes, route counts, and
-    with ``adaptive`` the composition's robust accuracy under the adaptive attack."""
+    with ``adaptive`` the composition's robust accuracy under the adaptive attack and, on the
+    first ``sanity`` inputs, the sanity checks of ``evaluate.sanity`` (Square with
+    ``square_queries`` queries, growing eps)."""
     if selector != "robustness" and len(branches) > 1:
         raise ValueError("chains use robustness selectors only")
     models = [load_checkpoint(path, device)[0] for path in branches]
@@ -147,5 +150,8 @@ def compose_from_checkpoints(
         (out / "adaptive.partial.csv").unlink(missing_ok=True)
         summary["adaptive"] = {"attack": repr(adaptive), **robustness_metrics(
             records.accurate, records.robust_at(threat.eps))}
+        if sanity:
+            summary["sanity"] = sanity_checks(composed, x[:sanity], y[:sanity], threat, adaptive,
+                                              square_queries, batch_size=batch_size)
     atomic_write_json(out / "summary.json", summary)
     return summary

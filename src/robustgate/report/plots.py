@@ -28,11 +28,12 @@ def png(figure: Any) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _label(ax: Any, xlabel: str, ylabel: str, title: str, **legend: Any) -> None:
-    """Axis labels, title, a light grid and the legend (``fontsize`` 7 unless given)."""
+def _label(ax: Any, xlabel: str, ylabel: str, heading: str, **legend: Any) -> None:
+    """Axis labels, the plot's heading, a light grid and the legend (``legend`` its options,
+    ``fontsize`` 7 unless given)."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(heading)
     ax.grid(alpha=0.3)
     ax.legend(**{"fontsize": 7, **legend})
 
