@@ -15,15 +15,6 @@ def clopper_pearson(successes: int, trials: int, confidence: float = 0.95
     return float(interval.low), float(interval.high)
 
 
-def differ(first: tuple[int, int], second: tuple[int, int], confidence: float = 0.95) -> bool:
-    """Whether two proportions, each ``(successes, trials)``, differ beyond their sampling error:
-    their Clopper–Pearson intervals do not overlap (conservative)."""
-    low_first, high_first = clopper_pearson(*first, confidence)
-    low_second, high_second = clopper_pearson(*second, confidence)
-    return high_first < low_second or high_second < low_first
-
-
-
 def paired_lower(lost_only_by_first: int, lost_only_by_second: int, level: float = 0.05) -> bool:
     """Whether a proportion is lower than another measured on the same inputs, beyond the
     sampling error: the exact McNemar test on the discordant inputs (those only the first loses,

@@ -294,6 +294,7 @@ class CompositionEvaluator:
             # counted robust and accurate, yet broken by the attack: where the count is unsound
             # (its robustness checks were weaker than the attack)
             "counted_but_broken": int((counted_robust & ~attacked_robust).sum()),
+            "held_but_not_counted": int((attacked_robust & ~counted_robust).sum()),
             # which candidate broke each input first (of the attacks that wrote the records)
             "candidates": candidates,
             "natural_agrees_with_count": bool(

@@ -18,7 +18,7 @@ import numpy as np
 
 from robustgate.config import CompositionSettings, ExperimentConfig, parse_config
 from robustgate.evaluate import Records, risk_coverage_curve
-from robustgate.evaluate.statistics import differ
+from robustgate.evaluate.statistics import paired_lower
 from robustgate.io import atomic_write_text, file_name
 from robustgate.report import plots
 
@@ -130,11 +130,10 @@ def _adaptive_section(run: Run) -> Section:
                      "–" if broken is None else str(broken), str(samples)])
         if counted is None:
             continue
-        pair = (round(counted * samples), samples), (round(adaptive["robust_accuracy"]
-                                                           * samples), samples)
         gap = 100 * (adaptive["robust_accuracy"] - counted)
-        verdict = ("a difference beyond the sampling error" if differ(*pair)
-                   else "within the sampling error")
+        lower = paired_lower(adaptive.get("held_but_not_counted", 0), broken or 0)
+        verdict = ("the count is lower beyond the sampling error, exact McNemar test on the "
+                   "inputs only one of them holds" if lower else "within the sampling error")
         notes.append(f"{label}: the attack holds {gap:+.1f} points against the count "
                      f"({verdict}).")
         if broken:
