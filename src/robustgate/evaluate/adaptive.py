@@ -18,7 +18,7 @@ differs from the clean one, along each route an adversary can take:
 Each candidate point is judged by the composition itself (``ComposedClassifier.predict``, the
 selector's real decision, e.g. a robustness check around ``x'``); the first that changes the
 prediction is kept. The result is an upper bound on the composition's robustness, reported beside
-the indicator form of DESIGN.md section 1.
+the count of DESIGN.md section 1 (a lower bound).
 """
 
 from __future__ import annotations

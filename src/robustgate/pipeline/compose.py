@@ -1,6 +1,6 @@
-"""``robustgate compose``: a composition from per-sample records (offline, the indicator form)
-or from checkpoints (inference on a data split, with routes, and optionally the adaptive
-attack)."""
+"""``robustgate compose``: a composition from per-sample records (offline, counted in the sound
+form) or from checkpoints (inference on a data split, with routes, and optionally the adaptive
+attack and its sanity checks)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """Compositions of an experiment: build each selector (calibrated on validation data), evaluate
-the composition offline in the indicator form and end to end with the adaptive attack.
+the composition offline in the sound form and end to end with the adaptive attack.
 
 Files in the run directory: ``records/validation/<branch>.csv`` (the branch's robustness at eps
 on the calibration data), ``models/gates/<branch>.safetensors`` (learned gates),
 ``selection/<composition>.csv`` (per test input: the selector's score where it has one, and the
 route: ``0`` … for the branches, ``len(branches)`` for the core), ``records/composed/
-<composition>.csv`` (the composition's records in the indicator form) and
+<composition>.csv`` (the composition's records in the sound form) and
 ``records/adaptive/<composition>.csv`` (per-sample records under the adaptive attack, or under the
 evaluation attack for the mixing baseline) with ``<composition>.candidates.json`` beside (how
 many inputs each candidate of the adaptive attack broke first).
@@ -197,7 +197,7 @@ class CompositionEvaluator:
     # -- evaluation ----------------------------------------------------------------------------
 
     def evaluate(self, composition: CompositionSettings) -> dict[str, Any]:
-        """Metrics of one composition (indicator form on the test set, adaptive attack on the
+        """Metrics of one composition (sound form on the test set, adaptive attack on the
         first ``adaptive.limit`` test points); writes the selection and adaptive records."""
         if composition.selector == "mixing":
             return self._evaluate_mixing(composition)
