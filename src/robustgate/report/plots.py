@@ -29,13 +29,14 @@ def png(figure: Any) -> str:
 
 
 def _label(ax: Any, xlabel: str, ylabel: str, heading: str, **legend: Any) -> None:
-    """Axis labels, the plot's heading, a light grid and the legend (``legend`` its options,
-    ``fontsize`` 7 unless given)."""
+    """Axis labels, the plot's heading, a light grid and, where something is labelled, the legend
+    (``legend`` its options, ``fontsize`` 7 unless given)."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(heading)
     ax.grid(alpha=0.3)
-    ax.legend(**{"fontsize": 7, **legend})
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**{"fontsize": 7, **legend})
 
 
 def robust_vs_inaccuracy(metrics: dict[str, dict[str, Any]], config: ExperimentConfig) -> str:
@@ -115,7 +116,7 @@ def operating_curves(
                             xytext=(4, 3), fontsize=7, color=colour)
         ax.axvline(100 * floor, color=colour, linestyle=":", alpha=0.7)
     _label(ax, "composed natural accuracy (%)", "composed robust accuracy, sound form (%)",
-           "Operating points of the robustness selector (ringed: chosen κ; dotted: target)")
+           "Operating points (ringed: chosen κ; dotted: the target on the test set)")
     return png(figure)
 
 
