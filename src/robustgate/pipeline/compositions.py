@@ -48,7 +48,7 @@ from robustgate.models import (
     predict_logits,
     save_checkpoint,
 )
-from robustgate.pipeline.demo import say
+from robustgate.pipeline.run_directory import say
 from robustgate.select import (
     ConfidenceSelector,
     GateSelector,

@@ -9,8 +9,6 @@ written is lost.
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from robustgate.evaluate import (
 from robustgate.io import atomic_write_json, atomic_write_text
 from robustgate.losses import make_loss, training_attack
 from robustgate.models import MLP, load_checkpoint, predict_logits, save_checkpoint
+from robustgate.pipeline.run_directory import check_run_directory, say
 from robustgate.report import metrics_table
 from robustgate.report.decision_regions import Panel, plot_decision_regions
 from robustgate.select import RobustnessSelector
@@ -48,26 +47,6 @@ SOUND, UNATTACKED, EXACT = "composed", "composed (unattacked)", "composed (exact
 COMPOSITIONS = (SOUND, UNATTACKED, EXACT)
 # the exact computation's grid spacing over the unit square
 GRID_STEP = 0.001
-
-
-def say(message: str, progress: bool) -> None:
-    """A progress line on standard error, unless progress is off."""
-    if progress:
-        print(message, file=sys.stderr, flush=True)
-
-
-def check_run_directory(out: Path, resolved: dict[str, Any]) -> None:
-    """Write the resolved config into ``out``, or, if ``out`` holds a run, insist it is the same
-    config (so that a rerun resumes, and nothing written by another run is lost)."""
-    path = out / "config.json"
-    if path.exists():
-        if json.loads(path.read_text()) != json.loads(json.dumps(resolved)):
-            raise ValueError(
-                f"{out} holds a run with a different config ({path}); choose another --out or "
-                "remove that directory"
-            )
-    else:
-        atomic_write_json(path, resolved)
 
 
 def _losses(config: DemoConfig) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from robustgate.evaluate.operating_points import sweep_radii
 from robustgate.io import atomic_write_json
 from robustgate.models import load_checkpoint
 from robustgate.pipeline.compositions import CompositionEvaluator
-from robustgate.pipeline.demo import check_run_directory, say
+from robustgate.pipeline.run_directory import check_run_directory, say
 from robustgate.report.run_report import write_reports
 from robustgate.train.run import train_model, training_data
 
