@@ -160,7 +160,8 @@ SELECTORS = [
 
 
 def test_a_small_experiment_end_to_end(tmp_path):
-    config = parse_config(EXPERIMENT, ExperimentConfig)
+    config = parse_config({**EXPERIMENT, "adaptive": {**EXPERIMENT["adaptive"], "sanity": 10,
+                                                      "square_queries": 20}}, ExperimentConfig)
     result = run_experiment(config, tmp_path, device="cpu", progress=False)
     assert set(result["test"]) == {"core", "era", "era→core"}
     composed = result["test"]["era→core"]
@@ -173,7 +174,11 @@ def test_a_small_experiment_end_to_end(tmp_path):
     assert set(result["autoattack_check"]) == {"core", "era"}
     for check in result["autoattack_check"].values():
         assert check["autoattack"] <= check["apgd-ce"] + 0.05
+    sanity = adaptive["sanity"]
+    assert sanity["samples"] == 10
+    assert set(sanity["robust_accuracy_by_eps"]) == {"0.1", "0.2", "0.4"}
     assert "AutoAttack" in (tmp_path / "report.md").read_text()
+    assert "sanity checks on 10 inputs" in (tmp_path / "report.md").read_text()
     records = (tmp_path / "records" / "test" / "era.csv").read_text().splitlines()
     assert records[0].endswith("robust@0.05,robust@0.1") and len(records) == 61
     again = run_experiment(config, tmp_path, device="cpu", progress=False)

@@ -333,10 +333,13 @@ class AdaptiveSettings(_Strict):
     target_classes: int = Field(2, ge=0)
     steers: list[float] = Field(default_factory=lambda: [1.0, 10.0], min_length=1)
     saturation: float = Field(4.0, gt=0)
+    # the sanity checks of evaluate.sanity on the first ``sanity`` test points (0: off)
+    sanity: int = Field(0, ge=0)
+    square_queries: int = Field(1000, ge=1)
 
     def attack_options(self) -> dict[str, Any]:
         """The keyword arguments of ``evaluate.AdaptiveAttack`` these settings give."""
-        return self.model_dump(exclude={"limit"})
+        return self.model_dump(exclude={"limit", "sanity", "square_queries"})
 
 
 class ExperimentConfig(_Strict):

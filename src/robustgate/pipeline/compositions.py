@@ -38,6 +38,7 @@ from robustgate.evaluate import (
 )
 from robustgate.evaluate.composition import unattacked_robust_accuracy
 from robustgate.evaluate.operating_points import choose_kappa, operating_curve, sweep_radii
+from robustgate.evaluate.sanity import sanity_checks
 from robustgate.evaluate.statistics import clopper_pearson
 from robustgate.io import atomic_write_json, atomic_write_text, file_name
 from robustgate.models import (
@@ -299,7 +300,25 @@ class CompositionEvaluator:
             "candidates": candidates,
             "natural_agrees_with_count": bool(
                 np.array_equal(attacked.predictions, counted.predictions[:count])),
+            "sanity": self._sanity(label, composed, attack),
         }
+
+    def _sanity(self, label: str, composed: ComposedClassifier, attack: AdaptiveAttack
+                ) -> dict[str, Any] | None:
+        """The sanity checks (``evaluate.sanity``) on the first ``adaptive.sanity`` test points,
+        computed once and kept beside the adaptive records."""
+        settings = self.config.adaptive
+        limit = min(settings.sanity, len(self.test[1]))
+        if limit == 0:
+            return None
+        path = self.out / "records" / "adaptive" / f"{file_name(label)}.sanity.json"
+        if not path.exists():
+            say(f"[{label}] sanity checks on {limit} test points", self.progress)
+            atomic_write_json(path, sanity_checks(
+                composed, self.test[0][:limit], self.test[1][:limit], self.threat, attack,
+                settings.square_queries, seed=self.config.seed,
+                batch_size=self.config.evaluation.batch_size))
+        return json.loads(path.read_text())
 
     def _evaluate_mixing(self, composition: CompositionSettings) -> dict[str, Any]:
         branches = composition.branches

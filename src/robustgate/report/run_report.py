@@ -142,6 +142,20 @@ def _adaptive_section(run: Run) -> Section:
                 "accurate: there, the robustness checks behind the records missed what the "
                 "adaptive attack found, and the count is not a lower bound until they are made "
                 "stronger.")
+        sanity = adaptive.get("sanity")
+        if sanity:
+            by_eps = ", ".join(f"{100 * value:.1f}% at {eps}"
+                               for eps, value in sanity["robust_accuracy_by_eps"].items())
+            notes.append(
+                f"{label}: sanity checks on {sanity['samples']} inputs: Square "
+                f"({sanity['square']['queries']} queries, judged by the deployed decision) holds "
+                f"{100 * sanity['square']['robust_accuracy']:.1f}% where the adaptive attack holds "
+                f"{100 * sanity['gradient']['robust_accuracy']:.1f}%"
+                + ("; Square breaks more beyond chance: the gradient attack looks masked and its "
+                   "figure is not to be trusted" if sanity["gradient_attack_masked"] else "")
+                + f"; at larger eps the adaptive attack holds {by_eps or 'nothing was checked'}"
+                + ("" if sanity["falls_as_eps_grows"] else " (it does not fall as eps grows: "
+                   "suspect the attack)") + ".")
         candidates = adaptive.get("candidates")
         if candidates:
             found = ", ".join(f"{name}: {count}" for name, count in candidates.items() if count)
