@@ -4,7 +4,7 @@ exact robust accuracy of the deployed system, computed on a grid over the 2-D do
 import numpy as np
 import pytest
 import torch
-from conftest import Linear
+from conftest import Linear, exact_radius, random_linear
 
 from robustgate.attacks import make_attack
 from robustgate.evaluate import Grid, Records, Selection, compose_records, evaluate_model
@@ -119,3 +119,17 @@ def test_the_grid_rejects_what_it_cannot_compute():
         Grid(THREAT, 2.0)
     with pytest.raises(ValueError, match="two-dimensional"):
         Grid(THREAT, 0.1).index(torch.rand(3, 4))
+
+
+def test_grid_records_match_the_exact_radius_of_a_linear_classifier():
+    # Linf radius |margin| / ||w||_1 for two classes, where the ball stays inside the domain
+    model = random_linear(2, dim=2, seed=3)
+    grid = Grid(THREAT, STEP)
+    x = grid.snap(0.3 + 0.4 * torch.rand(400, 2, generator=torch.Generator().manual_seed(5)))
+    y = model(x).argmax(1)
+    records = grid.records(model, x, y, [0.05, 0.1, 0.2])
+    radius = exact_radius(model, x, "linf").numpy()
+    for eps in (0.05, 0.1, 0.2):
+        clear = np.abs(radius - eps) > 2 * STEP  # a grid point's error is within a step
+        assert clear.sum() > 100
+        assert np.array_equal(records.robust_at(eps)[clear], (radius > eps)[clear])
