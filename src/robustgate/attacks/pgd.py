@@ -20,6 +20,13 @@ Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``objective(outputs, target) -> per-sample value to maximize``, ``outputs = model(x')``."""
 
 
+def logit_margin_from(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``max_{j≠target} f_j − f_target``: positive once the prediction left ``target``; unlike
+    cross-entropy's, its gradient does not vanish where softmax saturates."""
+    own = logits.gather(1, target.view(-1, 1))[:, 0]
+    return logits.scatter(1, target.view(-1, 1), -torch.inf).max(dim=1).values - own
+
+
 class Attack(Protocol):
     def __call__(
         self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, threat: ThreatModel
@@ -100,11 +107,11 @@ class PGD:
     ) -> torch.Tensor:
         if callable(self.objective):
             return self.objective(logits, target)
-        if toward is not None or self.objective == "margin":
-            own = logits.gather(1, target.view(-1, 1))[:, 0]
-            if toward is not None:
-                return logits.gather(1, toward.view(-1, 1))[:, 0] - own
-            return logits.scatter(1, target.view(-1, 1), -torch.inf).max(dim=1).values - own
+        if toward is not None:
+            pair = logits.gather(1, torch.stack([toward, target], dim=1))
+            return pair[:, 0] - pair[:, 1]
+        if self.objective == "margin":
+            return logit_margin_from(logits, target)
         if clean_log_probs is None:
             return F.cross_entropy(logits, target, reduction="none")
         return F.kl_div(

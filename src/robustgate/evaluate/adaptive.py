@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustgate.attacks import PGD
+from robustgate.attacks.pgd import logit_margin_from
 from robustgate.attacks.robustness import BALL_TOLERANCE
 from robustgate.compose import ComposedClassifier
 from robustgate.models.modes import eval_mode, model_device
@@ -58,13 +59,6 @@ class _Outputs(nn.Module):
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``max_{j≠target} f_j − f_target``: positive once the prediction left ``target``; its
-    gradient does not vanish where softmax saturates."""
-    own = logits.gather(1, target.view(-1, 1))[:, 0]
-    return logits.scatter(1, target.view(-1, 1), -torch.inf).max(dim=1).values - own
-
-
 def _objectives(stages: int, classes: int, steers: Sequence[float], target_classes: int,
                 saturation: float) -> list[tuple[str, int | None, int, Objective]]:
     """``(name, stage whose wrong classes are targets or None, rank of the target, objective)``,
@@ -80,7 +74,7 @@ def _objectives(stages: int, classes: int, steers: Sequence[float], target_class
         return sum((scores[j] for j in range(upto)), torch.zeros_like(scores[0]))
 
     def fooling(logits: torch.Tensor, target: torch.Tensor, capped: bool) -> torch.Tensor:
-        margin = _margin(logits, target)
+        margin = logit_margin_from(logits, target)
         return margin.clamp(max=saturation) if capped else margin
 
     def core_route(weight: float) -> Objective:

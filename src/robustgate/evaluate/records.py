@@ -48,18 +48,25 @@ class Records:
         """``acc(x) = [ŷ(x) = y]``."""
         return self.predictions == self.labels
 
-    def has_radius(self, eps: float) -> bool:
-        """Whether ``rob_eps`` is known (evaluated, or ``eps = 0``, where every input is)."""
-        return eps == 0 or any(np.isclose(r, eps, rtol=1e-9, atol=1e-12) for r in self.robust)
-
-    def robust_at(self, eps: float) -> np.ndarray:
-        """``rob_eps``; raises ``KeyError`` naming the radii that were evaluated."""
+    def _indicator(self, eps: float) -> np.ndarray | None:
+        """``rob_eps`` where it is known (evaluated, or ``eps = 0``, where every input is)."""
         if eps == 0:
             return np.ones(len(self), bool)
         for radius, indicator in self.robust.items():
             if np.isclose(radius, eps, rtol=1e-9, atol=1e-12):
                 return indicator
-        raise KeyError(f"no robustness evaluated at eps={eps}; have {sorted(self.robust)}")
+        return None
+
+    def has_radius(self, eps: float) -> bool:
+        """Whether ``rob_eps`` is known."""
+        return self._indicator(eps) is not None
+
+    def robust_at(self, eps: float) -> np.ndarray:
+        """``rob_eps``; raises ``KeyError`` naming the radii that were evaluated."""
+        indicator = self._indicator(eps)
+        if indicator is None:
+            raise KeyError(f"no robustness evaluated at eps={eps}; have {sorted(self.robust)}")
+        return indicator
 
     def to_csv(self, path: str | Path) -> None:
         """Write one row per sample (atomically): index, label, prediction, accurate, robust@eps."""
