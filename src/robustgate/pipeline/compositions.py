@@ -341,16 +341,15 @@ class CompositionEvaluator:
         metrics: dict[str, Any] = {"natural_accuracy": float(natural.mean()), "weight": weight,
                                    "calibrated_for": {"composed_accuracy": target}}
         if attacked is not None:
-            partition = robustness_metrics(attacked.accurate,
-                                           attacked.robust_at(self.threat.eps))
+            robust = attacked.robust_at(self.threat.eps)
+            partition = robustness_metrics(attacked.accurate, robust)
             del partition["natural_accuracy"]  # of the attacked subset; the test set's is above
+            held = int((attacked.accurate & robust).sum())
             metrics.update({
                 **partition,
                 "adaptive": {"samples": len(attacked), "attack": repr(self.attack),
                              "robust_accuracy": partition["robust_accuracy"],
-                             "robust_accuracy_interval": clopper_pearson(
-                                 int((attacked.accurate & attacked.robust_at(
-                                     self.threat.eps)).sum()), len(attacked)),
+                             "robust_accuracy_interval": clopper_pearson(held, len(attacked)),
                              "counted_robust_accuracy": None, "difference_points": None},
             })
         return metrics
