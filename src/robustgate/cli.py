@@ -1,4 +1,4 @@
-"""The command line: ``robustgate demo | train | evaluate | run | compose | report``."""
+"""The command line: ``robustgate demo | train | evaluate | run | compose | certify | report``."""
 
 from __future__ import annotations
 
@@ -168,6 +168,40 @@ def _compose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _certify(args: argparse.Namespace) -> int:
+    from robustgate.config import SmoothingSettings, parse_config
+    from robustgate.device import resolve_device
+    from robustgate.pipeline.certify import certify_checkpoint
+    from robustgate.report import metrics_table
+    from robustgate.report.tables import CERTIFIED_COLUMNS
+
+    smoothing = parse_config({"sigma": args.sigma, "n0": args.n0, "n": args.n,
+                              "alpha": args.alpha, "batch_size": args.noise_batch,
+                              "seed": args.seed}, SmoothingSettings, "certify")
+    x, y = _split(args)
+    summary = certify_checkpoint(args.checkpoint, x, y, args.out, smoothing, args.norm,
+                                 args.radii, data=args.data, device=resolve_device(args.device),
+                                 progress=not args.quiet)
+    largest = summary["max_certifiable_l2_radius"]
+    print(metrics_table(summary["metrics"], CERTIFIED_COLUMNS, first="radius"))
+    print(f"smoothing sigma {args.sigma:g}, n0 {args.n0}, n {args.n}, alpha {args.alpha:g}: the "
+          f"largest certifiable L2 radius is {largest:.4g}")
+    above = [radius for radius, row in summary["metrics"].items() if row["above_max_certifiable"]]
+    if above:
+        print(f"radii above it, certified for no input at these settings: {', '.join(above)}")
+    if args.norm == "linf":
+        print("linf radii are certified through the covering L2 radius eps·sqrt(d)")
+    if summary["sigma_train"] is None:
+        print("the checkpoint does not record a training noise sigma_train")
+    elif summary["sigma_differs_from_training"]:
+        print(f"note: trained at sigma_train {summary['sigma_train']:g}, certified at sigma "
+              f"{args.sigma:g}")
+    print(f"{len(y)} inputs in {summary['wall_time_s']:.0f} s "
+          f"({summary['mean_seconds_per_sample']:.3g} s per input); wrote "
+          f"{args.out}/certificates.csv and summary.json")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from robustgate.report.run_report import write_reports
 
@@ -184,7 +218,6 @@ def _count_or_fraction(text: str) -> int | float:
 
 
 def _data_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    from robustgate.attacks import ATTACKS
     from robustgate.data import DATASETS
 
     parser.add_argument("--data", required=required, choices=DATASETS)
@@ -196,6 +229,12 @@ def _data_options(parser: argparse.ArgumentParser, required: bool = True) -> Non
                         help="validation samples taken from the training data (count or "
                         "fraction), for --split train/validation and calibration")
     parser.add_argument("--limit", type=int, help="only the first N samples")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _attack_options(parser: argparse.ArgumentParser) -> None:
+    from robustgate.attacks import ATTACKS
+
     parser.add_argument("--attack", default="pgd", choices=ATTACKS,
                         help="pgd (default): the logit margin, then the targeted margin towards "
                         "--target-classes other classes")
@@ -206,7 +245,6 @@ def _data_options(parser: argparse.ArgumentParser, required: bool = True) -> Non
                         help="pgd only: classes attacked with the targeted margin (default 3)")
     parser.add_argument("--norm", default="linf", choices=["linf", "l2"])
     parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=0)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -238,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="per-sample accuracy and robustness records of a checkpoint")
     evaluate.add_argument("checkpoint", help="a robustgate .safetensors checkpoint")
     _data_options(evaluate)
+    _attack_options(evaluate)
     evaluate.add_argument("--eps", type=float, nargs="+", required=True, help="radii to check")
     evaluate.add_argument("--out", required=True, help="directory for records and summary")
     _common(evaluate)
@@ -283,9 +322,35 @@ def build_parser() -> argparse.ArgumentParser:
     compose.add_argument("--square-queries", type=int, default=1000,
                          help="Square's queries for --sanity (default 1000)")
     _data_options(compose, required=False)
+    _attack_options(compose)
     compose.add_argument("--out", required=True, help="directory for the results")
     _common(compose)
     compose.set_defaults(handler=_compose)
+
+    certify = commands.add_parser(
+        "certify", help="per-sample certificates of a checkpoint (randomized smoothing) and "
+        "certified metrics at the radii asked for; resumable")
+    certify.add_argument("checkpoint", help="a robustgate .safetensors checkpoint")
+    certify.add_argument("--method", default="smoothing", choices=["smoothing"])
+    certify.add_argument("--sigma", type=float, required=True,
+                         help="smoothing noise (input units); the checkpoint's training noise "
+                         "may differ, which the output says")
+    certify.add_argument("--n0", type=int, default=100, help="selection draws (default 100)")
+    certify.add_argument("--n", type=int, default=100_000,
+                         help="estimation draws (default 100000)")
+    certify.add_argument("--alpha", type=float, default=0.001,
+                         help="each certificate fails with probability at most alpha")
+    certify.add_argument("--noise-batch", type=int, default=1000,
+                         help="noisy inputs per forward pass (default 1000)")
+    certify.add_argument("--norm", default="l2", choices=["l2", "linf"],
+                         help="norm of --radii; linf radii are certified through the L2 ball "
+                         "that covers them (eps·sqrt(d))")
+    certify.add_argument("--radii", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
+                         help="radii to summarize (default 0 0.25 0.5 0.75 1)")
+    _data_options(certify)
+    certify.add_argument("--out", required=True, help="directory for certificates and summary")
+    _common(certify)
+    certify.set_defaults(handler=_certify)
 
     report = commands.add_parser(
         "report", help="write report.md and report.html (plots embedded) for a run directory")

@@ -172,21 +172,46 @@ class SelectionSettings(_Strict):
     among the epochs whose ``within`` metric is at most ``tolerance`` below its best value
     (e.g. lowest robust inaccuracy at equal robust accuracy). Ties go to the later epoch."""
 
-    metric: Literal["natural_accuracy", "robust_accuracy", "robust_inaccuracy", "non_robust"] = (
-        "robust_accuracy"
-    )
+    metric: Literal["natural_accuracy", "robust_accuracy", "robust_inaccuracy", "non_robust",
+                    "certified_accuracy", "certified_robust_inaccuracy"] = "robust_accuracy"
     goal: Literal["max", "min"] = "max"
-    within: Literal["natural_accuracy", "robust_accuracy"] | None = None
+    within: Literal["natural_accuracy", "robust_accuracy", "certified_accuracy"] | None = None
     tolerance: float = Field(0.01, ge=0)
 
 
+class SmoothingSettings(_Strict):
+    """Certification by randomized smoothing (``certify.Smooth.certify``): smoothing noise
+    ``sigma`` (set apart from the ``sigma_train`` a model was trained with), ``n0`` selection and
+    ``n`` estimation draws, level ``alpha``, ``batch_size`` noisy inputs per forward pass and
+    ``seed``. Radii are L2; a Linf threat is certified through the L2 ball that covers it."""
+
+    sigma: float = Field(gt=0)
+    n0: int = Field(100, ge=1)
+    n: int = Field(10_000, ge=1)
+    alpha: float = Field(0.001, gt=0, lt=1)
+    batch_size: int = Field(1000, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _selection_within_estimation(self) -> SmoothingSettings:
+        if self.n0 > self.n:
+            raise ValueError(f"n0={self.n0} selection draws exceed the n={self.n} estimation "
+                             "draws")
+        return self
+
+
 class ValidationSettings(_Strict):
+    """Validation of every ``every``-th epoch on the first ``limit`` validation points at ``eps``
+    (the loss's by default): by ``attack``, or, with ``smoothing``, by certifying the smoothed
+    model (``certified_*`` metrics, a cheaper ``n`` than the test's is usual)."""
+
     every: int = Field(1, ge=1)
     eps: float | None = Field(None, ge=0)
     attack: AttackSettings = Field(
         default_factory=lambda: AttackSettings(steps=20, relative_step=0.1)
     )
     limit: int | None = Field(1000, ge=1)
+    smoothing: SmoothingSettings | None = None
     select: SelectionSettings = Field(default_factory=SelectionSettings)
 
 

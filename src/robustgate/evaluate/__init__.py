@@ -1,6 +1,7 @@
 """Per-sample records, the metrics computed from them, and composition arithmetic."""
 
 from robustgate.evaluate.adaptive import AdaptiveAttack, check_composition
+from robustgate.evaluate.certified import Certificates, certified_metrics, certify_smoothed
 from robustgate.evaluate.composition import Selection, compose_chain, compose_records
 from robustgate.evaluate.grid import Grid
 from robustgate.evaluate.metrics import robustness_metrics, selection_metrics
@@ -9,9 +10,12 @@ from robustgate.evaluate.selective import area_under_risk_coverage, risk_coverag
 
 __all__ = [
     "AdaptiveAttack",
+    "Certificates",
     "Grid",
     "Records",
     "Selection",
+    "certified_metrics",
+    "certify_smoothed",
     "check_composition",
     "area_under_risk_coverage",
     "compose_chain",

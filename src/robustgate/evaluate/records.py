@@ -49,13 +49,12 @@ class Records:
         return self.predictions == self.labels
 
     def _indicator(self, eps: float) -> np.ndarray | None:
-        """``rob_eps`` where it is known (evaluated, or ``eps = 0``, where every input is)."""
-        if eps == 0:
-            return np.ones(len(self), bool)
+        """``rob_eps`` where it is known: evaluated, or at ``eps = 0``, where every input is
+        robust unless the records say otherwise (a certificate that abstains certifies none)."""
         for radius, indicator in self.robust.items():
             if np.isclose(radius, eps, rtol=1e-9, atol=1e-12):
                 return indicator
-        return None
+        return np.ones(len(self), bool) if eps == 0 else None
 
     def has_radius(self, eps: float) -> bool:
         """Whether ``rob_eps`` is known."""

@@ -1,4 +1,9 @@
-"""The training objectives behind one registry: ``make_loss(name, threat, **params)``."""
+"""The training objectives behind one registry: ``make_loss(name, threat, **params)``.
+
+Adversarial objectives take a threat model (and optionally the ``attack`` of their inner
+maximization); the others (``standard``, and the noise objectives ``gaussian`` and ``cra``, which
+take ``sigma_train``) take none.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from robustgate.losses.noise import CRA, Gaussian, soft_smoothed_radius
 from robustgate.losses.objectives import (
     ERA,
     PGDAT,
@@ -33,30 +39,31 @@ LOSSES: dict[str, type] = {
     "era": ERA,
     "era_gambler": ERAGambler,
     "era_conf": ERAConfidence,
+    "gaussian": Gaussian,
+    "cra": CRA,
 }
 
 
 def make_loss(name: str, threat: ThreatModel | None = None, **params: Any) -> Loss:
-    """Build the named objective; adversarial ones need a ``threat``."""
+    """Build the named objective; adversarial ones need a ``threat``, the others ignore it."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose from {sorted(LOSSES)}")
     loss_class = LOSSES[name]
-    if loss_class is Standard:
-        if params:
-            raise ValueError(f"loss 'standard' takes no parameters, got {sorted(params)}")
-        return Standard()
-    if threat is None:
+    if loss_class.adversarial and threat is None:
         raise ValueError(f"loss {name!r} is adversarial and needs a threat model")
+    arguments = (threat,) if loss_class.adversarial else ()
     try:
-        return loss_class(threat, **params)
+        return loss_class(*arguments, **params)
     except TypeError as error:
         raise ValueError(f"bad parameters {sorted(params)} for loss {name!r}: {error}") from None
 
 
 __all__ = [
+    "CRA",
     "ERA",
     "ERAConfidence",
     "ERAGambler",
+    "Gaussian",
     "LOSSES",
     "PGDAT",
     "TRADES",
@@ -65,6 +72,7 @@ __all__ = [
     "kl_averaged_over_classes",
     "make_loss",
     "runner_up",
+    "soft_smoothed_radius",
     "trades_term",
     "training_attack",
 ]

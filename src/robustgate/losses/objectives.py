@@ -52,12 +52,16 @@ def training_attack(objective: str = "ce", steps: int = 10, relative_step: float
 class Standard:
     """``CE(f(x), y)``."""
 
+    adversarial = False
+
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(model(x), y, reduction="none")
 
 
 class PGDAT:
     """Madry et al.: ``CE(f(x_adv*), y)``, ``x_adv*`` maximizing ``CE(·, y)``."""
+
+    adversarial = True
 
     def __init__(self, threat: ThreatModel, attack: Attack | None = None) -> None:
         self.threat = threat
@@ -72,6 +76,8 @@ class PGDAT:
 class TRADES:
     """Zhang et al.: ``CE(f(x), y) + β_T · KL(p(x) ‖ p(x_adv)) / K``, ``x_adv`` maximizing
     the KL term."""
+
+    adversarial = True
 
     def __init__(
         self, threat: ThreatModel, beta_trades: float = 6.0, attack: Attack | None = None
@@ -92,6 +98,8 @@ class _AbstainObjective:
     """Shared by the ERA family: ``x_adv`` maximizes ``CE(·, ŷ)`` (computed in eval mode),
     ``ỹ`` is the highest-scoring class of ``f(x_adv)`` other than ``ŷ``, and the loss is an
     abstain term plus ``β · TRADES`` on the same ``x_adv``."""
+
+    adversarial = True
 
     def __init__(
         self,

@@ -13,17 +13,27 @@ COLUMNS = (
     ("selected_accuracy", "accuracy on selected"),
 )
 
+CERTIFIED_COLUMNS = (
+    ("natural_accuracy", "natural (smoothed)"),
+    ("certified_accuracy", "certified"),
+    ("certified_robust_inaccuracy", "certified robust inaccuracy"),
+    ("not_certified", "not certified"),
+    ("abstain_rate", "abstain"),
+)
+
 
 def _percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
 
 
-def metrics_table(metrics: Mapping[str, Mapping[str, float | None]]) -> str:
-    """A Markdown table, one row per model, the metrics in percent (``–`` where undefined)."""
-    header = "| model | " + " | ".join(title for _, title in COLUMNS) + " |"
-    rule = "|---|" + "---:|" * len(COLUMNS)
+def metrics_table(metrics: Mapping[str, Mapping[str, float | None]],
+                  columns: tuple[tuple[str, str], ...] = COLUMNS, first: str = "model") -> str:
+    """A Markdown table, one row per model (or radius: ``first``), the metrics of ``columns``
+    in percent (``–`` where undefined)."""
+    header = f"| {first} | " + " | ".join(title for _, title in columns) + " |"
+    rule = "|---|" + "---:|" * len(columns)
     rows = [
-        f"| {model} | " + " | ".join(_percent(values.get(key)) for key, _ in COLUMNS) + " |"
+        f"| {model} | " + " | ".join(_percent(values.get(key)) for key, _ in columns) + " |"
         for model, values in metrics.items()
     ]
     return "\n".join([header, rule, *rows])

@@ -19,11 +19,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustgate.certify import Smooth
 from robustgate.config import DataSettings, SelectionSettings, TrainSpec
 from robustgate.data import load_dataset
-from robustgate.evaluate import evaluate_model, robustness_metrics
+from robustgate.evaluate import (
+    certified_metrics,
+    certify_smoothed,
+    evaluate_model,
+    robustness_metrics,
+)
 from robustgate.io import atomic_write, atomic_write_json, atomic_write_text
-from robustgate.losses import make_loss, training_attack
+from robustgate.losses import LOSSES, make_loss, training_attack
 from robustgate.models import (
     ARCHITECTURES,
     build_model,
@@ -69,6 +75,16 @@ def initial_model(
     return model, arguments
 
 
+def training_attack_of(spec: TrainSpec) -> dict[str, Any]:
+    """The ``attack`` argument of an adversarial loss: the inner maximization of the spec (on the
+    KL term for TRADES, on cross-entropy otherwise); nothing for the other losses."""
+    if spec.loss.name not in LOSSES or not LOSSES[spec.loss.name].adversarial:
+        return {}
+    settings = spec.loss.attack
+    objective = "kl" if spec.loss.name == "trades" else "ce"
+    return {"attack": training_attack(objective, settings.steps, settings.relative_step)}
+
+
 def select_epoch(history: list[dict[str, Any]], rule: SelectionSettings) -> int | None:
     """The validated epoch chosen by ``rule`` (``None`` when no epoch was validated)."""
     validated = [entry for entry in history if "validation" in entry]
@@ -111,16 +127,7 @@ def train_model(
         torch.manual_seed(seed)
         model, arguments = initial_model(spec, num_classes, device, resolve)
     threat = spec.loss.threat.build()
-    attack_settings = spec.loss.attack
-    objective = "kl" if spec.loss.name == "trades" else "ce"
-    loss = make_loss(
-        spec.loss.name, None if spec.loss.name == "standard" else threat,
-        **({} if spec.loss.name == "standard" else {
-            "attack": training_attack(objective, attack_settings.steps,
-                                      attack_settings.relative_step)
-        }),
-        **spec.loss.params,
-    )
+    loss = make_loss(spec.loss.name, threat, **training_attack_of(spec), **spec.loss.params)
     config = spec.train.build(seed)
     optimizer = make_optimizer(model, config)
     history: list[dict[str, Any]] = []
@@ -131,7 +138,8 @@ def train_model(
         optimizer.load_state_dict(state["optimizer"])
         history = json.loads(state["history"])
     checkpoint_metadata = {**(metadata or {}), "loss": spec_json["loss"],
-                           "train": spec_json["train"], "seed": seed}
+                           "train": spec_json["train"], "seed": seed,
+                           "sigma_train": spec.loss.params.get("sigma_train")}
 
     def save(path: Path, epoch: int, extra: dict[str, Any] | None = None) -> None:
         save_checkpoint(path, model, spec.model.architecture, arguments,
@@ -172,13 +180,21 @@ def validate(
     model: nn.Module, validation: Data, spec: TrainSpec, threat: ThreatModel, seed: int,
     progress: bool,
 ) -> dict[str, float]:
-    """Natural and robust metrics on (up to ``limit`` samples of) the validation split."""
+    """Natural and robust metrics on (up to ``limit`` samples of) the validation split: by the
+    validation attack, or certified metrics of the smoothed model where ``smoothing`` is set."""
     settings = spec.validation
     assert settings is not None
     x, y = validation
     if settings.limit is not None:
         x, y = x[: settings.limit], y[: settings.limit]
     eps = threat.eps if settings.eps is None else settings.eps
+    if settings.smoothing is not None:
+        smoothing = settings.smoothing
+        smooth = Smooth(model, model.num_classes, smoothing.sigma, smoothing.batch_size)
+        certificates = certify_smoothed(smooth, x, y, smoothing.n0, smoothing.n, smoothing.alpha,
+                                        smoothing.seed, progress=progress, description="validate")
+        records = certificates.records(threat, [eps], x[0].numel())
+        return certified_metrics(records, eps)
     records = evaluate_model(model, x, y, threat, [eps], settings.attack.build(seed),
                              progress=progress, description="validate")
     return robustness_metrics(records.accurate, records.robust_at(eps))

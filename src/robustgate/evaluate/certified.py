@@ -1,0 +1,150 @@
+"""Per-sample certificates of a smoothed model, and the certified metrics built on them.
+
+A certificate gives, per input, the smoothed prediction (``-1``: abstain), the certified L2
+radius and the lower bound ``p_A`` behind it. For a threat of either norm, ``cert_eps(x)`` is
+"not abstained and the certified L2 radius reaches the L2 radius covering ``B(x, eps)``"
+(``eps`` itself for L2, ``eps∞·√d`` for Linf). An abstained input counts as inaccurate and
+certifies nothing, so certified accuracy, certified robust inaccuracy (certified and wrong) and
+"not certified" partition the data as their empirical analogues do, and certified records compose
+through the same arithmetic (``evaluate.composition``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from robustgate.certify import ABSTAIN, Smooth, covering_l2_radius
+from robustgate.evaluate.records import Records
+from robustgate.inputs import check_labels
+from robustgate.io import atomic_write_text
+from robustgate.threat import ThreatModel
+
+FIELDS = ("index", "label", "prediction", "radius", "p_lower", "seconds")
+
+
+@dataclass
+class Certificates:
+    """Per-sample smoothing certificates: labels, predictions (``-1`` abstain), certified L2
+    radii, the lower bounds ``p_A``, and the seconds each took."""
+
+    labels: np.ndarray
+    predictions: np.ndarray
+    radii: np.ndarray
+    p_lower: np.ndarray
+    seconds: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        self.predictions = np.asarray(self.predictions, dtype=np.int64)
+        self.radii = np.asarray(self.radii, dtype=np.float64)
+        self.p_lower = np.asarray(self.p_lower, dtype=np.float64)
+        self.seconds = np.asarray(self.seconds, dtype=np.float64)
+        lengths = {len(self.labels), len(self.predictions), len(self.radii), len(self.p_lower),
+                   len(self.seconds)}
+        if len(lengths) != 1:
+            raise ValueError(f"certificates of unequal lengths {sorted(lengths)}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def abstained(self) -> np.ndarray:
+        return self.predictions == ABSTAIN
+
+    def certified_at(self, l2_radius: float) -> np.ndarray:
+        """``cert``: not abstained and certified on the L2 ball of ``l2_radius``."""
+        return ~self.abstained & (self.radii >= l2_radius)
+
+    def records(self, threat: ThreatModel, radii: Sequence[float], dimension: int) -> Records:
+        """Records at each radius of ``radii`` in ``threat``'s norm, ``robust`` being ``cert``
+        through the covering L2 radius (also at radius 0: an abstention certifies nothing)."""
+        robust = {float(eps): self.certified_at(
+                      covering_l2_radius(ThreatModel(threat.norm, eps), dimension))
+                  for eps in {0.0, *radii}}
+        return Records(self.labels, self.predictions, robust)
+
+    def concatenate(self, other: Certificates) -> Certificates:
+        return Certificates(*(np.concatenate([getattr(self, name), getattr(other, name)])
+                              for name in ("labels", "predictions", "radii", "p_lower",
+                                           "seconds")))
+
+    def to_csv(self, path: str | Path) -> None:
+        """One row per sample (atomically): index, label, prediction, radius, p_lower, seconds."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(FIELDS)
+        for i in range(len(self)):
+            writer.writerow([i, self.labels[i], self.predictions[i], f"{self.radii[i]:.6g}",
+                             f"{self.p_lower[i]:.8g}", f"{self.seconds[i]:.4g}"])
+        atomic_write_text(path, buffer.getvalue())
+
+    @classmethod
+    def read_csv(cls, path: str | Path) -> Certificates:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        if rows and tuple(rows[0]) != FIELDS:
+            raise ValueError(f"{path} is not a certificate file (columns {list(rows[0])})")
+        columns = {name: [row[name] for row in rows] for name in FIELDS[1:]}
+        return cls(np.array(columns["label"], dtype=np.int64),
+                   np.array(columns["prediction"], dtype=np.int64),
+                   np.array(columns["radius"], dtype=np.float64),
+                   np.array(columns["p_lower"], dtype=np.float64),
+                   np.array(columns["seconds"], dtype=np.float64))
+
+
+def certified_metrics(records: Records, eps: float) -> dict[str, float]:
+    """Natural accuracy of the smoothed prediction, certified accuracy (``acc ∧ cert``),
+    certified robust inaccuracy (``¬acc ∧ cert``), not certified and the abstain rate."""
+    accurate, certified = records.accurate, records.robust_at(eps)
+    return {
+        "natural_accuracy": float(accurate.mean()),
+        "certified_accuracy": float((accurate & certified).mean()),
+        "certified_robust_inaccuracy": float((~accurate & certified).mean()),
+        "not_certified": float((~certified).mean()),
+        "abstain_rate": float((records.predictions == ABSTAIN).mean()),
+    }
+
+
+def certify_smoothed(
+    smooth: Smooth, x: torch.Tensor, y: torch.Tensor, n0: int, n: int, alpha: float,
+    seed: int = 0, chunk: int = 100, partial: str | Path | None = None, progress: bool = True,
+    description: str = "certify",
+) -> Certificates:
+    """Certificates of ``smooth`` on ``(x, y)``, ``chunk`` inputs at a time; the chunk starting at
+    sample ``i`` draws its noise from seed ``seed + i``, so a run resumed from ``partial`` (the
+    certificates so far, rewritten after every chunk) ends as an uninterrupted one."""
+    check_labels(y, len(x), smooth.num_classes)
+    done = _read_partial(partial, y)
+    with tqdm(total=len(x), initial=len(done), desc=description, disable=not progress,
+              leave=False, unit="sample") as bar:
+        for start in range(len(done), len(x), chunk):
+            began = time.perf_counter()
+            batch = x[start : start + chunk]
+            predictions, radii, p_lower = smooth.certify(batch, n0, n, alpha, seed=seed + start)
+            seconds = np.full(len(batch), (time.perf_counter() - began) / len(batch))
+            done = done.concatenate(Certificates(y[start : start + chunk].cpu().numpy(),
+                                                 predictions.numpy(), radii.numpy(),
+                                                 p_lower.numpy(), seconds))
+            if partial is not None:
+                done.to_csv(partial)
+            bar.update(len(batch))
+    return done
+
+
+def _read_partial(partial: str | Path | None, y: torch.Tensor) -> Certificates:
+    empty = Certificates(*([] for _ in range(5)))
+    if partial is None or not Path(partial).exists():
+        return empty
+    done = Certificates.read_csv(partial)
+    if len(done) > len(y) or not np.array_equal(done.labels, y[: len(done)].cpu().numpy()):
+        raise ValueError(f"{partial} holds certificates of other data; remove it to start over")
+    return done

@@ -1,0 +1,154 @@
+"""Randomized smoothing against known answers: a linear binary classifier is its own smoothed
+classifier, and its true L2 radius is the distance to its hyperplane."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import binomtest, norm
+
+from robustgate.certify import (
+    ABSTAIN,
+    Smooth,
+    clopper_pearson_lower,
+    covering_l2_radius,
+    max_certifiable_radius,
+    stable_radius,
+)
+from robustgate.threat import ThreatModel
+from tests.conftest import Linear
+
+SIGMA = 0.1
+
+
+def hyperplane() -> Linear:
+    """Class 0 where ``x_0 > 0.5``: the L2 distance to the boundary is ``|x_0 − 0.5|``."""
+    return Linear(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), torch.tensor([-0.5, 0.5]))
+
+
+def at_distance(distances: list[float] | torch.Tensor) -> torch.Tensor:
+    distances = torch.as_tensor(distances, dtype=torch.float32)
+    return torch.stack([0.5 + distances, torch.full_like(distances, 0.3)], dim=1)
+
+
+def test_certified_radius_comes_within_ten_percent_of_the_distance_to_the_hyperplane():
+    distances = SIGMA * torch.tensor([0.25, 0.5, 1.0, 2.0, 3.0, 3.5])
+    smooth = Smooth(hyperplane(), 2, SIGMA, batch_size=50_000)
+    predictions, radii, p_lower = smooth.certify(at_distance(distances), 100, 100_000, 0.001)
+    assert (predictions == 0).all()
+    assert (radii <= distances.double()).all()
+    assert (radii >= 0.9 * distances.double()).all(), (radii / distances).tolist()
+    assert torch.allclose(radii, SIGMA * torch.from_numpy(norm.ppf(p_lower.numpy())))
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.2])
+def test_radii_above_the_truth_occur_at_rate_alpha(alpha):
+    """Over 3000 independent certifications the radius exceeds the truth at a rate consistent
+    with ``alpha`` (Clopper–Pearson is conservative, so at most alpha); the same check rejects a
+    certificate that slips to level ``2·alpha``."""
+    distance, trials = 0.5 * SIGMA, 3000
+    smooth = Smooth(hyperplane(), 2, SIGMA, batch_size=100_000)
+    x = at_distance([distance] * trials)
+
+    def rate_not_above(level: float) -> bool:
+        _, radii, _ = smooth.certify(x, 10, 400, level, seed=int(level * 100))
+        above = int((radii > distance).sum())
+        assert above > 0  # the check is not vacuous
+        return binomtest(above, trials, alpha, alternative="greater").pvalue > 0.001
+
+    assert rate_not_above(alpha)
+    assert not rate_not_above(2 * alpha)
+
+
+def test_clopper_pearson_lower_bound_is_the_exact_one_sided_bound():
+    for successes, trials, alpha in [(0, 50, 0.05), (1, 10, 0.001), (77, 100, 0.01),
+                                     (1000, 1000, 0.001), (4321, 10_000, 0.2)]:
+        two_sided = binomtest(successes, trials).proportion_ci(1 - 2 * alpha, method="exact")
+        assert float(clopper_pearson_lower(successes, trials, alpha)) == pytest.approx(
+            two_sided.low, abs=1e-12)
+
+
+def test_the_largest_certifiable_radius_is_reached_when_every_draw_agrees():
+    n, alpha = 1000, 0.001
+    assert max_certifiable_radius(SIGMA, n, alpha) == pytest.approx(
+        SIGMA * norm.ppf(alpha ** (1 / n)))
+    far = Smooth(hyperplane(), 2, SIGMA).certify(at_distance([0.45]), 10, n, alpha)[1]
+    assert float(far[0]) == pytest.approx(max_certifiable_radius(SIGMA, n, alpha))
+
+
+def test_predict_abstains_on_the_boundary_and_answers_far_from_it():
+    smooth = Smooth(hyperplane(), 2, SIGMA, batch_size=100_000)
+    on_boundary = smooth.predict(at_distance([0.0] * 400), 1000, 0.05)
+    answered = int((on_boundary != ABSTAIN).sum())
+    assert binomtest(answered, 400, 0.05, alternative="greater").pvalue > 0.001
+    assert answered < 400 * 0.2
+    far = smooth.predict(at_distance([0.3, -0.3]), 1000, 0.05)
+    assert far.tolist() == [0, 1]
+
+
+def test_same_seed_same_certificates_and_many_inputs_per_pass():
+    smooth = Smooth(hyperplane(), 2, SIGMA, batch_size=300)
+    x = at_distance(torch.linspace(-0.2, 0.2, 7))
+    first = smooth.certify(x, 10, 200, 0.01, seed=3)
+    again = smooth.certify(x, 10, 200, 0.01, seed=3)
+    other = smooth.certify(x, 10, 200, 0.01, seed=4)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[2], other[2])
+    assert (smooth.counts(x, 200).sum(dim=1) == 200).all()
+
+
+def test_smoothed_module_votes_for_the_smoothed_class():
+    smooth = Smooth(hyperplane(), 2, SIGMA, votes=500)
+    x = at_distance([-0.2, 0.2])
+    assert smooth(x).argmax(dim=1).tolist() == [1, 0]
+    assert smooth(x).sum(dim=1).tolist() == [500, 500]
+
+
+def test_bad_settings_and_inputs_raise_clear_errors():
+    model = hyperplane()
+    with pytest.raises(ValueError, match="sigma"):
+        Smooth(model, 2, 0.0)
+    smooth = Smooth(model, 2, SIGMA)
+    x = at_distance([0.1])
+    with pytest.raises(ValueError, match="n0=200 selection draws exceed"):
+        smooth.certify(x, 200, 100, 0.01)
+    for alpha in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="alpha"):
+            smooth.certify(x, 10, 100, alpha)
+    with pytest.raises(ValueError, match="outside the domain"):
+        smooth.certify(x + 2, 10, 100, 0.01)
+
+
+def test_linf_threats_are_certified_through_the_covering_l2_radius():
+    assert covering_l2_radius(ThreatModel("linf", 0.1), 784) == pytest.approx(2.8)
+    assert covering_l2_radius(ThreatModel("l2", 0.5), 784) == 0.5
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(0.05, 1.0), st.floats(0.0, 1.0), st.floats(0.0, 1.0))
+def test_stable_radius_covers_the_deployed_radius_plus_the_distance(sigma, radius, distance):
+    stable = stable_radius(sigma, radius * sigma, distance * sigma, 100, 10_000, 0.001)
+    assert stable > radius * sigma + distance * sigma
+
+
+def test_a_selector_deployed_at_a_reachable_input_selects_with_the_promised_probability():
+    """At true radius ``stable_radius`` the deployed selector at the worst reachable input
+    selects at least ``1 − failure`` of the time; a quarter sigma closer it selects less often."""
+    n0, n, alpha, failure = 10, 400, 0.05, 0.2
+    deployed, distance, trials = 0.5 * SIGMA, 0.5 * SIGMA, 2000
+    stable = stable_radius(SIGMA, deployed, distance, n0, n, alpha, failure)
+    smooth = Smooth(hyperplane(), 2, SIGMA, batch_size=100_000)
+
+    def selection_rate(radius_at_x: float) -> float:
+        predictions, radii, _ = smooth.certify(at_distance([radius_at_x - distance] * trials),
+                                               n0, n, alpha, seed=7)
+        return float(((predictions == 0) & (radii >= deployed)).float().mean())
+
+    assert selection_rate(stable) >= 1 - failure - 3 * math.sqrt(failure * (1 - failure) / trials)
+    assert selection_rate(stable - 0.25 * SIGMA) < 1 - failure
+    assert np.isinf(stable_radius(SIGMA, 5 * SIGMA, 0.0, 10, 100, 0.001))
