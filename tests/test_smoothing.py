@@ -152,3 +152,11 @@ def test_a_selector_deployed_at_a_reachable_input_selects_with_the_promised_prob
     assert selection_rate(stable) >= 1 - failure - 3 * math.sqrt(failure * (1 - failure) / trials)
     assert selection_rate(stable - 0.25 * SIGMA) < 1 - failure
     assert np.isinf(stable_radius(SIGMA, 5 * SIGMA, 0.0, 10, 100, 0.001))
+
+
+def test_an_inputs_noise_depends_on_its_index_not_on_the_inputs_beside_it():
+    x = at_distance(torch.linspace(-0.05, 0.05, 9))
+    whole = Smooth(hyperplane(), 2, SIGMA, batch_size=70).certify(x, 10, 300, 0.01, seed=5)
+    pieces = [Smooth(hyperplane(), 2, SIGMA, batch_size=70).certify(
+        x[start : start + 4], 10, 300, 0.01, seed=5, offset=start) for start in (0, 4, 8)]
+    assert torch.equal(whole[2], torch.cat([piece[2] for piece in pieces]))

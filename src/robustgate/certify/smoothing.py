@@ -15,7 +15,8 @@ Where the top class has probability ``p_A > 1/2``, ``g`` is constant on the L2 b
 
 The base classifier sees ``x + δ`` unclamped (the guarantee is stated for Gaussian noise itself);
 noise is drawn for many inputs per forward pass, at most ``batch_size`` noisy inputs at a time,
-from a generator seeded per call, so the same seed on the same device gives the same result.
+each input from its own generator seeded by the call's seed and its index: the same seed and
+``batch_size`` on the same device give the same result, whichever inputs are certified together.
 """
 
 from __future__ import annotations
@@ -142,11 +143,12 @@ class Smooth(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.counts(x, self.votes, self.seed).to(torch.float32)
 
-    def predict(self, x: torch.Tensor, n: int, alpha: float, seed: int = 0) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, n: int, alpha: float, seed: int = 0, offset: int = 0,
+                ) -> torch.Tensor:
         """PREDICT: the smoothed class of every input, or ``ABSTAIN`` (−1) where the top two
         counts of ``n`` draws do not differ at level ``alpha`` (two-sided binomial test)."""
         _check_settings(self.sigma, 1, n, alpha)
-        counts = self.counts(x, n, seed).cpu()
+        counts = self.counts(x, n, seed, offset).cpu()
         top = counts.topk(2, dim=1)
         predictions = top.indices[:, 0].clone()
         for i, (first, second) in enumerate(top.values.tolist()):
@@ -155,13 +157,13 @@ class Smooth(nn.Module):
         return predictions
 
     def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float, seed: int = 0,
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                offset: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """CERTIFY: per input the class (``ABSTAIN`` where ``p_A ≤ 1/2``), the certified L2
         radius ``σ · Φ⁻¹(p_A)`` (0 where abstaining) and the lower bound ``p_A`` itself."""
         _check_settings(self.sigma, n0, n, alpha)
-        generator = self._generator(x, seed)
-        selected = self._counts(x, n0, generator).argmax(dim=1).cpu()
-        estimated = self._counts(x, n, generator).cpu()
+        generators = self._generators(x, seed, offset)
+        selected = self._counts(x, n0, generators).argmax(dim=1).cpu()
+        estimated = self._counts(x, n, generators).cpu()
         top_count = estimated.gather(1, selected.view(-1, 1)).squeeze(1).numpy()
         p_lower = clopper_pearson_lower(top_count, n, alpha)
         certified = p_lower > 0.5
@@ -169,29 +171,39 @@ class Smooth(nn.Module):
         predictions = torch.where(torch.from_numpy(certified), selected, ABSTAIN)
         return predictions, torch.from_numpy(radii), torch.from_numpy(p_lower)
 
-    def counts(self, x: torch.Tensor, num: int, seed: int = 0) -> torch.Tensor:
+    def counts(self, x: torch.Tensor, num: int, seed: int = 0, offset: int = 0) -> torch.Tensor:
         """How often ``base`` gives each class on ``num`` noisy copies of each input."""
-        return self._counts(x, num, self._generator(x, seed))
+        return self._counts(x, num, self._generators(x, seed, offset))
 
-    def _generator(self, x: torch.Tensor, seed: int) -> torch.Generator:
+    def _generators(self, x: torch.Tensor, seed: int, offset: int) -> list[torch.Generator]:
+        """One generator per input, seeded by ``seed`` and the input's index ``offset + i`` in its
+        data set: the noise an input gets depends on neither its batch nor its neighbours."""
         check_inputs(x, self.input_shape)
-        return torch.Generator(device=model_device(self.base)).manual_seed(seed)
+        device = model_device(self.base)
+        states = (np.random.SeedSequence(seed, spawn_key=(offset + i,)) for i in range(len(x)))
+        return [torch.Generator(device=device).manual_seed(int(state.generate_state(1)[0]))
+                for state in states]
 
-    def _counts(self, x: torch.Tensor, num: int, generator: torch.Generator) -> torch.Tensor:
+    def _counts(self, x: torch.Tensor, num: int, generators: list[torch.Generator],
+                ) -> torch.Tensor:
         device = model_device(self.base)
         counts = torch.zeros(len(x), self.num_classes, dtype=torch.int64, device=device)
-        per_pass = max(1, self.batch_size // num)
+        block = min(num, self.batch_size)  # an input's noise comes in blocks of this many draws
+        per_pass = max(1, self.batch_size // block)
         with eval_mode(self.base), torch.no_grad():
             for start in range(0, len(x), per_pass):
                 group = x[start : start + per_pass].to(device)
                 remaining = num
                 while remaining:
-                    draws = min(remaining, max(1, self.batch_size // len(group)))
-                    batch = group.repeat_interleave(draws, dim=0)
-                    noise = torch.randn(batch.shape, generator=generator, device=device)
-                    labels = self.base(batch + self.sigma * noise).argmax(dim=1)
-                    votes = nn.functional.one_hot(labels, self.num_classes).view(
-                        len(group), draws, self.num_classes)
-                    counts[start : start + len(group)] += votes.sum(dim=1)
+                    draws = min(remaining, block)
+                    noise = torch.cat([
+                        torch.randn((draws, *group.shape[1:]), generator=generator,
+                                    device=device)
+                        for generator in generators[start : start + len(group)]])
+                    batch = group.repeat_interleave(draws, dim=0) + self.sigma * noise
+                    votes = nn.functional.one_hot(self.base(batch).argmax(dim=1),
+                                                  self.num_classes)
+                    counts[start : start + len(group)] += votes.view(
+                        len(group), draws, self.num_classes).sum(dim=1)
                     remaining -= draws
         return counts

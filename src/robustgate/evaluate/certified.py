@@ -83,8 +83,8 @@ class Certificates:
         writer = csv.writer(buffer)
         writer.writerow(FIELDS)
         for i in range(len(self)):
-            writer.writerow([i, self.labels[i], self.predictions[i], f"{self.radii[i]:.6g}",
-                             f"{self.p_lower[i]:.8g}", f"{self.seconds[i]:.4g}"])
+            writer.writerow([i, self.labels[i], self.predictions[i], f"{self.radii[i]:.17g}",
+                             f"{self.p_lower[i]:.17g}", f"{self.seconds[i]:.4g}"])
         atomic_write_text(path, buffer.getvalue())
 
     @classmethod
@@ -119,9 +119,9 @@ def certify_smoothed(
     seed: int = 0, chunk: int = 100, partial: str | Path | None = None, progress: bool = True,
     description: str = "certify",
 ) -> Certificates:
-    """Certificates of ``smooth`` on ``(x, y)``, ``chunk`` inputs at a time; the chunk starting at
-    sample ``i`` draws its noise from seed ``seed + i``, so a run resumed from ``partial`` (the
-    certificates so far, rewritten after every chunk) ends as an uninterrupted one."""
+    """Certificates of ``smooth`` on ``(x, y)``, ``chunk`` inputs at a time; sample ``i`` draws
+    its noise from ``seed`` and ``i``, so a run resumed from ``partial`` (the certificates so far,
+    rewritten after every chunk) ends as an uninterrupted one."""
     check_labels(y, len(x), smooth.num_classes)
     done = _read_partial(partial, y)
     with tqdm(total=len(x), initial=len(done), desc=description, disable=not progress,
@@ -129,7 +129,8 @@ def certify_smoothed(
         for start in range(len(done), len(x), chunk):
             began = time.perf_counter()
             batch = x[start : start + chunk]
-            predictions, radii, p_lower = smooth.certify(batch, n0, n, alpha, seed=seed + start)
+            predictions, radii, p_lower = smooth.certify(batch, n0, n, alpha, seed=seed,
+                                                         offset=start)
             seconds = np.full(len(batch), (time.perf_counter() - began) / len(batch))
             done = done.concatenate(Certificates(y[start : start + chunk].cpu().numpy(),
                                                  predictions.numpy(), radii.numpy(),

@@ -1,0 +1,157 @@
+"""Noise-augmented training from a config, validated by certification, and the certify command:
+records, summary, resumption, and bad settings refused before anything is written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from robustgate.certify import Smooth
+from robustgate.cli import main
+from robustgate.evaluate import Certificates, certified_metrics, certify_smoothed
+from robustgate.losses import make_loss, soft_smoothed_radius
+from robustgate.models import MLP
+from robustgate.threat import ThreatModel
+from tests.conftest import Linear
+
+TRAIN = {
+    "name": "smoothed", "data": {"name": "twogauss", "validation_size": 100},
+    "model": {"architecture": "MLP", "arguments": {"in_features": 2, "hidden": [16]}},
+    "loss": {"name": "gaussian", "params": {"sigma_train": 0.1}},
+    "train": {"epochs": 2, "batch_size": 50, "lr": 0.05},
+    "validation": {"eps": 0.05, "limit": 50, "smoothing": {"sigma": 0.1, "n0": 10, "n": 100},
+                   "select": {"metric": "certified_accuracy"}},
+}
+
+
+@pytest.fixture(scope="module")
+def smoothed_checkpoint(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("train")
+    (directory / "smoothed.yaml").write_text(json.dumps(TRAIN))
+    assert main(["train", str(directory / "smoothed.yaml"), "--out", str(directory / "run"),
+                 "--quiet"]) == 0
+    return directory / "run" / "best.safetensors"
+
+
+def test_validation_by_certification_chooses_the_best_epoch(smoothed_checkpoint):
+    log = [json.loads(line) for line in
+           (smoothed_checkpoint.parent / "log.jsonl").read_text().splitlines()]
+    validated = [entry["validation"] for entry in log]
+    assert all({"certified_accuracy", "certified_robust_inaccuracy", "abstain_rate"}
+               <= set(v) for v in validated)
+    assert max(v["certified_accuracy"] for v in validated) > 0.5
+
+
+def test_certify_command_summarizes_resumes_and_says_what_it_certified(
+        smoothed_checkpoint, tmp_path, capsys):
+    arguments = ["certify", str(smoothed_checkpoint), "--method", "smoothing", "--sigma", "0.2",
+                 "--n0", "10", "--n", "200", "--alpha", "0.01", "--data", "twogauss",
+                 "--limit", "30", "--radii", "0", "0.1", "1.0", "--quiet", "--out"]
+    out = tmp_path / "certified"
+    assert main([*arguments, str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "trained at sigma_train 0.1, certified at sigma 0.2" in printed
+    assert "above it, certified for no input at these settings: l2 1" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sigma_train"] == 0.1 and summary["samples"] == 30
+    assert summary["metrics"]["l2 1"]["above_max_certifiable"]
+    assert summary["metrics"]["l2 1"]["certified_accuracy"] == 0
+    certificates = Certificates.read_csv(out / "certificates.csv")
+    assert len(certificates) == 30
+    (out / "certificates.csv").rename(out / "certificates.partial.csv")
+    first = certificates.radii
+    kept = Certificates(*(getattr(certificates, name)[:10] for name in
+                          ("labels", "predictions", "radii", "p_lower", "seconds")))
+    kept.to_csv(out / "certificates.partial.csv")
+    assert main([*arguments, str(out)]) == 0
+    assert np.array_equal(Certificates.read_csv(out / "certificates.csv").radii, first)
+    assert main([*arguments[:5], "0.3", *arguments[6:], str(out)]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, message", [
+    (("--sigma", "-1"), "sigma"), (("--n0", "500"), "n0=500 selection draws exceed"),
+    (("--alpha", "1.5"), "alpha"), (("--radii", "-0.5"), "eps"),
+])
+def test_bad_settings_are_refused_before_anything_is_written(
+        smoothed_checkpoint, tmp_path, capsys, change, message):
+    arguments = {"--sigma": "0.1", "--n0": "10", "--n": "100", "--alpha": "0.01",
+                 "--radii": "0.1"}
+    arguments[change[0]] = change[1]
+    out = tmp_path / "never"
+    flat = [item for pair in arguments.items() for item in pair]
+    assert main(["certify", str(smoothed_checkpoint), *flat, "--data", "twogauss", "--quiet",
+                 "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_certified_records_count_abstentions_as_inaccurate_and_uncertified():
+    certificates = Certificates(labels=[0, 1, 1, 0], predictions=[0, 1, -1, 1],
+                                radii=[0.3, 0.05, 0.0, 0.4], p_lower=[0.99, 0.7, 0.5, 0.99],
+                                seconds=[0.1] * 4)
+    records = certificates.records(ThreatModel("linf", 0.1), [0.1], dimension=4)
+    assert records.robust_at(0.1).tolist() == [True, False, False, True]  # needs L2 0.2
+    metrics = certified_metrics(records, 0.1)
+    assert metrics["certified_accuracy"] == 0.25 and metrics["certified_robust_inaccuracy"] == 0.25
+    assert metrics["abstain_rate"] == 0.25
+    assert certified_metrics(records, 0.0)["certified_robust_inaccuracy"] == 0.25
+
+
+def test_certify_smoothed_resumes_to_the_same_certificates(tmp_path):
+    model = Linear(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), torch.tensor([-0.5, 0.5]))
+    x = torch.rand(25, 2, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] < 0.5).long()
+    smooth = Smooth(model, 2, 0.1)
+    whole = certify_smoothed(smooth, x, y, 10, 100, 0.01, chunk=10, progress=False)
+    partial = tmp_path / "partial.csv"
+    certify_smoothed(smooth, x[:10], y[:10], 10, 100, 0.01, chunk=10, partial=partial,
+                     progress=False)
+    resumed = certify_smoothed(smooth, x, y, 10, 100, 0.01, chunk=10, partial=partial,
+                               progress=False)
+    assert np.array_equal(resumed.radii, whole.radii)
+
+
+def test_noise_losses():
+    model = MLP(2, 3, (8,))
+    x, y = torch.rand(6, 2), torch.tensor([0, 1, 2, 0, 1, 2])
+    for name in ("gaussian", "cra"):
+        loss = make_loss(name, sigma_train=0.1)(model, x, y)
+        assert loss.shape == (6,) and torch.isfinite(loss).all()
+        loss.sum().backward()
+    with pytest.raises(ValueError, match="sigma_train"):
+        make_loss("gaussian", sigma_train=0)
+    with pytest.raises(ValueError, match="copies"):
+        make_loss("cra", sigma_train=0.1, copies=1)
+
+
+def test_soft_smoothed_radius_by_hand():
+    """Two copies whose softmaxes (temperature 1) are (0.9, 0.1) and (0.7, 0.3): the mean is
+    (0.8, 0.2), so the radius is σ/2 · (Φ⁻¹(0.8) − Φ⁻¹(0.2)) = σ · Φ⁻¹(0.8)."""
+    logits = torch.log(torch.tensor([[[0.9, 0.1], [0.7, 0.3]]]))
+    radius = soft_smoothed_radius(logits, sigma=0.5, temperature=1.0)
+    assert float(radius) == pytest.approx(0.5 * 0.8416212, rel=1e-5)
+
+
+def test_cra_shrinks_the_radius_of_an_inaccurate_sample():
+    """On a sample the model gets wrong, CRA's gradient step lowers the soft radius."""
+    torch.manual_seed(0)
+    model = Linear(torch.tensor([[4.0, 0.0], [-4.0, 0.0]]), torch.tensor([-2.0, 2.0]))
+    x, wrong = torch.tensor([[0.9, 0.5]]), torch.tensor([1])
+    loss = make_loss("cra", sigma_train=0.1, beta=0.0, copies=64)
+
+    def radius() -> float:
+        noisy = x.repeat(256, 1) + 0.1 * torch.randn(256, 2)
+        with torch.no_grad():
+            return float(soft_smoothed_radius(model(noisy).view(1, 256, 2), 0.1, 4.0))
+
+    before = radius()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(50):
+        optimizer.zero_grad()
+        loss(model, x, wrong).sum().backward()
+        optimizer.step()
+    assert radius() < 0.5 * before
