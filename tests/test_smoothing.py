@@ -160,3 +160,35 @@ def test_an_inputs_noise_depends_on_its_index_not_on_the_inputs_beside_it():
     pieces = [Smooth(hyperplane(), 2, SIGMA, batch_size=70).certify(
         x[start : start + 4], 10, 300, 0.01, seed=5, offset=start) for start in (0, 4, 8)]
     assert torch.equal(whole[2], torch.cat([piece[2] for piece in pieces]))
+
+
+def test_the_certified_count_holds_for_the_deployed_composition():
+    """A smoothed hyperplane branch (class 0 right of ``x_0 = 0.5``) composed with a core that
+    always answers 1, at L2 eps = 0.05. Every input counted as certified keeps its right answer
+    at its worst reachable input (moved eps towards the boundary), the deployed selector
+    certifying afresh there; counting stability at (κ+1)·eps instead would over-count."""
+    from robustgate.compose import ComposedClassifier
+    from robustgate.evaluate import Certificates, Records, Selection, compose_records
+    from robustgate.select import SmoothingSelector
+
+    eps, n0, n, alpha = 0.05, 50, 1000, 0.01
+    distances = torch.cat([torch.linspace(0.09, 0.13, 300), torch.linspace(0.13, 0.3, 100)])
+    x, y = at_distance(distances), torch.zeros(400, dtype=torch.int64)
+    smooth = Smooth(hyperplane(), 2, SIGMA, batch_size=50_000)
+    predictions, radii, p_lower = smooth.certify(x, n0, n, alpha, seed=1)
+    branch = Certificates(y.numpy(), predictions.numpy(), radii.numpy(), p_lower.numpy(),
+                          np.zeros(400))
+    core = Linear(torch.tensor([[0.0, 0.0], [0.0, 0.0]]), torch.tensor([0.0, 1.0]))
+    core_records = Records(y.numpy(), np.ones(400, np.int64), {eps: np.zeros(400, bool)})
+    threat = ThreatModel("l2", eps)
+    selection = Selection.smoothing(branch, eps, eps, SIGMA, n0, n, alpha)
+    counted = compose_records(branch.records(threat, [eps], 2), core_records,
+                              selection).robust_at(eps)
+    deployed = ComposedClassifier(smooth, SmoothingSelector(smooth, eps, n0, n, alpha, seed=2),
+                                  core)
+    worst = x - torch.tensor([eps, 0.0])
+    right_at_worst = (deployed.predict(worst)[0] == 0).numpy()
+    assert counted.sum() > 100
+    assert right_at_worst[counted].mean() >= 1 - 2 * alpha
+    naive = branch.certified_at(2 * eps)
+    assert (naive & ~right_at_worst).sum() > 5  # 9 with these seeds

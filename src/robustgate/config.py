@@ -217,12 +217,14 @@ class ValidationSettings(_Strict):
 
 class TrainSpec(_Strict):
     """One model to train: architecture (and checkpoint to start from), loss, optimizer and
-    validation."""
+    validation; with ``smoothing``, the model is deployed smoothed and evaluated by certifying
+    it (``certify.Smooth``) instead of attacking it."""
 
     model: ModelSettings
     loss: LossSettings = Field(default_factory=LossSettings)
     train: OptimizerSettings = Field(default_factory=OptimizerSettings)
     validation: ValidationSettings | None = None
+    smoothing: SmoothingSettings | None = None
 
 
 class TrainRunConfig(TrainSpec):
@@ -240,9 +242,20 @@ class EvaluationSettings(_Strict):
     limit: int | None = Field(None, ge=1)
     batch_size: int = Field(500, ge=1)
     autoattack_check: int = Field(0, ge=0)
+    # smoothed models are certified on the first ``certify_limit`` test points, summarized at
+    # ``certified_radii`` (in the threat's norm; Linf through the covering L2 radius) and eps
+    certify_limit: int | None = Field(500, ge=1)
+    certified_radii: list[float] = Field(default_factory=list)
+
+    @field_validator("certified_radii")
+    @classmethod
+    def _check_radii(cls, radii: list[float]) -> list[float]:
+        if any(not radius >= 0 for radius in radii):
+            raise ValueError(f"every certified radius must be >= 0, got {radii}")
+        return sorted(set(radii))
 
 
-SELECTORS = ("robustness", "softmax_response", "entropy", "gate", "mixing")
+SELECTORS = ("robustness", "smoothing", "softmax_response", "entropy", "gate", "mixing")
 
 
 DEFAULT_KAPPAS = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
@@ -271,13 +284,14 @@ class CompositionSettings(_Strict):
     confidence measure (``softmax_response``, ``entropy``), a learned ``gate``, or ``mixing``
     (the soft mixing baseline; it never abstains). Thresholds (and the mixing weight) are chosen
     on validation data for ``coverage`` or ``selective_accuracy`` when given, else to match the
-    composed natural accuracy of the robustness selector at ``κ = 1`` on the same branch."""
+    composed natural accuracy of the robustness selector at ``κ = 1`` on the same branch.
+    ``smoothing`` (a smoothed branch, certified on ``B(x', κ·eps)``, ``κ = kappa``) gives a
+    certified composition, counted on the certified test points."""
 
     branch: str | list[str]
     core: str
-    selector: Literal["robustness", "softmax_response", "entropy", "gate", "mixing"] = (
-        "robustness"
-    )
+    selector: Literal["robustness", "smoothing", "softmax_response", "entropy", "gate",
+                      "mixing"] = "robustness"
     coverage: float | None = Field(None, gt=0, le=1)
     selective_accuracy: float | None = Field(None, gt=0, le=1)
     kappa: float = Field(1.0, ge=1)
@@ -285,7 +299,11 @@ class CompositionSettings(_Strict):
 
     @model_validator(mode="after")
     def _one_knob(self) -> CompositionSettings:
-        if self.selector != "robustness" and (self.kappa != 1 or self.operating_point):
+        if self.selector == "smoothing" and (self.operating_point or len(self.branches) > 1):
+            raise ValueError("the smoothing selector composes one branch at a given kappa: give "
+                             "no operating_point and no chain with it")
+        if self.selector not in ("robustness", "smoothing") and (self.kappa != 1
+                                                                 or self.operating_point):
             raise ValueError(f"kappa and operating_point are the robustness selector's; the "
                              f"{self.selector} selector takes neither")
         if self.operating_point is not None and (self.kappa != 1 or len(self.branches) > 1):
@@ -307,6 +325,8 @@ class CompositionSettings(_Strict):
     @property
     def label(self) -> str:
         chain = "→".join([*self.branches, self.core])
+        if self.selector == "smoothing":
+            return f"{chain} [smoothing" + ("]" if self.kappa == 1 else f", κ = {self.kappa:g}]")
         if self.selector != "robustness":
             return f"{chain} [{self.selector}]"
         if self.operating_point is not None:

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from robustgate.certify import stable_radius
+from robustgate.evaluate.certified import Certificates
 from robustgate.evaluate.records import Records
 
 
@@ -80,6 +82,31 @@ class Selection:
         unreachable = (~branch.robust_at(inner) if kappa > 1 and branch.has_radius(inner)
                        else np.zeros(len(branch), bool))
         return cls(eps, selected, stable, np.ones(len(branch), bool), unreachable)
+
+    @classmethod
+    def smoothing(cls, branch: Certificates, eps: float, l2_radius: float, sigma: float, n0: int,
+                  n: int, alpha: float, kappa: float = 1.0) -> Selection:
+        """The smoothing selector deployed at ``κ·eps``: it selects ``x'`` where
+        ``certify(x', n0, n, α)`` certifies the branch's smoothed class on the L2 ball of
+        ``κ·l2_radius`` (``l2_radius`` covers the threat ball of ``eps``).
+
+        - Stable where the certified radius at ``x`` reaches ``certify.stable_radius``: then the
+          deployed selector selects every reachable ``x'``, with the class certified at ``x``,
+          with probability at least ``1 − α`` each. A Monte-Carlo radius at ``x'`` can fall below
+          ``κ·l2_radius`` where the exact one clears it, so ``(κ+1)·l2_radius`` alone would not do.
+        - Consistent everywhere: a selection at ``x'`` certifies ``g`` on ``B(x', κ·l2_radius)``,
+          which holds ``x``, so ``g(x') = g(x)`` unless that certificate fails (probability α).
+        - Nothing is counted as unreachable.
+
+        Per input the count thus holds with probability at least ``1 − 2α`` (the certificate at
+        ``x`` and the deployed selector's, a union bound)."""
+        if not kappa >= 1:
+            raise ValueError(f"the smoothing selector's kappa must be >= 1, got {kappa}")
+        selected = branch.certified_at(kappa * l2_radius)
+        stable = branch.certified_at(
+            stable_radius(sigma, kappa * l2_radius, l2_radius, n0, n, alpha))
+        none = np.zeros(len(branch), bool)
+        return cls(eps, selected, stable, ~none, none)
 
     @classmethod
     def scores(cls, branch: Records, selected: np.ndarray, eps: float) -> Selection:

@@ -3,7 +3,9 @@ attack on the test split, compose them, check the attack against full AutoAttack
 
 The run directory holds ``config.json``, ``models/<name>/`` (training runs, resumable),
 ``records/test/<name>.csv`` (per-sample records, resumable), ``autoattack/<name>.csv`` (the
-AutoAttack check), the compositions' files (``pipeline.compositions``), ``metrics.json``, and
+AutoAttack check), the compositions' files (``pipeline.compositions``), the smoothed models'
+certificates and the certified compositions' records (``pipeline.certified``), ``metrics.json``,
+and
 ``report.md`` and ``report.html`` (``report.run_report``).
 """
 
@@ -20,10 +22,15 @@ from robustgate.attacks import make_attack
 from robustgate.config import ExperimentConfig
 from robustgate.data import load_dataset
 from robustgate.device import resolve_device
-from robustgate.evaluate import Records, evaluate_or_resume, robustness_metrics
+from robustgate.evaluate import Certificates, Records, evaluate_or_resume, robustness_metrics
 from robustgate.evaluate.operating_points import sweep_radii
 from robustgate.io import atomic_write_json
 from robustgate.models import load_checkpoint
+from robustgate.pipeline.certified import (
+    certified_composition,
+    certified_model_metrics,
+    certify_or_resume,
+)
 from robustgate.pipeline.compositions import CompositionEvaluator
 from robustgate.pipeline.run_directory import check_run_directory, say
 from robustgate.report.run_report import write_reports
@@ -44,6 +51,14 @@ def _check_model_references(config: ExperimentConfig) -> None:
             if name not in config.models:
                 raise ValueError(f"composition {role} {name!r} is not a model of the config; "
                                  f"models: {sorted(config.models)}")
+        smoothed = [name for name in composition.branches
+                    if config.models[name].smoothing is not None]
+        certified = composition.selector == "smoothing"
+        if certified != bool(smoothed) or (not certified
+                                           and config.models[composition.core].smoothing):
+            raise ValueError(f"composition {composition.label!r}: the smoothing selector takes a "
+                             "smoothed branch (a model with smoothing settings), and smoothed "
+                             "models compose only under it")
 
 
 def run_experiment(
@@ -77,9 +92,24 @@ def run_experiment(
     attack = settings.attack.build(config.seed)
     branches = {name for composition in config.compositions for name in composition.branches}
     records: dict[str, Records] = {}
+    certificates: dict[str, Certificates] = {}
     models = {}
+    metrics: dict[str, Any] = {}
+    x_certified, y_certified = x_test[: settings.certify_limit], y_test[: settings.certify_limit]
+    dimension = x_test[0].numel()
     for name, path in checkpoints.items():
-        models[name], _ = load_checkpoint(path, device)
+        models[name], checkpoint_metadata = load_checkpoint(path, device)
+        smoothing = config.models[name].smoothing
+        if smoothing is not None:
+            say(f"[{name}] certifying (smoothing sigma {smoothing.sigma:g}, n {smoothing.n}) on "
+                f"{len(y_certified)} test points", progress)
+            certificates[name] = certify_or_resume(
+                out / "certificates" / "test" / f"{name}.csv", models[name], smoothing,
+                x_certified, y_certified, progress, name)
+            metrics[name] = certified_model_metrics(
+                certificates[name], smoothing, threat, settings.certified_radii, dimension,
+                checkpoint_metadata.get("sigma_train"))
+            continue
         radii = _radii(config, name, eps) if name in branches else [eps]
         say(f"[{name}] evaluating with {settings.attack.name} at eps "
              + " and ".join(f"{r:g}" for r in radii), progress)
@@ -88,14 +118,22 @@ def run_experiment(
             radii, attack, batch_size=settings.batch_size, progress=progress, description=name,
         )
 
-    metrics: dict[str, Any] = {
+    metrics.update({
         name: robustness_metrics(r.accurate, r.robust_at(eps)) for name, r in records.items()
-    }
+    })
     evaluator = CompositionEvaluator(config, out, models, records, (x_test, y_test),
                                      validation, threat, attack, device, progress)
     for composition in config.compositions:
-        metrics[composition.label] = evaluator.evaluate(composition)
-    check = _autoattack_check(models, records, x_test, y_test, threat, config, out, progress)
+        if composition.selector == "smoothing":
+            branch = composition.branches[0]
+            metrics[composition.label] = certified_composition(
+                composition, certificates[branch], config.models[branch].smoothing,
+                certificates.get(composition.core, records.get(composition.core)), threat,
+                dimension, out, progress)
+        else:
+            metrics[composition.label] = evaluator.evaluate(composition)
+    attacked = {name: model for name, model in models.items() if name in records}
+    check = _autoattack_check(attacked, records, x_test, y_test, threat, config, out, progress)
     result = {"test": metrics, "autoattack_check": check,
               "attack": settings.attack.name, "eps": eps,
               "samples": len(y_test), "wall_time_s": round(time.perf_counter() - started, 1)}

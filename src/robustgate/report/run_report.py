@@ -3,7 +3,8 @@ file, the same tables and the plots embedded).
 
 It reads what the run wrote: ``config.json``, ``metrics.json``, ``records/test/<model>.csv``,
 ``records/composed/<composition>.csv`` (sound form), ``records/adaptive/<composition>.csv``
-and ``selection/<composition>.csv`` (scores and routes).
+and ``selection/<composition>.csv`` (scores and routes); smoothed models and certified
+compositions from ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -62,7 +63,22 @@ class Run:
 
     @property
     def compositions(self) -> list[CompositionSettings]:
-        return self.config.compositions
+        """The empirical compositions (the certified ones: :attr:`certified_compositions`)."""
+        return [c for c in self.config.compositions if c.selector != "smoothing"]
+
+    @property
+    def certified_compositions(self) -> list[CompositionSettings]:
+        return [c for c in self.config.compositions if c.selector == "smoothing"]
+
+    @property
+    def smoothed_models(self) -> list[str]:
+        return [name for name, spec in self.config.models.items() if spec.smoothing is not None]
+
+    @property
+    def empirical_metrics(self) -> dict[str, dict[str, Any]]:
+        """Metrics of the models attacked and of the empirical compositions."""
+        certified = {*self.smoothed_models, *(c.label for c in self.certified_compositions)}
+        return {name: values for name, values in self.metrics.items() if name not in certified}
 
     def records(self, kind: str, name: str) -> Records | None:
         """``records/<kind>/<name>.csv`` (read once), or ``None`` where the run has none."""
@@ -88,7 +104,7 @@ def _model_section(run: Run) -> Section:
     keys = ["natural_accuracy", "robust_accuracy", "robust_inaccuracy", "non_robust",
             "selection_rate", "selected_accuracy", "unattacked_robust_accuracy"]
     rows = [[name, *[_percent(values.get(key)) for key in keys]]
-            for name, values in run.metrics.items()]
+            for name, values in run.empirical_metrics.items()]
     evaluation = run.config.evaluation
     return Section(
         "Models and compositions (compositions counted in the sound form)", columns, rows,
@@ -105,6 +121,65 @@ def _model_section(run: Run) -> Section:
          "column takes the selection on the clean input (the paper's Figure 1): not a robust "
          "accuracy. The mixing baseline's robust figures are on the adaptive subset. Wall time "
          f"{run.result['wall_time_s']:.0f} s."])
+
+
+def _certified_models_section(run: Run) -> Section | None:
+    """Certified metrics of the smoothed models at every radius summarized."""
+    if not run.smoothed_models:
+        return None
+    columns = ["model", "σ (σ_train)", "radius", "L2 radius", "natural (smoothed)", "certified",
+               "certified robust inaccuracy", "abstain", "s per input"]
+    rows, notes = [], []
+    for name in run.smoothed_models:
+        values = run.metrics[name]
+        train = "–" if values["sigma_train"] is None else f"{values['sigma_train']:g}"
+        for radius, at in values["by_radius"].items():
+            flag = " (above the largest certifiable)" if at["above_max_certifiable"] else ""
+            rows.append([name, f"{values['sigma']:g} ({train})", radius,
+                         f"{at['l2_radius']:.3g}{flag}", _percent(at["natural_accuracy"]),
+                         _percent(at["certified_accuracy"]),
+                         _percent(at["certified_robust_inaccuracy"]),
+                         _percent(at["abstain_rate"]), f"{values['mean_seconds_per_sample']:.3g}"])
+        notes.append(f"{name}: smoothed at σ = {values['sigma']:g}, N = {values['n']}, α = "
+                     f"{values['alpha']:g} on {values['samples']} test points; no L2 radius "
+                     f"above {values['max_certifiable_l2_radius']:.3g} can be certified there.")
+    norm = run.config.evaluation.threat.norm
+    if norm == "linf":
+        notes.append("Linf radii are certified through the L2 ball that covers them "
+                     "(eps·√d).")
+    notes.append("Certified: the smoothed prediction is right and certified at the radius; "
+                 "certified robust inaccuracy: certified and wrong; an abstention counts as "
+                 "wrong and certifies nothing.")
+    return Section("Certified models (randomized smoothing)", columns, rows, notes,
+                   plots.certified_curves(run.metrics, run.smoothed_models))
+
+
+def _certified_compositions_section(run: Run) -> Section | None:
+    if not run.certified_compositions:
+        return None
+    columns = ["composition", "natural", "core natural", "certified (sound)", "95% interval",
+               "certified robust inaccuracy", "selection rate", "stable", "stable at L2",
+               "if the selector were not attacked"]
+    rows, notes = [], []
+    for composition in run.certified_compositions:
+        values = run.metrics[composition.label]
+        rows.append([composition.label, _percent(values["natural_accuracy"]),
+                     _percent(values["core_natural_accuracy"]),
+                     _percent(values["certified_accuracy"]),
+                     _interval(values["certified_accuracy_interval"]),
+                     _percent(values["certified_robust_inaccuracy"]),
+                     _percent(values["selection_rate"]), _percent(values["stable_rate"]),
+                     f"{values['stable_l2_radius']:.3g}",
+                     _percent(values["certified_accuracy_if_selector_not_attacked"])])
+        notes.append(f"{composition.label}: the selector certifies the branch on the L2 ball of "
+                     f"{values['selector_l2_radius']:.3g} around the input it sees; a selection "
+                     f"counts as stable where the certified radius at the clean input reaches "
+                     f"{values['stable_l2_radius']:.3g}, the margin that makes the deployed "
+                     f"Monte-Carlo selector select every reachable input; {values['guarantee']}.")
+    notes.append("A standard core has no certificate: it adds natural accuracy only, so the "
+                 "certified figure is the branch right and its selection stable. The last column "
+                 "takes the selection on the clean input: not a certified accuracy.")
+    return Section("Certified compositions (smoothing selector)", columns, rows, notes)
 
 
 def _interval(interval: list[float] | None) -> str:
@@ -318,10 +393,11 @@ def _sections(run: Run) -> list[Section]:
     if selective is not None:
         selective.figure = plots.risk_coverage(curves)
     models = _model_section(run)
-    models.figure = plots.robust_vs_inaccuracy(run.metrics, run.config)
+    models.figure = plots.robust_vs_inaccuracy(run.empirical_metrics, run.config)
     adaptive = _adaptive_section(run)
     adaptive.figure = plots.composed_accuracies(run.metrics, run.compositions)
-    sections = [models, _operating_point_section(run), _matched_section(run),
+    sections = [models, _certified_models_section(run), _certified_compositions_section(run),
+                _operating_point_section(run), _matched_section(run),
                 adaptive if adaptive.rows else None,
                 _threshold_section(run), _routes_section(run), selective,
                 _autoattack_section(run)]

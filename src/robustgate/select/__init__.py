@@ -10,6 +10,7 @@ from robustgate.select.calibration import (
 from robustgate.select.confidence import MEASURES, ConfidenceSelector, confidence
 from robustgate.select.gate import GateSelector, train_gate
 from robustgate.select.robustness import RobustnessSelector, logit_margin
+from robustgate.select.smoothing import SmoothingSelector
 
 __all__ = [
     "MEASURES",
@@ -17,6 +18,7 @@ __all__ = [
     "GateSelector",
     "RobustnessSelector",
     "Selector",
+    "SmoothingSelector",
     "ThresholdSelector",
     "confidence",
     "logit_margin",
