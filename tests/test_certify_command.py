@@ -155,3 +155,57 @@ def test_cra_shrinks_the_radius_of_an_inaccurate_sample():
         loss(model, x, wrong).sum().backward()
         optimizer.step()
     assert radius() < 0.5 * before
+
+
+CERTIFIED_EXPERIMENT = {
+    "name": "certified", "data": {"name": "twogauss", "validation_size": 100},
+    "models": {
+        "core": {"model": {"architecture": "MLP", "arguments": {"in_features": 2,
+                                                                "hidden": [16]}},
+                 "train": {"epochs": 2, "batch_size": 50, "lr": 0.05}},
+        "noisy": {**{key: TRAIN[key] for key in ("model", "loss", "train")},
+                  "smoothing": {"sigma": 0.1, "n0": 10, "n": 200, "alpha": 0.01}},
+        "cra": {"model": {**TRAIN["model"], "init": "@noisy"},
+                "loss": {"name": "cra", "params": {"sigma_train": 0.1, "copies": 4}},
+                "train": {"epochs": 1, "batch_size": 50, "lr": 0.01},
+                "smoothing": {"sigma": 0.1, "n0": 10, "n": 200, "alpha": 0.01}},
+    },
+    "evaluation": {"threat": {"norm": "l2", "eps": 0.05}, "attack": {"steps": 5},
+                   "certify_limit": 40, "certified_radii": [0.0, 0.1, 0.5]},
+    "compositions": [{"branch": "noisy", "core": "core", "selector": "smoothing"},
+                     {"branch": "cra", "core": "core", "selector": "smoothing", "kappa": 1.5}],
+    "adaptive": {"limit": 0},
+}
+
+
+def test_a_certified_experiment_end_to_end(tmp_path):
+    from robustgate.config import ExperimentConfig, parse_config
+    from robustgate.pipeline import run_experiment
+
+    config = parse_config(CERTIFIED_EXPERIMENT, ExperimentConfig)
+    result = run_experiment(config, tmp_path, device="cpu", progress=False)["test"]
+    noisy = result["noisy"]
+    assert noisy["samples"] == 40 and noisy["sigma_train"] == 0.1
+    assert set(noisy["by_radius"]) == {"0", "0.05", "0.1", "0.5"}
+    assert noisy["by_radius"]["0.5"]["above_max_certifiable"]
+    composed = result["cra→core [smoothing, κ = 1.5]"]
+    assert composed["samples"] == 40 and composed["stable_l2_radius"] > 2.5 * 0.05
+    assert composed["certified_accuracy"] <= composed["certified_accuracy_if_selector_not_attacked"]
+    assert composed["certified_accuracy"] <= composed["stable_rate"]  # a standard core adds none
+    report = (tmp_path / "report.md").read_text()
+    assert "Certified compositions (smoothing selector)" in report
+    assert "Certified models (randomized smoothing)" in report
+    assert (tmp_path / "certificates" / "test" / "cra.csv").exists()
+
+
+def test_smoothed_models_compose_only_under_the_smoothing_selector(tmp_path):
+    from robustgate.config import ExperimentConfig, parse_config
+    from robustgate.pipeline import run_experiment
+
+    for composition in ({"branch": "noisy", "core": "core"},
+                        {"branch": "core", "core": "core", "selector": "smoothing"}):
+        config = parse_config({**CERTIFIED_EXPERIMENT, "compositions": [composition]},
+                              ExperimentConfig)
+        with pytest.raises(ValueError, match="smoothing selector takes a smoothed branch"):
+            run_experiment(config, tmp_path / "never", device="cpu", progress=False)
+        assert not (tmp_path / "never").exists()
