@@ -1,5 +1,14 @@
-"""Certificates: randomized smoothing (``Smooth``); bound propagation is to come."""
+"""Certificates: randomized smoothing (``Smooth``) and bound propagation (IBP, CROWN)."""
 
+from robustgate.certify.bounds import (
+    METHODS,
+    certify_bounds,
+    crown_bounds,
+    feed_forward_layers,
+    interval_bounds,
+    margin_specification,
+    preactivation_bounds,
+)
 from robustgate.certify.smoothing import (
     ABSTAIN,
     Smooth,
@@ -11,9 +20,16 @@ from robustgate.certify.smoothing import (
 
 __all__ = [
     "ABSTAIN",
+    "METHODS",
     "Smooth",
+    "certify_bounds",
     "clopper_pearson_lower",
     "covering_l2_radius",
+    "crown_bounds",
+    "feed_forward_layers",
+    "interval_bounds",
+    "margin_specification",
     "max_certifiable_radius",
+    "preactivation_bounds",
     "stable_radius",
 ]
