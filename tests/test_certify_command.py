@@ -209,3 +209,25 @@ def test_smoothed_models_compose_only_under_the_smoothing_selector(tmp_path):
         with pytest.raises(ValueError, match="smoothing selector takes a smoothed branch"):
             run_experiment(config, tmp_path / "never", device="cpu", progress=False)
         assert not (tmp_path / "never").exists()
+
+
+def test_certify_command_with_bound_propagation(smoothed_checkpoint, tmp_path, capsys):
+    from robustgate.evaluate import BoundCertificates
+
+    out = tmp_path / "bounds"
+    arguments = ["certify", str(smoothed_checkpoint), "--method", "ibp+crown", "--norm", "linf",
+                 "--radii", "0.01", "0.3", "--data", "twogauss", "--limit", "40",
+                 "--batch-size", "16", "--quiet", "--out", str(out)]
+    assert main(arguments) == 0
+    assert "lower bound of every logit difference" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    small, large = summary["metrics"]["linf 0.01"], summary["metrics"]["linf 0.3"]
+    assert small["certified_accuracy"] >= large["certified_accuracy"]
+    assert small["certified_accuracy"] > 0.5 and small["abstain_rate"] == 0
+    header = (out / "certificates.csv").read_text().splitlines()[0]
+    assert header == ("index,label,prediction,certified@0.01,certified@0.3,margin@0.01,"
+                      "margin@0.3,seconds")
+    certificates = BoundCertificates.read_csv(out / "certificates.csv")
+    assert len(certificates) == 40
+    assert main([*arguments[:-1], str(tmp_path / "no"), "--sigma", "0.1"]) == 2
+    assert "--sigma is for --method smoothing" in capsys.readouterr().err

@@ -175,27 +175,40 @@ def _certify(args: argparse.Namespace) -> int:
     from robustgate.report import metrics_table
     from robustgate.report.tables import CERTIFIED_COLUMNS
 
-    smoothing = parse_config({"sigma": args.sigma, "n0": args.n0, "n": args.n,
-                              "alpha": args.alpha, "batch_size": args.noise_batch,
-                              "seed": args.seed}, SmoothingSettings, "certify")
+    smoothing = None
+    if args.method == "smoothing":
+        if args.sigma is None:
+            raise ValueError("--method smoothing needs --sigma (the smoothing noise)")
+        smoothing = parse_config({"sigma": args.sigma, "n0": args.n0, "n": args.n,
+                                  "alpha": args.alpha, "batch_size": args.noise_batch,
+                                  "seed": args.seed}, SmoothingSettings, "certify")
+    elif args.sigma is not None:
+        raise ValueError(f"--sigma is for --method smoothing, not {args.method}")
     x, y = _split(args)
-    summary = certify_checkpoint(args.checkpoint, x, y, args.out, smoothing, args.norm,
-                                 args.radii, data=args.data, device=resolve_device(args.device),
+    summary = certify_checkpoint(args.checkpoint, x, y, args.out, args.method, args.norm,
+                                 args.radii, smoothing, data=args.data,
+                                 device=resolve_device(args.device), batch_size=args.batch_size,
                                  progress=not args.quiet)
-    largest = summary["max_certifiable_l2_radius"]
     print(metrics_table(summary["metrics"], CERTIFIED_COLUMNS, first="radius"))
-    print(f"smoothing sigma {args.sigma:g}, n0 {args.n0}, n {args.n}, alpha {args.alpha:g}: the "
-          f"largest certifiable L2 radius is {largest:.4g}")
-    above = [radius for radius, row in summary["metrics"].items() if row["above_max_certifiable"]]
-    if above:
-        print(f"radii above it, certified for no input at these settings: {', '.join(above)}")
-    if args.norm == "linf":
-        print("linf radii are certified through the covering L2 radius eps·sqrt(d)")
-    if summary["sigma_train"] is None:
-        print("the checkpoint does not record a training noise sigma_train")
-    elif summary["sigma_differs_from_training"]:
-        print(f"note: trained at sigma_train {summary['sigma_train']:g}, certified at sigma "
-              f"{args.sigma:g}")
+    if smoothing is not None:
+        largest = summary["max_certifiable_l2_radius"]
+        print(f"smoothing sigma {args.sigma:g}, n0 {args.n0}, n {args.n}, alpha {args.alpha:g}: "
+              f"the largest certifiable L2 radius is {largest:.4g}")
+        above = [radius for radius, row in summary["metrics"].items()
+                 if row["above_max_certifiable"]]
+        if above:
+            print(f"radii above it, certified for no input at these settings: "
+                  f"{', '.join(above)}")
+        if args.norm == "linf":
+            print("linf radii are certified through the covering L2 radius eps·sqrt(d)")
+        if summary["sigma_train"] is None:
+            print("the checkpoint does not record a training noise sigma_train")
+        elif summary["sigma_differs_from_training"]:
+            print(f"note: trained at sigma_train {summary['sigma_train']:g}, certified at sigma "
+                  f"{args.sigma:g}")
+    else:
+        print(f"{args.method}: certified where the lower bound of every logit difference "
+              "f_ŷ − f_j over the ball (with the domain) is positive")
     print(f"{len(y)} inputs in {summary['wall_time_s']:.0f} s "
           f"({summary['mean_seconds_per_sample']:.3g} s per input); wrote "
           f"{args.out}/certificates.csv and summary.json")
@@ -328,13 +341,16 @@ def build_parser() -> argparse.ArgumentParser:
     compose.set_defaults(handler=_compose)
 
     certify = commands.add_parser(
-        "certify", help="per-sample certificates of a checkpoint (randomized smoothing) and "
-        "certified metrics at the radii asked for; resumable")
+        "certify", help="per-sample certificates of a checkpoint (randomized smoothing or bound "
+        "propagation) and certified metrics at the radii asked for; resumable")
     certify.add_argument("checkpoint", help="a robustgate .safetensors checkpoint")
-    certify.add_argument("--method", default="smoothing", choices=["smoothing"])
-    certify.add_argument("--sigma", type=float, required=True,
-                         help="smoothing noise (input units); the checkpoint's training noise "
-                         "may differ, which the output says")
+    certify.add_argument("--method", default="smoothing",
+                         choices=["smoothing", "ibp", "crown", "ibp+crown"],
+                         help="randomized smoothing (L2, probabilistic) or bound propagation "
+                         "(deterministic): interval bounds, CROWN, or the better of both")
+    certify.add_argument("--sigma", type=float,
+                         help="smoothing only: the noise (input units); the checkpoint's "
+                         "training noise may differ, which the output says")
     certify.add_argument("--n0", type=int, default=100, help="selection draws (default 100)")
     certify.add_argument("--n", type=int, default=100_000,
                          help="estimation draws (default 100000)")
@@ -342,9 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="each certificate fails with probability at most alpha")
     certify.add_argument("--noise-batch", type=int, default=1000,
                          help="noisy inputs per forward pass (default 1000)")
+    certify.add_argument("--batch-size", type=int, default=256,
+                         help="bound propagation: inputs per batch (default 256)")
     certify.add_argument("--norm", default="l2", choices=["l2", "linf"],
-                         help="norm of --radii; linf radii are certified through the L2 ball "
-                         "that covers them (eps·sqrt(d))")
+                         help="norm of --radii; smoothing certifies linf radii through the L2 "
+                         "ball that covers them (eps·sqrt(d))")
     certify.add_argument("--radii", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
                          help="radii to summarize (default 0 0.25 0.5 0.75 1)")
     _data_options(certify)

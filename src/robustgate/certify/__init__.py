@@ -1,7 +1,7 @@
 """Certificates: randomized smoothing (``Smooth``) and bound propagation (IBP, CROWN)."""
 
 from robustgate.certify.bounds import (
-    METHODS,
+    BOUND_METHODS,
     certify_bounds,
     crown_bounds,
     feed_forward_layers,
@@ -20,7 +20,7 @@ from robustgate.certify.smoothing import (
 
 __all__ = [
     "ABSTAIN",
-    "METHODS",
+    "BOUND_METHODS",
     "Smooth",
     "certify_bounds",
     "clopper_pearson_lower",

@@ -33,7 +33,7 @@ from robustgate.models import MLP
 from robustgate.models.normalize import Normalize
 from robustgate.threat import ThreatModel
 
-METHODS = ("ibp", "crown", "ibp+crown")
+BOUND_METHODS = ("ibp", "crown", "ibp+crown")
 ELEMENTWISE = (Normalize, nn.BatchNorm1d, nn.BatchNorm2d)
 AFFINE = (nn.Linear, nn.Conv2d, nn.Flatten, nn.AvgPool2d, *ELEMENTWISE)
 MONOTONE = (nn.ReLU, nn.MaxPool2d)
@@ -268,8 +268,8 @@ def certify_bounds(model: nn.Module, x: torch.Tensor, threat: ThreatModel,
     """Clean predictions ``ŷ`` and the certified margin: the lower bound of
     ``min_{j≠ŷ} (f_ŷ − f_j)`` over the threat ball by ``method`` (``ibp``, ``crown``, or
     ``ibp+crown``, the larger of the two). A sample is certified where the margin is positive."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in BOUND_METHODS:
+        raise ValueError(f"method must be one of {BOUND_METHODS}, got {method!r}")
     layers = feed_forward_layers(model)
     with torch.no_grad():
         logits = model(x)

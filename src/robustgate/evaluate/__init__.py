@@ -1,7 +1,13 @@
 """Per-sample records, the metrics computed from them, and composition arithmetic."""
 
 from robustgate.evaluate.adaptive import AdaptiveAttack, check_composition
-from robustgate.evaluate.certified import Certificates, certified_metrics, certify_smoothed
+from robustgate.evaluate.certified import (
+    BoundCertificates,
+    Certificates,
+    certified_metrics,
+    certify_smoothed,
+    certify_with_bounds,
+)
 from robustgate.evaluate.composition import Selection, compose_chain, compose_records
 from robustgate.evaluate.grid import Grid
 from robustgate.evaluate.metrics import robustness_metrics, selection_metrics
@@ -10,12 +16,14 @@ from robustgate.evaluate.selective import area_under_risk_coverage, risk_coverag
 
 __all__ = [
     "AdaptiveAttack",
+    "BoundCertificates",
     "Certificates",
     "Grid",
     "Records",
     "Selection",
     "certified_metrics",
     "certify_smoothed",
+    "certify_with_bounds",
     "check_composition",
     "area_under_risk_coverage",
     "compose_chain",
