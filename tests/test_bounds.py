@@ -183,3 +183,46 @@ def test_convolutional_models_are_bounded_and_max_pooling_by_ibp_only():
         certify_bounds(small, x, threat, "crown")
     with pytest.raises(ValueError, match="method"):
         certify_bounds(small, x, threat, "lp")
+
+
+def test_ibp_loss_schedule_and_its_worst_case_bound():
+    from robustgate.losses import make_loss
+
+    torch.manual_seed(0)
+    model = MLP(2, 3, (8,)).eval()
+    x, y = torch.rand(32, 2), torch.randint(0, 3, (32,))
+    natural = torch.nn.functional.cross_entropy(model(x), y, reduction="none")
+    loss = make_loss("ibp", ThreatModel("linf", 0.1), warmup_epochs=1, ramp_epochs=2)
+    loss.set_epoch(0.5)
+    assert torch.allclose(loss(model, x, y), natural)  # warm-up: natural loss only
+    loss.set_epoch(2.0)
+    assert loss.ramp == 0.5
+    halfway = loss(model, x, y)
+    loss.set_epoch(10)
+    full = loss(model, x, y)
+    assert (halfway >= natural - 1e-6).all() and (full >= halfway - 1e-6).all()
+    at_zero = make_loss("ibp", ThreatModel("linf", 0.0), warmup_epochs=0, ramp_epochs=0,
+                        final_natural_weight=0.0)
+    assert torch.allclose(at_zero(model, x, y), natural, atol=1e-5)
+    with pytest.raises(ValueError, match="final_natural_weight"):
+        make_loss("ibp", ThreatModel("linf", 0.1), final_natural_weight=2)
+
+
+def test_certified_era_pushes_an_inaccurate_sample_below_certification():
+    from robustgate.losses import make_loss
+
+    torch.manual_seed(0)
+    model = MLP(2, 2, (8,))
+    x, wrong = torch.tensor([[0.9, 0.5]]), torch.tensor([1])
+    threat = ThreatModel("linf", 0.05)
+    with torch.no_grad():
+        model.layers[-1].bias.copy_(torch.tensor([3.0, -3.0]))  # confidently class 0
+    loss = make_loss("cert_era", threat, beta=0.0)
+    before = float(certify_bounds(model.eval(), x, threat)[1])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss(model, x, wrong).sum().backward()
+        optimizer.step()
+    after = float(certify_bounds(model.eval(), x, threat)[1])
+    assert before > 0 and after < before

@@ -1,8 +1,9 @@
 """The training objectives behind one registry: ``make_loss(name, threat, **params)``.
 
 Adversarial objectives take a threat model (and optionally the ``attack`` of their inner
-maximization); the others (``standard``, and the noise objectives ``gaussian`` and ``cra``, which
-take ``sigma_train``) take none.
+maximization), the bound objectives ``ibp`` and ``cert_era`` a threat model and a radius
+schedule; the others (``standard``, and the noise objectives ``gaussian`` and ``cra``, which take
+``sigma_train``) take none.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from robustgate.losses.bounds import IBP, CertifiedERA, worst_case_cross_entropy
 from robustgate.losses.noise import CRA, Gaussian, soft_smoothed_radius
 from robustgate.losses.objectives import (
     ERA,
@@ -41,6 +43,8 @@ LOSSES: dict[str, type] = {
     "era_conf": ERAConfidence,
     "gaussian": Gaussian,
     "cra": CRA,
+    "ibp": IBP,
+    "cert_era": CertifiedERA,
 }
 
 
@@ -49,9 +53,10 @@ def make_loss(name: str, threat: ThreatModel | None = None, **params: Any) -> Lo
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose from {sorted(LOSSES)}")
     loss_class = LOSSES[name]
-    if loss_class.adversarial and threat is None:
+    needs_threat = loss_class.adversarial or getattr(loss_class, "bounded", False)
+    if needs_threat and threat is None:
         raise ValueError(f"loss {name!r} is adversarial and needs a threat model")
-    arguments = (threat,) if loss_class.adversarial else ()
+    arguments = (threat,) if needs_threat else ()
     try:
         return loss_class(*arguments, **params)
     except TypeError as error:
@@ -61,6 +66,8 @@ def make_loss(name: str, threat: ThreatModel | None = None, **params: Any) -> Lo
 __all__ = [
     "CRA",
     "ERA",
+    "IBP",
+    "CertifiedERA",
     "ERAConfidence",
     "ERAGambler",
     "Gaussian",
@@ -75,4 +82,5 @@ __all__ = [
     "soft_smoothed_radius",
     "trades_term",
     "training_attack",
+    "worst_case_cross_entropy",
 ]

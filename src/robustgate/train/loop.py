@@ -107,6 +107,8 @@ def fit(
                 len(x), generator=torch.Generator().manual_seed(epoch_seed(config, epoch))
             )
             for start in range(0, len(x), config.batch_size):
+                if hasattr(loss, "set_epoch"):  # a scheduled objective (losses.bounds)
+                    loss.set_epoch(epoch + start / len(x))
                 index = order[start : start + config.batch_size]
                 batch_x, batch_y = x[index].to(device), y[index].to(device)
                 batch_loss = loss(model, batch_x, batch_y).mean()

@@ -1,0 +1,103 @@
+"""The certified training objectives of DESIGN.md section 2: the worst case over the threat ball
+taken from interval bounds (``certify.interval_bounds``) instead of an attack.
+
+``z(x)`` are the worst-case logits for the label ``y``: ``z_y = 0`` and ``z_j = −m_j``, ``m_j``
+the IBP lower bound of ``f_y − f_j`` over ``B(x, eps_t)``; ``CE(z, y)`` upper-bounds the
+cross-entropy anywhere in the ball. The training radius ``eps_t`` follows a schedule in epochs
+(``set_epoch``, called by the training loop): 0 for ``warmup_epochs``, then a linear ramp to the
+threat's eps over ``ramp_epochs``, then constant.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustgate.certify import feed_forward_layers, interval_bounds, margin_specification
+from robustgate.threat import ThreatModel
+
+
+class _Scheduled:
+    """The training radius schedule shared by the bound objectives."""
+
+    adversarial = False
+    bounded = True
+
+    def __init__(self, threat: ThreatModel, warmup_epochs: float = 0.0,
+                 ramp_epochs: float = 0.0) -> None:
+        if not (warmup_epochs >= 0 and ramp_epochs >= 0):
+            raise ValueError(f"warmup_epochs and ramp_epochs must be >= 0, got "
+                             f"{warmup_epochs=}, {ramp_epochs=}")
+        self.threat = threat
+        self.warmup_epochs = warmup_epochs
+        self.ramp_epochs = ramp_epochs
+        self.ramp = 1.0
+
+    def set_epoch(self, epoch: float) -> None:
+        """Where training is, in epochs (fractional within an epoch)."""
+        if epoch < self.warmup_epochs:
+            self.ramp = 0.0
+        elif self.ramp_epochs == 0:
+            self.ramp = 1.0
+        else:
+            self.ramp = min(1.0, (epoch - self.warmup_epochs) / self.ramp_epochs)
+
+    def lower_bounds(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
+                     ) -> torch.Tensor:
+        """IBP lower bounds of ``f_label − f_j`` (every ``j ≠ label``) over the current ball."""
+        ball = self.threat.scaled(self.ramp)
+        specification = margin_specification(labels, model.num_classes, x.dtype)
+        return interval_bounds(feed_forward_layers(model), x, ball, specification)[0]
+
+
+def worst_case_cross_entropy(lower: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``CE(z, y)`` for the worst-case logits ``z`` (``z_y = 0``, the others the negated lower
+    bounds ``lower`` of ``f_y − f_j``, in the order of ``certify.margin_specification``)."""
+    logits = torch.cat([torch.zeros_like(lower[:, :1]), -lower], dim=1)
+    return F.cross_entropy(logits, torch.zeros_like(y), reduction="none")
+
+
+class IBP(_Scheduled):
+    """Gowal et al.: ``w_nat · CE(f(x), y) + (1 − w_nat) · CE(z(x), y)``, ``z`` the IBP
+    worst-case logits over ``B(x, eps_t)``; ``w_nat`` goes from 1 to ``final_natural_weight``
+    (0.5) along the radius ramp. Train at a radius above the test radius."""
+
+    def __init__(self, threat: ThreatModel, warmup_epochs: float = 1.0,
+                 ramp_epochs: float = 5.0, final_natural_weight: float = 0.5) -> None:
+        super().__init__(threat, warmup_epochs, ramp_epochs)
+        if not 0 <= final_natural_weight <= 1:
+            raise ValueError(f"final_natural_weight must be in [0, 1], got "
+                             f"{final_natural_weight}")
+        self.final_natural_weight = final_natural_weight
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        natural = F.cross_entropy(model(x), y, reduction="none")
+        weight = 1 - (1 - self.final_natural_weight) * self.ramp
+        if self.ramp == 0:
+            return natural
+        return weight * natural + (1 - weight) * worst_case_cross_entropy(
+            self.lower_bounds(model, x, y), y)
+
+
+class CertifiedERA(_Scheduled):
+    """Certified robust abstain by bounds: ``p_y(x) · CE(z(x), y) + (1 − p_y(x)) · softplus(m(x))
+    + β · CE(f(x), y)``, ``m`` the IBP lower bound of ``f_ŷ − max_{j≠ŷ} f_j`` over the ball (the
+    certified margin): accurate samples made certifiable, inaccurate ones pushed below
+    certification. ``p_y`` is not detached."""
+
+    def __init__(self, threat: ThreatModel, beta: float = 1.0, warmup_epochs: float = 0.0,
+                 ramp_epochs: float = 0.0) -> None:
+        super().__init__(threat, warmup_epochs, ramp_epochs)
+        if not beta >= 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        self.beta = beta
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = model(x)
+        natural = F.cross_entropy(logits, y, reduction="none")
+        p_y = F.softmax(logits, dim=1).gather(1, y.view(-1, 1)).squeeze(1)
+        predicted = logits.detach().argmax(dim=1)
+        certified_margin = self.lower_bounds(model, x, predicted).min(dim=1).values
+        worst = worst_case_cross_entropy(self.lower_bounds(model, x, y), y)
+        return p_y * worst + (1 - p_y) * F.softplus(certified_margin) + self.beta * natural
