@@ -133,3 +133,42 @@ def test_grid_records_match_the_exact_radius_of_a_linear_classifier():
         clear = np.abs(radius - eps) > 2 * STEP  # a grid point's error is within a step
         assert clear.sum() > 100
         assert np.array_equal(records.robust_at(eps)[clear], (radius > eps)[clear])
+
+
+@pytest.mark.parametrize("kappa", [1.0, 2.0])
+def test_the_certified_count_of_a_bound_selector_is_below_the_exact_figure(kappa):
+    """An IBP-trained branch deployed behind a bound selector (IBP or CROWN, either suffices)
+    with a standard core: the count (stability by IBP at (κ+1)·eps, the core's own IBP
+    certificate) never exceeds the deployed composition's exact robust accuracy on the grid."""
+    from robustgate.data import load_dataset
+    from robustgate.evaluate import certify_with_bounds
+    from robustgate.losses import make_loss
+    from robustgate.models import MLP
+    from robustgate.select import BoundSelector
+    from robustgate.train import TrainConfig, fit
+
+    threat, step = ThreatModel("linf", 0.05), 0.004
+    train = load_dataset("threegauss", split="train", seed=0, n=600)
+    torch.manual_seed(0)
+    branch, core = MLP(2, 3, (16, 16)), MLP(2, 3, (16, 16))
+    fit(branch, make_loss("ibp", ThreatModel("linf", 0.15), warmup_epochs=1, ramp_epochs=4),
+        train.x, train.y, TrainConfig(epochs=8, batch_size=20, lr=0.03), progress=False)
+    fit(core, make_loss("standard"), train.x, train.y, TrainConfig(epochs=8, batch_size=20),
+        progress=False)
+    grid = Grid(threat, step)
+    test = load_dataset("threegauss", split="test", seed=0, n=300)
+    x, y = grid.snap(test.x), test.y
+    radii = [threat.eps, kappa * threat.eps, (kappa + 1) * threat.eps]
+    deployed = certify_with_bounds(branch, x, y, threat, radii, "ibp+crown", progress=False)
+    interval = certify_with_bounds(branch, x, y, threat, radii, "ibp", progress=False)
+    core_certified = certify_with_bounds(core, x, y, threat, [threat.eps], "ibp",
+                                         progress=False)
+    selection = Selection.bounds(deployed.records(), interval.records(), threat.eps, kappa)
+    composed = compose_records(deployed.records(), core_certified.records(), selection)
+    count = composed.accurate & composed.robust_at(threat.eps)
+    selector = BoundSelector(branch, threat, "ibp+crown", kappa)
+    predictions, robust = grid.robustness(grid.composition(branch, core, selector=selector), x)
+    truth = (predictions == y.numpy()) & robust
+    assert count.mean() > 0.5
+    assert not (count & ~truth).any()
+    assert (composed.predictions == predictions).all()

@@ -84,6 +84,27 @@ class Selection:
         return cls(eps, selected, stable, np.ones(len(branch), bool), unreachable)
 
     @classmethod
+    def bounds(cls, deployed: Records, interval: Records, eps: float, kappa: float = 1.0,
+               ) -> Selection:
+        """The bound selector deployed at ``κ·eps``: it selects ``x'`` where its bound method
+        (``deployed``: certified flags by IBP, CROWN or either) certifies the branch on
+        ``B(x', κ·eps)``.
+
+        - Stable where IBP (``interval``) certifies the branch on ``B(x, (κ+1)·eps)``: interval
+          bounds are monotone under inclusion, so IBP then certifies every ``B(x', κ·eps)``
+          inside, whatever the deployed method adds. CROWN gives no stability.
+        - Consistent everywhere: a certified ``B(x', κ·eps)`` holds ``x``.
+        - Nothing is counted as unreachable.
+
+        A deterministic guarantee: the count holds for every input it counts."""
+        if not kappa >= 1:
+            raise ValueError(f"the bound selector's kappa must be >= 1, got {kappa}")
+        selected = deployed.robust_at(kappa * eps) | interval.robust_at(kappa * eps)
+        stable = interval.robust_at((kappa + 1) * eps)
+        none = np.zeros(len(deployed), bool)
+        return cls(eps, selected, stable, ~none, none)
+
+    @classmethod
     def smoothing(cls, branch: Certificates, eps: float, l2_radius: float, sigma: float, n0: int,
                   n: int, alpha: float, kappa: float = 1.0) -> Selection:
         """The smoothing selector deployed at ``κ·eps``: it selects ``x'`` where

@@ -22,6 +22,7 @@ from torch import nn
 
 from robustgate.evaluate.records import Records
 from robustgate.models.modes import predict_logits
+from robustgate.select import Selector
 from robustgate.threat import ThreatModel
 
 
@@ -67,11 +68,18 @@ class Grid:
         rows, columns = self.index(x)
         return self.points[rows * self.size + columns].to(x.dtype)
 
-    def composition(self, branch: nn.Module, core: nn.Module, kappa: float = 1.0) -> np.ndarray:
+    def composition(self, branch: nn.Module, core: nn.Module, kappa: float = 1.0,
+                    selector: Selector | None = None) -> np.ndarray:
         """The deployed composition's labels on the grid: the branch where it is exactly robust
-        on ``B(x', κ·eps)`` (``κ = kappa``), else the core."""
+        on ``B(x', κ·eps)`` (``κ = kappa``), or where ``selector`` selects the grid point when
+        one is given (a selector whose decision is a plain computation, such as a certificate),
+        else the core."""
         branch_labels = self.labels(branch)
-        selected = self.constant(branch_labels, kappa * self.threat.eps)
+        if selector is None:
+            selected = self.constant(branch_labels, kappa * self.threat.eps)
+        else:
+            selected = selector.select(self.points.to(torch.float32)).numpy().reshape(
+                self.size, self.size)
         return np.where(selected, branch_labels, self.labels(core))
 
     def robustness(self, labels: np.ndarray, x: torch.Tensor, radius: float | None = None

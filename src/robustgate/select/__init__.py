@@ -2,6 +2,7 @@
 differentiable ``score(x)`` that grows where they select."""
 
 from robustgate.select.base import Selector, ThresholdSelector
+from robustgate.select.bounds import BoundSelector
 from robustgate.select.calibration import (
     threshold_for_composed_accuracy,
     threshold_for_coverage,
@@ -14,6 +15,7 @@ from robustgate.select.smoothing import SmoothingSelector
 
 __all__ = [
     "MEASURES",
+    "BoundSelector",
     "ConfidenceSelector",
     "GateSelector",
     "RobustnessSelector",

@@ -1,0 +1,47 @@
+"""The bound selector: keep an input for the branch where bound propagation certifies it.
+
+Deployed at ``κ·eps``, it bounds the branch on ``B(x', κ·eps)`` around the input ``x'`` it sees
+(IBP, CROWN, or either) and selects where the certified margin is positive. A plain forward
+computation, without an attack: a composition whose selectors are all bound selectors exports as
+one program. Its stability is the evaluation's to count (``Selection.bounds``: IBP at
+``(κ+1)·eps``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from robustgate.certify import BOUND_METHODS, certify_bounds
+from robustgate.select.robustness import logit_margin
+from robustgate.threat import ThreatModel
+
+
+class BoundSelector(nn.Module):
+    """Selects ``x`` where ``method`` certifies ``model`` on ``B(x, κ·eps)``."""
+
+    def __init__(self, model: nn.Module, threat: ThreatModel, method: str = "ibp",
+                 kappa: float = 1.0) -> None:
+        super().__init__()
+        if method not in BOUND_METHODS:
+            raise ValueError(f"method must be one of {BOUND_METHODS}, got {method!r}")
+        if not kappa >= 1:
+            raise ValueError(f"kappa must be >= 1, got {kappa}")
+        self.model = model
+        self.threat = threat.scaled(kappa)
+        self.method = method
+
+    def __repr__(self) -> str:
+        return f"BoundSelector(radius={self.threat.eps:g}, method={self.method!r})"
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """The branch's logit margin (a guide for attacks; the decision is the certificate)."""
+        return logit_margin(self.model(x))
+
+    def margin(self, x: torch.Tensor) -> torch.Tensor:
+        """The certified margin on ``B(x, κ·eps)``; positive where the selector selects."""
+        return certify_bounds(self.model, x, self.threat, self.method)[1]
+
+    def select(self, x: torch.Tensor) -> torch.Tensor:
+        """Boolean mask on the CPU: ``True`` where the branch answers."""
+        return (self.margin(x) > 0).cpu()
