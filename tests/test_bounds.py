@@ -226,3 +226,37 @@ def test_certified_era_pushes_an_inaccurate_sample_below_certification():
         optimizer.step()
     after = float(certify_bounds(model.eval(), x, threat)[1])
     assert before > 0 and after < before
+
+
+def test_a_composition_of_bound_selectors_exports_and_answers_alike(tmp_path):
+    from robustgate.attacks import make_attack
+    from robustgate.compose import ComposedClassifier
+    from robustgate.select import BoundSelector, RobustnessSelector
+
+    threat = ThreatModel("linf", 0.05)
+    first, second, core = (nn.Sequential(random_linear(3, 2, seed).linear) for seed in (1, 2, 3))
+    composed = ComposedClassifier.chain(
+        [(first, BoundSelector(first, threat, "ibp")),
+         (second, BoundSelector(second, threat, "ibp", kappa=2))], core)
+    x = torch.rand(400, 2, generator=torch.Generator().manual_seed(0))
+    path = composed.export(tmp_path / "composed.pt2", x[:4])
+    loaded = torch.export.load(path).module()
+    labels, routes = composed.predict(x)
+    exported_labels, exported_routes = loaded(x)
+    assert torch.equal(exported_labels, labels) and torch.equal(exported_routes, routes)
+    assert set(routes.tolist()) == {0, 1, 2}
+    torch.manual_seed(0)
+    branch, cnn_core = StridedCNN().eval(), StridedCNN().eval()
+    images = torch.rand(20, 1, 28, 28)
+    convolutional = ComposedClassifier(branch, BoundSelector(branch, threat), cnn_core)
+    exported = torch.export.load(convolutional.export(tmp_path / "cnn.pt2", images[:2])).module()
+    assert all(torch.equal(a, b) for a, b in zip(exported(images),
+                                                 convolutional.predict(images), strict=True))
+    crown = ComposedClassifier(first, BoundSelector(first, threat, "crown"), core)
+    with pytest.raises(ValueError, match="method='ibp'"):
+        crown.export(tmp_path / "no.pt2", x[:4])
+    attacked = ComposedClassifier(first, RobustnessSelector(first, threat, make_attack("pgd")),
+                                  core)
+    with pytest.raises(ValueError, match="only bound selectors"):
+        attacked.export(tmp_path / "no.pt2", x[:4])
+    assert not (tmp_path / "no.pt2").exists()

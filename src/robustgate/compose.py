@@ -3,18 +3,25 @@
 ``predict(x)`` walks the chain ``(branch_1, selector_1) → … → core``: each input is answered by
 the first branch whose selector selects it, or by the core. It returns the labels and the route
 (the index of the stage that answered; ``len(stages)`` means the core).
+
+With interval-bound selectors only, the composition is a plain forward computation
+(:class:`ComposedProgram`) that ``ComposedClassifier.export`` writes as one ``torch.export``
+artefact: ``torch.export.load(path).module()(x)`` gives the same labels and routes, without
+robustgate.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from robustgate.inputs import check_inputs
+from robustgate.io import atomic_write
 from robustgate.models.modes import predict_logits
-from robustgate.select import Selector
+from robustgate.select import BoundSelector, Selector
 
 
 class ComposedClassifier:
@@ -78,4 +85,48 @@ class ComposedClassifier:
             pending = pending[~selected]
         if len(pending):
             labels[pending] = predict_logits(self.core, x[pending]).argmax(dim=1).cpu()
+        return labels, routes
+
+    def program(self) -> ComposedProgram:
+        """The composition as one module, if every selector is an interval-bound selector."""
+        for route, (_, selector) in enumerate(self.stages):
+            if not isinstance(selector, BoundSelector):
+                raise ValueError(f"stage {route} selects with {selector!r}: only bound selectors "
+                                 "are a plain forward computation (attacks and Monte-Carlo "
+                                 "certificates are not)")
+            if selector.method != "ibp":
+                raise ValueError(f"stage {route} selects by {selector.method!r}: CROWN passes "
+                                 "its bounds back with autograd, which torch.export does not "
+                                 "trace; deploy with method='ibp' to export")
+        return ComposedProgram(self.stages, self.core)
+
+    def export(self, path: str | Path, example: torch.Tensor) -> Path:
+        """Write the composition (:meth:`program`) as a ``torch.export`` artefact, any batch
+        size, traced on ``example`` (a batch of valid inputs); returns ``path``."""
+        check_inputs(example, getattr(self.core, "input_shape", None))
+        program = self.program().eval()
+        batch = torch.export.Dim("batch", min=1)
+        exported = torch.export.export(program, (example,), dynamic_shapes=({0: batch},))
+        atomic_write(path, lambda temporary: torch.export.save(exported, temporary))
+        return Path(path)
+
+
+class ComposedProgram(nn.Module):
+    """``forward(x) -> (labels, routes)``: every stage evaluated on every input, the first that
+    selects answering (routes as in :meth:`ComposedClassifier.predict`)."""
+
+    def __init__(self, stages: Sequence[tuple[nn.Module, BoundSelector]], core: nn.Module
+                 ) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList([branch for branch, _ in stages])
+        self.selectors = nn.ModuleList([selector for _, selector in stages])
+        self.core = core
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = self.core(x).argmax(dim=1)
+        routes = torch.full_like(labels, len(self.branches))
+        for route in reversed(range(len(self.branches))):
+            selected = self.selectors[route].margin(x) > 0
+            labels = torch.where(selected, self.branches[route](x).argmax(dim=1), labels)
+            routes = torch.where(selected, torch.full_like(routes, route), routes)
         return labels, routes
