@@ -231,3 +231,32 @@ def test_certify_command_with_bound_propagation(smoothed_checkpoint, tmp_path, c
     assert len(certificates) == 40
     assert main([*arguments[:-1], str(tmp_path / "no"), "--sigma", "0.1"]) == 2
     assert "--sigma is for --method smoothing" in capsys.readouterr().err
+
+
+def test_a_bound_certified_experiment_end_to_end(tmp_path):
+    from robustgate.config import ExperimentConfig, parse_config
+    from robustgate.pipeline import run_experiment
+
+    mlp = {"architecture": "MLP", "arguments": {"in_features": 2, "hidden": [16]}}
+    config = parse_config({
+        "name": "bounded", "data": {"name": "twogauss"},
+        "models": {
+            "core": {"model": mlp, "train": {"epochs": 2, "batch_size": 50, "lr": 0.05}},
+            "ibp": {"model": mlp, "loss": {"name": "ibp", "threat": {"eps": 0.1},
+                                           "params": {"warmup_epochs": 0, "ramp_epochs": 1}},
+                    "train": {"epochs": 3, "batch_size": 50, "lr": 0.05},
+                    "bounds": {"methods": ["crown"]}},
+        },
+        "evaluation": {"threat": {"eps": 0.05}, "attack": {"steps": 5}, "certify_limit": 50},
+        "compositions": [{"branch": "ibp", "core": "core", "selector": "bounds", "kappa": 2}],
+        "adaptive": {"limit": 0},
+    }, ExperimentConfig)
+    result = run_experiment(config, tmp_path, device="cpu", progress=False)["test"]
+    assert set(result["ibp"]["bounds"]) == {"ibp", "crown"}
+    assert set(result["ibp"]["bounds"]["ibp"]) == {"0.05", "0.1", "0.15"}
+    at_eps = result["ibp"]["bounds"]["ibp"]["0.05"]
+    assert at_eps["certified_accuracy"] <= at_eps["empirical_robust_accuracy"]
+    composed = result["ibp→core [bounds: ibp, κ = 2]"]
+    assert composed["export"]["identical"] and composed["export"]["inputs"] == 1000
+    assert composed["certified_accuracy"] <= composed["stable_rate"]
+    assert "Certified models (bound propagation)" in (tmp_path / "report.md").read_text()

@@ -200,6 +200,21 @@ class SmoothingSettings(_Strict):
         return self
 
 
+class BoundSettings(_Strict):
+    """Certification by bound propagation (``certify.certify_bounds``) on the first
+    ``evaluation.certify_limit`` test points, by every method of ``methods`` (side by side; IBP
+    always, which counts a bound selector's stability), ``batch_size`` inputs at a time."""
+
+    methods: list[Literal["ibp", "crown", "ibp+crown"]] = Field(
+        default_factory=lambda: ["ibp"], min_length=1)
+    batch_size: int = Field(64, ge=1)
+
+    @field_validator("methods")
+    @classmethod
+    def _with_interval_bounds(cls, methods: list[str]) -> list[str]:
+        return ["ibp", *sorted(set(methods) - {"ibp"})]
+
+
 class ValidationSettings(_Strict):
     """Validation of every ``every``-th epoch on the first ``limit`` validation points at ``eps``
     (the loss's by default): by ``attack``, or, with ``smoothing``, by certifying the smoothed
@@ -218,13 +233,15 @@ class ValidationSettings(_Strict):
 class TrainSpec(_Strict):
     """One model to train: architecture (and checkpoint to start from), loss, optimizer and
     validation; with ``smoothing``, the model is deployed smoothed and evaluated by certifying
-    it (``certify.Smooth``) instead of attacking it."""
+    it (``certify.Smooth``) instead of attacking it; with ``bounds``, it is also certified by
+    bound propagation."""
 
     model: ModelSettings
     loss: LossSettings = Field(default_factory=LossSettings)
     train: OptimizerSettings = Field(default_factory=OptimizerSettings)
     validation: ValidationSettings | None = None
     smoothing: SmoothingSettings | None = None
+    bounds: BoundSettings | None = None
 
 
 class TrainRunConfig(TrainSpec):
@@ -255,7 +272,8 @@ class EvaluationSettings(_Strict):
         return sorted(set(radii))
 
 
-SELECTORS = ("robustness", "smoothing", "softmax_response", "entropy", "gate", "mixing")
+SELECTORS = ("robustness", "smoothing", "bounds", "softmax_response", "entropy", "gate",
+             "mixing")
 
 
 DEFAULT_KAPPAS = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
@@ -285,13 +303,15 @@ class CompositionSettings(_Strict):
     (the soft mixing baseline; it never abstains). Thresholds (and the mixing weight) are chosen
     on validation data for ``coverage`` or ``selective_accuracy`` when given, else to match the
     composed natural accuracy of the robustness selector at ``κ = 1`` on the same branch.
-    ``smoothing`` (a smoothed branch, certified on ``B(x', κ·eps)``, ``κ = kappa``) gives a
-    certified composition, counted on the certified test points."""
+    ``smoothing`` (a smoothed branch, certified on ``B(x', κ·eps)``, ``κ = kappa``) and
+    ``bounds`` (the branch certified on ``B(x', κ·eps)`` by ``bound_method``; a branch with
+    ``bounds`` settings) give certified compositions, counted on the certified test points."""
 
     branch: str | list[str]
     core: str
-    selector: Literal["robustness", "smoothing", "softmax_response", "entropy", "gate",
-                      "mixing"] = "robustness"
+    selector: Literal["robustness", "smoothing", "bounds", "softmax_response", "entropy",
+                      "gate", "mixing"] = "robustness"
+    bound_method: Literal["ibp", "crown", "ibp+crown"] = "ibp"
     coverage: float | None = Field(None, gt=0, le=1)
     selective_accuracy: float | None = Field(None, gt=0, le=1)
     kappa: float = Field(1.0, ge=1)
@@ -299,11 +319,14 @@ class CompositionSettings(_Strict):
 
     @model_validator(mode="after")
     def _one_knob(self) -> CompositionSettings:
-        if self.selector == "smoothing" and (self.operating_point or len(self.branches) > 1):
-            raise ValueError("the smoothing selector composes one branch at a given kappa: give "
-                             "no operating_point and no chain with it")
-        if self.selector not in ("robustness", "smoothing") and (self.kappa != 1
-                                                                 or self.operating_point):
+        if self.selector in ("smoothing", "bounds") and (self.operating_point
+                                                         or len(self.branches) > 1):
+            raise ValueError(f"the {self.selector} selector composes one branch at a given "
+                             "kappa: give no operating_point and no chain with it")
+        if self.bound_method != "ibp" and self.selector != "bounds":
+            raise ValueError("bound_method is the bounds selector's")
+        if self.selector not in ("robustness", "smoothing", "bounds") and (
+                self.kappa != 1 or self.operating_point):
             raise ValueError(f"kappa and operating_point are the robustness selector's; the "
                              f"{self.selector} selector takes neither")
         if self.operating_point is not None and (self.kappa != 1 or len(self.branches) > 1):
@@ -325,8 +348,9 @@ class CompositionSettings(_Strict):
     @property
     def label(self) -> str:
         chain = "→".join([*self.branches, self.core])
-        if self.selector == "smoothing":
-            return f"{chain} [smoothing" + ("]" if self.kappa == 1 else f", κ = {self.kappa:g}]")
+        if self.selector in ("smoothing", "bounds"):
+            name = "smoothing" if self.selector == "smoothing" else f"bounds: {self.bound_method}"
+            return f"{chain} [{name}" + ("]" if self.kappa == 1 else f", κ = {self.kappa:g}]")
         if self.selector != "robustness":
             return f"{chain} [{self.selector}]"
         if self.operating_point is not None:

@@ -1,9 +1,11 @@
-"""The certified half of an experiment: smoothed models certified on the test points and their
-compositions counted from the certificates.
+"""The certified half of an experiment: smoothed models and models with bound settings certified
+on the test points, and their compositions counted from the certificates.
 
-Files in the run directory: ``certificates/test/<model>.csv`` (per-sample certificates,
-resumable) and ``records/certified/<composition>.csv`` (the certified composition's records).
-A standard core contributes no certificate: in a certified count it adds natural accuracy only.
+Files in the run directory: ``certificates/test/<model>.csv`` (smoothing) and
+``certificates/test/<model>.<method>.csv`` (bound propagation; per-sample, resumable),
+``records/certified/<composition>.csv`` (the certified composition's records) and
+``exported/<composition>.pt2`` (a composition of interval-bound selectors as one program). A core
+without a certificate adds natural accuracy only to a certified count.
 """
 
 from __future__ import annotations
@@ -16,19 +18,29 @@ import torch
 from torch import nn
 
 from robustgate.certify import Smooth, covering_l2_radius, max_certifiable_radius, stable_radius
-from robustgate.config import CompositionSettings, SmoothingSettings
+from robustgate.compose import ComposedClassifier
+from robustgate.config import (
+    BoundSettings,
+    CompositionSettings,
+    ExperimentConfig,
+    SmoothingSettings,
+)
 from robustgate.evaluate import (
+    BoundCertificates,
     Certificates,
     Records,
     Selection,
     certified_metrics,
     certify_smoothed,
+    certify_with_bounds,
     compose_records,
     selection_metrics,
 )
 from robustgate.evaluate.statistics import clopper_pearson
 from robustgate.io import file_name
+from robustgate.models.modes import model_device
 from robustgate.pipeline.run_directory import say
+from robustgate.select import BoundSelector
 from robustgate.threat import ThreatModel
 
 
@@ -109,3 +121,132 @@ def certified_composition(
                      f"certificates at alpha {settings.alpha:g}, a union bound)",
         "samples": len(certified), "certified": True,
     }
+
+
+def bound_methods(config: ExperimentConfig, name: str) -> list[str]:
+    """The bound methods a model is certified by: its settings' and its selectors'."""
+    settings = config.models[name].bounds
+    assert settings is not None
+    deployed = {c.bound_method for c in config.compositions
+                if c.selector == "bounds" and name in c.branches}
+    return ["ibp", *sorted((set(settings.methods) | deployed) - {"ibp"})]
+
+
+def bound_radii(config: ExperimentConfig, name: str) -> list[float]:
+    """Where a model is certified: eps, the summary radii, and ``κ·eps`` and ``(κ+1)·eps`` for
+    each bound selector of it."""
+    eps = config.evaluation.threat.eps
+    radii = {eps, *config.evaluation.certified_radii}
+    for composition in config.compositions:
+        if composition.selector == "bounds" and name in composition.branches:
+            radii |= {composition.kappa * eps, (composition.kappa + 1) * eps}
+    return sorted(radii)
+
+
+def bound_certificates_or_resume(
+    directory: Path, name: str, model: nn.Module, settings: BoundSettings, methods: list[str],
+    x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, radii: list[float], progress: bool,
+) -> dict[str, BoundCertificates]:
+    """A model's bound certificates by every method of ``methods`` (resumable files)."""
+    certificates = {}
+    for method in methods:
+        path = directory / f"{name}.{method}.csv"
+        if path.exists():
+            certificates[method] = BoundCertificates.read_csv(path)
+            continue
+        say(f"[{name}] certifying by {method} at " + ", ".join(f"{r:g}" for r in radii),
+            progress)
+        partial = path.with_suffix(".partial.csv")
+        certificates[method] = certify_with_bounds(
+            model, x, y, threat, radii, method, batch_size=settings.batch_size,
+            partial=partial, progress=progress, description=f"{name}/{method}")
+        certificates[method].to_csv(path)
+        partial.unlink(missing_ok=True)
+    return certificates
+
+
+def bound_model_metrics(certificates: dict[str, BoundCertificates], empirical: Records,
+                        radii: list[float]) -> dict[str, Any]:
+    """Certified metrics by each method at each radius, beside the empirical robust accuracy at
+    the radii the model was attacked at (on the same test points)."""
+    samples = len(next(iter(certificates.values())))
+    attacked = Records(empirical.labels[:samples], empirical.predictions[:samples],
+                       {r: flags[:samples] for r, flags in empirical.robust.items()})
+    by_method = {}
+    for method, certified in certificates.items():
+        records = certified.records()
+        by_method[method] = {
+            f"{radius:g}": {**certified_metrics(records, radius),
+                            "empirical_robust_accuracy": (
+                                float((attacked.accurate & attacked.robust_at(radius)).mean())
+                                if attacked.has_radius(radius) else None)}
+            for radius in radii}
+    return {"bounds": by_method, "bound_samples": samples,
+            "bound_seconds_per_sample": {method: float(c.seconds.mean())
+                                         for method, c in certificates.items()}}
+
+
+def bound_composition(
+    composition: CompositionSettings, branch: dict[str, BoundCertificates],
+    core: dict[str, BoundCertificates] | None, core_records: Records, threat: ThreatModel,
+    models: dict[str, nn.Module], x_test: torch.Tensor, out: Path, progress: bool,
+) -> dict[str, Any]:
+    """The branch composed with the core under the bound selector deployed at ``κ·eps``, counted
+    from the certificates (``Selection.bounds``: stable where IBP certifies ``(κ+1)·eps``), the
+    core counting only where it is certified itself; with an IBP selector, the composition is
+    exported as one program, and its answers compared with the Python object's on the whole
+    test set."""
+    eps, kappa = threat.eps, composition.kappa
+    deployed, interval = branch[composition.bound_method].records(), branch["ibp"].records()
+    selection = Selection.bounds(deployed, interval, eps, kappa)
+    samples = len(deployed)
+    if core is None:
+        core_part = Records(core_records.labels[:samples], core_records.predictions[:samples],
+                            {eps: np.zeros(samples, bool)})
+    else:  # certified by any of its methods
+        core_part = Records(core["ibp"].labels, core["ibp"].predictions,
+                            {eps: np.logical_or.reduce([c.records().robust_at(eps)
+                                                        for c in core.values()])})
+    composed = compose_records(deployed, core_part, selection)
+    composed.to_csv(out / "records" / "certified" / f"{file_name(composition.label)}.csv")
+    certified = composed.accurate & composed.robust_at(eps)
+    low, high = clopper_pearson(int(certified.sum()), samples)
+    unattacked = selection.selected & deployed.accurate & deployed.robust_at(eps)
+    metrics = {
+        "natural_accuracy": float(composed.accurate.mean()),
+        "core_natural_accuracy": float(core_part.accurate.mean()),
+        "certified_accuracy": float(certified.mean()),
+        "certified_accuracy_interval": [low, high],
+        "certified_robust_inaccuracy": float((~composed.accurate
+                                              & composed.robust_at(eps)).mean()),
+        "certified_accuracy_if_selector_not_attacked": float(unattacked.mean()),
+        **selection_metrics(deployed.accurate, selection.selected),
+        "stable_rate": float(selection.stable.mean()), "kappa": kappa,
+        "bound_method": composition.bound_method,
+        "guarantee": "deterministic (bound propagation)", "samples": samples, "certified": True,
+    }
+    say(f"[{composition.label}] certified {100 * certified.mean():.1f}% of {samples}", progress)
+    if composition.bound_method == "ibp":
+        metrics["export"] = _export_check(composition, models, threat, x_test, out)
+    return metrics
+
+
+def _export_check(composition: CompositionSettings, models: dict[str, nn.Module],
+                  threat: ThreatModel, x: torch.Tensor, out: Path) -> dict[str, Any]:
+    """Export the deployed composition and compare the exported program's labels and routes with
+    the Python object's on every input of ``x``."""
+    branch = models[composition.branches[0]]
+    deployed = ComposedClassifier(branch, BoundSelector(branch, threat, "ibp", composition.kappa),
+                                  models[composition.core])
+    path = deployed.export(out / "exported" / f"{file_name(composition.label)}.pt2", x[:2])
+    program = torch.export.load(path).module()
+    agree, total = 0, 0
+    for start in range(0, len(x), 500):
+        batch = x[start : start + 500]
+        labels, routes = deployed.predict(batch)
+        exported_labels, exported_routes = program(batch.to(model_device(branch)))
+        agree += int(((exported_labels.cpu() == labels) & (exported_routes.cpu() == routes))
+                     .sum())
+        total += len(batch)
+    return {"path": str(path.relative_to(out)), "inputs": total, "agreeing": agree,
+            "identical": agree == total}

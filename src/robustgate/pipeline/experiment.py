@@ -22,11 +22,22 @@ from robustgate.attacks import make_attack
 from robustgate.config import ExperimentConfig
 from robustgate.data import load_dataset
 from robustgate.device import resolve_device
-from robustgate.evaluate import Certificates, Records, evaluate_or_resume, robustness_metrics
+from robustgate.evaluate import (
+    BoundCertificates,
+    Certificates,
+    Records,
+    evaluate_or_resume,
+    robustness_metrics,
+)
 from robustgate.evaluate.operating_points import sweep_radii
 from robustgate.io import atomic_write_json
 from robustgate.models import load_checkpoint
 from robustgate.pipeline.certified import (
+    bound_certificates_or_resume,
+    bound_composition,
+    bound_methods,
+    bound_model_metrics,
+    bound_radii,
     certified_composition,
     certified_model_metrics,
     certify_or_resume,
@@ -59,6 +70,10 @@ def _check_model_references(config: ExperimentConfig) -> None:
             raise ValueError(f"composition {composition.label!r}: the smoothing selector takes a "
                              "smoothed branch (a model with smoothing settings), and smoothed "
                              "models compose only under it")
+        first = config.models[composition.branches[0]]
+        if composition.selector == "bounds" and first.bounds is None:
+            raise ValueError(f"composition {composition.label!r}: the bounds selector takes a "
+                             "branch with bounds settings")
 
 
 def run_experiment(
@@ -93,6 +108,7 @@ def run_experiment(
     branches = {name for composition in config.compositions for name in composition.branches}
     records: dict[str, Records] = {}
     certificates: dict[str, Certificates] = {}
+    bound_certificates: dict[str, dict[str, BoundCertificates]] = {}
     models = {}
     metrics: dict[str, Any] = {}
     x_certified, y_certified = x_test[: settings.certify_limit], y_test[: settings.certify_limit]
@@ -117,10 +133,19 @@ def run_experiment(
             out / "records" / "test" / f"{name}.csv", models[name], x_test, y_test, threat,
             radii, attack, batch_size=settings.batch_size, progress=progress, description=name,
         )
+        bounds = config.models[name].bounds
+        if bounds is not None:
+            bound_certificates[name] = bound_certificates_or_resume(
+                out / "certificates" / "test", name, models[name], bounds,
+                bound_methods(config, name), x_certified, y_certified, threat,
+                bound_radii(config, name), progress)
 
     metrics.update({
         name: robustness_metrics(r.accurate, r.robust_at(eps)) for name, r in records.items()
     })
+    for name, by_method in bound_certificates.items():
+        metrics[name].update(bound_model_metrics(by_method, records[name],
+                                                 bound_radii(config, name)))
     evaluator = CompositionEvaluator(config, out, models, records, (x_test, y_test),
                                      validation, threat, attack, device, progress)
     for composition in config.compositions:
@@ -130,6 +155,11 @@ def run_experiment(
                 composition, certificates[branch], config.models[branch].smoothing,
                 certificates.get(composition.core, records.get(composition.core)), threat,
                 dimension, out, progress)
+        elif composition.selector == "bounds":
+            metrics[composition.label] = bound_composition(
+                composition, bound_certificates[composition.branches[0]],
+                bound_certificates.get(composition.core), records[composition.core], threat,
+                models, x_test, out, progress)
         else:
             metrics[composition.label] = evaluator.evaluate(composition)
     attacked = {name: model for name, model in models.items() if name in records}

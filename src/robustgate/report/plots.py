@@ -61,19 +61,16 @@ def robust_vs_inaccuracy(metrics: dict[str, dict[str, Any]], config: ExperimentC
     return png(figure)
 
 
-def certified_curves(metrics: dict[str, dict[str, Any]], models: Sequence[str]) -> str:
-    """Per smoothed model (and σ): certified accuracy against the radius, and certified robust
+def certified_curves(curves: dict[str, list[tuple[float, float, float]]]) -> str:
+    """Per curve (a model, with its σ or bound method), points ``(radius, certified accuracy,
+    certified robust inaccuracy)``: certified accuracy against the radius, and certified robust
     inaccuracy against certified accuracy over the radii."""
     figure, (by_radius, trade_off) = plt.subplots(1, 2, figsize=(10.4, 4.2))
-    for name in models:
-        values = metrics[name]
-        rows = sorted((float(radius), at) for radius, at in values["by_radius"].items())
-        label = f"{name} (σ = {values['sigma']:g})"
-        radii = [radius for radius, _ in rows]
-        certified = [100 * at["certified_accuracy"] for _, at in rows]
-        inaccurate = [100 * at["certified_robust_inaccuracy"] for _, at in rows]
-        by_radius.plot(radii, certified, marker="o", label=label)
-        trade_off.plot(inaccurate, certified, marker="o", label=label)
+    for label, points in curves.items():
+        radii, certified, inaccurate = zip(*sorted(points), strict=True)
+        by_radius.plot(radii, [100 * value for value in certified], marker="o", label=label)
+        trade_off.plot([100 * value for value in inaccurate],
+                       [100 * value for value in certified], marker="o", label=label)
     _label(by_radius, "radius", "certified accuracy (%)", "Certified accuracy against radius")
     _label(trade_off, "certified robust inaccuracy (%)  ← better", "certified accuracy (%)",
            "Over the radii")

@@ -23,6 +23,8 @@ from robustgate.evaluate.statistics import paired_lower
 from robustgate.io import atomic_write_text, file_name
 from robustgate.report import plots
 
+CERTIFIED_SELECTORS = ("smoothing", "bounds")
+
 
 def _percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.2f}%"
@@ -64,11 +66,15 @@ class Run:
     @property
     def compositions(self) -> list[CompositionSettings]:
         """The empirical compositions (the certified ones: :attr:`certified_compositions`)."""
-        return [c for c in self.config.compositions if c.selector != "smoothing"]
+        return [c for c in self.config.compositions if c.selector not in CERTIFIED_SELECTORS]
 
     @property
     def certified_compositions(self) -> list[CompositionSettings]:
-        return [c for c in self.config.compositions if c.selector == "smoothing"]
+        return [c for c in self.config.compositions if c.selector in CERTIFIED_SELECTORS]
+
+    @property
+    def bounded_models(self) -> list[str]:
+        return [name for name, spec in self.config.models.items() if spec.bounds is not None]
 
     @property
     def smoothed_models(self) -> list[str]:
@@ -150,15 +156,48 @@ def _certified_models_section(run: Run) -> Section | None:
     notes.append("Certified: the smoothed prediction is right and certified at the radius; "
                  "certified robust inaccuracy: certified and wrong; an abstention counts as "
                  "wrong and certifies nothing.")
+    curves = {f"{name} (σ = {run.metrics[name]['sigma']:g})": [
+        (float(radius), at["certified_accuracy"], at["certified_robust_inaccuracy"])
+        for radius, at in run.metrics[name]["by_radius"].items()] for name in run.smoothed_models}
     return Section("Certified models (randomized smoothing)", columns, rows, notes,
-                   plots.certified_curves(run.metrics, run.smoothed_models))
+                   plots.certified_curves(curves))
+
+
+def _bounded_models_section(run: Run) -> Section | None:
+    """Certified (by each bound method) against empirical robust accuracy per model and
+    radius."""
+    if not run.bounded_models:
+        return None
+    columns = ["model", "method", "radius", "natural", "certified", "certified robust "
+               "inaccuracy", "robust (attacked)", "s per input"]
+    rows = []
+    curves: dict[str, list[tuple[float, float, float]]] = {}
+    for name in run.bounded_models:
+        values = run.metrics[name]
+        for method, by_radius in values["bounds"].items():
+            seconds = values["bound_seconds_per_sample"][method]
+            for radius, at in by_radius.items():
+                rows.append([name, method, radius, _percent(at["natural_accuracy"]),
+                             _percent(at["certified_accuracy"]),
+                             _percent(at["certified_robust_inaccuracy"]),
+                             _percent(at["empirical_robust_accuracy"]), f"{seconds:.3g}"])
+                curves.setdefault(f"{name} ({method})", []).append(
+                    (float(radius), at["certified_accuracy"], at["certified_robust_inaccuracy"]))
+    samples = run.metrics[run.bounded_models[0]]["bound_samples"]
+    notes = [f"Bound propagation on the first {samples} test points: certified where the lower "
+             "bound of every logit difference f_ŷ − f_j over the ball (with the domain) is "
+             "positive. The attacked robust accuracy is an upper bound, the certified one a "
+             "lower bound: the gap is the attack's slack plus the bounds' looseness. ibp+crown "
+             "takes the tighter bound of each difference."]
+    return Section("Certified models (bound propagation)", columns, rows, notes,
+                   plots.certified_curves(curves))
 
 
 def _certified_compositions_section(run: Run) -> Section | None:
     if not run.certified_compositions:
         return None
     columns = ["composition", "natural", "core natural", "certified (sound)", "95% interval",
-               "certified robust inaccuracy", "selection rate", "stable", "stable at L2",
+               "certified robust inaccuracy", "selection rate", "stable",
                "if the selector were not attacked"]
     rows, notes = [], []
     for composition in run.certified_compositions:
@@ -169,17 +208,29 @@ def _certified_compositions_section(run: Run) -> Section | None:
                      _interval(values["certified_accuracy_interval"]),
                      _percent(values["certified_robust_inaccuracy"]),
                      _percent(values["selection_rate"]), _percent(values["stable_rate"]),
-                     f"{values['stable_l2_radius']:.3g}",
                      _percent(values["certified_accuracy_if_selector_not_attacked"])])
-        notes.append(f"{composition.label}: the selector certifies the branch on the L2 ball of "
-                     f"{values['selector_l2_radius']:.3g} around the input it sees; a selection "
-                     f"counts as stable where the certified radius at the clean input reaches "
-                     f"{values['stable_l2_radius']:.3g}, the margin that makes the deployed "
-                     f"Monte-Carlo selector select every reachable input; {values['guarantee']}.")
-    notes.append("A standard core has no certificate: it adds natural accuracy only, so the "
-                 "certified figure is the branch right and its selection stable. The last column "
+        if composition.selector == "smoothing":
+            notes.append(
+                f"{composition.label}: the selector certifies the branch on the L2 ball of "
+                f"{values['selector_l2_radius']:.3g} around the input it sees; a selection counts "
+                f"as stable where the certified radius at the clean input reaches "
+                f"{values['stable_l2_radius']:.3g}, the margin that makes the deployed "
+                f"Monte-Carlo selector select every reachable input; {values['guarantee']}.")
+        else:
+            export = values.get("export")
+            exported = "" if export is None else (
+                f" Exported as one program ({export['path']}): it answers like the Python "
+                f"object on {export['agreeing']} of {export['inputs']} test inputs.")
+            notes.append(
+                f"{composition.label}: the selector certifies the branch by "
+                f"{values['bound_method']} on B(x', {values['kappa']:g}·eps) around the input it "
+                f"sees; a selection counts as stable where IBP certifies B(x, "
+                f"{values['kappa'] + 1:g}·eps) (interval bounds are monotone under inclusion); "
+                f"deterministic.{exported}")
+    notes.append("A core without a certificate adds natural accuracy only, so the certified "
+                 "figure is then the branch right and its selection stable. The last column "
                  "takes the selection on the clean input: not a certified accuracy.")
-    return Section("Certified compositions (smoothing selector)", columns, rows, notes)
+    return Section("Certified compositions", columns, rows, notes)
 
 
 def _interval(interval: list[float] | None) -> str:
@@ -396,7 +447,8 @@ def _sections(run: Run) -> list[Section]:
     models.figure = plots.robust_vs_inaccuracy(run.empirical_metrics, run.config)
     adaptive = _adaptive_section(run)
     adaptive.figure = plots.composed_accuracies(run.metrics, run.compositions)
-    sections = [models, _certified_models_section(run), _certified_compositions_section(run),
+    sections = [models, _certified_models_section(run), _bounded_models_section(run),
+                _certified_compositions_section(run),
                 _operating_point_section(run), _matched_section(run),
                 adaptive if adaptive.rows else None,
                 _threshold_section(run), _routes_section(run), selective,
