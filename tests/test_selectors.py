@@ -12,9 +12,8 @@ from robustgate.select import (
     threshold_for_composed_accuracy,
     threshold_for_coverage,
     threshold_for_selective_accuracy,
-    train_gate,
 )
-from robustgate.train import TrainConfig
+from robustgate.train import TrainConfig, train_gate
 
 
 def test_softmax_response_and_entropy_rank_confident_inputs_first():

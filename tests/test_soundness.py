@@ -167,7 +167,7 @@ def test_the_certified_count_of_a_bound_selector_is_below_the_exact_figure(kappa
     composed = compose_records(deployed.records(), core_certified.records(), selection)
     count = composed.accurate & composed.robust_at(threat.eps)
     selector = BoundSelector(branch, threat, "ibp+crown", kappa)
-    predictions, robust = grid.robustness(grid.composition(branch, core, selector=selector), x)
+    predictions, robust = grid.robustness(grid.composition(branch, core, select=selector.select), x)
     truth = (predictions == y.numpy()) & robust
     assert count.mean() > 0.5
     assert not (count & ~truth).any()

@@ -13,7 +13,7 @@ that agree show the resolution is fine enough.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,6 @@ from torch import nn
 
 from robustgate.evaluate.records import Records
 from robustgate.models.modes import predict_logits
-from robustgate.select import Selector
 from robustgate.threat import ThreatModel
 
 
@@ -69,16 +68,16 @@ class Grid:
         return self.points[rows * self.size + columns].to(x.dtype)
 
     def composition(self, branch: nn.Module, core: nn.Module, kappa: float = 1.0,
-                    selector: Selector | None = None) -> np.ndarray:
+                    select: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
         """The deployed composition's labels on the grid: the branch where it is exactly robust
-        on ``B(x', κ·eps)`` (``κ = kappa``), or where ``selector`` selects the grid point when
-        one is given (a selector whose decision is a plain computation, such as a certificate),
+        on ``B(x', κ·eps)`` (``κ = kappa``), or where ``select`` (a deployed selector's
+        decision, when it is a plain computation such as a certificate) selects the grid point,
         else the core."""
         branch_labels = self.labels(branch)
-        if selector is None:
+        if select is None:
             selected = self.constant(branch_labels, kappa * self.threat.eps)
         else:
-            selected = selector.select(self.points.to(torch.float32)).numpy().reshape(
+            selected = select(self.points.to(torch.float32)).numpy().reshape(
                 self.size, self.size)
         return np.where(selected, branch_labels, self.labels(core))
 

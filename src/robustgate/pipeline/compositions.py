@@ -58,9 +58,9 @@ from robustgate.select import (
     threshold_for_composed_accuracy,
     threshold_for_coverage,
     threshold_for_selective_accuracy,
-    train_gate,
 )
 from robustgate.threat import ThreatModel
+from robustgate.train import train_gate
 
 Data = tuple[torch.Tensor, torch.Tensor]
 

@@ -9,7 +9,7 @@ from robustgate.select.calibration import (
     threshold_for_selective_accuracy,
 )
 from robustgate.select.confidence import MEASURES, ConfidenceSelector, confidence
-from robustgate.select.gate import GateSelector, train_gate
+from robustgate.select.gate import GateSelector
 from robustgate.select.robustness import RobustnessSelector, logit_margin
 from robustgate.select.smoothing import SmoothingSelector
 
@@ -27,5 +27,4 @@ __all__ = [
     "threshold_for_composed_accuracy",
     "threshold_for_coverage",
     "threshold_for_selective_accuracy",
-    "train_gate",
 ]

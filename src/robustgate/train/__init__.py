@@ -1,5 +1,7 @@
-"""The training loop."""
+"""The training loop, and the learned gate's training."""
 
-from robustgate.train.loop import TrainConfig, epoch_seed, fit, learning_rate, make_optimizer
+from robustgate.config import TrainConfig
+from robustgate.train.gate import train_gate
+from robustgate.train.loop import epoch_seed, fit, learning_rate, make_optimizer
 
-__all__ = ["TrainConfig", "epoch_seed", "fit", "learning_rate", "make_optimizer"]
+__all__ = ["TrainConfig", "epoch_seed", "fit", "learning_rate", "make_optimizer", "train_gate"]

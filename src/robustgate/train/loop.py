@@ -3,49 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from robustgate.config import TrainConfig
 from robustgate.inputs import check_inputs, check_labels
 from robustgate.losses import Loss
 from robustgate.models.modes import model_device
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """SGD with momentum and weight decay; the learning rate is multiplied by
-    ``lr_drop_factor`` from epoch ``lr_drop_at · epochs`` on; ``seed`` fixes the batch order."""
-
-    epochs: int = 20
-    batch_size: int = 10
-    lr: float = 0.03
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    lr_drop_at: float = 0.75
-    lr_drop_factor: float = 0.1
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(
-                f"epochs and batch_size must be >= 1, got epochs={self.epochs}, "
-                f"batch_size={self.batch_size}"
-            )
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got lr={self.lr}")
-        if not (0 <= self.momentum < 1 and self.weight_decay >= 0):
-            raise ValueError(
-                f"need 0 <= momentum < 1 and weight_decay >= 0, got momentum={self.momentum}, "
-                f"weight_decay={self.weight_decay}"
-            )
-        if not (0 <= self.lr_drop_at <= 1 and 0 < self.lr_drop_factor <= 1):
-            raise ValueError(
-                f"need 0 <= lr_drop_at <= 1 and 0 < lr_drop_factor <= 1, got "
-                f"lr_drop_at={self.lr_drop_at}, lr_drop_factor={self.lr_drop_factor}"
-            )
 
 
 def learning_rate(config: TrainConfig, epoch: int) -> float:
