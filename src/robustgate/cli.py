@@ -1,4 +1,5 @@
-"""The command line: ``robustgate demo | train | evaluate | run | compose | certify | report``."""
+"""The command line: ``robustgate demo | train | evaluate | run | compose | certify | study |
+report``."""
 
 from __future__ import annotations
 
@@ -215,6 +216,42 @@ def _certify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from robustgate.config import (
+        NOISE_PROBLEMS,
+        NoiseStudyConfig,
+        load_config,
+        parse_config,
+        quick_noise_study,
+    )
+    from robustgate.study.noise import run_noise_study
+
+    problems = args.problems or None
+    unknown = sorted(set(problems or []) - set(NOISE_PROBLEMS))
+    if unknown:
+        raise ValueError(f"unknown problems {unknown}; choose from {list(NOISE_PROBLEMS)}")
+    if args.config is not None:
+        config = load_config(args.config, NoiseStudyConfig)
+    elif args.quick:
+        config = quick_noise_study(problems)
+    else:
+        config = NoiseStudyConfig()
+    if problems:
+        config = parse_config({**config.model_dump(), "problems": problems}, NoiseStudyConfig)
+    out = Path(args.out or Path("runs") / config.name)
+    summary = run_noise_study(config, out, progress=not args.quiet)
+    for problem, rows in summary["summaries"].items():
+        for row in rows:
+            print(f"{problem} {row['panel']}, sigma {row['sigma']:g}: {row['verdict']}; error "
+                  f"{100 * row['error_at_zero']:.2f}% at sigma_train 0, "
+                  f"{100 * row['error_at_sigma']:.2f}% at sigma_train = sigma, "
+                  f"{100 * row['error_at_best']:.2f}% at the best sigma_train "
+                  f"{row['best_sigma_train']:g}")
+    print(f"wrote {out}/report.md, report.html and summary.json in "
+          f"{summary['wall_time_s']:.0f} s")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from robustgate.report.run_report import write_reports
 
@@ -369,6 +406,20 @@ def build_parser() -> argparse.ArgumentParser:
     certify.add_argument("--out", required=True, help="directory for certificates and summary")
     _common(certify)
     certify.set_defaults(handler=_certify)
+
+    study = commands.add_parser(
+        "study", help="studies run as experiments: `study noise` (does noise-augmented "
+        "training help a smoothed classifier?)")
+    study.add_argument("study", choices=["noise"])
+    study.add_argument("problems", nargs="*",
+                       help="disks, gaussians, mnist (default: all of the config)")
+    study.add_argument("--quick", action="store_true",
+                       help="a small grid: the synthetic problems in a few minutes")
+    study.add_argument("--config", help="a YAML study config (robustgate.config."
+                       "NoiseStudyConfig); written beside the results")
+    study.add_argument("--out", help="run directory (default: runs/<name>)")
+    study.add_argument("--quiet", action="store_true", help="no progress output")
+    study.set_defaults(handler=_study)
 
     report = commands.add_parser(
         "report", help="write report.md and report.html (plots embedded) for a run directory")

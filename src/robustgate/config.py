@@ -458,6 +458,89 @@ class ExperimentConfig(_Strict):
     adaptive: AdaptiveSettings = Field(default_factory=AdaptiveSettings)
 
 
+class DisksSettings(_Strict):
+    """The disk problem of Pal & Sulam: a ``size``-pixel square whose class-1 region is a union of
+    disks of ``radius`` pixels, centres drawn uniformly ``tries`` times and kept where no kept
+    centre lies within the ``(2·radius + gap)`` square around them; ``layouts`` random layouts per
+    gap. Noise levels are in pixels."""
+
+    size: int = Field(100, ge=10)
+    radius: float = Field(10.0, gt=0)
+    gaps: list[float] = Field(default_factory=lambda: [0.0, 1.0, 2.0, 3.0, 10.0, 20.0])
+    sigmas: list[float] = Field(default_factory=lambda: [8.0, 11.0, 14.0])
+    sigma_trains: list[float] = Field(default_factory=lambda: [float(s) for s in range(21)])
+    layouts: int = Field(10, ge=2)
+    tries: int = Field(10_000, ge=1)
+
+
+class GaussiansSettings(_Strict):
+    """The trained synthetic problems: ``equal`` (two isotropic Gaussians of one covariance, equal
+    priors) and ``clusters`` (class 1 a row of small clusters packed ``spacing`` apart, closer
+    than the smoothing noise, in a uniform class-0 background). An MLP is trained with the
+    ``gaussian`` loss at each ``σ_train = ratio · σ`` (``standard`` at 0) and smoothed by a
+    majority vote of ``votes`` noisy copies on ``n_test`` test points."""
+
+    sigmas: list[float] = Field(default_factory=lambda: [0.04, 0.06, 0.1])
+    ratios: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0, 1.25])
+    n_train: int = Field(4000, ge=10)
+    n_test: int = Field(2000, ge=10)
+    votes: int = Field(100, ge=1)
+    hidden: list[int] = Field(default_factory=lambda: [64, 64])
+    train: OptimizerSettings = Field(
+        default_factory=lambda: OptimizerSettings(epochs=15, batch_size=50, lr=0.05))
+    spacing: float = Field(0.04, gt=0)
+
+
+class MnistNoiseSettings(_Strict):
+    """MNIST: ``SmallCNN`` trained with the ``gaussian`` loss at each ``σ_train = ratio · σ``
+    (one model per σ_train, reused across σ), Δ by a majority vote of ``votes`` noisy copies on
+    the first ``limit`` test images, and certified accuracy at L2 ``radius`` (``certify``,
+    ``n`` draws at level ``alpha``) on the first ``certify_limit``."""
+
+    root: str = "../shared/data/mnist"
+    sigmas: list[float] = Field(default_factory=lambda: [0.25, 0.5])
+    ratios: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0, 1.25])
+    train: OptimizerSettings = Field(
+        default_factory=lambda: OptimizerSettings(epochs=3, batch_size=64, lr=0.05))
+    limit: int = Field(1000, ge=1)
+    votes: int = Field(100, ge=1)
+    certify_limit: int = Field(200, ge=1)
+    radius: float = Field(0.25, ge=0)
+    n: int = Field(10_000, ge=1)
+    alpha: float = Field(0.001, gt=0, lt=1)
+
+
+NOISE_PROBLEMS = ("disks", "gaussians", "mnist")
+
+
+class NoiseStudyConfig(_Strict):
+    """``robustgate study noise``: when does noise-augmented training help a smoothed classifier
+    (Pal & Sulam, TMLR 2023)? ``σ_train`` is the training noise and ``σ`` the smoothing noise."""
+
+    name: str = "noise-study"
+    seed: int = 0
+    problems: list[Literal["disks", "gaussians", "mnist"]] = Field(
+        default_factory=lambda: list(NOISE_PROBLEMS), min_length=1)
+    disks: DisksSettings = Field(default_factory=DisksSettings)
+    gaussians: GaussiansSettings = Field(default_factory=GaussiansSettings)
+    mnist: MnistNoiseSettings = Field(default_factory=MnistNoiseSettings)
+
+
+def quick_noise_study(problems: list[str] | None = None) -> NoiseStudyConfig:
+    """The study's ``--quick`` grid: the synthetic problems in a few minutes on a laptop CPU."""
+    return NoiseStudyConfig(
+        name="noise-study-quick", problems=problems or ["disks", "gaussians"],
+        disks=DisksSettings(gaps=[0.0, 3.0, 20.0], sigmas=[8.0, 14.0],
+                            sigma_trains=[0.0, 2.0, 4.0, 6.0, 8.0, 11.0, 14.0], layouts=3,
+                            tries=3000),
+        gaussians=GaussiansSettings(sigmas=[0.06], ratios=[0.0, 0.5, 1.0], n_train=2000,
+                                    n_test=2000, votes=50, hidden=[32, 32],
+                                    train=OptimizerSettings(epochs=15, batch_size=50, lr=0.05)),
+        mnist=MnistNoiseSettings(sigmas=[0.5], ratios=[0.0, 1.0], limit=200, certify_limit=50,
+                                 n=1000, train=OptimizerSettings(epochs=1, batch_size=64,
+                                                                 lr=0.05)))
+
+
 def _describe(error: ValidationError) -> str:
     problems = []
     for item in error.errors():

@@ -77,6 +77,20 @@ def certified_curves(curves: dict[str, list[tuple[float, float, float]]]) -> str
     return png(figure)
 
 
+def noise_effects(rows: list[dict[str, Any]]) -> str:
+    """The effect ``Δ(σ_train, σ) − Δ(0, σ)`` against σ_train: one panel per disk gap or problem,
+    one curve per σ (negative: training noise helps)."""
+    panels = list(dict.fromkeys(row["panel"] for row in rows))
+    figure, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        for row in (r for r in rows if r["panel"] == panel):
+            ax.plot(row["sigma_trains"], [100 * value for value in row["mean_effect"]],
+                    marker=".", label=f"σ = {row['sigma']:g}")
+        ax.axhline(0, color="grey", linewidth=0.8)
+        _label(ax, "σ_train", "effect on Δ (points)", panel)
+    return png(figure)
+
+
 def composed_accuracies(metrics: dict[str, dict[str, Any]],
                         compositions: Sequence[CompositionSettings]) -> str:
     """Composed natural against composed robust accuracy for each composition: filled under

@@ -473,9 +473,9 @@ def _threshold_section(run: Run) -> Section | None:
                    figure=plots.threshold_sweeps(sweeps))
 
 
-def markdown(run: Run, sections: list[Section]) -> str:
+def markdown(title: str, sections: list[Section]) -> str:
     """The sections with tables, in Markdown (figures are in the HTML report)."""
-    lines = [f"# {run.config.name}\n"]
+    lines = [f"# {title}\n"]
     for section in sections:
         if not section.columns:
             continue
@@ -489,9 +489,9 @@ def markdown(run: Run, sections: list[Section]) -> str:
     return "\n".join(lines)
 
 
-def to_html(run: Run, sections: list[Section]) -> str:
+def to_html(title: str, sections: list[Section]) -> str:
     """The sections, figures embedded, as one HTML page."""
-    title = html.escape(run.config.name)
+    title = html.escape(title)
     body = [f"<h1>{title}</h1>"]
     for section in sections:
         body.append(f"<h2>{html.escape(section.title)}</h2>")
@@ -517,6 +517,6 @@ def write_reports(directory: str | Path) -> tuple[Path, Path]:
     run = Run.read(directory)
     paths = (run.directory / "report.md", run.directory / "report.html")
     sections = _sections(run)
-    atomic_write_text(paths[0], markdown(run, sections))
-    atomic_write_text(paths[1], to_html(run, sections))
+    atomic_write_text(paths[0], markdown(run.config.name, sections))
+    atomic_write_text(paths[1], to_html(run.config.name, sections))
     return paths

@@ -1,0 +1,74 @@
+"""The noise-augmentation study against known answers, and as a resumable command."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from robustgate.cli import main
+from robustgate.config import DisksSettings, NoiseStudyConfig, quick_noise_study
+from robustgate.evaluate.statistics import clopper_pearson
+from robustgate.study.noise import disk_radius_after_filtering, run_noise_study, smoothed
+
+
+@pytest.mark.parametrize("radius, sigma", [(10, 4), (10, 8), (20, 11), (6, 5)])
+def test_one_filtered_disk_is_the_disk_of_the_noncentral_chi_square_radius(radius, sigma):
+    size = 160
+    rows, columns = np.mgrid[0:size, 0:size] + 0.5
+    distance = np.hypot(rows - size / 2, columns - size / 2)
+    region = smoothed(distance <= radius, sigma)
+    expected = disk_radius_after_filtering(radius, sigma)
+    assert (distance[region] <= expected + 1).all()
+    assert (region[distance <= expected - 1]).all()
+    if radius < sigma * math.sqrt(2 * math.log(2)):
+        assert expected == 0 and not region.any()
+
+
+def test_a_disk_vanishes_below_sigma_times_root_two_log_two():
+    sigma = 10.0
+    threshold = sigma * math.sqrt(2 * math.log(2))
+    assert disk_radius_after_filtering(threshold * 0.98, sigma) == 0
+    assert disk_radius_after_filtering(threshold * 1.05, sigma) > 0
+
+
+def test_equal_covariance_gaussians_do_not_depend_on_the_training_noise(tmp_path):
+    """The noisy data's Bayes rule is one hyperplane at every σ_train: every Δ lies inside the
+    95% interval of Δ at σ_train = 0; on clusters packed closer than σ, noise helps."""
+    config = quick_noise_study(["gaussians"])
+    summary = run_noise_study(config, tmp_path, progress=False)["summaries"]["gaussians"]
+    equal = next(row for row in summary if row["panel"] == "equal")
+    low, high = clopper_pearson(round(equal["error_at_zero"] * equal["samples"]),
+                                equal["samples"])
+    assert all(low <= error <= high for error in equal["mean_error"])
+    clusters = next(row for row in summary if row["panel"] == "clusters")
+    assert clusters["verdict"] == "helped" and clusters["best_sigma_train"] > 0
+
+
+def test_the_study_resumes_and_refuses_another_config(tmp_path):
+    config = NoiseStudyConfig(name="tiny", problems=["disks"], disks=DisksSettings(
+        size=60, radius=6, gaps=[0.0, 10.0], sigmas=[5.0], sigma_trains=[0.0, 2.0, 5.0],
+        layouts=3, tries=500))
+    first = run_noise_study(config, tmp_path, progress=False)
+    results = tmp_path / "results" / "disks.json"
+    cells = json.loads(results.read_text())
+    kept = dict(list(cells.items())[:2])
+    results.write_text(json.dumps(kept))
+    again = run_noise_study(config, tmp_path, progress=False)
+    assert again["summaries"] == first["summaries"]
+    assert json.loads(results.read_text()) == cells
+    other = config.model_copy(update={"seed": 1})
+    with pytest.raises(ValueError, match="different config"):
+        run_noise_study(other, tmp_path, progress=False)
+
+
+def test_study_command_quick_writes_the_report(tmp_path, capsys):
+    assert main(["study", "noise", "disks", "--quick", "--out", str(tmp_path), "--quiet"]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "## disks" in report and "## Recommendation" in report
+    assert "training noise" in report
+    assert (tmp_path / "report.html").exists()
+    assert main(["study", "noise", "cubes", "--quick", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown problems ['cubes']" in capsys.readouterr().err
