@@ -55,9 +55,11 @@ def recommendation(summaries: dict[str, list[dict[str, Any]]]) -> str:
                      f"{min(ratios):.2f}–{max(ratios):.2f}·σ: train a little below σ (or tune "
                      "σ_train on validation data) rather than at σ.")
     if never:
-        parts.append(f"On {len(never)} of {len(summaries['disks'])} disk settings (well-separated "
-                     "components or small σ) training noise did not help: there, train without "
-                     "noise or with little.")
+        parts.append(f"On {len(never)} of {len(summaries['disks'])} disk settings training noise "
+                     "did not help beyond the spread across layouts, and σ_train = σ hurt on "
+                     f"{sum(row['sigma_train_equal_sigma_hurt'] for row in never)} of them: "
+                     "where the class regions are well separated at the scale of σ, train with "
+                     "little noise or none.")
     return " ".join(parts)
 
 
