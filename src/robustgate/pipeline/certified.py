@@ -78,49 +78,61 @@ def certified_model_metrics(certificates: Certificates, settings: SmoothingSetti
             "by_radius": by_radius}
 
 
+def _uncertified(core: Records, samples: int, eps: float) -> Records:
+    """A core without a certificate, on the first ``samples`` points: its answers, robust
+    nowhere."""
+    return Records(core.labels[:samples], core.predictions[:samples],
+                   {eps: np.zeros(samples, bool)})
+
+
+def _certified_count(composition: CompositionSettings, branch: Records, core: Records,
+                     selection: Selection, out: Path) -> dict[str, Any]:
+    """The certified composition's records (written beside the run) and metrics: composed
+    natural and certified accuracy (with its 95% interval), certified robust inaccuracy,
+    selection and stability rates, and the selection taken on the clean input beside them."""
+    eps = selection.eps
+    composed = compose_records(branch, core, selection)
+    composed.to_csv(out / "records" / "certified" / f"{file_name(composition.label)}.csv")
+    certified = composed.accurate & composed.robust_at(eps)
+    low, high = clopper_pearson(int(certified.sum()), len(certified))
+    unattacked = selection.selected & branch.accurate & branch.robust_at(eps)
+    return {
+        "natural_accuracy": float(composed.accurate.mean()),
+        "core_natural_accuracy": float(core.accurate.mean()),
+        "certified_accuracy": float(certified.mean()),
+        "certified_accuracy_interval": [low, high],
+        "certified_robust_inaccuracy": float((~composed.accurate
+                                              & composed.robust_at(eps)).mean()),
+        "certified_accuracy_if_selector_not_attacked": float(unattacked.mean()),
+        **selection_metrics(branch.accurate, selection.selected),
+        "stable_rate": float(selection.stable.mean()), "kappa": composition.kappa,
+        "samples": len(certified), "certified": True,
+    }
+
+
 def certified_composition(
     composition: CompositionSettings, branch: Certificates, settings: SmoothingSettings,
     core: Records | Certificates, threat: ThreatModel, dimension: int, out: Path,
     progress: bool,
 ) -> dict[str, Any]:
     """The smoothed branch composed with ``core`` under the smoothing selector deployed at
-    ``κ·eps``, counted from the certificates (``Selection.smoothing``): composed natural
-    accuracy, composed certified accuracy (sound) and, beside it, the selection taken on the
-    clean input."""
+    ``κ·eps``, counted from the certificates (``Selection.smoothing``)."""
     eps, kappa = threat.eps, composition.kappa
     l2 = covering_l2_radius(threat, dimension)
     selection = Selection.smoothing(branch, eps, l2, settings.sigma, settings.n0, settings.n,
                                     settings.alpha, kappa)
-    branch_records = branch.records(threat, [eps], dimension)
-    if isinstance(core, Certificates):
-        core_records = core.records(threat, [eps], dimension)
-    else:
-        core_records = Records(core.labels[: len(branch)], core.predictions[: len(branch)],
-                               {eps: np.zeros(len(branch), bool)})
-    composed = compose_records(branch_records, core_records, selection)
-    composed.to_csv(out / "records" / "certified" / f"{file_name(composition.label)}.csv")
-    certified = composed.accurate & composed.robust_at(eps)
-    unattacked = selection.selected & branch_records.accurate & branch_records.robust_at(eps)
-    low, high = clopper_pearson(int(certified.sum()), len(certified))
+    core_records = (core.records(threat, [eps], dimension) if isinstance(core, Certificates)
+                    else _uncertified(core, len(branch), eps))
+    metrics = _certified_count(composition, branch.records(threat, [eps], dimension),
+                               core_records, selection, out)
     stability = stable_radius(settings.sigma, kappa * l2, l2, settings.n0, settings.n,
                               settings.alpha)
-    say(f"[{composition.label}] certified {100 * certified.mean():.1f}% of {len(certified)} "
-        f"(stable where the certified L2 radius is at least {stability:.3g})", progress)
-    return {
-        "natural_accuracy": float(composed.accurate.mean()),
-        "core_natural_accuracy": float(core_records.accurate.mean()),
-        "certified_accuracy": float(certified.mean()),
-        "certified_accuracy_interval": [low, high],
-        "certified_robust_inaccuracy": float((~composed.accurate
-                                              & composed.robust_at(eps)).mean()),
-        "certified_accuracy_if_selector_not_attacked": float(unattacked.mean()),
-        **selection_metrics(branch_records.accurate, selection.selected),
-        "stable_rate": float(selection.stable.mean()),
-        "selector_l2_radius": kappa * l2, "stable_l2_radius": stability, "kappa": kappa,
-        "guarantee": f"per input with probability >= {1 - 2 * settings.alpha:g} (two "
-                     f"certificates at alpha {settings.alpha:g}, a union bound)",
-        "samples": len(certified), "certified": True,
-    }
+    say(f"[{composition.label}] certified {100 * metrics['certified_accuracy']:.1f}% of "
+        f"{len(branch)} (stable where the certified L2 radius is at least {stability:.3g})",
+        progress)
+    return {**metrics, "selector_l2_radius": kappa * l2, "stable_l2_radius": stability,
+            "guarantee": f"per input with probability >= {1 - 2 * settings.alpha:g} (two "
+                         f"certificates at alpha {settings.alpha:g}, a union bound)"}
 
 
 def bound_methods(config: ExperimentConfig, name: str) -> list[str]:
@@ -193,39 +205,23 @@ def bound_composition(
 ) -> dict[str, Any]:
     """The branch composed with the core under the bound selector deployed at ``κ·eps``, counted
     from the certificates (``Selection.bounds``: stable where IBP certifies ``(κ+1)·eps``), the
-    core counting only where it is certified itself; with an IBP selector, the composition is
-    exported as one program, and its answers compared with the Python object's on the whole
-    test set."""
-    eps, kappa = threat.eps, composition.kappa
-    deployed, interval = branch[composition.bound_method].records(), branch["ibp"].records()
-    selection = Selection.bounds(deployed, interval, eps, kappa)
-    samples = len(deployed)
+    core counting only where it is certified itself (by any of its methods); with an IBP
+    selector, the composition is exported as one program, and its answers compared with the
+    Python object's on the whole test set."""
+    eps = threat.eps
+    deployed = branch[composition.bound_method].records()
+    selection = Selection.bounds(deployed, branch["ibp"].records(), eps, composition.kappa)
     if core is None:
-        core_part = Records(core_records.labels[:samples], core_records.predictions[:samples],
-                            {eps: np.zeros(samples, bool)})
-    else:  # certified by any of its methods
+        core_part = _uncertified(core_records, len(deployed), eps)
+    else:
         core_part = Records(core["ibp"].labels, core["ibp"].predictions,
                             {eps: np.logical_or.reduce([c.records().robust_at(eps)
                                                         for c in core.values()])})
-    composed = compose_records(deployed, core_part, selection)
-    composed.to_csv(out / "records" / "certified" / f"{file_name(composition.label)}.csv")
-    certified = composed.accurate & composed.robust_at(eps)
-    low, high = clopper_pearson(int(certified.sum()), samples)
-    unattacked = selection.selected & deployed.accurate & deployed.robust_at(eps)
-    metrics = {
-        "natural_accuracy": float(composed.accurate.mean()),
-        "core_natural_accuracy": float(core_part.accurate.mean()),
-        "certified_accuracy": float(certified.mean()),
-        "certified_accuracy_interval": [low, high],
-        "certified_robust_inaccuracy": float((~composed.accurate
-                                              & composed.robust_at(eps)).mean()),
-        "certified_accuracy_if_selector_not_attacked": float(unattacked.mean()),
-        **selection_metrics(deployed.accurate, selection.selected),
-        "stable_rate": float(selection.stable.mean()), "kappa": kappa,
-        "bound_method": composition.bound_method,
-        "guarantee": "deterministic (bound propagation)", "samples": samples, "certified": True,
-    }
-    say(f"[{composition.label}] certified {100 * certified.mean():.1f}% of {samples}", progress)
+    metrics = {**_certified_count(composition, deployed, core_part, selection, out),
+               "bound_method": composition.bound_method,
+               "guarantee": "deterministic (bound propagation)"}
+    say(f"[{composition.label}] certified {100 * metrics['certified_accuracy']:.1f}% of "
+        f"{len(deployed)}", progress)
     if composition.bound_method == "ibp":
         metrics["export"] = _export_check(composition, models, threat, x_test, out)
     return metrics
