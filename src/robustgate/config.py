@@ -250,11 +250,13 @@ class BoundSettings(_Strict):
 
 class ValidationSettings(_Strict):
     """Validation of every ``every``-th epoch on the first ``limit`` validation points at ``eps``
-    (the loss's by default): by ``attack``, or, with ``smoothing``, by certifying the smoothed
-    model (``certified_*`` metrics, a cheaper ``n`` than the test's is usual)."""
+    in ``norm`` (the loss's threat's by default): by ``attack``, or, with ``smoothing``, by
+    certifying the smoothed model (``certified_*`` metrics, a cheaper ``n`` than the test's is
+    usual)."""
 
     every: int = Field(1, ge=1)
     eps: float | None = Field(None, ge=0)
+    norm: Literal["linf", "l2"] | None = None
     attack: AttackSettings = Field(
         default_factory=lambda: AttackSettings(steps=20, relative_step=0.1)
     )

@@ -188,6 +188,7 @@ def validate(
     if settings.limit is not None:
         x, y = x[: settings.limit], y[: settings.limit]
     eps = threat.eps if settings.eps is None else settings.eps
+    threat = ThreatModel(settings.norm or threat.norm, eps, threat.low, threat.high)
     if settings.smoothing is not None:
         smoothing = settings.smoothing
         smooth = Smooth(model, model.num_classes, smoothing.sigma, smoothing.batch_size)
