@@ -266,3 +266,23 @@ def test_a_composition_of_bound_selectors_exports_and_answers_alike(tmp_path):
     with pytest.raises(ValueError, match="only bound selectors"):
         attacked.export(tmp_path / "no.pt2", x[:4])
     assert not (tmp_path / "no.pt2").exists()
+
+
+def test_review_cases_padding_crown_stability_and_radius_round_trip(tmp_path):
+    from robustgate.evaluate import BoundCertificates, Records, Selection
+
+    reflect = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"), nn.Flatten(),
+                            nn.Linear(2 * 28 * 28, 3))
+    with pytest.raises(ValueError, match="padding_mode='reflect'"):
+        certify_bounds(reflect, torch.rand(1, 1, 28, 28), ThreatModel("linf", 0.01))
+    # a CROWN-only selector counts no stability, and selects where CROWN certifies only
+    crown = Records([0, 0], [0, 0], {0.1: [False, True], 0.2: [False, False]})
+    interval = Records([0, 0], [0, 0], {0.1: [True, False], 0.2: [True, False]})
+    alone = Selection.bounds(crown, interval, 0.1, with_interval_bounds=False)
+    assert alone.selected.tolist() == [False, True] and not alone.stable.any()
+    radius = 8 / 255
+    certificates = BoundCertificates([0], [0], {radius: [0.5]}, [0.1])
+    certificates.to_csv(tmp_path / "c.csv")
+    assert BoundCertificates.read_csv(tmp_path / "c.csv").records().robust_at(radius).all()
+    Records([0], [0], {radius: [True]}).to_csv(tmp_path / "r.csv")
+    assert Records.read_csv(tmp_path / "r.csv").robust_at(radius).all()

@@ -192,3 +192,24 @@ def test_the_certified_count_holds_for_the_deployed_composition():
     assert right_at_worst[counted].mean() >= 1 - 2 * alpha
     naive = branch.certified_at(2 * eps)
     assert (naive & ~right_at_worst).sum() > 5  # 9 with these seeds
+
+
+def test_the_composition_answers_with_the_class_the_smoothing_selector_certified():
+    from robustgate.compose import ComposedClassifier
+    from robustgate.select import SmoothingSelector
+
+    smooth = Smooth(hyperplane(), 2, SIGMA)
+    selector = SmoothingSelector(smooth, 0.05, 50, 500, 0.01)
+
+    class Wrong(torch.nn.Module):  # a branch whose own forward would answer otherwise
+        input_shape, num_classes = (2,), 2
+
+        def forward(self, x):
+            return torch.stack([torch.zeros(len(x)), torch.ones(len(x))], dim=1)
+
+    core = Linear(torch.zeros(2, 2), torch.tensor([0.0, 1.0]))
+    x = at_distance([0.3, 0.01])
+    labels, routes = ComposedClassifier(Wrong(), selector, core).predict(x)
+    assert routes.tolist() == [0, 1] and labels.tolist() == [0, 1]
+    with pytest.raises(ValueError, match="radius and distance"):
+        stable_radius(SIGMA, -0.1, 0.0, 10, 100, 0.01)

@@ -2,7 +2,9 @@
 
 ``predict(x)`` walks the chain ``(branch_1, selector_1) → … → core``: each input is answered by
 the first branch whose selector selects it, or by the core. It returns the labels and the route
-(the index of the stage that answered; ``len(stages)`` means the core).
+(the index of the stage that answered; ``len(stages)`` means the core). A selector whose decision
+is a certificate for a class (``select_and_answer``, the smoothing selector) answers with that
+class.
 
 With interval-bound selectors only, the composition is a plain forward computation
 (:class:`ComposedProgram`) that ``ComposedClassifier.export`` writes as one ``torch.export``
@@ -77,11 +79,16 @@ class ComposedClassifier:
         for route, (branch, selector) in enumerate(self.stages):
             if len(pending) == 0:
                 break
-            selected = selector.select(x[pending]).cpu().bool()
-            chosen = pending[selected]
-            if len(chosen):
-                labels[chosen] = predict_logits(branch, x[chosen]).argmax(dim=1).cpu()
-                routes[chosen] = route
+            if hasattr(selector, "select_and_answer"):  # a certificate that names its class
+                selected, answers = selector.select_and_answer(x[pending])
+                selected = selected.cpu().bool()
+                labels[pending[selected]] = answers.cpu()[selected]
+            else:
+                selected = selector.select(x[pending]).cpu().bool()
+                chosen = pending[selected]
+                if len(chosen):
+                    labels[chosen] = predict_logits(branch, x[chosen]).argmax(dim=1).cpu()
+            routes[pending[selected]] = route
             pending = pending[~selected]
         if len(pending):
             labels[pending] = predict_logits(self.core, x[pending]).argmax(dim=1).cpu()

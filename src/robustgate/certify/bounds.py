@@ -51,8 +51,13 @@ def feed_forward_layers(model: nn.Module) -> list[nn.Module]:
     for layer in layers:
         if not isinstance(layer, (*AFFINE, *MONOTONE)):
             raise ValueError(f"bound propagation does not cover {type(layer).__name__} layers")
-        if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)) and layer.training:
-            raise ValueError("batch normalization is bounded in eval mode only")
+        if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)) and (
+                layer.training or layer.running_var is None):
+            raise ValueError("batch normalization is bounded in eval mode, with running "
+                             "statistics, only")
+        if isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
+            raise ValueError(f"bound propagation covers zero-padded convolutions, not "
+                             f"padding_mode={layer.padding_mode!r}")
     if not isinstance(layers[-1], nn.Linear):
         raise ValueError("bound propagation needs a model that ends in a Linear layer")
     return layers
@@ -90,7 +95,9 @@ def _elementwise_scale(layer: nn.Module, like: torch.Tensor) -> torch.Tensor:
     if isinstance(layer, Normalize):
         scale = 1 / layer.std
     else:
-        scale = layer.weight / torch.sqrt(layer.running_var + layer.eps)
+        scale = 1 / torch.sqrt(layer.running_var + layer.eps)
+        if layer.weight is not None:
+            scale = layer.weight * scale
     return scale.view(1, -1, *([1] * (like.dim() - 2))) if like.dim() > 2 else scale.view(1, -1)
 
 

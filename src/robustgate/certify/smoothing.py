@@ -78,6 +78,8 @@ def stable_radius(sigma: float, radius: float, distance: float, n0: int, n: int,
     failure = alpha if failure is None else failure
     if not 0 < failure < 1:
         raise ValueError(f"failure must be in (0, 1), got {failure}")
+    if not (radius >= 0 and distance >= 0):
+        raise ValueError(f"radius and distance must be >= 0, got {radius=}, {distance=}")
     threshold = norm.cdf(radius / sigma)
     counts = np.arange(n + 1)
     clearing = counts[clopper_pearson_lower(counts, n, alpha) > threshold]
@@ -88,7 +90,7 @@ def stable_radius(sigma: float, radius: float, distance: float, n0: int, n: int,
     def misses(q: float) -> float:
         return float(binom.cdf(needed - 1, n, q) + binom.cdf(n0 // 2, n0, q))
 
-    low, high = threshold, 1.0
+    low, high = max(threshold, 0.5), 1.0
     if misses(np.nextafter(1.0, 0.0)) > failure:
         return math.inf
     for _ in range(60):

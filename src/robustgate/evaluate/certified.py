@@ -70,8 +70,8 @@ class Certificates:
     def records(self, threat: ThreatModel, radii: Sequence[float], dimension: int) -> Records:
         """Records at each radius of ``radii`` in ``threat``'s norm, ``robust`` being ``cert``
         through the covering L2 radius (also at radius 0: an abstention certifies nothing)."""
-        robust = {float(eps): self.certified_at(
-                      covering_l2_radius(ThreatModel(threat.norm, eps), dimension))
+        robust = {float(eps): self.certified_at(covering_l2_radius(
+                      ThreatModel(threat.norm, eps, threat.low, threat.high), dimension))
                   for eps in {0.0, *radii}}
         return Records(self.labels, self.predictions, robust)
 
@@ -142,8 +142,8 @@ class BoundCertificates:
         radii = sorted(self.margins)
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["index", "label", "prediction", *[f"certified@{r:g}" for r in radii],
-                         *[f"margin@{r:g}" for r in radii], "seconds"])
+        writer.writerow(["index", "label", "prediction", *[f"certified@{r:.10g}" for r in radii],
+                         *[f"margin@{r:.10g}" for r in radii], "seconds"])
         for i in range(len(self)):
             writer.writerow([i, self.labels[i], self.predictions[i],
                              *[int(self.margins[r][i] > 0) for r in radii],

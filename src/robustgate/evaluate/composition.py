@@ -85,24 +85,24 @@ class Selection:
 
     @classmethod
     def bounds(cls, deployed: Records, interval: Records, eps: float, kappa: float = 1.0,
-               ) -> Selection:
+               with_interval_bounds: bool = True) -> Selection:
         """The bound selector deployed at ``κ·eps``: it selects ``x'`` where its bound method
-        (``deployed``: certified flags by IBP, CROWN or either) certifies the branch on
-        ``B(x', κ·eps)``.
+        (``deployed``: certified flags by that method) certifies the branch on ``B(x', κ·eps)``.
 
-        - Stable where IBP (``interval``) certifies the branch on ``B(x, (κ+1)·eps)``: interval
-          bounds are monotone under inclusion, so IBP then certifies every ``B(x', κ·eps)``
-          inside, whatever the deployed method adds. CROWN gives no stability.
+        - Stable where IBP (``interval``) certifies the branch on ``B(x, (κ+1)·eps)``, if the
+          deployed method certifies wherever IBP does (``with_interval_bounds``: ``ibp`` and
+          ``ibp+crown``): interval bounds are monotone under inclusion, so IBP then certifies
+          every ``B(x', κ·eps)`` inside. CROWN alone gives no stability (it adapts to the region
+          and may miss what IBP certifies).
         - Consistent everywhere: a certified ``B(x', κ·eps)`` holds ``x``.
         - Nothing is counted as unreachable.
 
         A deterministic guarantee: the count holds for every input it counts."""
         if not kappa >= 1:
             raise ValueError(f"the bound selector's kappa must be >= 1, got {kappa}")
-        selected = deployed.robust_at(kappa * eps) | interval.robust_at(kappa * eps)
-        stable = interval.robust_at((kappa + 1) * eps)
         none = np.zeros(len(deployed), bool)
-        return cls(eps, selected, stable, ~none, none)
+        stable = interval.robust_at((kappa + 1) * eps) if with_interval_bounds else none
+        return cls(eps, deployed.robust_at(kappa * eps), stable, ~none, none)
 
     @classmethod
     def smoothing(cls, branch: Certificates, eps: float, l2_radius: float, sigma: float, n0: int,

@@ -73,7 +73,7 @@ class Records:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(
-            ["index", "label", "prediction", "accurate", *[f"robust@{r:g}" for r in radii]]
+            ["index", "label", "prediction", "accurate", *[f"robust@{r:.10g}" for r in radii]]
         )
         accurate = self.accurate
         for i in range(len(self)):

@@ -68,7 +68,8 @@ def certified_model_metrics(certificates: Certificates, settings: SmoothingSetti
     largest = max_certifiable_radius(settings.sigma, settings.n, settings.alpha)
     by_radius = {}
     for eps in sorted({threat.eps, *radii}):
-        l2 = covering_l2_radius(ThreatModel(threat.norm, eps), dimension)
+        l2 = covering_l2_radius(ThreatModel(threat.norm, eps, threat.low, threat.high),
+                                dimension)
         by_radius[f"{eps:g}"] = {**certified_metrics(records, eps), "l2_radius": l2,
                                  "above_max_certifiable": l2 > largest}
     return {**certified_metrics(records, threat.eps), "sigma": settings.sigma,
@@ -130,9 +131,11 @@ def certified_composition(
     say(f"[{composition.label}] certified {100 * metrics['certified_accuracy']:.1f}% of "
         f"{len(branch)} (stable where the certified L2 radius is at least {stability:.3g})",
         progress)
+    certificates = 3 if isinstance(core, Certificates) else 2
     return {**metrics, "selector_l2_radius": kappa * l2, "stable_l2_radius": stability,
-            "guarantee": f"per input with probability >= {1 - 2 * settings.alpha:g} (two "
-                         f"certificates at alpha {settings.alpha:g}, a union bound)"}
+            "guarantee": f"per input with probability >= {1 - certificates * settings.alpha:g} "
+                         f"({certificates} certificates at alpha {settings.alpha:g}, a union "
+                         "bound)"}
 
 
 def bound_methods(config: ExperimentConfig, name: str) -> list[str]:
@@ -210,7 +213,8 @@ def bound_composition(
     Python object's on the whole test set."""
     eps = threat.eps
     deployed = branch[composition.bound_method].records()
-    selection = Selection.bounds(deployed, branch["ibp"].records(), eps, composition.kappa)
+    selection = Selection.bounds(deployed, branch["ibp"].records(), eps, composition.kappa,
+                                 with_interval_bounds="ibp" in composition.bound_method)
     if core is None:
         core_part = _uncertified(core_records, len(deployed), eps)
     else:

@@ -18,10 +18,16 @@ from robustgate.select.robustness import logit_margin
 
 class SmoothingSelector:
     """Selects ``x`` where ``smooth.certify(x, n0, n, alpha)`` certifies an L2 radius of at least
-    ``radius`` (``κ`` times the L2 radius covering the threat ball)."""
+    ``radius`` (``κ`` times the L2 radius covering the threat ball), and answers with the class
+    that certificate is for (``select_and_answer``), so that the composition's answer is the
+    certified one.
+
+    ``seed=None`` (the default for deployment) draws fresh noise on every call: a fixed seed
+    makes the noise known to an adversary, and the per-input guarantee holds only for inputs
+    chosen without that knowledge. A seed makes evaluations reproducible."""
 
     def __init__(self, smooth: Smooth, radius: float, n0: int = 100, n: int = 10_000,
-                 alpha: float = 0.001, seed: int = 0) -> None:
+                 alpha: float = 0.001, seed: int | None = None) -> None:
         if not radius >= 0:
             raise ValueError(f"radius must be >= 0, got {radius}")
         self.smooth = smooth
@@ -37,7 +43,13 @@ class SmoothingSelector:
         attack on the selector could follow."""
         return logit_margin(self.smooth.base(x))
 
+    def select_and_answer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Boolean mask on the CPU (``True`` where the branch answers) and the certified class
+        of every input (``ABSTAIN`` where none is)."""
+        seed = int(torch.randint(0, 2**62, ())) if self.seed is None else self.seed
+        predictions, radii, _ = self.smooth.certify(x, self.n0, self.n, self.alpha, seed)
+        return (predictions != ABSTAIN) & (radii >= self.radius), predictions
+
     def select(self, x: torch.Tensor) -> torch.Tensor:
         """Boolean mask on the CPU: ``True`` where the branch answers."""
-        predictions, radii, _ = self.smooth.certify(x, self.n0, self.n, self.alpha, self.seed)
-        return (predictions != ABSTAIN) & (radii >= self.radius)
+        return self.select_and_answer(x)[0]
