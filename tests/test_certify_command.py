@@ -260,3 +260,16 @@ def test_a_bound_certified_experiment_end_to_end(tmp_path):
     assert composed["export"]["identical"] and composed["export"]["inputs"] == 1000
     assert composed["certified_accuracy"] <= composed["stable_rate"]
     assert "Certified models (bound propagation)" in (tmp_path / "report.md").read_text()
+
+
+def test_certification_settings_do_not_make_a_trained_model_another(smoothed_checkpoint):
+    from robustgate.config import TrainSpec, parse_config
+    from robustgate.train.run import train_model
+
+    spec = parse_config({key: TRAIN[key] for key in ("model", "loss", "train", "validation")}
+                        | {"smoothing": {"sigma": 0.3}, "bounds": {"methods": ["crown"]}},
+                        TrainSpec)
+    before = smoothed_checkpoint.stat().st_mtime_ns
+    again = train_model(spec, (torch.rand(4, 2), torch.zeros(4, dtype=torch.int64)), None, 2,
+                        smoothed_checkpoint.parent, progress=False)
+    assert again == smoothed_checkpoint and again.stat().st_mtime_ns == before

@@ -113,7 +113,8 @@ def train_model(
     """Train (or resume training) one model into ``out``; returns the best checkpoint's path."""
     out = Path(out)
     best_path = out / "best.safetensors"
-    spec_json = json.loads(spec.model_dump_json())
+    # what is trained: how the model is deployed and certified afterwards is not part of it
+    spec_json = json.loads(spec.model_dump_json(exclude={"smoothing", "bounds"}))
     if (out / "spec.json").exists():
         if json.loads((out / "spec.json").read_text()) != {"spec": spec_json, "seed": seed}:
             raise ValueError(f"{out} holds another training run (spec.json differs); choose "
