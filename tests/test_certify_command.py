@@ -263,12 +263,11 @@ def test_a_bound_certified_experiment_end_to_end(tmp_path):
 
 
 def test_certification_settings_do_not_make_a_trained_model_another(smoothed_checkpoint):
-    from robustgate.config import TrainSpec, parse_config
+    from robustgate.config import TrainRunConfig, parse_config
     from robustgate.train.run import train_model
 
-    spec = parse_config({key: TRAIN[key] for key in ("model", "loss", "train", "validation")}
-                        | {"smoothing": {"sigma": 0.3}, "bounds": {"methods": ["crown"]}},
-                        TrainSpec)
+    spec = parse_config(TRAIN | {"smoothing": {"sigma": 0.3}, "bounds": {"methods": ["crown"]}},
+                        TrainRunConfig)
     before = smoothed_checkpoint.stat().st_mtime_ns
     again = train_model(spec, (torch.rand(4, 2), torch.zeros(4, dtype=torch.int64)), None, 2,
                         smoothed_checkpoint.parent, progress=False)
