@@ -291,7 +291,7 @@ def _trained_summary(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-RUNNERS = {"disks": _run_disks, "gaussians": _run_gaussians, "mnist": _run_mnist}
+TRAINED = {"gaussians": _run_gaussians, "mnist": _run_mnist}
 
 
 def run_noise_study(config: NoiseStudyConfig, out: str | Path, progress: bool = True
@@ -313,7 +313,7 @@ def run_noise_study(config: NoiseStudyConfig, out: str | Path, progress: bool = 
             _run_disks(config, results, save, progress)
             summaries[problem] = _disks_summary(config, results)
         else:
-            RUNNERS[problem](config, out, results, save, progress)
+            TRAINED[problem](config, out, results, save, progress)
             summaries[problem] = _trained_summary(results)
     summary = {"summaries": summaries, "wall_time_s": round(time.perf_counter() - started, 1)}
     atomic_write_json(out / "summary.json", summary)
