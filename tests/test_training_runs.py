@@ -291,3 +291,31 @@ def test_the_shipped_experiment_configs_load():
         parse_config({**EXPERIMENT, "compositions": [
             {"branch": "era", "core": "core", "kappa": 2, "operating_point": {}}]},
             ExperimentConfig)
+
+
+def test_a_run_written_by_an_earlier_release_resumes(tmp_path):
+    """A stored config or spec without settings added since (their defaults) is the same run;
+    a changed value is not."""
+    from robustgate.pipeline.run_directory import check_run_directory
+
+    config = parse_config(EXPERIMENT, ExperimentConfig)
+    resolved = json.loads(config.model_dump_json())
+    older = json.loads(json.dumps(resolved))
+    del older["evaluation"]["certified_radii"], older["models"]["era"]["smoothing"]
+    (tmp_path / "config.json").write_text(json.dumps(older))
+    check_run_directory(tmp_path, resolved, ExperimentConfig)
+    with pytest.raises(ValueError, match="different config"):
+        check_run_directory(tmp_path, {**resolved, "seed": 1}, ExperimentConfig)
+    with pytest.raises(ValueError, match="different config"):
+        check_run_directory(tmp_path, resolved)  # without the schema, raw comparison only
+    spec = parse_config(SPEC, TrainSpec)
+    out = tmp_path / "model"
+    out.mkdir()
+    stored = json.loads(spec.model_dump_json(exclude={"smoothing", "bounds"}))
+    del stored["validation"]["norm"]
+    (out / "spec.json").write_text(json.dumps({"spec": stored, "seed": 0}))
+    best = out / "best.safetensors"
+    best.write_bytes(b"")
+    assert train_model(spec, data("train"), None, 2, out, progress=False) == best
+    with pytest.raises(ValueError, match="another training run"):
+        train_model(spec, data("train"), None, 2, out, seed=1, progress=False)

@@ -84,7 +84,7 @@ def run_experiment(
     out = Path(out)
     device = resolve_device(device)
     _check_model_references(config)
-    check_run_directory(out, json.loads(config.model_dump_json()))
+    check_run_directory(out, json.loads(config.model_dump_json()), ExperimentConfig)
     started = time.perf_counter()
     train, validation, num_classes, metadata = training_data(config.data, config.seed)
     test = load_dataset(split="test", seed=config.seed,

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from robustgate.config import parse_config
 from robustgate.io import atomic_write_json
 
 
@@ -17,15 +18,29 @@ def say(message: str, progress: bool) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def check_run_directory(out: Path, resolved: dict[str, Any]) -> None:
+def check_run_directory(out: Path, resolved: dict[str, Any], schema: type | None = None) -> None:
     """Write the resolved config into ``out``, or, if ``out`` holds a run, insist it is the same
-    config (so that a rerun resumes, and nothing written by another run is lost)."""
+    config (so that a rerun resumes, and nothing written by another run is lost). With the
+    config's ``schema``, a stored config is re-read with the current schema (defaults of
+    settings added since filled in), so that a run started by an earlier release resumes."""
     path = out / "config.json"
     if path.exists():
-        if json.loads(path.read_text()) != json.loads(json.dumps(resolved)):
+        stored = json.loads(path.read_text())
+        if stored != json.loads(json.dumps(resolved)) and not _same_after(schema, stored,
+                                                                           resolved):
             raise ValueError(
                 f"{out} holds a run with a different config ({path}); choose another --out or "
                 "remove that directory"
             )
     else:
         atomic_write_json(path, resolved)
+
+
+def _same_after(schema: type | None, stored: dict[str, Any], resolved: dict[str, Any]) -> bool:
+    if schema is None:
+        return False
+    try:
+        again = json.loads(parse_config(stored, schema).model_dump_json())
+    except ValueError:  # not a config of this schema at all
+        return False
+    return again == json.loads(json.dumps(resolved))

@@ -298,7 +298,7 @@ def run_noise_study(config: NoiseStudyConfig, out: str | Path, progress: bool = 
                     ) -> dict[str, Any]:
     """Run (or resume) the study into ``out``; returns the summaries per problem."""
     out = Path(out)
-    check_run_directory(out, json.loads(config.model_dump_json()))
+    check_run_directory(out, json.loads(config.model_dump_json()), NoiseStudyConfig)
     started = time.perf_counter()
     summaries = {}
     for problem in config.problems:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from robustgate.certify import Smooth
@@ -85,6 +86,18 @@ def training_attack_of(spec: TrainSpec) -> dict[str, Any]:
     return {"attack": training_attack(objective, settings.steps, settings.relative_step)}
 
 
+def _same_spec(stored: dict[str, Any], spec: TrainSpec, seed: int) -> bool:
+    """Whether a stored ``spec.json`` (perhaps written by an earlier release, without settings
+    added since) describes the same training as ``spec``."""
+    try:
+        again = type(spec).model_validate(stored.get("spec"))
+    except ValidationError:
+        return False
+    return stored.get("seed") == seed and json.loads(again.model_dump_json(
+        exclude={"smoothing", "bounds"})) == json.loads(spec.model_dump_json(
+            exclude={"smoothing", "bounds"}))
+
+
 def select_epoch(history: list[dict[str, Any]], rule: SelectionSettings) -> int | None:
     """The validated epoch chosen by ``rule`` (``None`` when no epoch was validated)."""
     validated = [entry for entry in history if "validation" in entry]
@@ -116,7 +129,8 @@ def train_model(
     # what is trained: how the model is deployed and certified afterwards is not part of it
     spec_json = json.loads(spec.model_dump_json(exclude={"smoothing", "bounds"}))
     if (out / "spec.json").exists():
-        if json.loads((out / "spec.json").read_text()) != {"spec": spec_json, "seed": seed}:
+        stored = json.loads((out / "spec.json").read_text())
+        if stored != {"spec": spec_json, "seed": seed} and not _same_spec(stored, spec, seed):
             raise ValueError(f"{out} holds another training run (spec.json differs); choose "
                              "another output directory")
         if best_path.exists():
