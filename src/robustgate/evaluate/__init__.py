@@ -7,6 +7,7 @@ from robustgate.evaluate.certified import (
     certified_metrics,
     certify_smoothed,
     certify_with_bounds,
+    smoothing_metrics,
 )
 from robustgate.evaluate.composition import Selection, compose_chain, compose_records
 from robustgate.evaluate.grid import Grid
@@ -33,4 +34,5 @@ __all__ = [
     "risk_coverage_curve",
     "robustness_metrics",
     "selection_metrics",
+    "smoothing_metrics",
 ]

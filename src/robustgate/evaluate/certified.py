@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -211,6 +212,16 @@ def certified_metrics(records: Records, eps: float) -> dict[str, float]:
         "not_certified": float((~certified).mean()),
         "abstain_rate": float((records.predictions == ABSTAIN).mean()),
     }
+
+
+def smoothing_metrics(records: Records, threat: ThreatModel, eps: float, dimension: int,
+                      largest: float) -> dict[str, Any]:
+    """:func:`certified_metrics` of a smoothed model at ``eps`` (in ``threat``'s norm), with the
+    L2 radius certified for it and whether that lies above ``largest``, the largest radius the
+    certificates' N and α can certify."""
+    l2 = covering_l2_radius(ThreatModel(threat.norm, eps, threat.low, threat.high), dimension)
+    return {**certified_metrics(records, eps), "l2_radius": l2,
+            "above_max_certifiable": l2 > largest}
 
 
 def certify_smoothed(

@@ -35,6 +35,7 @@ from robustgate.evaluate import (
     certify_with_bounds,
     compose_records,
     selection_metrics,
+    smoothing_metrics,
 )
 from robustgate.evaluate.statistics import clopper_pearson
 from robustgate.io import file_name
@@ -66,12 +67,8 @@ def certified_model_metrics(certificates: Certificates, settings: SmoothingSetti
     """Certified metrics of one smoothed model at eps and at every radius of ``radii``."""
     records = certificates.records(threat, [threat.eps, *radii], dimension)
     largest = max_certifiable_radius(settings.sigma, settings.n, settings.alpha)
-    by_radius = {}
-    for eps in sorted({threat.eps, *radii}):
-        l2 = covering_l2_radius(ThreatModel(threat.norm, eps, threat.low, threat.high),
-                                dimension)
-        by_radius[f"{eps:g}"] = {**certified_metrics(records, eps), "l2_radius": l2,
-                                 "above_max_certifiable": l2 > largest}
+    by_radius = {f"{eps:g}": smoothing_metrics(records, threat, eps, dimension, largest)
+                 for eps in sorted({threat.eps, *radii})}
     return {**certified_metrics(records, threat.eps), "sigma": settings.sigma,
             "sigma_train": sigma_train, "n": settings.n, "alpha": settings.alpha,
             "samples": len(certificates), "max_certifiable_l2_radius": largest,

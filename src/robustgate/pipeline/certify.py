@@ -14,7 +14,6 @@ import torch
 from robustgate.certify import (
     BOUND_METHODS,
     Smooth,
-    covering_l2_radius,
     feed_forward_layers,
     max_certifiable_radius,
 )
@@ -25,6 +24,7 @@ from robustgate.evaluate import (
     certified_metrics,
     certify_smoothed,
     certify_with_bounds,
+    smoothing_metrics,
 )
 from robustgate.inputs import check_inputs
 from robustgate.io import atomic_write_json
@@ -92,14 +92,12 @@ def certify_checkpoint(
         records = certificates.records()
     certificates.to_csv(out / "certificates.csv")
     partial.unlink(missing_ok=True)
-    by_radius = {}
-    for threat in threats:
-        row: dict[str, Any] = certified_metrics(records, threat.eps)
-        if smoothing is not None:
-            l2 = covering_l2_radius(threat, dimension)
-            row.update({"l2_radius": l2,
-                        "above_max_certifiable": l2 > summary["max_certifiable_l2_radius"]})
-        by_radius[f"{norm} {threat.eps:g}"] = row
+    by_radius = {
+        f"{norm} {threat.eps:g}": (
+            smoothing_metrics(records, threat, threat.eps, dimension,
+                              summary["max_certifiable_l2_radius"])
+            if smoothing is not None else certified_metrics(records, threat.eps))
+        for threat in threats}
     summary.update({
         "mean_seconds_per_sample": float(certificates.seconds.mean()) if len(y) else 0.0,
         "wall_time_s": time.perf_counter() - started, "metrics": by_radius})
