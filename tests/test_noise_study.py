@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from robustgate.cli import main
-from robustgate.config import DisksSettings, NoiseStudyConfig, quick_noise_study
+from robustgate.config import (
+    DisksSettings,
+    GaussiansSettings,
+    NoiseStudyConfig,
+    OptimizerSettings,
+    quick_noise_study,
+)
 from robustgate.evaluate.statistics import clopper_pearson
 from robustgate.study.noise import disk_radius_after_filtering, run_noise_study, smoothed
 
@@ -62,6 +68,31 @@ def test_the_study_resumes_and_refuses_another_config(tmp_path):
     other = config.model_copy(update={"seed": 1})
     with pytest.raises(ValueError, match="different config"):
         run_noise_study(other, tmp_path, progress=False)
+
+
+def test_a_rerun_with_another_problem_adds_it_to_the_study(tmp_path):
+    """Problems studied apart in one directory make one study: the new problem is run, the
+    earlier one is kept, read back and reported; other settings must still be the same."""
+    config = NoiseStudyConfig(
+        name="tiny", problems=["disks"],
+        disks=DisksSettings(size=60, radius=6, gaps=[0.0], sigmas=[5.0],
+                            sigma_trains=[0.0, 5.0], layouts=2, tries=200),
+        gaussians=GaussiansSettings(sigmas=[0.1], ratios=[0.0, 1.0], n_train=200, n_test=100,
+                                    votes=10, hidden=[8],
+                                    train=OptimizerSettings(epochs=1, batch_size=50)))
+    first = run_noise_study(config, tmp_path, progress=False)["summaries"]
+    disks = (tmp_path / "results" / "disks.json").read_text()
+    both = run_noise_study(config.model_copy(update={"problems": ["gaussians"]}), tmp_path,
+                           progress=False)["summaries"]
+    assert set(both) == {"disks", "gaussians"} and both["disks"] == first["disks"]
+    assert (tmp_path / "results" / "disks.json").read_text() == disks
+    assert json.loads((tmp_path / "config.json").read_text())["problems"] == ["disks",
+                                                                              "gaussians"]
+    report = (tmp_path / "report.md").read_text()
+    assert "## disks" in report and "## gaussians" in report
+    with pytest.raises(ValueError, match="different config"):
+        run_noise_study(config.model_copy(update={"problems": ["gaussians"], "seed": 1}),
+                        tmp_path, progress=False)
 
 
 def test_study_command_quick_writes_the_report(tmp_path, capsys):

@@ -18,22 +18,34 @@ def say(message: str, progress: bool) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def check_run_directory(out: Path, resolved: dict[str, Any], schema: type | None = None) -> None:
+def check_run_directory(out: Path, resolved: dict[str, Any], schema: type | None = None,
+                        extends: str | None = None) -> dict[str, Any]:
     """Write the resolved config into ``out``, or, if ``out`` holds a run, insist it is the same
     config (so that a rerun resumes, and nothing written by another run is lost). With the
     config's ``schema``, a stored config is re-read with the current schema (defaults of
-    settings added since filled in), so that a run started by an earlier release resumes."""
+    settings added since filled in), so that a run started by an earlier release resumes.
+
+    ``extends`` names a list setting that a rerun may extend (a study's problems): the stored
+    list and the new one are joined, stored items first, and the joined config is recorded and
+    returned; every other setting must still be the same."""
     path = out / "config.json"
     if path.exists():
-        stored = json.loads(path.read_text())
+        stored = recorded = json.loads(path.read_text())
+        if extends is not None:
+            earlier = stored.get(extends, [])
+            joined = earlier + [item for item in resolved[extends] if item not in earlier]
+            resolved, stored = {**resolved, extends: joined}, {**stored, extends: joined}
         if stored != json.loads(json.dumps(resolved)) and not _same_after(schema, stored,
                                                                            resolved):
             raise ValueError(
                 f"{out} holds a run with a different config ({path}); choose another --out or "
                 "remove that directory"
             )
+        if stored != recorded:
+            atomic_write_json(path, stored)
     else:
         atomic_write_json(path, resolved)
+    return resolved
 
 
 def _same_after(schema: type | None, stored: dict[str, Any], resolved: dict[str, Any]) -> bool:

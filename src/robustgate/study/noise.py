@@ -296,25 +296,29 @@ TRAINED = {"gaussians": _run_gaussians, "mnist": _run_mnist}
 
 def run_noise_study(config: NoiseStudyConfig, out: str | Path, progress: bool = True
                     ) -> dict[str, Any]:
-    """Run (or resume) the study into ``out``; returns the summaries per problem."""
+    """Run (or resume) the study's problems into ``out``; returns the summaries per problem of
+    every problem studied there (a rerun with other problems adds them to the study)."""
     out = Path(out)
-    check_run_directory(out, json.loads(config.model_dump_json()), NoiseStudyConfig)
+    recorded = check_run_directory(out, json.loads(config.model_dump_json()), NoiseStudyConfig,
+                                   extends="problems")
     started = time.perf_counter()
     summaries = {}
-    for problem in config.problems:
+    for problem in recorded["problems"]:
         path = out / "results" / f"{problem}.json"
         results = json.loads(path.read_text()) if path.exists() else {}
+        if problem in config.problems:
 
-        def save(results: dict[str, Any] = results, path: Path = path) -> None:
-            atomic_write_json(path, results)
+            def save(results: dict[str, Any] = results, path: Path = path) -> None:
+                atomic_write_json(path, results)
 
-        say(f"[{problem}] {len(results)} cells done before", progress and bool(results))
-        if problem == "disks":
-            _run_disks(config, results, save, progress)
-            summaries[problem] = _disks_summary(config, results)
-        else:
-            TRAINED[problem](config, out, results, save, progress)
-            summaries[problem] = _trained_summary(results)
+            say(f"[{problem}] {len(results)} cells done before", progress and bool(results))
+            if problem == "disks":
+                _run_disks(config, results, save, progress)
+            else:
+                TRAINED[problem](config, out, results, save, progress)
+        if results:
+            summaries[problem] = (_disks_summary(config, results) if problem == "disks"
+                                  else _trained_summary(results))
     summary = {"summaries": summaries, "wall_time_s": round(time.perf_counter() - started, 1)}
     atomic_write_json(out / "summary.json", summary)
     write_noise_report(out, config, summary)
