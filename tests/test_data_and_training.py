@@ -41,26 +41,29 @@ def test_learning_rate_drops_from_three_quarters_of_the_epochs():
 
 
 @pytest.mark.parametrize("arguments", [{"epochs": 0}, {"lr": -1.0}, {"momentum": 1.0},
-                                       {"lr_drop_factor": 0.0}])
+                                       {"lr_drop_factor": 0.0}, {"optimizer": "lbfgs"}])
 def test_invalid_training_settings_are_errors(arguments):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=next(iter(arguments))):
         TrainConfig(**arguments)
 
 
-def trained(seed: int) -> MLP:
+def trained(seed: int, optimizer: str = "sgd") -> MLP:
     x, y, _ = make_synthetic("twogauss", 200, seed=0)
     torch.manual_seed(0)
     model = MLP(2, 2, (16, 16))
-    fit(model, make_loss("standard"), x, y, TrainConfig(epochs=3, batch_size=20, seed=seed),
+    lr = 0.01 if optimizer == "adam" else 0.03
+    fit(model, make_loss("standard"), x, y,
+        TrainConfig(optimizer=optimizer, epochs=3, batch_size=20, lr=lr, seed=seed),
         progress=False)
     return model
 
 
-def test_training_learns_and_is_reproducible():
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_training_learns_and_is_reproducible(optimizer):
     x, y, _ = make_synthetic("twogauss", 200, seed=0, split="test")
-    model = trained(seed=1)
+    model = trained(seed=1, optimizer=optimizer)
     assert float((predict_logits(model, x).argmax(1) == y).float().mean()) > 0.95
-    same, other = trained(seed=1), trained(seed=2)
+    same, other = trained(seed=1, optimizer=optimizer), trained(seed=2, optimizer=optimizer)
     assert torch.equal(model.layers[0].weight, same.layers[0].weight)
     assert not torch.equal(model.layers[0].weight, other.layers[0].weight)
 

@@ -38,8 +38,10 @@ def weights(path) -> torch.Tensor:
     return torch.cat([p.flatten() for p in model.parameters()])
 
 
-def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    spec = parse_config(SPEC, TrainSpec)
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, optimizer):
+    """Adam's moment estimates resume with the weights, as SGD's momentum does."""
+    spec = parse_config({**SPEC, "train": {**SPEC["train"], "optimizer": optimizer}}, TrainSpec)
     straight = train_model(spec, data("train"), data("validation"), 2, tmp_path / "straight",
                            progress=False)
     real_fit = training_run.fit

@@ -23,12 +23,16 @@ from robustgate.data.synthetic import SYNTHETIC_DATASETS
 from robustgate.losses.objectives import WEIGHTS
 from robustgate.threat import ThreatModel
 
+OPTIMIZERS = ("sgd", "adam")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """SGD with momentum and weight decay; the learning rate is multiplied by
+    """``optimizer`` ``sgd`` (with ``momentum``) or ``adam`` (its default betas; ``momentum``
+    unused), both with (L2-coupled) weight decay; the learning rate is multiplied by
     ``lr_drop_factor`` from epoch ``lr_drop_at · epochs`` on; ``seed`` fixes the batch order."""
 
+    optimizer: str = "sgd"
     epochs: int = 20
     batch_size: int = 10
     lr: float = 0.03
@@ -39,6 +43,8 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(
                 f"epochs and batch_size must be >= 1, got epochs={self.epochs}, "
@@ -188,6 +194,10 @@ class LossSettings(_Strict):
 
 
 class OptimizerSettings(_Strict):
+    """``config.TrainConfig``: the optimizer (``sgd`` with momentum, or ``adam``), epochs, batch
+    size, learning rate and its one drop, weight decay."""
+
+    optimizer: Literal["sgd", "adam"] = "sgd"
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(0.01, gt=0)

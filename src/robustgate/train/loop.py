@@ -27,10 +27,13 @@ def epoch_seed(config: TrainConfig, epoch: int) -> int:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD over the parameters that require gradients (all, or the last layer when frozen)."""
+    """The configured optimizer (SGD with momentum, or Adam) over the parameters that require
+    gradients (all, or the last layer when frozen)."""
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
         raise ValueError("the model has no trainable parameters")
+    if config.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
                            weight_decay=config.weight_decay)
 
