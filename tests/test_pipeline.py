@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -47,6 +48,15 @@ def test_config_rejects_unknown_keys_and_bad_values():
     with pytest.raises(ValueError, match="eps"):
         DemoConfig(eps=0.6)  # the selector's 2·eps would exceed the domain
     assert DemoConfig.from_dict(SMALL.to_dict()) == SMALL
+
+
+@pytest.mark.parametrize("change, message", [({"dataset": "moons"}, "unknown synthetic data set"),
+                                              ({"era_weight": "hardest"}, "weight must be")])
+def test_a_bad_data_set_or_weight_is_refused_before_anything_is_written(tmp_path, change,
+                                                                       message):
+    with pytest.raises(ValueError, match=message):
+        run_demo(dataclasses.replace(SMALL, **change), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):

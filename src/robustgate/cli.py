@@ -57,11 +57,12 @@ def _split(args: argparse.Namespace, split: str | None = None) -> tuple[Any, Any
 
 
 def _attack(args: argparse.Namespace) -> Any:
+    from robustgate.attacks import build_attack
     from robustgate.config import AttackSettings
 
-    return AttackSettings(name=args.attack, steps=args.steps, restarts=args.restarts,
-                          relative_step=args.relative_step,
-                          target_classes=args.target_classes).build(args.seed)
+    return build_attack(AttackSettings(name=args.attack, steps=args.steps, restarts=args.restarts,
+                                       relative_step=args.relative_step,
+                                       target_classes=args.target_classes), args.seed)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -18,9 +18,6 @@ from pydantic import (
     model_validator,
 )
 
-from robustgate.attacks import Attack, make_attack
-from robustgate.data.synthetic import SYNTHETIC_DATASETS
-from robustgate.losses.objectives import WEIGHTS
 from robustgate.threat import ThreatModel
 
 OPTIMIZERS = ("sgd", "adam")
@@ -95,16 +92,9 @@ class DemoConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.dataset not in SYNTHETIC_DATASETS:
-            raise ValueError(
-                f"dataset={self.dataset!r} is not a synthetic data set; choose from "
-                f"{sorted(SYNTHETIC_DATASETS)}"
-            )
         if self.n_train < 1 or self.n_test < 1:
             raise ValueError(f"n_train and n_test must be >= 1, got {self.n_train}, {self.n_test}")
         self.threat.scaled(2)  # validates norm and eps, also for the selector at 2·eps
-        if self.era_weight not in WEIGHTS:
-            raise ValueError(f"era_weight must be one of {WEIGHTS}, got {self.era_weight!r}")
         if self.train.seed != self.seed:
             object.__setattr__(self, "train", dataclasses.replace(self.train, seed=self.seed))
         object.__setattr__(self, "hidden", tuple(self.hidden))
@@ -159,12 +149,6 @@ class AttackSettings(_Strict):
     objective: Literal["margin", "ce"] = "margin"
     target_classes: int = Field(3, ge=0)
 
-    def build(self, seed: int) -> Attack:
-        """The evaluation attack these settings describe (``pgd`` with early exit)."""
-        extra = ({"relative_step": self.relative_step, "objective": self.objective,
-                  "target_classes": self.target_classes} if self.name == "pgd" else {})
-        return make_attack(self.name, steps=self.steps, restarts=self.restarts, seed=seed,
-                           **extra)
 
 
 class DataSettings(_Strict):

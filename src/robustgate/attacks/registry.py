@@ -1,4 +1,5 @@
-"""Attacks for evaluation by name: ``make_attack(name, **params)``."""
+"""Attacks for evaluation by name: ``make_attack(name, **params)``, or from a config's
+``AttackSettings`` (``build_attack``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 from robustgate.attacks.autoattack import AutoAttackAdapter
 from robustgate.attacks.pgd import PGD, Attack
+from robustgate.config import AttackSettings
 
 ATTACKS = ("pgd", "apgd-ce", "apgd-t", "square", "autoattack")
 
@@ -27,3 +29,11 @@ def make_attack(
     if name == "autoattack":
         return AutoAttackAdapter(None, seed=seed)
     raise ValueError(f"unknown attack {name!r}; choose from {ATTACKS}")
+
+
+def build_attack(settings: AttackSettings, seed: int) -> Attack:
+    """The evaluation attack that ``settings`` (``config.AttackSettings``) describe."""
+    extra = ({"relative_step": settings.relative_step, "objective": settings.objective,
+              "target_classes": settings.target_classes} if settings.name == "pgd" else {})
+    return make_attack(settings.name, steps=settings.steps, restarts=settings.restarts,
+                       seed=seed, **extra)

@@ -207,13 +207,14 @@ def run_demo(
     """Run the demo into ``out``; returns ``{split: {model: metrics}}`` (also ``metrics.json``)."""
     out = Path(out)
     device = resolve_device(device)
-    check_run_directory(out, config.to_dict())
+    # the data and losses first: a bad data set or ERA weight is refused before anything is written
     data = {
         split: make_synthetic(config.dataset, n, config.seed, split)
         for split, n in (("train", config.n_train), ("test", config.n_test))
     }
     num_classes = data["train"][2]
     losses = _losses(config)
+    check_run_directory(out, config.to_dict())
     models = {
         name: _train_or_load(name, config, losses[name], *data["train"][:2], num_classes, out,
                              device, progress)

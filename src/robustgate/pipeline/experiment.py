@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from robustgate.attacks import make_attack
+from robustgate.attacks import build_attack, make_attack
 from robustgate.config import ExperimentConfig
 from robustgate.data import load_dataset
 from robustgate.device import resolve_device
@@ -104,7 +104,7 @@ def run_experiment(
     x_test, y_test = test.x, test.y
     if settings.limit is not None:
         x_test, y_test = x_test[: settings.limit], y_test[: settings.limit]
-    attack = settings.attack.build(config.seed)
+    attack = build_attack(settings.attack, config.seed)
     branches = {name for composition in config.compositions for name in composition.branches}
     records: dict[str, Records] = {}
     certificates: dict[str, Certificates] = {}

@@ -20,6 +20,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from robustgate.attacks import build_attack
 from robustgate.certify import Smooth
 from robustgate.config import DataSettings, SelectionSettings, TrainSpec
 from robustgate.data import load_dataset
@@ -211,7 +212,7 @@ def validate(
                                         smoothing.seed, progress=progress, description="validate")
         records = certificates.records(threat, [eps], x[0].numel())
         return certified_metrics(records, eps)
-    records = evaluate_model(model, x, y, threat, [eps], settings.attack.build(seed),
+    records = evaluate_model(model, x, y, threat, [eps], build_attack(settings.attack, seed),
                              progress=progress, description="validate")
     return robustness_metrics(records.accurate, records.robust_at(eps))
 
