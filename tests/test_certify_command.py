@@ -14,6 +14,7 @@ from robustgate.cli import main
 from robustgate.evaluate import Certificates, certified_metrics, certify_smoothed
 from robustgate.losses import make_loss, soft_smoothed_radius
 from robustgate.models import MLP
+from robustgate.pipeline import certify as certify_command
 from robustgate.threat import ThreatModel
 from tests.conftest import Linear
 
@@ -46,7 +47,7 @@ def test_validation_by_certification_chooses_the_best_epoch(smoothed_checkpoint)
 
 
 def test_certify_command_summarizes_resumes_and_says_what_it_certified(
-        smoothed_checkpoint, tmp_path, capsys):
+        smoothed_checkpoint, tmp_path, capsys, monkeypatch):
     arguments = ["certify", str(smoothed_checkpoint), "--method", "smoothing", "--sigma", "0.2",
                  "--n0", "10", "--n", "200", "--alpha", "0.01", "--data", "twogauss",
                  "--limit", "30", "--radii", "0", "0.1", "1.0", "--quiet", "--out"]
@@ -68,6 +69,14 @@ def test_certify_command_summarizes_resumes_and_says_what_it_certified(
     kept.to_csv(out / "certificates.partial.csv")
     assert main([*arguments, str(out)]) == 0
     assert np.array_equal(Certificates.read_csv(out / "certificates.csv").radii, first)
+    summary = json.loads((out / "summary.json").read_text())
+
+    def certify_again(*args, **kwargs):
+        raise AssertionError("a finished run is read back, not certified again")
+
+    monkeypatch.setattr(certify_command, "certify_smoothed", certify_again)
+    assert main([*arguments, str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["metrics"] == summary["metrics"]
     assert main([*arguments[:5], "0.3", *arguments[6:], str(out)]) == 2
     assert "other settings" in capsys.readouterr().err
 

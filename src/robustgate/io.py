@@ -1,4 +1,5 @@
-"""Atomic writes: a temporary file beside the target, then a rename."""
+"""Atomic writes (a temporary file beside the target, then a rename), and per-sample files that
+resume."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -46,3 +47,25 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
 def file_name(label: str) -> str:
     """A label as a file name: ``era→core [gate]`` → ``era-core-gate``."""
     return re.sub(r"[^A-Za-z0-9_.]+", "-", label).strip("-")
+
+
+class PerSample(Protocol):
+    def to_csv(self, path: str | Path) -> None: ...
+
+
+Result = TypeVar("Result", bound=PerSample)
+
+
+def complete_or_resume(path: str | Path, read: Callable[[Path], Result],
+                       compute: Callable[[Path], Result]) -> Result:
+    """The per-sample file at ``path`` if it is complete there (``read``); else
+    ``compute(partial)``, which resumes from and appends to ``<path>.partial.csv``, then the
+    complete file is written and the partial one removed."""
+    path = Path(path)
+    if path.exists():
+        return read(path)
+    partial = path.with_suffix(".partial.csv")
+    result = compute(partial)
+    result.to_csv(path)
+    partial.unlink(missing_ok=True)
+    return result

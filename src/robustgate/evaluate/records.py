@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from robustgate.attacks import Attack, check_robustness
 from robustgate.compose import ComposedClassifier
 from robustgate.inputs import check_labels
-from robustgate.io import atomic_write_text
+from robustgate.io import atomic_write_text, complete_or_resume
 from robustgate.threat import ThreatModel
 
 
@@ -176,14 +176,8 @@ def evaluate_or_resume(
 ) -> Records:
     """The records at ``path`` if they are complete there; else :func:`evaluate_model` (same
     ``options``), resuming from and writing to ``<path>.partial.csv``, then the complete file."""
-    path = Path(path)
-    if path.exists():
-        return Records.read_csv(path)
-    partial = path.with_suffix(".partial.csv")
-    records = evaluate_model(model, x, y, threat, radii, attack, partial=partial, **options)
-    records.to_csv(path)
-    partial.unlink(missing_ok=True)
-    return records
+    return complete_or_resume(path, Records.read_csv, lambda partial: evaluate_model(
+        model, x, y, threat, radii, attack, partial=partial, **options))
 
 
 def _read_partial(partial: str | Path | None, y: torch.Tensor, radii: Sequence[float]

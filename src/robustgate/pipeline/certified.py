@@ -38,7 +38,7 @@ from robustgate.evaluate import (
     smoothing_metrics,
 )
 from robustgate.evaluate.statistics import clopper_pearson
-from robustgate.io import file_name
+from robustgate.io import complete_or_resume, file_name
 from robustgate.models.modes import model_device
 from robustgate.pipeline.run_directory import say
 from robustgate.select import BoundSelector
@@ -49,16 +49,10 @@ def certify_or_resume(path: Path, model: nn.Module, settings: SmoothingSettings,
                       x: torch.Tensor, y: torch.Tensor, progress: bool, description: str,
                       ) -> Certificates:
     """The certificates at ``path`` if complete there, else certify (resuming a partial file)."""
-    if path.exists():
-        return Certificates.read_csv(path)
-    partial = path.with_suffix(".partial.csv")
     smooth = Smooth(model, model.num_classes, settings.sigma, settings.batch_size)
-    certificates = certify_smoothed(smooth, x, y, settings.n0, settings.n, settings.alpha,
-                                    settings.seed, partial=partial, progress=progress,
-                                    description=description)
-    certificates.to_csv(path)
-    partial.unlink(missing_ok=True)
-    return certificates
+    return complete_or_resume(path, Certificates.read_csv, lambda partial: certify_smoothed(
+        smooth, x, y, settings.n0, settings.n, settings.alpha, settings.seed, partial=partial,
+        progress=progress, description=description))
 
 
 def certified_model_metrics(certificates: Certificates, settings: SmoothingSettings,
@@ -163,17 +157,13 @@ def bound_certificates_or_resume(
     certificates = {}
     for method in methods:
         path = directory / f"{name}.{method}.csv"
-        if path.exists():
-            certificates[method] = BoundCertificates.read_csv(path)
-            continue
-        say(f"[{name}] certifying by {method} at " + ", ".join(f"{r:g}" for r in radii),
-            progress)
-        partial = path.with_suffix(".partial.csv")
-        certificates[method] = certify_with_bounds(
-            model, x, y, threat, radii, method, batch_size=settings.batch_size,
-            partial=partial, progress=progress, description=f"{name}/{method}")
-        certificates[method].to_csv(path)
-        partial.unlink(missing_ok=True)
+        if not path.exists():
+            say(f"[{name}] certifying by {method} at " + ", ".join(f"{r:g}" for r in radii),
+                progress)
+        certificates[method] = complete_or_resume(
+            path, BoundCertificates.read_csv, lambda partial, method=method: certify_with_bounds(
+                model, x, y, threat, radii, method, batch_size=settings.batch_size,
+                partial=partial, progress=progress, description=f"{name}/{method}"))
     return certificates
 
 

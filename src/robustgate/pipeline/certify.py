@@ -27,7 +27,7 @@ from robustgate.evaluate import (
     smoothing_metrics,
 )
 from robustgate.inputs import check_inputs
-from robustgate.io import atomic_write_json
+from robustgate.io import atomic_write_json, complete_or_resume
 from robustgate.models import load_checkpoint
 from robustgate.threat import ThreatModel
 
@@ -70,13 +70,14 @@ def certify_checkpoint(
                          "choose another --out or remove it")
     atomic_write_json(settings_path, settings)
     started = time.perf_counter()
-    partial = out / "certificates.partial.csv"
     summary: dict[str, Any] = {**settings}
+    path = out / "certificates.csv"
     if smoothing is not None:
         smooth = Smooth(model, model.num_classes, smoothing.sigma, smoothing.batch_size)
-        certificates: Certificates | BoundCertificates = certify_smoothed(
-            smooth, x, y, smoothing.n0, smoothing.n, smoothing.alpha, smoothing.seed,
-            chunk=chunk, partial=partial, progress=progress)
+        certificates: Certificates | BoundCertificates = complete_or_resume(
+            path, Certificates.read_csv, lambda partial: certify_smoothed(
+                smooth, x, y, smoothing.n0, smoothing.n, smoothing.alpha, smoothing.seed,
+                chunk=chunk, partial=partial, progress=progress))
         records = certificates.records(threats[0], radii, dimension)
         largest = max_certifiable_radius(smoothing.sigma, smoothing.n, smoothing.alpha)
         sigma_train = metadata.get("sigma_train")
@@ -86,12 +87,11 @@ def certify_checkpoint(
                                             and sigma_train != smoothing.sigma),
             "max_certifiable_l2_radius": largest, "l2_covering": norm == "linf"})
     else:
-        certificates = certify_with_bounds(model, x, y, threats[0], radii, method,
-                                           batch_size=batch_size, partial=partial,
-                                           progress=progress)
+        certificates = complete_or_resume(
+            path, BoundCertificates.read_csv, lambda partial: certify_with_bounds(
+                model, x, y, threats[0], radii, method, batch_size=batch_size,
+                partial=partial, progress=progress))
         records = certificates.records()
-    certificates.to_csv(out / "certificates.csv")
-    partial.unlink(missing_ok=True)
     by_radius = {
         f"{norm} {threat.eps:g}": (
             smoothing_metrics(records, threat, threat.eps, dimension,
