@@ -6,6 +6,7 @@ from hypothesis.extra.numpy import arrays
 
 from robustgate.evaluate import (
     Records,
+    Routes,
     Selection,
     compose_chain,
     compose_records,
@@ -147,3 +148,16 @@ def test_records_round_trip_through_csv(tmp_path):
     assert np.array_equal(loaded.robust_at(0.2), original.robust_at(0.2))
     with pytest.raises(KeyError, match="0.3"):
         loaded.robust_at(0.3)
+
+
+def test_routes_round_trip_with_and_without_scores(tmp_path):
+    scored = Routes([0, 1, 1, 0], [0.25, -1.0, 3.5e-9, 0.1])
+    scored.to_csv(tmp_path / "scored.csv")
+    again = Routes.read_csv(tmp_path / "scored.csv")
+    assert np.array_equal(again.routes, scored.routes)
+    assert np.array_equal(again.scores, scored.scores)
+    Routes([2, 0]).to_csv(tmp_path / "plain.csv")
+    plain = Routes.read_csv(tmp_path / "plain.csv")
+    assert plain.scores is None and plain.routes.tolist() == [2, 0]
+    with pytest.raises(ValueError, match="3 scores for 2 routes"):
+        Routes([0, 1], [0.1, 0.2, 0.3])

@@ -12,7 +12,7 @@ from robustgate.evaluate.certified import (
 from robustgate.evaluate.composition import Selection, compose_chain, compose_records
 from robustgate.evaluate.grid import Grid
 from robustgate.evaluate.metrics import robustness_metrics, selection_metrics
-from robustgate.evaluate.records import Records, evaluate_model, evaluate_or_resume
+from robustgate.evaluate.records import Records, Routes, evaluate_model, evaluate_or_resume
 from robustgate.evaluate.selective import area_under_risk_coverage, risk_coverage_curve
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "Certificates",
     "Grid",
     "Records",
+    "Routes",
     "Selection",
     "certified_metrics",
     "certify_smoothed",

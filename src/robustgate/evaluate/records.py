@@ -99,6 +99,40 @@ class Records:
         )
 
 
+@dataclass
+class Routes:
+    """Per input, where a composition sent it (``0`` … for the branches, ``len(branches)`` for
+    the core) and the selector's score where the selector has one (``None`` otherwise)."""
+
+    routes: np.ndarray
+    scores: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.routes = np.asarray(self.routes, dtype=np.int64)
+        if self.scores is not None:
+            self.scores = np.asarray(self.scores, dtype=np.float64)
+            if self.scores.shape != self.routes.shape:
+                raise ValueError(f"{len(self.scores)} scores for {len(self.routes)} routes")
+
+    def to_csv(self, path: str | Path) -> None:
+        """Write one row per input (atomically): index, score (empty without one), route."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["index", "score", "route"])
+        for i, route in enumerate(self.routes):
+            score = "" if self.scores is None else repr(float(self.scores[i]))
+            writer.writerow([i, score, int(route)])
+        atomic_write_text(path, buffer.getvalue())
+
+    @classmethod
+    def read_csv(cls, path: str | Path) -> Routes:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        scored = bool(rows) and rows[0]["score"] != ""
+        return cls([int(row["route"]) for row in rows],
+                   [float(row["score"]) for row in rows] if scored else None)
+
+
 def evaluate_model(
     model: nn.Module | ComposedClassifier,
     x: torch.Tensor,

@@ -28,6 +28,7 @@ from robustgate.config import CompositionSettings, ExperimentConfig
 from robustgate.evaluate import (
     AdaptiveAttack,
     Records,
+    Routes,
     Selection,
     area_under_risk_coverage,
     check_composition,
@@ -40,7 +41,7 @@ from robustgate.evaluate.composition import unattacked_robust_accuracy
 from robustgate.evaluate.operating_points import choose_kappa, operating_curve, sweep_radii
 from robustgate.evaluate.sanity import sanity_checks
 from robustgate.evaluate.statistics import clopper_pearson
-from robustgate.io import atomic_write_json, atomic_write_text, file_name
+from robustgate.io import atomic_write_json, file_name
 from robustgate.models import (
     MixedClassifier,
     build_model,
@@ -223,7 +224,8 @@ class CompositionEvaluator:
             selections = [Selection.scores(parts[0], scores >= selector.threshold, eps)]
         core = self.records[composition.core]
         composed_records, routes = compose_chain(parts, core, selections)
-        self._write_selection(composition.label, scores, routes)
+        Routes(routes, scores).to_csv(self.out / "selection"
+                                      / f"{file_name(composition.label)}.csv")
         composed_records.to_csv(self.out / "records" / "composed"
                                 / f"{file_name(composition.label)}.csv")
         metrics: dict[str, Any] = {
@@ -244,15 +246,6 @@ class CompositionEvaluator:
             self.models[composition.core])
         metrics["adaptive"] = self._adaptive(composition.label, composed, composed_records)
         return metrics
-
-    def _write_selection(self, label: str, scores: np.ndarray | None, routes: np.ndarray
-                         ) -> None:
-        lines = ["index,score,route"]
-        for i, route in enumerate(routes):
-            score = "" if scores is None else repr(float(scores[i]))
-            lines.append(f"{i},{score},{int(route)}")
-        atomic_write_text(self.out / "selection" / f"{file_name(label)}.csv",
-                          "\n".join(lines) + "\n")
 
     def _attacked(self, label: str, model: Any, attack: Any, **check: Any) -> Records | None:
         """Records of ``model`` (a composition or the mixed model) under ``attack`` on the first

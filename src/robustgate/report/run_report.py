@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from robustgate.config import CompositionSettings, ExperimentConfig, parse_config
-from robustgate.evaluate import Records, risk_coverage_curve
+from robustgate.evaluate import Records, Routes, risk_coverage_curve
 from robustgate.evaluate.statistics import paired_lower
 from robustgate.io import atomic_write_text, file_name
 from robustgate.report import plots
@@ -94,14 +94,12 @@ class Run:
             self.read_records[key] = Records.read_csv(path) if path.exists() else None
         return self.read_records[key]
 
-    def selection(self, label: str) -> tuple[np.ndarray | None, np.ndarray] | None:
-        """Scores (``None`` for a selector without) and routes on the test set."""
+    def selection(self, label: str) -> Routes | None:
+        """Routes and scores (``None`` for a selector without) on the test set."""
         path = self.directory / "selection" / f"{file_name(label)}.csv"
         if not path.exists():
             return None
-        rows = [line.split(",") for line in path.read_text().splitlines()[1:]]
-        scores = None if rows and rows[0][1] == "" else np.array([float(r[1]) for r in rows])
-        return scores, np.array([int(r[2]) for r in rows])
+        return Routes.read_csv(path)
 
 
 def _model_section(run: Run) -> Section:
@@ -397,16 +395,15 @@ def _selective_section(run: Run) -> tuple[Section | None, list[tuple[str, np.nda
         if selection is None or "selection_rate" not in values:
             continue
         accurate = run.records("test", composition.branches[0]).accurate
-        scores, routes = selection
         risk = None if values.get("selected_accuracy") is None else 1 - values[
             "selected_accuracy"]
         aurc = values.get("aurc")
         rows.append([label, _percent(values["selection_rate"]), _percent(risk),
                      "–" if aurc is None else f"{aurc:.4f}"])
-        if scores is not None:
-            curves.append((label, *risk_coverage_curve(scores, accurate)))
+        if selection.scores is not None:
+            curves.append((label, *risk_coverage_curve(selection.scores, accurate)))
         else:
-            coverage = (routes == 0).mean()
+            coverage = (selection.routes == 0).mean()
             curves.append((label, np.array([coverage]), np.array([0.0 if risk is None
                                                                    else risk])))
     if not rows:
@@ -462,10 +459,10 @@ def _threshold_section(run: Run) -> Section | None:
         label = composition.label
         selection = run.selection(label)
         values = run.metrics.get(label, {})
-        if selection is None or selection[0] is None or "threshold" not in values:
+        if selection is None or selection.scores is None or "threshold" not in values:
             continue
         accurate = run.records("test", composition.branches[0]).accurate
-        sweeps.append((label, selection[0], accurate, values["threshold"]))
+        sweeps.append((label, selection.scores, accurate, values["threshold"]))
     if not sweeps:
         return None
     return Section("Selection rate and accuracy on the selected inputs against the threshold",
