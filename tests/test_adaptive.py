@@ -10,11 +10,10 @@ import torch
 from conftest import Linear
 
 from robustgate import ComposedClassifier, ThreatModel
-from robustgate.attacks import PGD
+from robustgate.attacks import PGD, check_robustness
 from robustgate.evaluate import (
     AdaptiveAttack,
     Selection,
-    check_composition,
     compose_records,
     evaluate_model,
 )
@@ -39,7 +38,7 @@ def robustness_composition(branch_boundary: float, core_boundary: float, kappa: 
 
 
 def robust_accuracy(composed, x, y, attack):
-    predicted, robust = check_composition(composed, x, THREAT, attack)
+    predicted, robust = check_robustness(composed, x, THREAT, attack)
     return ((predicted == y) & robust).tolist()
 
 
@@ -136,7 +135,7 @@ def test_adaptive_records_resume_and_stay_in_the_ball(tmp_path):
     y = (x[:, 1] > 0.5).long()
     attack = AdaptiveAttack(steps=20)
     records = evaluate_model(composed, x, y, THREAT, [0.1], attack, batch_size=10,
-                             progress=False, check=check_composition)
+                             progress=False)
     assert records.predictions.tolist() == composed.predict(x)[0].tolist()
     assert 0 < records.robust_at(0.1).sum() < len(x)
     with pytest.raises(ValueError, match="target_classes"):

@@ -94,6 +94,10 @@ class ComposedClassifier:
             labels[pending] = predict_logits(self.core, x[pending]).argmax(dim=1).cpu()
         return labels, routes
 
+    def labels(self, x: torch.Tensor) -> torch.Tensor:
+        """The labels of :meth:`predict` alone (what a robustness check compares)."""
+        return self.predict(x)[0]
+
     def program(self) -> ComposedProgram:
         """The composition as one module, if every selector is an interval-bound selector."""
         for route, (_, selector) in enumerate(self.stages):

@@ -6,7 +6,8 @@ Robustness is checked against the model's own prediction, never against the labe
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -19,42 +20,56 @@ from robustgate.threat import ThreatModel
 BALL_TOLERANCE = 1e-5
 
 
+class Predictor(Protocol):
+    """Anything that answers labels for a batch (a composed classifier: ``compose``)."""
+
+    def labels(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
 def check_robustness(
-    model: nn.Module,
+    predictor: nn.Module | Predictor,
     x: torch.Tensor,
     threat: ThreatModel,
     attack: Attack,
     batch_size: int = 1000,
-    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Predictions ``ŷ(x)`` and the robustness indicator ``rob_eps(x)`` for every input.
 
-    ``rob_eps(x)`` is false where the attack found ``x'`` in the threat ball with
-    ``ŷ(x') != ŷ(x)``. An attack that returns a point outside the ball is a bug and raises.
-    ``on_batch`` is called with the size of every finished batch (progress).
+    ``predictor`` is a model (its logits' argmax, in eval mode, on its device) or anything with
+    ``labels(x)`` (a composed classifier, attacked by an attack on it). ``rob_eps(x)`` is false
+    where the attack found ``x'`` in the threat ball with ``ŷ(x') != ŷ(x)``; a point the attack
+    did not move keeps its prediction. An attack that returns a point outside the ball is a bug
+    and raises.
     """
-    check_inputs(x, getattr(model, "input_shape", None), threat.low, threat.high)
+    check_inputs(x, getattr(predictor, "input_shape", None), threat.low, threat.high)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = model_device(model)
+    if isinstance(predictor, nn.Module):
+        device, mode = model_device(predictor), eval_mode(predictor)
+
+        def labels(batch: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return predictor(batch).argmax(dim=1)
+    else:
+        device, mode, labels = x.device, nullcontext(), predictor.labels
     predictions, robust = [], []
-    with eval_mode(model):
+    with mode:
         for start in range(0, len(x), batch_size):
             batch = x[start : start + batch_size].to(device)
-            with torch.no_grad():
-                predicted = model(batch).argmax(dim=1)
-            x_adv = attack(model, batch, predicted, threat)
+            predicted = labels(batch)
+            x_adv = attack(predictor, batch, predicted, threat)
             distance = threat.norm_of(x_adv - batch)
             if bool((distance > threat.eps + BALL_TOLERANCE).any()):
                 raise RuntimeError(
                     f"{attack!r} returned a point at distance {float(distance.max()):.6g} > "
                     f"eps={threat.eps}"
                 )
-            with torch.no_grad():
-                robust.append((model(x_adv).argmax(dim=1) == predicted).cpu())
+            moved = (x_adv != batch).flatten(1).any(dim=1)
+            still = torch.ones(len(batch), dtype=torch.bool)
+            if bool(moved.any()):
+                still[moved.cpu()] = (labels(x_adv[moved]) == predicted[moved]).cpu()
             predictions.append(predicted.cpu())
-            if on_batch is not None:
-                on_batch(len(batch))
+            robust.append(still)
     if not predictions:
         return torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.bool)
     return torch.cat(predictions), torch.cat(robust)

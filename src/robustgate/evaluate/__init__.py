@@ -1,6 +1,6 @@
 """Per-sample records, the metrics computed from them, and composition arithmetic."""
 
-from robustgate.evaluate.adaptive import AdaptiveAttack, check_composition
+from robustgate.evaluate.adaptive import AdaptiveAttack
 from robustgate.evaluate.certified import (
     BoundCertificates,
     Certificates,
@@ -26,7 +26,6 @@ __all__ = [
     "certified_metrics",
     "certify_smoothed",
     "certify_with_bounds",
-    "check_composition",
     "area_under_risk_coverage",
     "compose_chain",
     "compose_records",

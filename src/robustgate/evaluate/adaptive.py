@@ -32,7 +32,6 @@ from torch import nn
 
 from robustgate.attacks import PGD
 from robustgate.attacks.pgd import logit_margin_from
-from robustgate.attacks.robustness import BALL_TOLERANCE
 from robustgate.compose import ComposedClassifier
 from robustgate.models.modes import eval_mode, model_device
 from robustgate.threat import ThreatModel
@@ -178,29 +177,3 @@ class AdaptiveAttack:
                 self.candidate_counts[name] = (self.candidate_counts.get(name, 0)
                                                + int(changed.sum()))
         return x_adv
-
-
-def check_composition(
-    composed: ComposedClassifier, x: torch.Tensor, threat: ThreatModel, attack: AdaptiveAttack,
-    batch_size: int = 1000,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Composed predictions and robustness (the prediction is constant as far as ``attack``
-    finds), the composed counterpart of ``check_robustness``."""
-    predictions, robust = [], []
-    for start in range(0, len(x), batch_size):
-        batch = x[start : start + batch_size]
-        predicted = composed.predict(batch)[0]
-        x_adv = attack(composed, batch, predicted, threat)
-        distance = threat.norm_of(x_adv.cpu() - batch.cpu())
-        if bool((distance > threat.eps + BALL_TOLERANCE).any()):
-            raise RuntimeError(f"{attack!r} left the threat ball (distance "
-                               f"{float(distance.max()):.6g} > {threat.eps})")
-        moved = (x_adv.cpu() != batch.cpu()).flatten(1).any(dim=1)
-        still = torch.ones(len(batch), dtype=torch.bool)
-        if bool(moved.any()):
-            still[moved] = composed.predict(x_adv[moved.to(x_adv.device)])[0] == predicted[moved]
-        predictions.append(predicted)
-        robust.append(still)
-    if not predictions:
-        return torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.bool)
-    return torch.cat(predictions), torch.cat(robust)

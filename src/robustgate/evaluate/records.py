@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,15 +144,14 @@ def evaluate_model(
     progress: bool = True,
     description: str = "evaluate",
     partial: str | Path | None = None,
-    check: Callable[..., tuple[torch.Tensor, torch.Tensor]] = check_robustness,
 ) -> Records:
     """Records of ``model`` on ``(x, y)``, with robustness checked by ``attack`` at every radius
     of ``radii`` (norm and domain from ``threat``).
 
     With ``partial``, the records of the samples done so far are written there (atomically)
     after every batch, and an earlier partial file is picked up: an interrupted evaluation
-    resumes where it stopped. ``check(model, x, threat, attack, batch_size)`` gives predictions
-    and robustness (``check_composition`` evaluates a composed classifier).
+    resumes where it stopped. ``model`` is a model or a composed classifier
+    (``attacks.check_robustness`` takes either).
     """
     check_labels(y, len(x), getattr(model, "num_classes", None))
     if not radii:
@@ -167,7 +166,7 @@ def evaluate_model(
               leave=False, unit="sample") as bar:
         for start in range(len(predictions), len(x), batch_size):
             batch = x[start : start + batch_size]
-            predicted, largest = _bisect_radii(check, model, batch, threats, attack, batch_size)
+            predicted, largest = _bisect_radii(model, batch, threats, attack, batch_size)
             for index, eps in enumerate(radii):
                 robust[eps] += (largest >= index).tolist()
             predictions += predicted.tolist()
@@ -178,8 +177,8 @@ def evaluate_model(
 
 
 def _bisect_radii(
-    check: Callable[..., tuple[torch.Tensor, torch.Tensor]], model: nn.Module | ComposedClassifier,
-    x: torch.Tensor, threats: Sequence[ThreatModel], attack: Attack, batch_size: int,
+    model: nn.Module | ComposedClassifier, x: torch.Tensor, threats: Sequence[ThreatModel],
+    attack: Attack, batch_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Predictions and, per input, the index of the largest radius of ``threats`` (sorted) at
     which it is robust (−1: none), found by bisection: robustness on a ball implies it on every
@@ -192,7 +191,8 @@ def _bisect_radii(
         middle = (robust_below + flipped_from) // 2
         for index in middle[open_].unique().tolist():
             rows = (open_ & (middle == index)).nonzero().flatten()
-            labels, robust = check(model, x[rows], threats[index], attack, batch_size=batch_size)
+            labels, robust = check_robustness(model, x[rows], threats[index], attack,
+                                             batch_size=batch_size)
             if predicted is None:
                 predicted = torch.empty(len(x), dtype=labels.dtype)
             predicted[rows] = labels.cpu()
@@ -200,7 +200,8 @@ def _bisect_radii(
             robust_below[rows[robust]] = index
             flipped_from[rows[~robust]] = index
     if predicted is None:
-        predicted = check(model, x, threats[0], attack, batch_size=batch_size)[0].cpu()
+        predicted = check_robustness(model, x, threats[0], attack,
+                                     batch_size=batch_size)[0].cpu()
     return predicted, robust_below
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from robustgate.attacks import check_robustness, make_attack
 from robustgate.compose import ComposedClassifier
-from robustgate.evaluate.adaptive import AdaptiveAttack, check_composition
+from robustgate.evaluate.adaptive import AdaptiveAttack
 from robustgate.evaluate.statistics import clopper_pearson, paired_lower
 from robustgate.models.modes import predict_logits
 from robustgate.threat import ThreatModel
@@ -66,7 +66,7 @@ def sanity_checks(composed: ComposedClassifier, x: torch.Tensor, y: torch.Tensor
     gradient attack's robust accuracy at every multiple of eps in ``eps_factors``."""
     if len(x) == 0:
         raise ValueError("the sanity checks need at least one input")
-    gradient = _held(*check_composition(composed, x, threat, attack, batch_size), y)
+    gradient = _held(*check_robustness(composed, x, threat, attack, batch_size), y)
     square_attack = make_attack("square", steps=square_queries, seed=seed)
     square = _held(*check_robustness(DeployedLogits(composed), x, threat, square_attack,
                                      batch_size), y)
@@ -78,7 +78,7 @@ def sanity_checks(composed: ComposedClassifier, x: torch.Tensor, y: torch.Tensor
             continue
         larger = threat.scaled(factor)
         growing[f"{larger.eps:g}"] = float(
-            _held(*check_composition(composed, x, larger, attack, batch_size), y).float().mean())
+            _held(*check_robustness(composed, x, larger, attack, batch_size), y).float().mean())
     values = [float(gradient.float().mean()), *growing.values()]
     return {"samples": len(x), "eps": threat.eps,
             "gradient": {"attack": repr(attack), **_summary(gradient)},

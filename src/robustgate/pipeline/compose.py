@@ -18,7 +18,6 @@ from robustgate.evaluate import (
     AdaptiveAttack,
     Records,
     Selection,
-    check_composition,
     compose_chain,
     evaluate_model,
     robustness_metrics,
@@ -144,8 +143,7 @@ def compose_from_checkpoints(
     if adaptive is not None:
         records = evaluate_model(composed, x, y, threat, [threat.eps], adaptive,
                                  batch_size=batch_size, progress=progress,
-                                 description="adaptive", partial=out / "adaptive.partial.csv",
-                                 check=check_composition)
+                                 description="adaptive", partial=out / "adaptive.partial.csv")
         records.to_csv(out / "adaptive.csv")
         (out / "adaptive.partial.csv").unlink(missing_ok=True)
         summary["adaptive"] = {"attack": repr(adaptive), **robustness_metrics(

@@ -31,7 +31,6 @@ from robustgate.evaluate import (
     Routes,
     Selection,
     area_under_risk_coverage,
-    check_composition,
     compose_chain,
     evaluate_or_resume,
     robustness_metrics,
@@ -247,7 +246,7 @@ class CompositionEvaluator:
         metrics["adaptive"] = self._adaptive(composition.label, composed, composed_records)
         return metrics
 
-    def _attacked(self, label: str, model: Any, attack: Any, **check: Any) -> Records | None:
+    def _attacked(self, label: str, model: Any, attack: Any) -> Records | None:
         """Records of ``model`` (a composition or the mixed model) under ``attack`` on the first
         ``adaptive.limit`` test points (resumable)."""
         limit = min(self.config.adaptive.limit, len(self.test[1]))
@@ -259,13 +258,12 @@ class CompositionEvaluator:
         return evaluate_or_resume(path, model, self.test[0][:limit], self.test[1][:limit],
                                   self.threat, [self.threat.eps], attack,
                                   batch_size=self.config.evaluation.batch_size,
-                                  progress=self.progress, description=f"{label}/adaptive",
-                                  **check)
+                                  progress=self.progress, description=f"{label}/adaptive")
 
     def _adaptive(self, label: str, composed: ComposedClassifier, counted: Records
                   ) -> dict[str, Any] | None:
         attack = AdaptiveAttack(**self.config.adaptive.attack_options(), seed=self.config.seed)
-        attacked = self._attacked(label, composed, attack, check=check_composition)
+        attacked = self._attacked(label, composed, attack)
         if attacked is None:
             return None
         candidates_path = self.out / "records" / "adaptive" / f"{file_name(label)}.candidates.json"
