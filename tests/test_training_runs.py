@@ -241,6 +241,7 @@ def test_compose_command_from_records_and_from_checkpoints(tmp_path):
     inference = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert inference["sanity"]["samples"] == 10 and inference["sanity"]["square"]["queries"] == 20
     assert inference["natural_accuracy"] == inference["adaptive"]["natural_accuracy"]
+    assert inference["adaptive"]["attack"].startswith("AdaptiveAttack(steps=10,")  # --steps
     assert sum(sum(r.values()) for r in inference["routes"].values()) == 20
     assert main([*arguments, "--selector", "entropy", "--out", str(tmp_path / "c")]) == 2
     assert main(["compose", "--branch", str(records / "era.csv"), "--core",

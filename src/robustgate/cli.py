@@ -149,7 +149,10 @@ def _compose(args: argparse.Namespace) -> int:
         threshold=args.threshold, coverage=args.coverage,
         calibration=calibration, kappa=args.kappa, sanity=args.sanity,
         square_queries=args.square_queries,
-        adaptive=AdaptiveAttack(seed=args.seed) if args.adaptive or args.sanity else None,
+        adaptive=(AdaptiveAttack(steps=args.steps, relative_step=args.relative_step,
+                                 restarts=args.restarts, target_classes=args.target_classes,
+                                 seed=args.seed)
+                  if args.adaptive or args.sanity else None),
         device=resolve_device(args.device), batch_size=args.batch_size,
         progress=not args.quiet)
     rows = {"composed": {key: summary[key] for key in ("natural_accuracy", "selection_rate")}}
@@ -366,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     compose.add_argument("--coverage", type=float,
                          help="calibrate the confidence threshold on the validation split")
     compose.add_argument("--adaptive", action="store_true",
-                         help="attack the composed system end to end (checkpoints only)")
+                         help="attack the composed system end to end (checkpoints only), "
+                         "with --steps, --restarts, --relative-step and --target-classes")
     compose.add_argument("--sanity", type=int, default=0, metavar="N",
                          help="checkpoints only: on the first N inputs, Square judged by the "
                          "deployed decision against the adaptive attack, and growing eps")

@@ -301,10 +301,6 @@ class EvaluationSettings(_Strict):
         return sorted(set(radii))
 
 
-SELECTORS = ("robustness", "smoothing", "bounds", "softmax_response", "entropy", "gate",
-             "mixing")
-
-
 DEFAULT_KAPPAS = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 
 
