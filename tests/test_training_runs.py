@@ -264,10 +264,22 @@ def test_evaluate_command_writes_records_and_resumes(tmp_path, capsys):
     arguments = ["evaluate", str(tmp_path / "m.safetensors"), "--data", "npz", "--path",
                  str(tmp_path / "points.npz"), "--attack", "pgd", "--steps", "5",
                  "--batch-size", "16", "--quiet", "--eps"]
-    assert main([*arguments, "0.05", "0.1", "--out", str(tmp_path / "out")]) == 0
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    out = tmp_path / "out"
+    assert main([*arguments, "0.05", "0.1", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
     assert set(summary["metrics"]) == {"eps=0.05", "eps=0.1"} and summary["samples"] == 40
-    assert len((tmp_path / "out" / "records.csv").read_text().splitlines()) == 41
+    whole = (out / "records.csv").read_text()
+    assert len(whole.splitlines()) == 41
+    # interrupted after the first batch: the partial file is picked up, the rest evaluated
+    (out / "records.csv").unlink()
+    (out / "records.partial.csv").write_text("".join(whole.splitlines(True)[:17]))
+    assert main([*arguments, "0.05", "0.1", "--out", str(out)]) == 0
+    assert (out / "records.csv").read_text() == whole
+    assert not (out / "records.partial.csv").exists()
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert main([*arguments, "0.05", "--out", str(out)]) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert (out / "records.csv").read_text() == whole
     assert main([*arguments, "-1", "--out", str(tmp_path / "bad")]) == 2
     assert "eps" in capsys.readouterr().err
 

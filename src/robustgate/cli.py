@@ -4,6 +4,7 @@ report``."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -67,7 +68,7 @@ def _attack(args: argparse.Namespace) -> Any:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from robustgate.device import resolve_device
-    from robustgate.evaluate import evaluate_model, robustness_metrics
+    from robustgate.evaluate import evaluate_or_resume, robustness_metrics
     from robustgate.io import atomic_write_json
     from robustgate.models import load_checkpoint
     from robustgate.report import metrics_table
@@ -81,18 +82,21 @@ def _evaluate(args: argparse.Namespace) -> int:
         ThreatModel(args.norm, eps).check_dimension(x)
     attack = _attack(args)
     out = Path(args.out)
-    records = evaluate_model(model, x, y, threat, args.eps, attack, batch_size=args.batch_size,
-                             progress=not args.quiet, description=args.attack,
-                             partial=out / "records.partial.csv")
-    records.to_csv(out / "records.csv")
-    (out / "records.partial.csv").unlink(missing_ok=True)
+    settings = {"checkpoint": str(args.checkpoint), "data": args.data, "split": args.split,
+                "samples": len(y), "attack": repr(attack), "norm": args.norm,
+                "eps": sorted(set(args.eps))}
+    settings_path = out / "evaluate.json"
+    if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
+        raise ValueError(f"{out} holds records made with other settings ({settings_path}); "
+                         "choose another --out or remove it")
+    atomic_write_json(settings_path, settings)
+    records = evaluate_or_resume(out / "records.csv", model, x, y, threat, args.eps, attack,
+                                 batch_size=args.batch_size, progress=not args.quiet,
+                                 description=args.attack)
     summary = {f"eps={eps:g}": robustness_metrics(records.accurate, records.robust_at(eps))
                for eps in args.eps}
     atomic_write_json(out / "summary.json", {
-        "checkpoint": str(args.checkpoint), "data": args.data, "split": args.split,
-        "samples": len(y), "attack": repr(attack), "norm": args.norm, "metrics": summary,
-        "checkpoint_metadata": metadata,
-    })
+        **settings, "metrics": summary, "checkpoint_metadata": metadata})
     print(metrics_table(summary))
     print(f"wrote {out}/records.csv and summary.json")
     return 0
