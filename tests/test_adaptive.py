@@ -5,6 +5,7 @@ Two classes over [0, 1]²; each model predicts class 1 where the second feature 
 boundary. eps = 0.1 (linf); the robustness selector checks robustness at κ·0.1 around the input
 it sees, and its decision is stable where the branch is robust at (κ+1)·0.1."""
 
+import numpy as np
 import pytest
 import torch
 from conftest import Linear
@@ -13,6 +14,7 @@ from robustgate import ComposedClassifier, ThreatModel
 from robustgate.attacks import PGD, check_robustness
 from robustgate.evaluate import (
     AdaptiveAttack,
+    Records,
     Selection,
     compose_records,
     evaluate_model,
@@ -138,6 +140,16 @@ def test_adaptive_records_resume_and_stay_in_the_ball(tmp_path):
                              progress=False)
     assert records.predictions.tolist() == composed.predict(x)[0].tolist()
     assert 0 < records.robust_at(0.1).sum() < len(x)
+    # interrupted after two batches: those are read back (the first marked, to tell), the rest
+    # attacked as in the uninterrupted run
+    partial = tmp_path / "adaptive.partial.csv"
+    done = records.robust_at(0.1)[:20].copy()
+    done[0] = not done[0]
+    Records(records.labels[:20], records.predictions[:20], {0.1: done}).to_csv(partial)
+    resumed = evaluate_model(composed, x, y, THREAT, [0.1], attack, batch_size=10,
+                             progress=False, partial=partial)
+    assert resumed.robust_at(0.1)[0] == done[0]
+    assert np.array_equal(resumed.robust_at(0.1)[1:], records.robust_at(0.1)[1:])
     with pytest.raises(ValueError, match="target_classes"):
         AdaptiveAttack(target_classes=-1)
     with pytest.raises(ValueError, match="steer"):
