@@ -11,6 +11,7 @@ from conftest import exact_radius, random_linear
 from robustgate.attacks import check_robustness, make_attack
 from robustgate.cli import main
 from robustgate.evaluate import Records, evaluate_model
+from robustgate.evaluate import records as records_module
 from robustgate.evaluate.operating_points import (
     choose_operating_point,
     operating_curve,
@@ -74,7 +75,7 @@ def test_clopper_pearson_intervals():
         clopper_pearson(3, 2)
 
 
-def test_records_at_several_radii_by_bisection_equal_one_check_per_radius():
+def test_records_at_several_radii_by_bisection_equal_one_check_per_radius(monkeypatch):
     model = random_linear(3, dim=4, seed=7)
     x = 0.3 + 0.4 * torch.rand(300, 4, generator=torch.Generator().manual_seed(7))
     y = model(x).argmax(1)
@@ -86,8 +87,10 @@ def test_records_at_several_radii_by_bisection_equal_one_check_per_radius():
         calls.append(len(arguments[1]))
         return check_robustness(*arguments, **options)
 
+    monkeypatch.setattr(records_module, "check_robustness", counting_check)
     records = evaluate_model(model, x, y, ThreatModel("linf", 0.1), radii, attack,
-                             progress=False, check=counting_check)
+                             progress=False)
+    monkeypatch.undo()
     radius = exact_radius(model, x, "linf").numpy()
     for eps in radii:
         _, one = check_robustness(model, x, ThreatModel("linf", eps), attack)

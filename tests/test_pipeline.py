@@ -1,61 +1,114 @@
-import dataclasses
+"""The demo: an experiment config shipped with the package, run by the experiment pipeline."""
+
 import json
 
 import pytest
 
 from robustgate.cli import main
-from robustgate.config import DemoConfig
-from robustgate.pipeline import COMPOSITIONS, MODELS, SPLITS, run_demo
-from robustgate.train import TrainConfig
+from robustgate.config import ExperimentConfig, demo_config, parse_config
+from robustgate.pipeline import experiment, run_experiment
 
-SMALL = DemoConfig(
-    n_train=120, n_test=80, hidden=(16, 16), train=TrainConfig(epochs=2, batch_size=20),
-    eval_attack_steps=5, eval_attack_restarts=1,
-)
+SPLITS = ("train", "test")
+MODELS = ("standard", "trades", "era")
+COMPOSITION = "era→standard"
 
 
-def test_small_demo_writes_the_report_and_resumes(tmp_path):
-    metrics = run_demo(SMALL, tmp_path, device="cpu", progress=False)
+def small_demo(**changes) -> ExperimentConfig:
+    """The demo's config, small: 100 points per split, 2 epochs, 5 attack steps, a coarse grid."""
+    values = demo_config().model_dump()
+    values["data"]["n"] = 100
+    for spec in values["models"].values():
+        spec["model"]["arguments"]["hidden"] = [16, 16]
+        spec["train"].update(epochs=2, batch_size=20)
+    values["evaluation"]["attack"].update(steps=5, restarts=1)
+    values["evaluation"]["exact_grid"] = 0.01
+    for key, value in changes.items():
+        section, _, name = key.partition(".")
+        if name:
+            values[section][name] = value
+        else:
+            values[section] = value
+    return parse_config(values, ExperimentConfig)
+
+
+def without_time(result: dict) -> dict:
+    return {key: value for key, value in result.items() if key != "wall_time_s"}
+
+
+def test_the_demo_is_the_shipped_experiment_config():
+    config = demo_config()
+    assert list(config.models) == list(MODELS) and config.data.name == "threegauss"
+    assert config.evaluation.splits == list(SPLITS)
+    assert [c.label for c in config.compositions] == [COMPOSITION]
+    other = demo_config(dataset="twogauss", seed=3)
+    assert other.data.name == "twogauss" and other.seed == 3
+
+
+def test_small_demo_writes_the_report_with_the_exact_count_and_the_regions(tmp_path):
+    result = run_experiment(small_demo(), tmp_path, device="cpu", progress=False)
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert saved == json.loads(json.dumps(metrics))
-    assert set(saved) == set(SPLITS)
+    assert saved == json.loads(json.dumps(result))
     for split in SPLITS:
-        assert set(saved[split]) == {*MODELS, *COMPOSITIONS}
-        for values in saved[split].values():
-            for key in ("natural_accuracy", "robust_accuracy", "robust_inaccuracy", "non_robust"):
-                assert 0.0 <= values[key] <= 1.0
+        assert set(saved[split]) == {*MODELS, COMPOSITION}
+        composition = saved[split][COMPOSITION]
+        for key in ("natural_accuracy", "robust_accuracy", "unattacked_robust_accuracy"):
+            assert 0.0 <= composition[key] <= 1.0
+        # the count is a lower bound on the exact robust accuracy, up to the grid
+        exact = composition["exact"]
+        assert composition["robust_accuracy"] <= exact["robust_accuracy"] + 0.02
     report = (tmp_path / "report.md").read_text()
-    assert "| composed (exact) |" in report and "| standard |" in report
+    assert "robust (exact)" in report and "on the training points" in report
+    assert "![Decision regions](decision_regions.png)" in report
     assert (tmp_path / "decision_regions.png").read_bytes()[:4] == b"\x89PNG"
-    assert json.loads((tmp_path / "config.json").read_text())["n_train"] == 120
-    weights = (tmp_path / "models" / "era.safetensors").stat().st_mtime_ns
-    assert run_demo(SMALL, tmp_path, device="cpu", progress=False) == metrics
-    assert (tmp_path / "models" / "era.safetensors").stat().st_mtime_ns == weights
+    assert "data:image/png;base64," in (tmp_path / "report.html").read_text()
+
+
+def test_an_interrupted_demo_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    straight = run_experiment(small_demo(), tmp_path / "straight", device="cpu", progress=False)
+    real = experiment.evaluate_or_resume
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "evaluate_or_resume", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(small_demo(), tmp_path / "resumed", device="cpu", progress=False)
+    assert not (tmp_path / "resumed" / "metrics.json").exists()
+    monkeypatch.setattr(experiment, "evaluate_or_resume", real)
+    models = tmp_path / "resumed" / "models" / "era" / "best.safetensors"
+    trained = models.stat().st_mtime_ns
+    resumed = run_experiment(small_demo(), tmp_path / "resumed", device="cpu", progress=False)
+    assert without_time(resumed) == without_time(straight)
+    assert models.stat().st_mtime_ns == trained  # not trained again
 
 
 def test_a_different_config_in_the_same_directory_is_refused(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"eps": 0.3}))
+    (tmp_path / "config.json").write_text(json.dumps({"name": "other"}))
     with pytest.raises(ValueError, match="different config"):
-        run_demo(SMALL, tmp_path, device="cpu", progress=False)
-    assert json.loads((tmp_path / "config.json").read_text()) == {"eps": 0.3}
+        run_experiment(small_demo(), tmp_path, device="cpu", progress=False)
+    assert json.loads((tmp_path / "config.json").read_text()) == {"name": "other"}
 
 
-def test_config_rejects_unknown_keys_and_bad_values():
-    with pytest.raises(ValueError, match="unknown config keys \\['epsilon'\\]"):
-        DemoConfig.from_dict({"epsilon": 0.1})
-    with pytest.raises(ValueError, match="train.epoch"):
-        DemoConfig.from_dict({"train": {"epoch": 3}})
-    with pytest.raises(ValueError, match="eps"):
-        DemoConfig(eps=0.6)  # the selector's 2·eps would exceed the domain
-    assert DemoConfig.from_dict(SMALL.to_dict()) == SMALL
-
-
-@pytest.mark.parametrize("change, message", [({"dataset": "moons"}, "unknown synthetic data set"),
-                                              ({"era_weight": "hardest"}, "weight must be")])
-def test_a_bad_data_set_or_weight_is_refused_before_anything_is_written(tmp_path, change,
-                                                                       message):
+@pytest.mark.parametrize("change, message", [
+    ({"data": {"name": "moons"}}, "unknown data set 'moons'"),
+    ({"evaluation.exact_grid": 0.01, "evaluation.threat": {"norm": "l2", "eps": 0.1}},
+     "exact_grid"),
+])
+def test_bad_demo_settings_are_refused_before_anything_is_written(tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
-        run_demo(dataclasses.replace(SMALL, **change), tmp_path / "run", progress=False)
+        run_experiment(small_demo(**change), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_loss_parameter_is_refused_before_anything_is_written(tmp_path):
+    values = small_demo().model_dump()
+    values["models"]["era"]["loss"]["params"]["weight"] = "hardest"
+    with pytest.raises(ValueError, match="model 'era'.*weight must be"):
+        run_experiment(parse_config(values, ExperimentConfig), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
 
@@ -68,17 +121,18 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
 @pytest.mark.slow
 def test_the_demo_recipe_reproduces_the_paper_picture(tmp_path):
     """The full recipe on threegauss (about a minute): the targets of the demo."""
-    metrics = run_demo(DemoConfig(seed=0), tmp_path, device="cpu", progress=False)
+    result = run_experiment(demo_config(seed=0), tmp_path, device="cpu", progress=False)
     for split in SPLITS:
-        m = metrics[split]
+        m = result[split]
         assert m["standard"]["natural_accuracy"] >= 0.99
         assert m["trades"]["robust_accuracy"] >= 0.96
         assert m["era"]["robust_inaccuracy"] <= 0.005
         assert m["era"]["robust_accuracy"] >= m["trades"]["robust_accuracy"] - 0.02
         assert m["trades"]["robust_inaccuracy"] > m["era"]["robust_inaccuracy"]
-        sound, exact = m["composed"], m["composed (exact)"]
+        sound = m[COMPOSITION]
+        exact = sound["exact"]
         assert sound["natural_accuracy"] >= m["standard"]["natural_accuracy"] - 0.005
-        assert m["composed (unattacked)"]["robust_accuracy"] >= m["era"]["robust_accuracy"] - 0.01
+        assert sound["unattacked_robust_accuracy"] >= m["era"]["robust_accuracy"] - 0.01
         # the count is a lower bound on the deployed system's exact robust accuracy
         assert sound["robust_accuracy"] <= exact["robust_accuracy"]
         assert exact["natural_accuracy"] == pytest.approx(sound["natural_accuracy"], abs=0.005)

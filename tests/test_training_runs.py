@@ -216,7 +216,9 @@ def test_every_selector_in_an_experiment(tmp_path):
     (tmp_path / "report.html").unlink()
     assert main(["report", str(tmp_path)]) == 0
     page = (tmp_path / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 5 and "AURC" in page
+    # five plots, and the decision regions of the two-dimensional data
+    assert page.count("data:image/png;base64,") == 6 and "AURC" in page
+    assert "<h2>Decision regions</h2>" in page
     assert "Operating points of the robustness selector" in page
     assert "Selectors at matched composed natural accuracy" in (tmp_path / "report.md").read_text()
 

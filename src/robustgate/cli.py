@@ -11,21 +11,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from robustgate.config import DEFAULT_KAPPAS, DemoConfig
+from robustgate.config import DEFAULT_KAPPAS
 from robustgate.data import SYNTHETIC_DATASETS
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from robustgate.pipeline import SPLITS, run_demo
+    from robustgate.config import demo_config
+    from robustgate.pipeline import run_experiment
     from robustgate.report import metrics_table
+    from robustgate.report.tables import with_composition_forms
 
-    config = DemoConfig(dataset=args.dataset, seed=args.seed)
+    config = demo_config(dataset=args.dataset, seed=args.seed)
     started = time.perf_counter()
-    metrics = run_demo(config, args.out, device=args.device, progress=not args.quiet)
-    for split in SPLITS:
-        print(f"\n{split} points ({config.dataset}, {config.norm} eps={config.eps:g}):")
-        print(metrics_table(metrics[split]))
-    print(f"\nwrote {args.out}/report.md, metrics.json and decision_regions.png "
+    result = run_experiment(config, args.out, device=args.device, progress=not args.quiet)
+    threat = config.evaluation.threat
+    for split in config.evaluation.splits:
+        print(f"\n{split} points ({config.data.name}, {threat.norm} eps={threat.eps:g}):")
+        print(metrics_table(with_composition_forms(result[split])))
+    print(f"\nwrote {args.out}/report.md, report.html, metrics.json and decision_regions.png "
           f"in {time.perf_counter() - started:.0f} s")
     return 0
 
@@ -317,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
-        "demo", help="standard, TRADES and ERA on a 2-D data set, composed; writes a report")
+        "demo", help="standard, TRADES and ERA on a 2-D data set, composed; writes a report "
+        "(the experiment config robustgate/configs/demo.yaml)")
     demo.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
     demo.add_argument("--seed", type=int, default=0, help="seed of data, weights and attacks")
     demo.add_argument("--dataset", default="threegauss", choices=sorted(SYNTHETIC_DATASETS))

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,68 +60,6 @@ class TrainConfig:
             )
 
 
-@dataclass(frozen=True)
-class DemoConfig:
-    """The demo: standard, TRADES and ERA models on a 2-D data set, their per-sample robustness
-    on the train and test points, and the composition ERA (branch) + standard (core).
-
-    The defaults are the recipe that reproduces the paper's Figure 1 on a CPU: an MLP with three
-    hidden layers of 64, batch 10, 20 epochs, SGD lr 0.03 (momentum 0.9, weight decay 1e-4),
-    lr × 0.1 from 75% of the epochs; training PGD 10 steps of 0.25·eps; TRADES β_T = 6 with the
-    KL averaged over classes; ERA β = 0.2 (soft weight) from scratch; evaluation PGD with 100
-    steps of 0.1·eps and 3 restarts. ``seed`` seeds the data, the initial weights, the batch
-    order and the attacks.
-    """
-
-    dataset: str = "threegauss"
-    n_train: int = 1000
-    n_test: int = 1000
-    norm: str = "linf"
-    eps: float = 0.1
-    hidden: tuple[int, ...] = (64, 64, 64)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    train_attack_steps: int = 10
-    train_attack_relative_step: float = 0.25
-    beta_trades: float = 6.0
-    era_beta: float = 0.2
-    era_weight: str = "soft"
-    eval_attack_steps: int = 100
-    eval_attack_relative_step: float = 0.1
-    eval_attack_restarts: int = 3
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.n_train < 1 or self.n_test < 1:
-            raise ValueError(f"n_train and n_test must be >= 1, got {self.n_train}, {self.n_test}")
-        self.threat.scaled(2)  # validates norm and eps, also for the selector at 2·eps
-        if self.train.seed != self.seed:
-            object.__setattr__(self, "train", dataclasses.replace(self.train, seed=self.seed))
-        object.__setattr__(self, "hidden", tuple(self.hidden))
-
-    @property
-    def threat(self) -> ThreatModel:
-        return ThreatModel(self.norm, self.eps)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> DemoConfig:
-        """Build from a plain dict (e.g. a saved ``config.json``); unknown keys are an error."""
-        known = {item.name for item in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown config keys {unknown}; known keys are {sorted(known)}")
-        values = dict(values)
-        if isinstance(values.get("train"), dict):
-            train_known = {item.name for item in dataclasses.fields(TrainConfig)}
-            bad = sorted(set(values["train"]) - train_known)
-            if bad:
-                raise ValueError(f"unknown config keys {['train.' + key for key in bad]}")
-            values["train"] = TrainConfig(**values["train"])
-        return cls(**values)
-
-
 class _Strict(BaseModel):
     """Every config section: unknown keys are errors, values are validated."""
 
@@ -152,12 +89,16 @@ class AttackSettings(_Strict):
 
 
 class DataSettings(_Strict):
+    """``data.load_dataset``'s arguments; ``n`` points per split for the synthetic sets (1000
+    by default), ``limit_train`` the first training points only."""
+
     name: str
     root: str | None = None
     path: str | None = None
     download: bool = False
     validation_size: int | float = Field(0, ge=0)
     limit_train: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1)
 
 
 class ModelSettings(_Strict):
@@ -292,6 +233,24 @@ class EvaluationSettings(_Strict):
     # ``certified_radii`` (in the threat's norm; Linf through the covering L2 radius) and eps
     certify_limit: int | None = Field(500, ge=1)
     certified_radii: list[float] = Field(default_factory=list)
+    # the splits evaluated (the test split always; ``train`` beside it: the models and the
+    # robustness-selector compositions, counted from the records of that split)
+    splits: list[Literal["train", "test"]] = Field(default_factory=lambda: ["test"])
+    # for two-dimensional data: the robustness-selector compositions' exact natural and robust
+    # accuracy, on a grid of this spacing over the domain (``evaluate.Grid``; Linf threats)
+    exact_grid: float | None = Field(None, gt=0, lt=1)
+
+    @field_validator("splits")
+    @classmethod
+    def _with_test(cls, splits: list[str]) -> list[str]:
+        return [split for split in ("train", "test") if split in {*splits, "test"}]
+
+    @model_validator(mode="after")
+    def _exact_for_linf(self) -> EvaluationSettings:
+        if self.exact_grid is not None and self.threat.norm != "linf":
+            raise ValueError(f"exact_grid computes Linf balls on a grid; the threat is "
+                             f"{self.threat.norm}")
+        return self
 
     @field_validator("certified_radii")
     @classmethod
@@ -581,3 +540,18 @@ def load_config(path: str | Path, kind: type[_Strict]) -> Any:
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a config is a mapping of keys, got {type(values).__name__}")
     return parse_config(values, kind, str(path))
+
+
+DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
+
+
+def demo_config(dataset: str | None = None, seed: int | None = None) -> ExperimentConfig:
+    """The demo: the experiment config shipped with the package (``configs/demo.yaml``), on
+    another two-dimensional data set or seed when given."""
+    config = load_config(DEMO_CONFIG, ExperimentConfig)
+    values = config.model_dump()
+    if dataset is not None:
+        values["data"]["name"] = dataset
+    if seed is not None:
+        values["seed"] = seed
+    return parse_config(values, ExperimentConfig)

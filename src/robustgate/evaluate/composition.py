@@ -28,11 +28,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from robustgate.certify import stable_radius
 from robustgate.evaluate.certified import Certificates
+from robustgate.evaluate.metrics import robustness_metrics, selection_metrics
 from robustgate.evaluate.records import Records
 
 
@@ -191,3 +193,30 @@ def unattacked_robust_accuracy(branches: Sequence[Records], core: Records,
              for branch, selection in zip(branches, selections, strict=True)]
     composed, _ = compose_chain(branches, core, clean)
     return float((composed.accurate & composed.robust_at(selections[0].eps)).mean())
+
+
+def route_counts(accurate: np.ndarray, routes: np.ndarray, stages: int) -> dict[str, Any]:
+    """Correct and wrong answers per route (``branch i`` …, ``core``)."""
+    names = [f"branch {i}" for i in range(stages)] + ["core"]
+    return {name: {"correct": int((accurate & (routes == i)).sum()),
+                   "wrong": int((~accurate & (routes == i)).sum())}
+            for i, name in enumerate(names)}
+
+
+def composition_metrics(branches: Sequence[Records], core: Records,
+                        selections: Sequence[Selection]) -> tuple[dict[str, Any], Records,
+                                                                  np.ndarray]:
+    """The chain's metrics, counted in the sound form (natural and robust accuracy, robust
+    inaccuracy, non-robust; the first branch's selection rate, its accuracy on the selected
+    inputs, the share of stable selections; the unattacked form beside them; correct and wrong
+    answers per route), with its records and routes."""
+    composed, routes = compose_chain(branches, core, selections)
+    eps = selections[0].eps
+    metrics = {
+        **robustness_metrics(composed.accurate, composed.robust_at(eps)),
+        **selection_metrics(branches[0].accurate, selections[0].selected),
+        "stable_rate": float(selections[0].stable.mean()) if len(core) else None,
+        "unattacked_robust_accuracy": unattacked_robust_accuracy(branches, core, selections),
+        "routes": route_counts(composed.accurate, routes, len(branches)),
+    }
+    return metrics, composed, routes

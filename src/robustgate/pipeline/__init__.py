@@ -1,22 +1,7 @@
 """Config → train → evaluate → compose → report: the only place (with ``cli.py``) that wires the
-layers together. ``demo`` is the 2-D demo, ``experiment`` a config-driven run on real data."""
+layers together. ``experiment`` runs an experiment config (the demo is one: ``configs/demo.yaml``
+of the package)."""
 
-from robustgate.pipeline.demo import (
-    COMPOSITIONS,
-    MODELS,
-    SPLITS,
-    composition_metrics,
-    run_demo,
-    split_metrics,
-)
 from robustgate.pipeline.experiment import run_experiment
 
-__all__ = [
-    "COMPOSITIONS",
-    "MODELS",
-    "SPLITS",
-    "composition_metrics",
-    "run_demo",
-    "run_experiment",
-    "split_metrics",
-]
+__all__ = ["run_experiment"]

@@ -18,17 +18,14 @@ from robustgate.evaluate import (
     AdaptiveAttack,
     Records,
     Selection,
-    compose_chain,
     evaluate_model,
     robustness_metrics,
-    selection_metrics,
 )
-from robustgate.evaluate.composition import unattacked_robust_accuracy
+from robustgate.evaluate.composition import composition_metrics, route_counts
 from robustgate.evaluate.operating_points import choose_kappa
 from robustgate.evaluate.sanity import sanity_checks
 from robustgate.io import atomic_write_json, atomic_write_text
 from robustgate.models import load_checkpoint
-from robustgate.pipeline.compositions import route_counts
 from robustgate.select import (
     ConfidenceSelector,
     RobustnessSelector,
@@ -64,17 +61,12 @@ def compose_from_records(
                                                   max_accuracy_drop)
         kappa = summary["operating_point"]["chosen"]["kappa"]
     selections = [Selection.robustness(part, eps, kappa) for part in parts]
-    composed, routes = compose_chain(parts, core_records, selections)
+    metrics, composed, _ = composition_metrics(parts, core_records, selections)
     out = Path(out)
     composed.to_csv(out / "records.csv")
-    summary.update({
-        "kappa": kappa, "selector_eps": kappa * eps,
-        "metrics": {**robustness_metrics(composed.accurate, composed.robust_at(eps)),
-                    **selection_metrics(parts[0].accurate, selections[0].selected),
-                    "unattacked_robust_accuracy": unattacked_robust_accuracy(
-                        parts, core_records, selections)},
-        "routes": route_counts(composed.accurate, routes, len(parts)),
-    })
+    routes = metrics.pop("routes")
+    summary.update({"kappa": kappa, "selector_eps": kappa * eps, "metrics": metrics,
+                    "routes": routes})
     atomic_write_json(out / "summary.json", summary)
     return summary
 

@@ -31,12 +31,10 @@ from robustgate.evaluate import (
     Routes,
     Selection,
     area_under_risk_coverage,
-    compose_chain,
     evaluate_or_resume,
     robustness_metrics,
-    selection_metrics,
 )
-from robustgate.evaluate.composition import unattacked_robust_accuracy
+from robustgate.evaluate.composition import composition_metrics
 from robustgate.evaluate.operating_points import choose_kappa, operating_curve, sweep_radii
 from robustgate.evaluate.sanity import sanity_checks
 from robustgate.evaluate.statistics import clopper_pearson
@@ -63,14 +61,6 @@ from robustgate.threat import ThreatModel
 from robustgate.train import train_gate
 
 Data = tuple[torch.Tensor, torch.Tensor]
-
-
-def route_counts(accurate: np.ndarray, routes: np.ndarray, stages: int) -> dict[str, Any]:
-    """Correct and wrong answers per route (``branch i`` …, ``core``)."""
-    names = [f"branch {i}" for i in range(stages)] + ["core"]
-    return {name: {"correct": int((accurate & (routes == i)).sum()),
-                   "wrong": int((~accurate & (routes == i)).sum())}
-            for i, name in enumerate(names)}
 
 
 @dataclass
@@ -222,19 +212,12 @@ class CompositionEvaluator:
             selectors = [selector]
             selections = [Selection.scores(parts[0], scores >= selector.threshold, eps)]
         core = self.records[composition.core]
-        composed_records, routes = compose_chain(parts, core, selections)
+        counted, composed_records, routes = composition_metrics(parts, core, selections)
         Routes(routes, scores).to_csv(self.out / "selection"
                                       / f"{file_name(composition.label)}.csv")
         composed_records.to_csv(self.out / "records" / "composed"
                                 / f"{file_name(composition.label)}.csv")
-        metrics: dict[str, Any] = {
-            **robustness_metrics(composed_records.accurate, composed_records.robust_at(eps)),
-            **selection_metrics(parts[0].accurate, selections[0].selected),
-            "stable_rate": float(selections[0].stable.mean()),
-            "unattacked_robust_accuracy": unattacked_robust_accuracy(parts, core, selections),
-            "routes": route_counts(composed_records.accurate, routes, len(branches)),
-            **info,
-        }
+        metrics: dict[str, Any] = {**counted, **info}
         if composition.operating_point is not None:
             metrics["operating_point"]["test_curve"] = operating_curve(
                 parts[0], core, eps, composition.operating_point.kappas)

@@ -1,11 +1,13 @@
-"""``robustgate run CONFIG.yaml``: train several models on one data set, evaluate them with one
-attack on the test split, compose them, check the attack against full AutoAttack, and report.
+"""``robustgate run CONFIG.yaml`` (and ``robustgate demo``, the config shipped with the
+package): train several models on one data set, evaluate them with one attack on the test split
+(and the training split where ``evaluation.splits`` asks), compose them, check the attack against
+full AutoAttack, and report.
 
 The run directory holds ``config.json``, ``models/<name>/`` (training runs, resumable),
-``records/test/<name>.csv`` (per-sample records, resumable), ``autoattack/<name>.csv`` (the
+``records/<split>/<name>.csv`` (per-sample records, resumable), ``autoattack/<name>.csv`` (the
 AutoAttack check), the compositions' files (``pipeline.compositions``), the smoothed models'
-certificates and the certified compositions' records (``pipeline.certified``), ``metrics.json``,
-and
+certificates and the certified compositions' records (``pipeline.certified``), on
+two-dimensional data ``decision_regions.png`` (``pipeline.regions``), ``metrics.json``, and
 ``report.md`` and ``report.html`` (``report.run_report``).
 """
 
@@ -19,18 +21,22 @@ from typing import Any
 import torch
 
 from robustgate.attacks import build_attack, make_attack
-from robustgate.config import ExperimentConfig
+from robustgate.config import CompositionSettings, ExperimentConfig
 from robustgate.data import load_dataset
 from robustgate.device import resolve_device
 from robustgate.evaluate import (
     BoundCertificates,
     Certificates,
+    Grid,
     Records,
+    Selection,
     evaluate_or_resume,
     robustness_metrics,
 )
+from robustgate.evaluate.composition import composition_metrics
 from robustgate.evaluate.operating_points import sweep_radii
 from robustgate.io import atomic_write_json
+from robustgate.losses import make_loss
 from robustgate.models import load_checkpoint
 from robustgate.pipeline.certified import (
     bound_certificates_or_resume,
@@ -43,9 +49,11 @@ from robustgate.pipeline.certified import (
     certify_or_resume,
 )
 from robustgate.pipeline.compositions import CompositionEvaluator
+from robustgate.pipeline.regions import draw_decision_regions, exact_compositions
 from robustgate.pipeline.run_directory import check_run_directory, say
+from robustgate.report.decision_regions import FILE as REGIONS_FILE
 from robustgate.report.run_report import write_reports
-from robustgate.train.run import train_model, training_data
+from robustgate.train.run import train_model, training_attack_of, training_data
 
 
 def _check_model_references(config: ExperimentConfig) -> None:
@@ -84,11 +92,19 @@ def run_experiment(
     out = Path(out)
     device = resolve_device(device)
     _check_model_references(config)
-    check_run_directory(out, json.loads(config.model_dump_json()), ExperimentConfig)
+    # the data and every loss first: a bad data set or loss parameter is refused before
+    # anything is written
     started = time.perf_counter()
     train, validation, num_classes, metadata = training_data(config.data, config.seed)
     test = load_dataset(split="test", seed=config.seed,
                         **config.data.model_dump(exclude={"limit_train"}))
+    for name, spec in config.models.items():
+        try:
+            make_loss(spec.loss.name, spec.loss.threat.build(), **training_attack_of(spec),
+                      **spec.loss.params)
+        except ValueError as error:
+            raise ValueError(f"model {name!r}: {error}") from None
+    check_run_directory(out, json.loads(config.model_dump_json()), ExperimentConfig)
     checkpoints: dict[str, Path] = {}
     for name, spec in config.models.items():
         say(f"[{name}] training ({spec.loss.name}, {spec.train.epochs} epochs)", progress)
@@ -107,6 +123,7 @@ def run_experiment(
     attack = build_attack(settings.attack, config.seed)
     branches = {name for composition in config.compositions for name in composition.branches}
     records: dict[str, Records] = {}
+    radii: dict[str, list[float]] = {}
     certificates: dict[str, Certificates] = {}
     bound_certificates: dict[str, dict[str, BoundCertificates]] = {}
     models = {}
@@ -126,12 +143,13 @@ def run_experiment(
                 certificates[name], smoothing, threat, settings.certified_radii, dimension,
                 checkpoint_metadata.get("sigma_train"))
             continue
-        radii = _radii(config, name, eps) if name in branches else [eps]
+        radii[name] = _radii(config, name, eps) if name in branches else [eps]
         say(f"[{name}] evaluating with {settings.attack.name} at eps "
-             + " and ".join(f"{r:g}" for r in radii), progress)
+             + " and ".join(f"{r:g}" for r in radii[name]), progress)
         records[name] = evaluate_or_resume(
             out / "records" / "test" / f"{name}.csv", models[name], x_test, y_test, threat,
-            radii, attack, batch_size=settings.batch_size, progress=progress, description=name,
+            radii[name], attack, batch_size=settings.batch_size, progress=progress,
+            description=name,
         )
         bounds = config.models[name].bounds
         if bounds is not None:
@@ -163,13 +181,61 @@ def run_experiment(
         else:
             metrics[composition.label] = evaluator.evaluate(composition)
     attacked = {name: model for name, model in models.items() if name in records}
+    splits: dict[str, dict[str, Any]] = {"test": metrics}
+    data = {"test": (x_test, y_test)}
+    split_records = {"test": records}
+    if "train" in settings.splits:
+        data["train"] = train
+        split_records["train"] = {name: evaluate_or_resume(
+            out / "records" / "train" / f"{name}.csv", models[name], *train, threat,
+            radii[name], attack, batch_size=settings.batch_size, progress=progress,
+            description=f"{name}/train") for name in records}
+        splits["train"] = _counted_from_records(config, split_records["train"], metrics, eps)
+    deployed = _robustness_compositions(config, metrics)
+    if settings.exact_grid is not None:
+        say(f"exact robustness of the compositions on a grid of spacing "
+            f"{settings.exact_grid:g}", progress)
+        exact = exact_compositions(Grid(threat, settings.exact_grid), deployed, models, data)
+        for split, by_label in exact.items():
+            for label, values in by_label.items():
+                splits[split][label]["exact"] = values
+    if x_test.ndim == 2 and x_test.shape[1] == 2 and not (out / REGIONS_FILE).exists():
+        shown = "train" if "train" in data else "test"
+        say(f"plotting decision regions on the {shown} points", progress)
+        draw_decision_regions(out, models, split_records[shown], deployed, *data[shown], threat,
+                              attack, shown, num_classes, config.data.name)
     check = _autoattack_check(attacked, records, x_test, y_test, threat, config, out, progress)
-    result = {"test": metrics, "autoattack_check": check,
+    result = {**splits, "autoattack_check": check,
               "attack": settings.attack.name, "eps": eps,
               "samples": len(y_test), "wall_time_s": round(time.perf_counter() - started, 1)}
     atomic_write_json(out / "metrics.json", result)
     write_reports(out)
     return result
+
+
+def _robustness_compositions(config: ExperimentConfig, metrics: dict[str, Any]
+                             ) -> dict[str, tuple[CompositionSettings, float]]:
+    """The one-branch robustness-selector compositions, by label, with the ``κ`` each deploys
+    (as configured, or chosen for its operating point)."""
+    return {c.label: (c, metrics[c.label]["kappa"]) for c in config.compositions
+            if c.selector == "robustness" and len(c.branches) == 1}
+
+
+def _counted_from_records(config: ExperimentConfig, records: dict[str, Records],
+                          test_metrics: dict[str, Any], eps: float) -> dict[str, Any]:
+    """Metrics of the attacked models and of the robustness-selector compositions (at the ``κ``
+    they deploy on the test split) on another split, counted from its records."""
+    metrics: dict[str, Any] = {
+        name: robustness_metrics(r.accurate, r.robust_at(eps)) for name, r in records.items()}
+    for composition in config.compositions:
+        if composition.selector != "robustness":
+            continue
+        kappa = test_metrics[composition.label]["kappa"]
+        parts = [records[name] for name in composition.branches]
+        selections = [Selection.robustness(part, eps, kappa) for part in parts]
+        counted = composition_metrics(parts, records[composition.core], selections)[0]
+        metrics[composition.label] = {**counted, "kappa": kappa}
+    return metrics
 
 
 def _radii(config: ExperimentConfig, branch: str, eps: float) -> list[float]:

@@ -16,6 +16,10 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 
 from robustgate.io import atomic_write  # noqa: E402
 
+# the plot's file in a run directory (drawn by the pipeline, shown by the run report)
+FILE = "decision_regions.png"
+# grid points per axis of a panel
+RESOLUTION = 200
 PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
 
 
@@ -34,7 +38,7 @@ def plot_decision_regions(
     y: np.ndarray,
     num_classes: int,
     path: str | Path,
-    resolution: int = 200,
+    resolution: int = RESOLUTION,
     title: str = "",
 ) -> None:
     """One PNG with a panel per classifier over ``[0, 1]²``; data points coloured by label;

@@ -9,6 +9,7 @@ compositions from ``metrics.json``.
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from robustgate.evaluate import Records, Routes, risk_coverage_curve
 from robustgate.evaluate.statistics import paired_lower
 from robustgate.io import atomic_write_text, file_name
 from robustgate.report import plots
+from robustgate.report.decision_regions import FILE as REGIONS_FILE
 
 CERTIFIED_SELECTORS = ("smoothing", "bounds")
 
@@ -37,6 +39,7 @@ class Section:
     rows: list[list[str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     figure: str | None = None  # a PNG, base64; HTML only
+    image: str | None = None  # a PNG beside the report (its file name): linked and embedded
 
 
 @dataclass
@@ -102,29 +105,60 @@ class Run:
         return Routes.read_csv(path)
 
 
-def _model_section(run: Run) -> Section:
+SPLIT_NAMES = {"test": "test points", "train": "training points"}
+
+
+def _model_section(run: Run, split: str = "test") -> Section:
+    metrics = (run.empirical_metrics if split == "test" else run.result[split])
+    exact = any("exact" in values for values in metrics.values())
     columns = ["model", "natural", "robust", "robust inaccuracy", "non-robust", "selection rate",
-               "accuracy on selected", "if the selector were not attacked"]
+               "accuracy on selected", "if the selector were not attacked",
+               *(["robust (exact)"] if exact else [])]
     keys = ["natural_accuracy", "robust_accuracy", "robust_inaccuracy", "non_robust",
             "selection_rate", "selected_accuracy", "unattacked_robust_accuracy"]
-    rows = [[name, *[_percent(values.get(key)) for key in keys]]
-            for name, values in run.empirical_metrics.items()]
+    rows = [[name, *[_percent(values.get(key)) for key in keys],
+             *([_percent(values.get("exact", {}).get("robust_accuracy"))] if exact else [])]
+            for name, values in metrics.items()]
+    if split != "test":
+        return Section(f"Models and compositions on the {SPLIT_NAMES[split]}", columns, rows,
+                       [f"The same models, attack and count on the {SPLIT_NAMES[split]} of "
+                        f"`{run.config.data.name}` (robustness-selector compositions only, at "
+                        "the κ they deploy on the test points)."])
     evaluation = run.config.evaluation
-    return Section(
-        "Models and compositions (compositions counted in the sound form)", columns, rows,
-        [f"{run.result['samples']} test points of `{run.config.data.name}`; robustness checked "
-         f"by `{run.result['attack']}` ({evaluation.attack.steps} iterations) at "
-         f"{evaluation.threat.norm} eps = {run.result['eps']:g}. Compositions are named "
-         "branch→core, with the selector in brackets unless it is the robustness selector "
-         "(with κ where it checks B(x', κ·eps) around the input it sees). A composition's robust "
-         "accuracy is the sound form of DESIGN.md section 1: for the robustness selector, the "
-         "branch is right and either the selection is stable (the branch robust at (κ+1)·eps) "
-         "or the core is robust and right; for the other selectors, both parts are robust and "
-         "right. It is a lower bound on the truth as far as the robustness checks behind the "
-         "records are exact (the deployed robustness selector uses the same attack). The last "
-         "column takes the selection on the clean input (the paper's Figure 1): not a robust "
-         "accuracy. The mixing baseline's robust figures are on the adaptive subset. Wall time "
-         f"{run.result['wall_time_s']:.0f} s."])
+    notes = [
+        f"{run.result['samples']} test points of `{run.config.data.name}`; robustness checked "
+        f"by `{run.result['attack']}` ({evaluation.attack.steps} iterations) at "
+        f"{evaluation.threat.norm} eps = {run.result['eps']:g}. Compositions are named "
+        "branch→core, with the selector in brackets unless it is the robustness selector "
+        "(with κ where it checks B(x', κ·eps) around the input it sees). A composition's robust "
+        "accuracy is the sound form of DESIGN.md section 1: for the robustness selector, the "
+        "branch is right and either the selection is stable (the branch robust at (κ+1)·eps) "
+        "or the core is robust and right; for the other selectors, both parts are robust and "
+        "right. It is a lower bound on the truth as far as the robustness checks behind the "
+        "records are exact (the deployed robustness selector uses the same attack). The column "
+        "'if the selector were not attacked' takes the selection on the clean input (the "
+        "paper's Figure 1): not a robust accuracy. The mixing baseline's robust figures are on "
+        f"the adaptive subset. Wall time {run.result['wall_time_s']:.0f} s."]
+    if exact:
+        notes.append(
+            "'robust (exact)' is the truth for the deployed composition (its selector with an "
+            f"exact robustness check), computed on a grid of spacing {evaluation.exact_grid:g} "
+            "over the domain, every eps-ball checked point by point: the sound count is a lower "
+            "bound on it as far as the attack behind the records is exact, the unattacked form "
+            "is not.")
+    return Section("Models and compositions (compositions counted in the sound form)", columns,
+                   rows, notes)
+
+
+def _regions_section(run: Run) -> Section | None:
+    if not (run.directory / REGIONS_FILE).exists():
+        return None
+    return Section("Decision regions", notes=[
+        "One panel per model and per robustness-selector composition (the deployed system, "
+        "with its robustness check by the evaluation attack): hatched where the selector "
+        "abstains and the core answers; ringed, the robust-but-wrong points, for a composition "
+        "as counted in the sound form and, in its '(unattacked)' panel, with the selection on "
+        "the clean input."], image=REGIONS_FILE)
 
 
 def _certified_models_section(run: Run) -> Section | None:
@@ -444,7 +478,10 @@ def _sections(run: Run) -> list[Section]:
     models.figure = plots.robust_vs_inaccuracy(run.empirical_metrics, run.config)
     adaptive = _adaptive_section(run)
     adaptive.figure = plots.composed_accuracies(run.metrics, run.compositions)
-    sections = [models, _certified_models_section(run), _bounded_models_section(run),
+    others = [_model_section(run, split) for split in run.config.evaluation.splits
+              if split != "test"]
+    sections = [models, *others, _regions_section(run), _certified_models_section(run),
+                _bounded_models_section(run),
                 _certified_compositions_section(run),
                 _operating_point_section(run), _matched_section(run),
                 adaptive if adaptive.rows else None,
@@ -474,6 +511,9 @@ def markdown(title: str, sections: list[Section]) -> str:
     """The sections with tables, in Markdown (figures are in the HTML report)."""
     lines = [f"# {title}\n"]
     for section in sections:
+        if section.image is not None:
+            lines += [f"## {section.title}\n", f"![{section.title}]({section.image})\n"]
+            lines += [*section.notes, ""]
         if not section.columns:
             continue
         lines.append(f"## {section.title}\n")
@@ -486,15 +526,18 @@ def markdown(title: str, sections: list[Section]) -> str:
     return "\n".join(lines)
 
 
-def to_html(title: str, sections: list[Section]) -> str:
-    """The sections, figures embedded, as one HTML page."""
+def to_html(title: str, sections: list[Section], directory: Path | None = None) -> str:
+    """The sections, figures embedded (images read from ``directory``), as one HTML page."""
     title = html.escape(title)
     body = [f"<h1>{title}</h1>"]
     for section in sections:
         body.append(f"<h2>{html.escape(section.title)}</h2>")
-        if section.figure:
+        figure = section.figure
+        if section.image is not None and directory is not None:
+            figure = base64.b64encode((directory / section.image).read_bytes()).decode("ascii")
+        if figure:
             body.append(f'<img alt="{html.escape(section.title)}" '
-                        f'src="data:image/png;base64,{section.figure}">')
+                        f'src="data:image/png;base64,{figure}">')
         if section.columns:
             head = "".join(f"<th>{html.escape(c)}</th>" for c in section.columns)
             rows = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row)
@@ -515,5 +558,5 @@ def write_reports(directory: str | Path) -> tuple[Path, Path]:
     paths = (run.directory / "report.md", run.directory / "report.html")
     sections = _sections(run)
     atomic_write_text(paths[0], markdown(run.config.name, sections))
-    atomic_write_text(paths[1], to_html(run.config.name, sections))
+    atomic_write_text(paths[1], to_html(run.config.name, sections, run.directory))
     return paths

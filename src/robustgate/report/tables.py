@@ -37,3 +37,20 @@ def metrics_table(metrics: Mapping[str, Mapping[str, float | None]],
         for model, values in metrics.items()
     ]
     return "\n".join([header, rule, *rows])
+
+
+def with_composition_forms(metrics: Mapping[str, Mapping[str, object]]
+                           ) -> dict[str, Mapping[str, object]]:
+    """``metrics`` with, after every composition counted in the sound form, its other forms as
+    rows: ``(unattacked)`` (the selection taken on the clean input: not a robust accuracy) and
+    ``(exact)`` where it was computed."""
+    rows: dict[str, Mapping[str, object]] = {}
+    for name, values in metrics.items():
+        rows[name] = values
+        if values.get("unattacked_robust_accuracy") is not None:
+            rows[f"{name} (unattacked)"] = {
+                "natural_accuracy": values["natural_accuracy"],
+                "robust_accuracy": values["unattacked_robust_accuracy"]}
+        if "exact" in values:
+            rows[f"{name} (exact)"] = values["exact"]
+    return rows
