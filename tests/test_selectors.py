@@ -5,6 +5,7 @@ from conftest import Linear, random_linear
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from robustgate.config import MixingSettings
 from robustgate.models import MLP, MixedClassifier, choose_mixing_weight, mix
 from robustgate.select import (
     ConfidenceSelector,
@@ -116,8 +117,11 @@ def test_mixing_weight_is_the_largest_that_keeps_the_accuracy():
     labels = torch.tensor([0, 1, 2, 0])
     standard = torch.eye(3)[labels] * 5  # always right
     robust = torch.eye(3)[torch.tensor([0, 1, 2, 1])] * 5  # wrong on the last input
-    assert choose_mixing_weight(standard, robust, labels, 1.0) == 0.5
-    assert choose_mixing_weight(standard, robust, labels, 0.75) == 1.0
+    weights = MixingSettings().weights
+    assert weights[:2] == [0.0, 0.01] and weights[-1] == 1.0
+    assert choose_mixing_weight(standard, robust, labels, 1.0, weights) == 0.5
+    assert choose_mixing_weight(standard, robust, labels, 0.75, weights) == 1.0
+    assert choose_mixing_weight(standard, robust, labels, 1.0, [0.0, 0.4, 0.6, 1.0]) == 0.4
     assert (mix(standard, robust, 0.5).argmax(1) == labels).all()
 
 

@@ -358,20 +358,30 @@ class GateSettings(_Strict):
 
 
 class MixingSettings(_Strict):
-    """The robust model's logits transform of the mixing baseline (``models.mixing``)."""
+    """The robust model's logits transform of the mixing baseline (``models.mixing``), and the
+    ``weights`` among which its mixing weight is chosen (``steps`` + 1 evenly spaced in
+    [0, 1])."""
 
     scale: float = Field(1.0, gt=0)
     power: float = Field(1.0, gt=0)
     shift: float | None = None
+    steps: int = Field(100, ge=1)
+
+    @property
+    def weights(self) -> list[float]:
+        return [i / self.steps for i in range(self.steps + 1)]
 
 
 class CalibrationSettings(_Strict):
     """Validation data for thresholds, the gate and the mixing weight (first ``limit`` points of
-    the validation split)."""
+    the validation split), and the tolerance of a match to the robustness selector."""
 
     limit: int | None = Field(5000, ge=2)
     gate: GateSettings = Field(default_factory=GateSettings)
     mixing: MixingSettings = Field(default_factory=MixingSettings)
+    # a selector calibrated to the robustness selector's composed natural accuracy counts as
+    # matched on the test points within this many (fractional) points of it
+    match_tolerance: float = Field(0.003, ge=0, lt=1)
 
 
 class AdaptiveSettings(_Strict):

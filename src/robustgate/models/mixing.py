@@ -66,8 +66,8 @@ class MixedClassifier(nn.Module):
 
 def choose_mixing_weight(
     standard_logits: torch.Tensor, robust_logits: torch.Tensor, labels: torch.Tensor,
-    natural_accuracy: float, weights: Sequence[float] = tuple(i / 100 for i in range(101)),
-    scale: float = 1.0, power: float = 1.0, shift: float | None = None,
+    natural_accuracy: float, weights: Sequence[float], scale: float = 1.0, power: float = 1.0,
+    shift: float | None = None,
 ) -> float:
     """The largest weight (the most robust mixture) of ``weights`` whose natural accuracy on the
     validation logits is at least ``natural_accuracy``; 0 (the standard model) if none is."""

@@ -307,7 +307,8 @@ class CompositionEvaluator:
         weight = choose_mixing_weight(
             predict_logits(self.models[core], x[part]), predict_logits(self.models[branch],
                                                                         x[part]),
-            y[part], target, scale=settings.scale, power=settings.power, shift=settings.shift)
+            y[part], target, weights=settings.weights, scale=settings.scale,
+            power=settings.power, shift=settings.shift)
         mixed = MixedClassifier(self.models[core], self.models[branch], weight,
                                 settings.scale, settings.power, settings.shift)
         natural = (predict_logits(mixed, self.test[0]).argmax(1) == self.test[1]).numpy()

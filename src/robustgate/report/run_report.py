@@ -382,6 +382,7 @@ def _matched_section(run: Run) -> Section | None:
                  if composition.selector == "robustness" and len(composition.branches) == 1
                  and composition.kappa == 1 and composition.operating_point is None
                  and composition.label in run.metrics}
+    tolerance = 100 * run.config.calibration.match_tolerance
     rows = []
     for composition in run.compositions:
         values = run.metrics.get(composition.label)
@@ -394,13 +395,14 @@ def _matched_section(run: Run) -> Section | None:
                      _percent(values["natural_accuracy"]), f"{gap:+.2f}",
                      _percent(adaptive.get("robust_accuracy")),
                      _percent(values.get("selection_rate")),
-                     "matched" if abs(gap) <= 0.3 else "not matched (> 0.3 points)"])
+                     "matched" if abs(gap) <= tolerance
+                     else f"not matched (> {tolerance:g} points)"])
     if not rows:
         return None
     return Section(
         "Selectors at matched composed natural accuracy",
         ["composition", "selector", "natural", "vs robustness selector (points)",
-         "robust (attacked)", "selection rate", "±0.3 points"], rows,
+         "robust (attacked)", "selection rate", f"±{tolerance:g} points"], rows,
         ["Every threshold (and the mixing weight) was chosen on validation data so that the "
          "composition's natural accuracy there matches the robustness selector's on the same "
          "branch, unless a coverage or selective accuracy was asked for. Robust accuracy is "
