@@ -23,8 +23,9 @@ the count of DESIGN.md section 1 (a lower bound).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -37,73 +38,96 @@ from robustgate.models.modes import eval_mode, model_device
 from robustgate.threat import ThreatModel
 
 
-class _Outputs(nn.Module):
-    """Everything the objectives need in one forward pass: the core's logits, then per stage the
-    branch's logits and the selector's score (one column)."""
+@dataclass
+class Parts:
+    """What a route's objective reads at ``x'``: the core's logits, and per stage the branch's
+    logits and the selector's score."""
 
-    def __init__(self, composed: ComposedClassifier) -> None:
+    core: torch.Tensor
+    branches: list[torch.Tensor]
+    scores: list[torch.Tensor]
+
+
+class _Outputs(nn.Module):
+    """All of :class:`Parts` from one forward pass, as the one tensor PGD differentiates
+    (:meth:`parts` reads it back)."""
+
+    def __init__(self, composed: ComposedClassifier, classes: int) -> None:
         super().__init__()
         self.composed = composed
-        self.core = composed.core
+        self.core = composed.core  # registered, so that the parts' modules are this one's
         self.branches = nn.ModuleList(branch for branch, _ in composed.stages)
+        self.classes = classes
         self.input_shape = getattr(composed.core, "input_shape", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = [self.core(x)]
+        columns = [self.composed.core(x)]
         for branch, selector in self.composed.stages:
-            parts += [branch(x), selector.score(x).to(x.dtype).unsqueeze(1)]
-        return torch.cat(parts, dim=1)
+            columns += [branch(x), selector.score(x).to(x.dtype).unsqueeze(1)]
+        return torch.cat(columns, dim=1)
+
+    def parts(self, outputs: torch.Tensor) -> Parts:
+        classes, stages = self.classes, len(self.composed.stages)
+        width = classes + 1
+        return Parts(outputs[:, :classes],
+                     [outputs[:, classes + i * width : classes + i * width + classes]
+                      for i in range(stages)],
+                     [outputs[:, classes + i * width + classes] for i in range(stages)])
 
 
-Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+@dataclass(frozen=True)
+class Route:
+    """One way into the composition's errors (module docstring): through the core while the
+    selectors abstain (``stage`` None), or through branch ``stage`` while its selector selects,
+    untargeted or raising its confidence in its rank-``rank + 2`` class (``rank`` not None); the
+    selectors' scores weighted by ``steer``."""
+
+    stage: int | None
+    rank: int | None
+    steer: float
+
+    @property
+    def name(self) -> str:
+        steer = f"steer {self.steer:g}"
+        if self.stage is None:
+            return "core" if self.steer == 0 else f"core, selectors abstain ({steer})"
+        if self.rank is None:
+            return f"branch {self.stage} ({steer})"
+        return f"branch {self.stage} towards its rank-{self.rank + 2} class ({steer})"
+
+    def objective(self, parts: Parts, aim: torch.Tensor, saturation: float) -> torch.Tensor:
+        """What PGD maximizes: ``aim`` is the clean prediction, or the targeted wrong class."""
+        capped = self.steer > 0
+
+        def fooling(logits: torch.Tensor) -> torch.Tensor:
+            margin = logit_margin_from(logits, aim)
+            return margin.clamp(max=saturation) if capped else margin
+
+        def abstaining(upto: int) -> torch.Tensor:
+            return sum((parts.scores[j] for j in range(upto)), torch.zeros_like(parts.core[:, 0]))
+
+        if self.stage is None:
+            return fooling(parts.core) - self.steer * abstaining(len(parts.scores))
+        logits = parts.branches[self.stage]
+        if self.rank is None:
+            gain = fooling(logits)
+        else:
+            gain = F.log_softmax(logits, dim=1).gather(1, aim.view(-1, 1))[:, 0]
+        return gain + self.steer * (parts.scores[self.stage] - abstaining(self.stage))
 
 
-def _objectives(stages: int, classes: int, steers: Sequence[float], target_classes: int,
-                saturation: float) -> list[tuple[str, int | None, int, Objective]]:
-    """``(name, stage whose wrong classes are targets or None, rank of the target, objective)``,
-    for the core alone and then for every weight of the selectors' scores in ``steers``."""
-
-    def split(outputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        core, rest = outputs[:, :classes], outputs[:, classes:]
-        logits = [rest[:, i * (classes + 1) : i * (classes + 1) + classes] for i in range(stages)]
-        scores = [rest[:, i * (classes + 1) + classes] for i in range(stages)]
-        return core, logits, scores
-
-    def abstain(scores: list[torch.Tensor], upto: int) -> torch.Tensor:
-        return sum((scores[j] for j in range(upto)), torch.zeros_like(scores[0]))
-
-    def fooling(logits: torch.Tensor, target: torch.Tensor, capped: bool) -> torch.Tensor:
-        margin = logit_margin_from(logits, target)
-        return margin.clamp(max=saturation) if capped else margin
-
-    def core_route(weight: float) -> Objective:
-        def objective(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            core, _, scores = split(outputs)
-            return fooling(core, target, weight > 0) - weight * abstain(scores, stages)
-        return objective
-
-    def branch_route(stage: int, targeted: bool, weight: float) -> Objective:
-        def objective(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            _, logits, scores = split(outputs)
-            if targeted:
-                gain = F.log_softmax(logits[stage], dim=1).gather(1, target.view(-1, 1))[:, 0]
-            else:
-                gain = fooling(logits[stage], target, weight > 0)
-            return gain + weight * (scores[stage] - abstain(scores, stage))
-        return objective
-
-    plans: list[tuple[str, int | None, int, Objective]] = [("core", None, 0, core_route(0.0))]
-    for weight in steers:
-        steer = f"steer {weight:g}"
-        if weight > 0:
-            plans.append((f"core, selectors abstain ({steer})", None, 0, core_route(weight)))
+def routes(stages: int, steers: Sequence[float], target_classes: int) -> list[Route]:
+    """The core alone first, then for every weight of ``steers``: the core with the selectors
+    abstaining, and per stage the branch untargeted and towards each of its ``target_classes``
+    most likely wrong classes."""
+    planned = [Route(None, None, 0.0)]
+    for steer in steers:
+        if steer > 0:
+            planned.append(Route(None, None, steer))
         for stage in range(stages):
-            plans.append((f"branch {stage} ({steer})", None, 0,
-                          branch_route(stage, targeted=False, weight=weight)))
-            plans += [(f"branch {stage} towards its rank-{rank + 2} class ({steer})", stage, rank,
-                       branch_route(stage, targeted=True, weight=weight))
-                      for rank in range(target_classes)]
-    return plans
+            planned.append(Route(stage, None, steer))
+            planned += [Route(stage, rank, steer) for rank in range(target_classes)]
+    return planned
 
 
 class AdaptiveAttack:
@@ -129,17 +153,16 @@ class AdaptiveAttack:
             raise ValueError(f"need target_classes >= 0, at least one steer, every steer >= 0 "
                              f"and saturation > 0, got {target_classes=}, {steers=}, "
                              f"{saturation=}")
+        self.steps, self.relative_step, self.restarts = steps, relative_step, restarts
         self.saturation = saturation
-        self.pgd = PGD(steps=steps, relative_step=relative_step, restarts=restarts, seed=seed,
-                       objective="ce")
         self.target_classes = target_classes
         self.steers = steers
         self.seed = seed
         self.candidate_counts: dict[str, int] = {}
 
     def __repr__(self) -> str:
-        return (f"AdaptiveAttack(steps={self.pgd.steps}, relative_step={self.pgd.relative_step}, "
-                f"restarts={self.pgd.restarts}, target_classes={self.target_classes}, "
+        return (f"AdaptiveAttack(steps={self.steps}, relative_step={self.relative_step}, "
+                f"restarts={self.restarts}, target_classes={self.target_classes}, "
                 f"steers={self.steers}, saturation={self.saturation})")
 
     def __call__(self, composed: ComposedClassifier, x: torch.Tensor, target: torch.Tensor,
@@ -147,33 +170,35 @@ class AdaptiveAttack:
         """For every input the first point found in the threat ball where the composed
         prediction differs from ``target`` (``x`` itself where none is found). ``target`` is
         the clean composed prediction (robustness) or the label (robust accuracy)."""
-        outputs = _Outputs(composed)
         device = model_device(composed.core)
         x, target = x.to(device), target.to(device)
         with ExitStack() as stack:
             for _, model in composed.named_models():
                 stack.enter_context(eval_mode(model))
             with torch.no_grad():
-                classes = outputs.core(x[:1]).shape[1]
+                classes = composed.core(x[:1]).shape[1]
                 stage_logits = [branch(x) for branch, _ in composed.stages]
+            outputs = _Outputs(composed, classes)
             x_adv = x.clone()
             pending = torch.arange(len(x), device=device)
-            plans = _objectives(len(composed.stages), classes, self.steers, self.target_classes,
-                                self.saturation)
-            for name, stage, rank, objective in plans:
+            for route in routes(len(composed.stages), self.steers, self.target_classes):
                 if len(pending) == 0:
                     break
                 aim = target[pending]
-                if stage is not None:
-                    wrong = stage_logits[stage][pending].scatter(1, aim.view(-1, 1), -torch.inf)
-                    if rank >= classes - 1:
+                if route.rank is not None:
+                    if route.rank >= classes - 1:
                         continue
-                    aim = wrong.topk(rank + 1, dim=1).indices[:, rank]
-                self.pgd.objective = objective
-                candidate = self.pgd(outputs, x[pending], aim, threat)
+                    wrong = stage_logits[route.stage][pending].scatter(1, aim.view(-1, 1),
+                                                                       -torch.inf)
+                    aim = wrong.topk(route.rank + 1, dim=1).indices[:, route.rank]
+                pgd = PGD(steps=self.steps, relative_step=self.relative_step,
+                          restarts=self.restarts, seed=self.seed,
+                          objective=lambda values, aim, route=route: route.objective(
+                              outputs.parts(values), aim, self.saturation))
+                candidate = pgd(outputs, x[pending], aim, threat)
                 changed = composed.predict(candidate)[0].to(device) != target[pending]
                 x_adv[pending[changed]] = candidate[changed]
                 pending = pending[~changed]
-                self.candidate_counts[name] = (self.candidate_counts.get(name, 0)
-                                               + int(changed.sum()))
+                self.candidate_counts[route.name] = (self.candidate_counts.get(route.name, 0)
+                                                     + int(changed.sum()))
         return x_adv
