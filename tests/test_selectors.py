@@ -84,6 +84,26 @@ def test_selective_and_composed_accuracy_targets_on_hand_made_scores():
         threshold_for_selective_accuracy(scores, branch[:3], 0.5)
 
 
+def test_a_selector_calibrates_its_own_threshold_by_one_rule():
+    model = random_linear(3, 2, seed=1)
+    x = torch.rand(400, 2, generator=torch.Generator().manual_seed(1))
+    selector = ConfidenceSelector(model, 0.0)
+    info = selector.calibrate(x, coverage=0.75)
+    assert selector.select(x).sum() == 300 and info["calibrated_for"] == {"coverage": 0.75}
+    assert info["threshold"] == selector.threshold and info["calibration_samples"] == 400
+    rng = np.random.default_rng(1)
+    branch, core = rng.random(400) < 0.9, rng.random(400) < 0.95
+    scores = selector.scores(x).numpy()
+    selector.calibrate(x, branch, core, composed_accuracy=0.93)
+    assert selector.threshold == threshold_for_composed_accuracy(scores, branch, core, 0.93)
+    selector.calibrate(x, branch, selective_accuracy=0.92)
+    assert selector.threshold == threshold_for_selective_accuracy(scores, branch, 0.92)
+    with pytest.raises(ValueError, match="exactly one of"):
+        selector.calibrate(x, branch, coverage=0.5, selective_accuracy=0.9)
+    with pytest.raises(ValueError, match="core's"):
+        selector.calibrate(x, branch, composed_accuracy=0.9)
+
+
 def test_learned_gate_learns_where_the_branch_should_answer():
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(600, 2, generator=generator)

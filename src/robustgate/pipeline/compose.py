@@ -30,7 +30,6 @@ from robustgate.select import (
     ConfidenceSelector,
     RobustnessSelector,
     Selector,
-    threshold_for_coverage,
 )
 from robustgate.threat import ThreatModel
 
@@ -88,8 +87,7 @@ def _selector(kind: str, branch: torch.nn.Module, threat: ThreatModel, attack: A
         if calibration is None or len(calibration) == 0:
             raise ValueError("--coverage calibrates on the validation split: give "
                              "--validation-size")
-        selector.threshold = threshold_for_coverage(selector.scores(calibration).numpy(),
-                                                    coverage)
+        selector.calibrate(calibration, coverage=coverage)
     return selector
 
 

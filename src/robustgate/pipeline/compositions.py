@@ -53,9 +53,6 @@ from robustgate.select import (
     GateSelector,
     RobustnessSelector,
     ThresholdSelector,
-    threshold_for_composed_accuracy,
-    threshold_for_coverage,
-    threshold_for_selective_accuracy,
 )
 from robustgate.threat import ThreatModel
 from robustgate.train import train_gate
@@ -166,24 +163,18 @@ class CompositionEvaluator:
             selector = ConfidenceSelector(self.models[branch], 0.0, composition.selector)
         x, y = self._calibration()
         part = self._calibration_part()
-        scores = selector.scores(x[part]).numpy()
-        branch_accurate = (predict_logits(self.models[branch], x[part]).argmax(1) == y[part])
-        if composition.coverage is not None:
-            rule = {"coverage": composition.coverage}
-            threshold = threshold_for_coverage(scores, composition.coverage)
-        elif composition.selective_accuracy is not None:
-            rule = {"selective_accuracy": composition.selective_accuracy}
-            threshold = threshold_for_selective_accuracy(scores, branch_accurate.numpy(),
-                                                         composition.selective_accuracy)
+        branch_accurate = (predict_logits(self.models[branch], x[part]).argmax(1)
+                           == y[part]).numpy()
+        if composition.coverage is not None or composition.selective_accuracy is not None:
+            info = selector.calibrate(x[part], branch_accurate, coverage=composition.coverage,
+                                      selective_accuracy=composition.selective_accuracy)
         else:
-            target = self._matching_accuracy(branch, composition.core)
-            rule = {"composed_accuracy": target}
-            core_accurate = predict_logits(self.models[composition.core], x[part]).argmax(1)
-            threshold = threshold_for_composed_accuracy(
-                scores, branch_accurate.numpy(), (core_accurate == y[part]).numpy(), target)
-        selector.threshold = threshold
-        return selector, {"threshold": threshold, "calibrated_for": rule,
-                          "calibration_samples": len(scores)}
+            core_accurate = (predict_logits(self.models[composition.core], x[part]).argmax(1)
+                             == y[part]).numpy()
+            info = selector.calibrate(
+                x[part], branch_accurate, core_accurate,
+                composed_accuracy=self._matching_accuracy(branch, composition.core))
+        return selector, info
 
     # -- evaluation ----------------------------------------------------------------------------
 

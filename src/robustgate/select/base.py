@@ -7,13 +7,19 @@ decision is a robustness check, and its score (the branch's logit margin) only g
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
 from robustgate.inputs import check_inputs
 from robustgate.models.modes import eval_mode, model_device
+from robustgate.select.calibration import (
+    threshold_for_composed_accuracy,
+    threshold_for_coverage,
+    threshold_for_selective_accuracy,
+)
 
 
 class Selector(Protocol):
@@ -51,3 +57,32 @@ class ThresholdSelector:
     def select(self, x: torch.Tensor) -> torch.Tensor:
         """Boolean mask on the CPU: ``True`` where the branch answers."""
         return self.scores(x) >= self.threshold
+
+    def calibrate(self, x: torch.Tensor, branch_accurate: np.ndarray | None = None,
+                  core_accurate: np.ndarray | None = None, *, coverage: float | None = None,
+                  selective_accuracy: float | None = None,
+                  composed_accuracy: float | None = None) -> dict[str, Any]:
+        """Set the threshold on the validation inputs ``x`` by one rule (``select.calibration``):
+        a ``coverage``, a ``selective_accuracy`` of the branch (``branch_accurate`` per input) or
+        a ``composed_accuracy`` of the composition (``core_accurate`` too); returns the threshold,
+        the rule and the number of inputs."""
+        rules = {"coverage": coverage, "selective_accuracy": selective_accuracy,
+                 "composed_accuracy": composed_accuracy}
+        given = {name: value for name, value in rules.items() if value is not None}
+        if len(given) != 1:
+            raise ValueError(f"calibrate by exactly one of {sorted(rules)}, got {sorted(given)}")
+        scores = self.scores(x).numpy()
+        if coverage is not None:
+            threshold = threshold_for_coverage(scores, coverage)
+        elif branch_accurate is None or (composed_accuracy is not None and core_accurate is None):
+            raise ValueError("an accuracy rule needs the branch's (and for the composed "
+                             "accuracy the core's) accuracy on the calibration inputs")
+        elif selective_accuracy is not None:
+            threshold = threshold_for_selective_accuracy(scores, branch_accurate,
+                                                         selective_accuracy)
+        else:
+            threshold = threshold_for_composed_accuracy(scores, branch_accurate, core_accurate,
+                                                        composed_accuracy)
+        self.threshold = threshold
+        return {"threshold": threshold, "calibrated_for": given, "calibration_samples":
+                len(scores)}
