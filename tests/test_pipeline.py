@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from robustgate.cli import main
@@ -101,6 +102,15 @@ def test_a_different_config_in_the_same_directory_is_refused(tmp_path):
 def test_bad_demo_settings_are_refused_before_anything_is_written(tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
         run_experiment(small_demo(**change), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_exact_grid_on_data_of_more_than_two_features_is_refused(tmp_path):
+    x = np.random.default_rng(0).random((20, 3)).astype(np.float32)
+    np.savez(tmp_path / "points.npz", x=x, y=(x[:, 0] > 0.5).astype(np.int64))
+    config = small_demo(data={"name": "npz", "path": str(tmp_path / "points.npz")})
+    with pytest.raises(ValueError, match="exact_grid is for two-dimensional data"):
+        run_experiment(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
 

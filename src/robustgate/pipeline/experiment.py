@@ -98,6 +98,9 @@ def run_experiment(
     train, validation, num_classes, metadata = training_data(config.data, config.seed)
     test = load_dataset(split="test", seed=config.seed,
                         **config.data.model_dump(exclude={"limit_train"}))
+    if config.evaluation.exact_grid is not None and tuple(test.input_shape) != (2,):
+        raise ValueError(f"evaluation.exact_grid is for two-dimensional data; "
+                         f"{config.data.name!r} has inputs of shape {tuple(test.input_shape)}")
     for name, spec in config.models.items():
         try:
             make_loss(spec.loss.name, spec.loss.threat.build(), **training_attack_of(spec),
