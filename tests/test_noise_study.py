@@ -7,16 +7,20 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from robustgate.cli import main
 from robustgate.config import (
     DisksSettings,
     GaussiansSettings,
+    MnistNoiseSettings,
     NoiseStudyConfig,
     OptimizerSettings,
     quick_noise_study,
 )
+from robustgate.data import Dataset
 from robustgate.evaluate.statistics import clopper_pearson
+from robustgate.study import noise
 from robustgate.study.noise import disk_radius_after_filtering, run_noise_study, smoothed
 
 
@@ -103,3 +107,45 @@ def test_study_command_quick_writes_the_report(tmp_path, capsys):
     assert (tmp_path / "report.html").exists()
     assert main(["study", "noise", "cubes", "--quick", "--out", str(tmp_path / "x")]) == 2
     assert "unknown problems ['cubes']" in capsys.readouterr().err
+
+
+def test_the_mnist_problem_runs_and_an_interrupted_certification_resumes(tmp_path,
+                                                                         monkeypatch):
+    """The ``mnist`` problem on a stand-in for MNIST (bright or dark 28×28 images, 10 classes):
+    one cell per σ and σ_train, Δ and certified accuracy in [0, 1]; a cell interrupted during
+    its certification resumes from its partial certificates and ends as an uninterrupted one."""
+    generator = torch.Generator().manual_seed(0)
+
+    def stand_in(name, split, **_):
+        count = 300 if split == "train" else 40
+        y = torch.arange(count) % 10
+        x = (y.view(-1, 1, 1, 1) / 10 + 0.05 * torch.rand(count, 1, 28, 28,
+                                                           generator=generator)).clamp(0, 1)
+        return Dataset(x.float(), y, 10, (1, 28, 28), name, split)
+
+    monkeypatch.setattr(noise, "load_dataset", stand_in)
+    config = NoiseStudyConfig(name="tiny", problems=["mnist"], mnist=MnistNoiseSettings(
+        sigmas=[0.25], ratios=[0.0, 1.0], limit=40, votes=10, certify_limit=8, n=200,
+        train=OptimizerSettings(epochs=1, batch_size=50)))
+    straight = run_noise_study(config, tmp_path / "straight", progress=False)
+    cells = json.loads((tmp_path / "straight" / "results" / "mnist.json").read_text())
+    assert sorted(cells) == ["mnist sigma=0.25 ratio=0", "mnist sigma=0.25 ratio=1"]
+    assert all(0 <= cell["error"] <= 1 and 0 <= cell["certified_accuracy"] <= 1
+               for cell in cells.values())
+    real = noise.certify_smoothed
+
+    def interrupted(*args, partial, **kwargs):
+        smooth, x, y, *rest = args
+        real(smooth, x[:4], y[:4], *rest, partial=partial, **kwargs)  # the first 4 only
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(noise, "certify_smoothed", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_noise_study(config, tmp_path / "resumed", progress=False)
+    partials = list((tmp_path / "resumed" / "certificates").rglob("*.partial.csv"))
+    assert len(partials) == 1 and len(partials[0].read_text().splitlines()) == 5
+    monkeypatch.setattr(noise, "certify_smoothed", real)
+    resumed = run_noise_study(config, tmp_path / "resumed", progress=False)
+    assert resumed["summaries"] == straight["summaries"]
+    assert json.loads((tmp_path / "resumed" / "results" / "mnist.json").read_text()) == cells
+    assert not list((tmp_path / "resumed" / "certificates").rglob("*.partial.csv"))
