@@ -98,7 +98,8 @@ def run_experiment(
     train, validation, num_classes, metadata = training_data(config.data, config.seed)
     test = load_dataset(split="test", seed=config.seed,
                         **config.data.model_dump(exclude={"limit_train"}))
-    if config.evaluation.exact_grid is not None and tuple(test.input_shape) != (2,):
+    two_dimensional = tuple(test.input_shape) == (2,)
+    if config.evaluation.exact_grid is not None and not two_dimensional:
         raise ValueError(f"evaluation.exact_grid is for two-dimensional data; "
                          f"{config.data.name!r} has inputs of shape {tuple(test.input_shape)}")
     for name, spec in config.models.items():
@@ -202,7 +203,7 @@ def run_experiment(
         for split, by_label in exact.items():
             for label, values in by_label.items():
                 splits[split][label]["exact"] = values
-    if x_test.ndim == 2 and x_test.shape[1] == 2 and not (out / REGIONS_FILE).exists():
+    if two_dimensional and not (out / REGIONS_FILE).exists():
         shown = "train" if "train" in data else "test"
         say(f"plotting decision regions on the {shown} points", progress)
         draw_decision_regions(out, models, split_records[shown], deployed, *data[shown], threat,
