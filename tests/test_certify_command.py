@@ -55,6 +55,7 @@ def test_certify_command_summarizes_resumes_and_says_what_it_certified(
     assert main([*arguments, str(out)]) == 0
     printed = capsys.readouterr().out
     assert "trained at sigma_train 0.1, certified at sigma 0.2" in printed
+    assert "| radius | natural (smoothed) |" in printed and "abstain" in printed
     assert "above it, certified for no input at these settings: l2 1" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["sigma_train"] == 0.1 and summary["samples"] == 30
@@ -228,7 +229,9 @@ def test_certify_command_with_bound_propagation(smoothed_checkpoint, tmp_path, c
                  "--radii", "0.01", "0.3", "--data", "twogauss", "--limit", "40",
                  "--batch-size", "16", "--quiet", "--out", str(out)]
     assert main(arguments) == 0
-    assert "lower bound of every logit difference" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "lower bound of every logit difference" in printed
+    assert "| radius | natural | certified |" in printed and "abstain" not in printed
     summary = json.loads((out / "summary.json").read_text())
     small, large = summary["metrics"]["linf 0.01"], summary["metrics"]["linf 0.3"]
     assert small["certified_accuracy"] >= large["certified_accuracy"]

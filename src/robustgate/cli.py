@@ -185,7 +185,7 @@ def _certify(args: argparse.Namespace) -> int:
     from robustgate.device import resolve_device
     from robustgate.pipeline.certify import certify_checkpoint
     from robustgate.report import metrics_table
-    from robustgate.report.tables import CERTIFIED_COLUMNS
+    from robustgate.report.tables import CERTIFIED_COLUMNS, SMOOTHED_COLUMNS
 
     smoothing = None
     if args.method == "smoothing":
@@ -201,7 +201,8 @@ def _certify(args: argparse.Namespace) -> int:
                                  args.radii, smoothing, data=args.data,
                                  device=resolve_device(args.device), batch_size=args.batch_size,
                                  progress=not args.quiet)
-    print(metrics_table(summary["metrics"], CERTIFIED_COLUMNS, first="radius"))
+    columns = SMOOTHED_COLUMNS if args.method == "smoothing" else CERTIFIED_COLUMNS[:-1]
+    print(metrics_table(summary["metrics"], columns, first="radius"))
     if smoothing is not None:
         largest = summary["max_certifiable_l2_radius"]
         print(f"smoothing sigma {args.sigma:g}, n0 {args.n0}, n {args.n}, alpha {args.alpha:g}: "
