@@ -79,7 +79,8 @@ def write_noise_report(out: Path, config: NoiseStudyConfig, summary: dict[str, A
         section.figure = plots.noise_effects(rows)
         sections.append(section)
     sections.append(Section("Recommendation", notes=[
-        recommendation(summaries), f"Wall time {summary['wall_time_s']:.0f} s."]))
+        recommendation(summaries), f"The last run took {summary['wall_time_s']:.0f} s (cells "
+        "computed by earlier runs in this directory were read back)."]))
     paths = (out / "report.md", out / "report.html")
     text = markdown(config.name, sections)
     text += "\n## Recommendation\n\n" + "\n".join(sections[-1].notes) + "\n"
