@@ -397,7 +397,7 @@ def _matched_section(run: Run) -> Section | None:
                      _percent(values.get("selection_rate")),
                      "matched" if abs(gap) <= tolerance
                      else f"not matched (> {tolerance:g} points)"])
-    if not rows:
+    if all(row[1] == "robustness" for row in rows):  # nothing matched against it
         return None
     return Section(
         "Selectors at matched composed natural accuracy",
