@@ -51,9 +51,11 @@ def recommendation(summaries: dict[str, list[dict[str, Any]]]) -> str:
     never = [row for row in summaries.get("disks", []) if row["verdict"] != "helped"]
     parts = ["Do not assume training at the smoothing σ is best, nor that noise always helps."]
     if ratios:
+        advice = ("train a little below σ (or tune σ_train on validation data) rather than at "
+                  "σ" if max(ratios) < 1 else "tune σ_train on validation data around σ rather "
+                  "than fixing it at σ")
         parts.append(f"Where training noise helped a trained model, the best σ_train was "
-                     f"{min(ratios):.2f}–{max(ratios):.2f}·σ: train a little below σ (or tune "
-                     "σ_train on validation data) rather than at σ.")
+                     f"{min(ratios):.2f}–{max(ratios):.2f}·σ: {advice}.")
     if never:
         parts.append(f"On {len(never)} of {len(summaries['disks'])} disk settings training noise "
                      "did not help beyond the spread across layouts, and σ_train = σ hurt on "
@@ -77,6 +79,14 @@ def write_noise_report(out: Path, config: NoiseStudyConfig, summary: dict[str, A
                          "otherwise); 'hurt': σ_train = σ is worse than 0 beyond it and no "
                          "σ_train is better on average."]
         section.figure = plots.noise_effects(rows)
+        section.notes += [
+            f"Certified accuracy at L2 radius {config.mnist.radius:g} (certify, N = "
+            f"{config.mnist.n:,}, α = {config.mnist.alpha:g}, the first "
+            f"{config.mnist.certify_limit} test images) at σ = {row['sigma']:g}, by σ_train: "
+            + ", ".join(
+                f"{100 * value:.1f}% ({train})" for train, value in
+                row["certified_accuracy"].items()) + "."
+            for row in rows if row.get("certified_accuracy")]
         sections.append(section)
     sections.append(Section("Recommendation", notes=[
         recommendation(summaries), f"The last run took {summary['wall_time_s']:.0f} s (cells "
