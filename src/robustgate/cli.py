@@ -4,7 +4,6 @@ report``."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -72,7 +71,7 @@ def _attack(args: argparse.Namespace) -> Any:
 def _evaluate(args: argparse.Namespace) -> int:
     from robustgate.device import resolve_device
     from robustgate.evaluate import evaluate_or_resume, robustness_metrics
-    from robustgate.io import atomic_write_json
+    from robustgate.io import atomic_write_json, record_settings
     from robustgate.models import load_checkpoint
     from robustgate.report import metrics_table
     from robustgate.threat import ThreatModel
@@ -88,11 +87,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     settings = {"checkpoint": str(args.checkpoint), "data": args.data, "split": args.split,
                 "samples": len(y), "attack": repr(attack), "norm": args.norm,
                 "eps": sorted(set(args.eps))}
-    settings_path = out / "evaluate.json"
-    if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
-        raise ValueError(f"{out} holds records made with other settings ({settings_path}); "
-                         "choose another --out or remove it")
-    atomic_write_json(settings_path, settings)
+    record_settings(out / "evaluate.json", settings, "records")
     records = evaluate_or_resume(out / "records.csv", model, x, y, threat, args.eps, attack,
                                  batch_size=args.batch_size, progress=not args.quiet,
                                  description=args.attack)
@@ -201,7 +196,7 @@ def _certify(args: argparse.Namespace) -> int:
                                  args.radii, smoothing, data=args.data,
                                  device=resolve_device(args.device), batch_size=args.batch_size,
                                  progress=not args.quiet)
-    columns = SMOOTHED_COLUMNS if args.method == "smoothing" else CERTIFIED_COLUMNS[:-1]
+    columns = SMOOTHED_COLUMNS if args.method == "smoothing" else CERTIFIED_COLUMNS
     print(metrics_table(summary["metrics"], columns, first="radius"))
     if smoothing is not None:
         largest = summary["max_certifiable_l2_radius"]

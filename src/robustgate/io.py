@@ -44,6 +44,17 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def record_settings(path: str | Path, settings: dict[str, Any], what: str) -> None:
+    """Write ``settings`` to ``path``, or, where ``path`` holds other settings, refuse (``what``
+    names the results kept beside them), so that nothing written with other settings is lost or
+    mixed with new results."""
+    path = Path(path)
+    if path.exists() and json.loads(path.read_text()) != json.loads(json.dumps(settings)):
+        raise ValueError(f"{path.parent} holds {what} made with other settings ({path}); choose "
+                         "another --out or remove it")
+    atomic_write_json(path, settings)
+
+
 def file_name(label: str) -> str:
     """A label as a file name: ``era→core [gate]`` → ``era-core-gate``."""
     return re.sub(r"[^A-Za-z0-9_.]+", "-", label).strip("-")

@@ -3,7 +3,6 @@ certified metrics at the radii asked for."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ from robustgate.evaluate import (
     smoothing_metrics,
 )
 from robustgate.inputs import check_inputs
-from robustgate.io import atomic_write_json, complete_or_resume
+from robustgate.io import atomic_write_json, complete_or_resume, record_settings
 from robustgate.models import load_checkpoint
 from robustgate.threat import ThreatModel
 
@@ -64,11 +63,7 @@ def certify_checkpoint(
                 "samples": len(y), "norm": norm, "radii": sorted(set(radii)),
                 **(smoothing.model_dump() if smoothing else {})}
     out = Path(out)
-    settings_path = out / "certify.json"
-    if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
-        raise ValueError(f"{out} holds certificates made with other settings ({settings_path}); "
-                         "choose another --out or remove it")
-    atomic_write_json(settings_path, settings)
+    record_settings(out / "certify.json", settings, "certificates")
     started = time.perf_counter()
     summary: dict[str, Any] = {**settings}
     path = out / "certificates.csv"

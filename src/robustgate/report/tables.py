@@ -18,10 +18,9 @@ CERTIFIED_COLUMNS = (
     ("certified_accuracy", "certified"),
     ("certified_robust_inaccuracy", "certified robust inaccuracy"),
     ("not_certified", "not certified"),
-    ("abstain_rate", "abstain"),
 )
-# a smoothed classifier: its natural accuracy is the smoothed prediction's, and it may abstain
-SMOOTHED_COLUMNS = (("natural_accuracy", "natural (smoothed)"), *CERTIFIED_COLUMNS[1:])
+SMOOTHED_COLUMNS = (("natural_accuracy", "natural (smoothed)"), *CERTIFIED_COLUMNS[1:],
+                    ("abstain_rate", "abstain"))
 
 
 def _percent(value: float | None) -> str:
