@@ -36,6 +36,7 @@ from robustgate.certify import stable_radius
 from robustgate.evaluate.certified import Certificates
 from robustgate.evaluate.metrics import robustness_metrics, selection_metrics
 from robustgate.evaluate.records import Records
+from robustgate.evaluate.statistics import clopper_pearson
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,22 @@ class Selection:
                    np.zeros(len(branch), bool), ~selected)
 
 
+def selection_radii(selector: str, eps: float, kappa: float) -> set[float]:
+    """The radii at which a branch's records must hold to count ``selector`` (``robustness``
+    or ``bounds``) deployed at ``κ·eps``: what :meth:`Selection.robustness` and
+    :meth:`Selection.bounds` read (the selection ``κ·eps``, its stability ``(κ+1)·eps`` and,
+    for the robustness selector at ``κ > 1``, the unreachable inputs' ``(κ−1)·eps``)."""
+    if not kappa >= 1:
+        raise ValueError(f"every kappa must be >= 1, got {kappa}")
+    if selector not in ("robustness", "bounds"):
+        raise ValueError(f"only the robustness and bound selectors are counted at radii of "
+                         f"their own, got {selector!r}")
+    radii = {kappa * eps, (kappa + 1) * eps}
+    if selector == "robustness" and kappa > 1:
+        radii.add((kappa - 1) * eps)
+    return radii
+
+
 def compose_records(branch: Records, core: Records, selection: Selection) -> Records:
     """Records of the composition ``(branch, S, core)`` at ``selection.eps``: the composed
     answers on clean inputs and the robustness indicator of the module docstring."""
@@ -220,3 +237,39 @@ def composition_metrics(branches: Sequence[Records], core: Records,
         "routes": route_counts(composed.accurate, routes, len(branches)),
     }
     return metrics, composed, routes
+
+
+def compare_with_attack(attacked: Records, counted: Records | None, eps: float
+                        ) -> dict[str, Any]:
+    """The composition attacked end to end (``attacked``: records of the whole system under an
+    attack on the first ``len(attacked)`` inputs) against its count (``counted``: the sound
+    form's records, ``None`` where nothing is counted, as for the mixing baseline): both robust
+    accuracies with their Clopper–Pearson intervals, their difference in points, and the
+    inputs where they disagree. An input counted robust and accurate yet broken by the attack
+    is where the count is unsound (its robustness checks were weaker than the attack)."""
+    count = len(attacked)
+    attacked_robust = attacked.accurate & attacked.robust_at(eps)
+    comparison: dict[str, Any] = {
+        "samples": count,
+        "robust_accuracy": float(attacked_robust.mean()),
+        "robust_accuracy_interval": clopper_pearson(int(attacked_robust.sum()), count),
+        "counted_robust_accuracy": None,
+        "difference_points": None,
+    }
+    if counted is None:
+        return comparison
+    if len(counted) < count or not np.array_equal(counted.labels[:count], attacked.labels):
+        raise ValueError(f"the attacked records ({count} samples) are not the first samples of "
+                         f"the counted ones ({len(counted)} samples)")
+    counted_robust = (counted.accurate & counted.robust_at(eps))[:count]
+    return {
+        **comparison,
+        "counted_robust_accuracy": float(counted_robust.mean()),
+        "counted_robust_accuracy_interval": clopper_pearson(int(counted_robust.sum()), count),
+        "difference_points": round(100 * float(counted_robust.mean() - attacked_robust.mean()),
+                                   2),
+        "counted_but_broken": int((counted_robust & ~attacked_robust).sum()),
+        "held_but_not_counted": int((attacked_robust & ~counted_robust).sum()),
+        "natural_agrees_with_count": bool(
+            np.array_equal(attacked.predictions, counted.predictions[:count])),
+    }

@@ -34,10 +34,9 @@ from robustgate.evaluate import (
     evaluate_or_resume,
     robustness_metrics,
 )
-from robustgate.evaluate.composition import composition_metrics
+from robustgate.evaluate.composition import compare_with_attack, composition_metrics
 from robustgate.evaluate.operating_points import choose_kappa, operating_curve, sweep_radii
 from robustgate.evaluate.sanity import sanity_checks
-from robustgate.evaluate.statistics import clopper_pearson
 from robustgate.io import atomic_write_json, file_name
 from robustgate.models import (
     MixedClassifier,
@@ -243,28 +242,11 @@ class CompositionEvaluator:
         candidates_path = self.out / "records" / "adaptive" / f"{file_name(label)}.candidates.json"
         if not candidates_path.exists():
             atomic_write_json(candidates_path, attack.candidate_counts)
-        candidates = json.loads(candidates_path.read_text())
-        count = len(attacked)
-        eps = self.threat.eps
-        counted_robust = (counted.accurate & counted.robust_at(eps))[:count]
-        attacked_robust = attacked.accurate & attacked.robust_at(eps)
         return {
-            "samples": count,
+            **compare_with_attack(attacked, counted, self.threat.eps),
             "attack": repr(attack),
-            "robust_accuracy": float(attacked_robust.mean()),
-            "robust_accuracy_interval": clopper_pearson(int(attacked_robust.sum()), count),
-            "counted_robust_accuracy": float(counted_robust.mean()),
-            "counted_robust_accuracy_interval": clopper_pearson(int(counted_robust.sum()), count),
-            "difference_points": round(100 * float(counted_robust.mean()
-                                                   - attacked_robust.mean()), 2),
-            # counted robust and accurate, yet broken by the attack: where the count is unsound
-            # (its robustness checks were weaker than the attack)
-            "counted_but_broken": int((counted_robust & ~attacked_robust).sum()),
-            "held_but_not_counted": int((attacked_robust & ~counted_robust).sum()),
             # which candidate broke each input first (of the attacks that wrote the records)
-            "candidates": candidates,
-            "natural_agrees_with_count": bool(
-                np.array_equal(attacked.predictions, counted.predictions[:count])),
+            "candidates": json.loads(candidates_path.read_text()),
             "sanity": self._sanity(label, composed, attack),
         }
 
@@ -307,15 +289,9 @@ class CompositionEvaluator:
         metrics: dict[str, Any] = {"natural_accuracy": float(natural.mean()), "weight": weight,
                                    "calibrated_for": {"composed_accuracy": target}}
         if attacked is not None:
-            robust = attacked.robust_at(self.threat.eps)
-            partition = robustness_metrics(attacked.accurate, robust)
+            partition = robustness_metrics(attacked.accurate, attacked.robust_at(self.threat.eps))
             del partition["natural_accuracy"]  # of the attacked subset; the test set's is above
-            held = int((attacked.accurate & robust).sum())
-            metrics.update({
-                **partition,
-                "adaptive": {"samples": len(attacked), "attack": repr(self.attack),
-                             "robust_accuracy": partition["robust_accuracy"],
-                             "robust_accuracy_interval": clopper_pearson(held, len(attacked)),
-                             "counted_robust_accuracy": None, "difference_points": None},
-            })
+            metrics.update({**partition, "adaptive": {
+                **compare_with_attack(attacked, None, self.threat.eps),
+                "attack": repr(self.attack)}})
         return metrics
