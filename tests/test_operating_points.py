@@ -12,6 +12,7 @@ from robustgate.attacks import check_robustness, make_attack
 from robustgate.cli import main
 from robustgate.evaluate import Records, evaluate_model
 from robustgate.evaluate import records as records_module
+from robustgate.evaluate.composition import selection_radii
 from robustgate.evaluate.operating_points import (
     choose_operating_point,
     operating_curve,
@@ -26,6 +27,15 @@ def test_sweep_radii_cover_selection_stability_and_the_inner_ball():
     assert sweep_radii(0.1, [1.0, 1.5, 2.0]) == [0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
     with pytest.raises(ValueError, match="kappa"):
         sweep_radii(0.1, [0.5])
+
+
+def test_the_bound_selector_is_counted_at_its_selection_and_stability_radii_only():
+    assert selection_radii("bounds", 0.1, 2.0) == {0.2, 0.30000000000000004}
+    assert selection_radii("robustness", 0.1, 2.0) == {0.1, 0.2, 0.30000000000000004}
+    with pytest.raises(ValueError, match="'entropy'"):
+        selection_radii("entropy", 0.1, 1.0)
+    with pytest.raises(ValueError, match="kappa"):
+        selection_radii("bounds", 0.1, 0.9)
 
 
 def records_from_radius(labels, predictions, radius, radii):

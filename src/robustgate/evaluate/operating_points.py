@@ -12,20 +12,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from robustgate.evaluate.composition import Selection, compose_records
+from robustgate.evaluate.composition import Selection, compose_records, selection_radii
 from robustgate.evaluate.metrics import robustness_metrics
 from robustgate.evaluate.records import Records
 
 
 def sweep_radii(eps: float, kappas: Sequence[float]) -> list[float]:
     """The radii at which a branch's robustness is needed to count the robustness selector at
-    every ``κ`` of ``kappas``: ``κ·eps`` (the selection), ``(κ+1)·eps`` (its stability) and
-    ``(κ−1)·eps`` for ``κ > 1`` (where no reachable input is selected)."""
-    radii = {eps}
-    for kappa in kappas:
-        if not kappa >= 1:
-            raise ValueError(f"every kappa must be >= 1, got {kappa}")
-        radii |= {kappa * eps, (kappa + 1) * eps} | ({(kappa - 1) * eps} if kappa > 1 else set())
+    every ``κ`` of ``kappas`` (``evaluate.composition.selection_radii``), and eps."""
+    radii = {eps}.union(*(selection_radii("robustness", eps, kappa) for kappa in kappas))
     return sorted(round(radius, 12) for radius in radii)
 
 

@@ -37,6 +37,7 @@ from robustgate.evaluate import (
     selection_metrics,
     smoothing_metrics,
 )
+from robustgate.evaluate.composition import selection_radii
 from robustgate.evaluate.statistics import clopper_pearson
 from robustgate.io import complete_or_resume, file_name
 from robustgate.models.modes import model_device
@@ -145,7 +146,7 @@ def bound_radii(config: ExperimentConfig, name: str) -> list[float]:
     radii = {eps, *config.evaluation.certified_radii}
     for composition in config.compositions:
         if composition.selector == "bounds" and name in composition.branches:
-            radii |= {composition.kappa * eps, (composition.kappa + 1) * eps}
+            radii |= selection_radii("bounds", eps, composition.kappa)
     return sorted(radii)
 
 
