@@ -1,3 +1,5 @@
+import inspect
+
 import pytest
 import torch
 from conftest import Linear, exact_radius, random_linear
@@ -192,3 +194,28 @@ def test_targeted_runs_need_logits():
         PGD(objective=lambda outputs, target: outputs.sum(1), target_classes=2)
     with pytest.raises(ValueError, match="target_classes"):
         PGD(target_classes=-1)
+
+
+def _defaults(callable_) -> dict:
+    return {name: parameter.default
+            for name, parameter in inspect.signature(callable_).parameters.items()}
+
+
+def test_each_attack_parameter_has_one_default_wherever_it_is_set():
+    from robustgate.config import EVALUATION_ATTACK, AdaptiveSettings, AttackSettings
+    from robustgate.evaluate import AdaptiveAttack
+    from robustgate.losses.objectives import training_attack
+
+    training = AttackSettings()
+    pgd, trained = _defaults(PGD), training_attack("ce")
+    assert (pgd["steps"], pgd["relative_step"], pgd["restarts"]) == (
+        training.steps, training.relative_step, training.restarts) == (
+        trained.steps, trained.relative_step, trained.restarts)
+    evaluation = make_attack("pgd")
+    assert (evaluation.steps, evaluation.relative_step, evaluation.restarts,
+            evaluation.objective, evaluation.target_classes) == (
+        EVALUATION_ATTACK.steps, EVALUATION_ATTACK.relative_step, EVALUATION_ATTACK.restarts,
+        EVALUATION_ATTACK.objective, EVALUATION_ATTACK.target_classes)
+    adaptive = _defaults(AdaptiveAttack)
+    for name, value in AdaptiveSettings().attack_options().items():
+        assert adaptive[name] == (tuple(value) if isinstance(value, list) else value), name

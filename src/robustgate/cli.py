@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from robustgate.config import DEFAULT_KAPPAS
+from robustgate.config import DEFAULT_KAPPAS, EVALUATION_ATTACK
 from robustgate.data import SYNTHETIC_DATASETS
 
 
@@ -295,11 +295,15 @@ def _attack_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attack", default="pgd", choices=ATTACKS,
                         help="pgd (default): the logit margin, then the targeted margin towards "
                         "--target-classes other classes")
-    parser.add_argument("--steps", type=int, default=100, help="attack iterations")
-    parser.add_argument("--restarts", type=int, default=1)
-    parser.add_argument("--relative-step", type=float, default=0.1, help="pgd only")
-    parser.add_argument("--target-classes", type=int, default=3,
-                        help="pgd only: classes attacked with the targeted margin (default 3)")
+    parser.add_argument("--steps", type=int, default=EVALUATION_ATTACK.steps,
+                        help=f"attack iterations (default {EVALUATION_ATTACK.steps})")
+    parser.add_argument("--restarts", type=int, default=EVALUATION_ATTACK.restarts)
+    parser.add_argument("--relative-step", type=float, default=EVALUATION_ATTACK.relative_step,
+                        help="pgd only: step size as a fraction of eps (default "
+                        f"{EVALUATION_ATTACK.relative_step:g})")
+    parser.add_argument("--target-classes", type=int, default=EVALUATION_ATTACK.target_classes,
+                        help="pgd only: classes attacked with the targeted margin (default "
+                        f"{EVALUATION_ATTACK.target_classes})")
     parser.add_argument("--norm", default="linf", choices=["linf", "l2"])
     parser.add_argument("--batch-size", type=int, default=500)
 

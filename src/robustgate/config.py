@@ -87,6 +87,12 @@ class AttackSettings(_Strict):
     target_classes: int = Field(3, ge=0)
 
 
+# The evaluation attack's defaults, for the experiment's evaluation, ``robustgate evaluate``
+# and ``attacks.make_attack``: ten times the training attack's steps, each a tenth of eps (the
+# training attack, ``AttackSettings()``, takes ten steps of a quarter of eps).
+EVALUATION_ATTACK = AttackSettings(steps=100, relative_step=0.1)
+
+
 
 class DataSettings(_Strict):
     """``data.load_dataset``'s arguments; ``n`` points per split for the synthetic sets (1000
@@ -223,8 +229,7 @@ class TrainRunConfig(TrainSpec):
 
 
 class EvaluationSettings(_Strict):
-    attack: AttackSettings = Field(default_factory=lambda: AttackSettings(
-        name="pgd", steps=100, relative_step=0.1))
+    attack: AttackSettings = Field(default_factory=EVALUATION_ATTACK.model_copy)
     threat: ThreatSettings = Field(default_factory=ThreatSettings)
     limit: int | None = Field(None, ge=1)
     batch_size: int = Field(500, ge=1)

@@ -7,20 +7,24 @@ from typing import Any
 
 from robustgate.attacks.autoattack import AutoAttackAdapter
 from robustgate.attacks.pgd import PGD, Attack
-from robustgate.config import AttackSettings
+from robustgate.config import EVALUATION_ATTACK, AttackSettings
 
 ATTACKS = ("pgd", "apgd-ce", "apgd-t", "square", "autoattack")
 
 
 def make_attack(
-    name: str, steps: int = 100, restarts: int = 1, seed: int = 0, **params: Any
+    name: str, steps: int = EVALUATION_ATTACK.steps, restarts: int = EVALUATION_ATTACK.restarts,
+    seed: int = 0, **params: Any
 ) -> Attack:
-    """An evaluation attack: ``pgd`` (robustgate's, with early exit; by default the margin
-    objective, then the targeted margin towards the ``target_classes`` = 3 most likely other
-    classes), ``apgd-ce`` and ``apgd-t`` (``steps`` iterations, ``restarts``), ``square``
-    (gradient-free, ``steps`` queries), or ``autoattack`` (the standard ensemble)."""
+    """An evaluation attack: ``pgd`` (robustgate's, with early exit; by default
+    ``config.EVALUATION_ATTACK``'s: the margin objective, then the targeted margin towards the
+    ``target_classes`` = 3 most likely other classes), ``apgd-ce`` and ``apgd-t`` (``steps``
+    iterations, ``restarts``), ``square`` (gradient-free, ``steps`` queries), or
+    ``autoattack`` (the standard ensemble)."""
     if name == "pgd":
-        params = {"relative_step": 0.1, "objective": "margin", "target_classes": 3, **params}
+        params = {"relative_step": EVALUATION_ATTACK.relative_step,
+                  "objective": EVALUATION_ATTACK.objective,
+                  "target_classes": EVALUATION_ATTACK.target_classes, **params}
         return PGD(steps=steps, restarts=restarts, early_exit=True, seed=seed, **params)
     if params:
         raise ValueError(f"attack {name!r} takes no parameters {sorted(params)}")

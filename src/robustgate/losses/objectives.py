@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustgate.attacks.pgd import PGD, Attack
+from robustgate.config import AttackSettings
 from robustgate.models.modes import eval_mode
 from robustgate.threat import ThreatModel
 
@@ -43,10 +44,14 @@ def runner_up(logits: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
     return masked.argmax(dim=1)
 
 
-def training_attack(objective: str = "ce", steps: int = 10, relative_step: float = 0.25,
+def training_attack(objective: str = "ce", settings: AttackSettings | None = None,
                     seed: int | None = None) -> PGD:
-    """The inner maximization used in training: PGD with a random start and no early exit."""
-    return PGD(steps=steps, relative_step=relative_step, objective=objective, seed=seed)
+    """The inner maximization used in training: PGD on ``objective`` with a random start and no
+    early exit, its steps, step size and restarts from ``settings`` (``config.AttackSettings``,
+    whose defaults are the training attack's)."""
+    settings = settings if settings is not None else AttackSettings()
+    return PGD(steps=settings.steps, relative_step=settings.relative_step,
+               restarts=settings.restarts, objective=objective, seed=seed)
 
 
 class Standard:

@@ -82,9 +82,8 @@ def training_attack_of(spec: TrainSpec) -> dict[str, Any]:
     KL term for TRADES, on cross-entropy otherwise); nothing for the other losses."""
     if spec.loss.name not in LOSSES or not LOSSES[spec.loss.name].adversarial:
         return {}
-    settings = spec.loss.attack
     objective = "kl" if spec.loss.name == "trades" else "ce"
-    return {"attack": training_attack(objective, settings.steps, settings.relative_step)}
+    return {"attack": training_attack(objective, spec.loss.attack)}
 
 
 def _same_spec(stored: dict[str, Any], spec: TrainSpec, seed: int) -> bool:
