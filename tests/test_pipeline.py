@@ -1,12 +1,14 @@
 """The demo: an experiment config shipped with the package, run by the experiment pipeline."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from robustgate.cli import main
 from robustgate.config import ExperimentConfig, demo_config, parse_config
+from robustgate.evaluate import Records, Routes
 from robustgate.pipeline import experiment, run_experiment
 
 SPLITS = ("train", "test")
@@ -45,6 +47,46 @@ def test_the_demo_is_the_shipped_experiment_config():
     assert other.data.name == "twogauss" and other.seed == 3
 
 
+def table_rows(report: str, first_cell: str) -> list[list[str]]:
+    """The cells of every Markdown table row of ``report`` whose first cell is ``first_cell``."""
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in report.splitlines() if line.startswith("|")]
+    return [row for row in rows if row[0] == first_cell]
+
+
+def percent(fraction: float) -> str:
+    return f"{100 * fraction:.2f}%"
+
+
+def assert_report_matches_records(report: str, run: Path) -> None:
+    """The report's test-split figures are those of the per-sample files, recomputed here from
+    the files alone (not from metrics.json)."""
+    eps = demo_config().evaluation.threat.eps
+    for name in MODELS:
+        records = Records.read_csv(run / "records" / "test" / f"{name}.csv")
+        robust = records.robust_at(eps)
+        expected = [percent(records.accurate.mean()), percent((records.accurate & robust).mean()),
+                    percent((~records.accurate & robust).mean()), percent((~robust).mean())]
+        assert table_rows(report, name)[0][1:5] == expected, name
+    composed = Records.read_csv(run / "records" / "composed" / "era-standard.csv")
+    routes = Routes.read_csv(run / "selection" / "era-standard.csv").routes
+    robust = composed.robust_at(eps)
+    row = table_rows(report, COMPOSITION)[0]
+    assert row[1:6] == [percent(composed.accurate.mean()),
+                        percent((composed.accurate & robust).mean()),
+                        percent((~composed.accurate & robust).mean()),
+                        percent((~robust).mean()), percent((routes == 0).mean())]
+    assert row[6] == percent(composed.accurate[routes == 0].mean())
+    # the per-route confusion counts, then the selective-classification row
+    rows = [tuple(row[1:]) for row in table_rows(report, COMPOSITION) if len(row) == 4]
+    selected = composed.accurate[routes == 0]
+    assert rows[-1] == (percent((routes == 0).mean()), percent(1 - selected.mean()), "–")
+    assert set(rows[:-1]) == {
+        (route, str(int((composed.accurate & (routes == i)).sum())),
+         str(int((~composed.accurate & (routes == i)).sum())))
+        for i, route in enumerate(["branch 0", "core"])}
+
+
 def test_small_demo_writes_the_report_with_the_exact_count_and_the_regions(tmp_path):
     result = run_experiment(small_demo(), tmp_path, device="cpu", progress=False)
     saved = json.loads((tmp_path / "metrics.json").read_text())
@@ -59,6 +101,7 @@ def test_small_demo_writes_the_report_with_the_exact_count_and_the_regions(tmp_p
         assert composition["robust_accuracy"] <= exact["robust_accuracy"] + 0.02
     report = (tmp_path / "report.md").read_text()
     assert "robust (exact)" in report and "on the training points" in report
+    assert_report_matches_records(report, tmp_path)
     assert "![Decision regions](decision_regions.png)" in report
     assert (tmp_path / "decision_regions.png").read_bytes()[:4] == b"\x89PNG"
     assert "data:image/png;base64," in (tmp_path / "report.html").read_text()
