@@ -44,9 +44,10 @@ class _Scheduled:
             self.ramp = min(1.0, (epoch - self.warmup_epochs) / self.ramp_epochs)
 
     def lower_bounds(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
-                     ) -> torch.Tensor:
-        """IBP lower bounds of ``f_label − f_j`` (every ``j ≠ label``) over the current ball."""
-        ball = self.threat.scaled(self.ramp)
+                     fraction: float = 1.0) -> torch.Tensor:
+        """IBP lower bounds of ``f_label − f_j`` (every ``j ≠ label``) over the current ball,
+        its radius scaled by ``fraction``."""
+        ball = self.threat.scaled(self.ramp * fraction)
         specification = margin_specification(labels, model.num_classes, x.dtype)
         return interval_bounds(feed_forward_layers(model), x, ball, specification)[0]
 
@@ -82,22 +83,33 @@ class IBP(_Scheduled):
 
 class CertifiedERA(_Scheduled):
     """Certified robust abstain by bounds: ``p_y(x) · CE(z(x), y) + (1 − p_y(x)) · softplus(m(x))
-    + β · CE(f(x), y)``, ``m`` the IBP lower bound of ``f_ŷ − max_{j≠ŷ} f_j`` over the ball (the
-    certified margin): accurate samples made certifiable, inaccurate ones pushed below
-    certification. ``p_y`` is not detached."""
+    + β · CE(f(x), y)``, ``z`` the IBP worst-case logits over ``B(x, eps_t)`` and ``m`` the IBP
+    lower bound of ``f_ŷ − max_{j≠ŷ} f_j`` (the certified margin) over ``B(x, r · eps_t)``:
+    accurate samples made certifiable, inaccurate ones pushed below certification. ``p_y`` is
+    not detached.
+
+    ``abstain_fraction`` ``r`` (1: one ball) serves the bound selector, which is stable where
+    the branch is certified at ``(κ+1)·eps`` and selects where it is certified at ``κ·eps``:
+    trained at ``eps_t = (κ+1)·eps`` with ``r = κ/(κ+1)``, accurate samples are made certifiable
+    where their selection is stable and inaccurate ones uncertifiable where they would be
+    selected."""
 
     def __init__(self, threat: ThreatModel, beta: float = 1.0, warmup_epochs: float = 0.0,
-                 ramp_epochs: float = 0.0) -> None:
+                 ramp_epochs: float = 0.0, abstain_fraction: float = 1.0) -> None:
         super().__init__(threat, warmup_epochs, ramp_epochs)
         if not beta >= 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
+        if not 0 < abstain_fraction <= 1:
+            raise ValueError(f"abstain_fraction must be in (0, 1], got {abstain_fraction}")
         self.beta = beta
+        self.abstain_fraction = abstain_fraction
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = model(x)
         natural = F.cross_entropy(logits, y, reduction="none")
         p_y = F.softmax(logits, dim=1).gather(1, y.view(-1, 1)).squeeze(1)
         predicted = logits.detach().argmax(dim=1)
-        certified_margin = self.lower_bounds(model, x, predicted).min(dim=1).values
+        certified_margin = self.lower_bounds(model, x, predicted, self.abstain_fraction).min(
+            dim=1).values
         worst = worst_case_cross_entropy(self.lower_bounds(model, x, y), y)
         return p_y * worst + (1 - p_y) * F.softplus(certified_margin) + self.beta * natural
