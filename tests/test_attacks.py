@@ -216,6 +216,18 @@ def test_each_attack_parameter_has_one_default_wherever_it_is_set():
             evaluation.objective, evaluation.target_classes) == (
         EVALUATION_ATTACK.steps, EVALUATION_ATTACK.relative_step, EVALUATION_ATTACK.restarts,
         EVALUATION_ATTACK.objective, EVALUATION_ATTACK.target_classes)
+    from robustgate.cli import build_parser
+    from robustgate.config import EvaluationSettings
+
+    assert EvaluationSettings().attack == EVALUATION_ATTACK
+    command = build_parser().parse_args(["evaluate", "model.safetensors", "--data", "twogauss",
+                                         "--eps", "0.1",
+                                         "--out", "out"])
+    assert (command.attack, command.steps, command.restarts, command.relative_step,
+            command.target_classes) == (EVALUATION_ATTACK.name, EVALUATION_ATTACK.steps,
+                                        EVALUATION_ATTACK.restarts,
+                                        EVALUATION_ATTACK.relative_step,
+                                        EVALUATION_ATTACK.target_classes)
     adaptive = _defaults(AdaptiveAttack)
     for name, value in AdaptiveSettings().attack_options().items():
         assert adaptive[name] == (tuple(value) if isinstance(value, list) else value), name

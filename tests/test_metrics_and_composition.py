@@ -13,6 +13,7 @@ from robustgate.evaluate import (
     robustness_metrics,
     selection_metrics,
 )
+from robustgate.evaluate.composition import compare_with_attack
 
 indicators = st.integers(1, 60).flatmap(
     lambda n: st.tuples(arrays(bool, n), arrays(bool, n))
@@ -161,3 +162,24 @@ def test_routes_round_trip_with_and_without_scores(tmp_path):
     assert plain.scores is None and plain.routes.tolist() == [2, 0]
     with pytest.raises(ValueError, match="3 scores for 2 routes"):
         Routes([0, 1], [0.1, 0.2, 0.3])
+
+
+def test_the_attacked_composition_is_compared_input_by_input_with_its_count():
+    labels = np.zeros(6, int)
+    counted = Records(labels, [0, 0, 0, 1, 0, 0], {0.1: [1, 1, 0, 1, 1, 0]})
+    attacked = Records(labels[:5], [0, 0, 0, 1, 0], {0.1: [1, 0, 1, 0, 1]})
+    comparison = compare_with_attack(attacked, counted, 0.1)
+    # counted robust and accurate: inputs 0, 1, 4 of the first five; attacked: 0, 2, 4
+    assert comparison["samples"] == 5
+    assert comparison["counted_robust_accuracy"] == pytest.approx(0.6)
+    assert comparison["robust_accuracy"] == pytest.approx(0.6)
+    assert comparison["difference_points"] == 0.0
+    assert (comparison["counted_but_broken"], comparison["held_but_not_counted"]) == (1, 1)
+    assert comparison["natural_agrees_with_count"]
+    low, high = comparison["robust_accuracy_interval"]
+    assert low < 0.6 < high
+    alone = compare_with_attack(attacked, None, 0.1)
+    assert alone["counted_robust_accuracy"] is None and alone["robust_accuracy"] == 0.6
+    with pytest.raises(ValueError, match="not the first samples"):
+        compare_with_attack(attacked, Records(np.ones(6, int), counted.predictions,
+                                              counted.robust), 0.1)

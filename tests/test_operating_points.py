@@ -30,8 +30,8 @@ def test_sweep_radii_cover_selection_stability_and_the_inner_ball():
 
 
 def test_the_bound_selector_is_counted_at_its_selection_and_stability_radii_only():
-    assert selection_radii("bounds", 0.1, 2.0) == {0.2, 0.30000000000000004}
-    assert selection_radii("robustness", 0.1, 2.0) == {0.1, 0.2, 0.30000000000000004}
+    assert selection_radii("bounds", 0.1, 2.0) == {2 * 0.1, 3 * 0.1}
+    assert selection_radii("robustness", 0.1, 2.0) == {1 * 0.1, 2 * 0.1, 3 * 0.1}
     with pytest.raises(ValueError, match="'entropy'"):
         selection_radii("entropy", 0.1, 1.0)
     with pytest.raises(ValueError, match="kappa"):

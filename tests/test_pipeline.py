@@ -157,10 +157,15 @@ def test_the_exact_grid_on_data_of_more_than_two_features_is_refused(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_bad_loss_parameter_is_refused_before_anything_is_written(tmp_path):
+@pytest.mark.parametrize(("section", "value", "message"), [
+    ("params", {"weight": "hardest"}, "model 'era'.*weight must be"),
+    ("attack", {"name": "apgd-ce"}, "model 'era'.*loss.attack.name.*'apgd-ce'"),
+])
+def test_a_bad_loss_setting_is_refused_before_anything_is_written(tmp_path, section, value,
+                                                                  message):
     values = small_demo().model_dump()
-    values["models"]["era"]["loss"]["params"]["weight"] = "hardest"
-    with pytest.raises(ValueError, match="model 'era'.*weight must be"):
+    values["models"]["era"]["loss"][section].update(value)
+    with pytest.raises(ValueError, match=message):
         run_experiment(parse_config(values, ExperimentConfig), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 

@@ -150,10 +150,11 @@ class Selection:
 
 
 def selection_radii(selector: str, eps: float, kappa: float) -> set[float]:
-    """The radii at which a branch's records must hold to count ``selector`` (``robustness``
+    """The radii at which a branch's records are read to count ``selector`` (``robustness``
     or ``bounds``) deployed at ``κ·eps``: what :meth:`Selection.robustness` and
-    :meth:`Selection.bounds` read (the selection ``κ·eps``, its stability ``(κ+1)·eps`` and,
-    for the robustness selector at ``κ > 1``, the unreachable inputs' ``(κ−1)·eps``)."""
+    :meth:`Selection.bounds` read (the selection ``κ·eps`` and its stability ``(κ+1)·eps``,
+    both needed, and, for the robustness selector at ``κ > 1``, the unreachable inputs'
+    ``(κ−1)·eps``, counted where the records hold it)."""
     if not kappa >= 1:
         raise ValueError(f"every kappa must be >= 1, got {kappa}")
     if selector not in ("robustness", "bounds"):

@@ -88,11 +88,13 @@ class CertifiedERA(_Scheduled):
     accurate samples made certifiable, inaccurate ones pushed below certification. ``p_y`` is
     not detached.
 
-    ``abstain_fraction`` ``r`` (1: one ball) serves the bound selector, which is stable where
-    the branch is certified at ``(κ+1)·eps`` and selects where it is certified at ``κ·eps``:
-    trained at ``eps_t = (κ+1)·eps`` with ``r = κ/(κ+1)``, accurate samples are made certifiable
-    where their selection is stable and inaccurate ones uncertifiable where they would be
-    selected."""
+    ``abstain_fraction`` ``r``, a fraction of the radius (1: one ball), serves the IBP bound
+    selector (``bound_method: ibp``), which selects where IBP certifies the branch at ``κ·eps``
+    and is stable where IBP certifies it at ``(κ+1)·eps``: trained at ``eps_t = (κ+1)·eps``
+    (the loss's threat, set by the user) with ``r = κ/(κ+1)``, accurate samples are made
+    certifiable where their selection is stable and inaccurate ones uncertifiable by IBP where
+    they would be selected. A selector that also certifies by CROWN may still select an input
+    that IBP no longer certifies."""
 
     def __init__(self, threat: ThreatModel, beta: float = 1.0, warmup_epochs: float = 0.0,
                  ramp_epochs: float = 0.0, abstain_fraction: float = 1.0) -> None:

@@ -48,7 +48,8 @@ def training_attack(objective: str = "ce", settings: AttackSettings | None = Non
                     seed: int | None = None) -> PGD:
     """The inner maximization used in training: PGD on ``objective`` with a random start and no
     early exit, its steps, step size and restarts from ``settings`` (``config.AttackSettings``,
-    whose defaults are the training attack's)."""
+    whose defaults of these three are the training attack's; its ``objective`` and
+    ``target_classes`` are the evaluation attack's and play no part here)."""
     settings = settings if settings is not None else AttackSettings()
     return PGD(steps=settings.steps, relative_step=settings.relative_step,
                restarts=settings.restarts, objective=objective, seed=seed)

@@ -82,6 +82,10 @@ def training_attack_of(spec: TrainSpec) -> dict[str, Any]:
     KL term for TRADES, on cross-entropy otherwise); nothing for the other losses."""
     if spec.loss.name not in LOSSES or not LOSSES[spec.loss.name].adversarial:
         return {}
+    if spec.loss.attack.name != "pgd":
+        raise ValueError(f"loss.attack.name: training attacks with pgd (the inner maximization "
+                         f"of {spec.loss.name!r}), got {spec.loss.attack.name!r}; set name: "
+                         "pgd or leave it out")
     objective = "kl" if spec.loss.name == "trades" else "ce"
     return {"attack": training_attack(objective, spec.loss.attack)}
 
