@@ -288,8 +288,9 @@ def test_review_cases_padding_crown_stability_and_radius_round_trip(tmp_path):
     assert Records.read_csv(tmp_path / "r.csv").robust_at(radius).all()
 
 
-@pytest.mark.parametrize("fraction", [1.0, 0.5])
-def test_certified_era_certifies_on_the_training_ball_and_abstains_on_its_fraction(fraction):
+@pytest.mark.parametrize(("fraction", "weight"), [(1.0, 1.0), (0.5, 3.0)])
+def test_certified_era_certifies_on_the_training_ball_and_abstains_on_its_fraction(fraction,
+                                                                                 weight):
     """For a two-class linear model the IBP bound of ``f_a − f_b`` over an Linf ball inside the
     domain is exact, ``(w_a − w_b)·x + b_a − b_b − eps·‖w_a − w_b‖₁``: the loss is the formula
     of ``CertifiedERA`` with the worst case over ``eps`` and the certified margin over
@@ -301,7 +302,8 @@ def test_certified_era_certifies_on_the_training_ball_and_abstains_on_its_fracti
     x = 0.3 + 0.4 * torch.rand(16, 4, generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, 2, (16,), generator=torch.Generator().manual_seed(2))
     eps = 0.1
-    loss = make_loss("cert_era", ThreatModel("linf", eps), beta=0.5, abstain_fraction=fraction)
+    loss = make_loss("cert_era", ThreatModel("linf", eps), beta=0.5, abstain_fraction=fraction,
+                     abstain_weight=weight)
     with torch.no_grad():
         logits = model(x)
         difference = model[0].weight[0] - model[0].weight[1]
@@ -316,8 +318,10 @@ def test_certified_era_certifies_on_the_training_ball_and_abstains_on_its_fracti
         worst = torch.nn.functional.softplus(-exact_lower(y, eps))  # CE of (0, −m) towards 0
         certified = exact_lower(logits.argmax(1), fraction * eps)
         natural = torch.nn.functional.cross_entropy(logits, y, reduction="none")
-        expected = (p_y * worst + (1 - p_y) * torch.nn.functional.softplus(certified)
+        expected = (p_y * worst + weight * (1 - p_y) * torch.nn.functional.softplus(certified)
                     + 0.5 * natural)
         assert torch.allclose(loss(model, x, y), expected, atol=1e-5)
     with pytest.raises(ValueError, match="abstain_fraction"):
         make_loss("cert_era", ThreatModel("linf", eps), abstain_fraction=0.0)
+    with pytest.raises(ValueError, match="abstain_weight"):
+        make_loss("cert_era", ThreatModel("linf", eps), abstain_weight=-1.0)

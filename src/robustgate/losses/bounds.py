@@ -82,8 +82,9 @@ class IBP(_Scheduled):
 
 
 class CertifiedERA(_Scheduled):
-    """Certified robust abstain by bounds: ``p_y(x) · CE(z(x), y) + (1 − p_y(x)) · softplus(m(x))
-    + β · CE(f(x), y)``, ``z`` the IBP worst-case logits over ``B(x, eps_t)`` and ``m`` the IBP
+    """Certified robust abstain by bounds: ``p_y(x) · CE(z(x), y) + λ · (1 − p_y(x)) ·
+    softplus(m(x)) + β · CE(f(x), y)``, ``z`` the IBP worst-case logits over ``B(x, eps_t)``,
+    ``λ`` the ``abstain_weight`` (1) and ``m`` the IBP
     lower bound of ``f_ŷ − max_{j≠ŷ} f_j`` (the certified margin) over ``B(x, r · eps_t)``:
     accurate samples made certifiable, inaccurate ones pushed below certification. ``p_y`` is
     not detached.
@@ -97,14 +98,18 @@ class CertifiedERA(_Scheduled):
     that IBP no longer certifies."""
 
     def __init__(self, threat: ThreatModel, beta: float = 1.0, warmup_epochs: float = 0.0,
-                 ramp_epochs: float = 0.0, abstain_fraction: float = 1.0) -> None:
+                 ramp_epochs: float = 0.0, abstain_fraction: float = 1.0,
+                 abstain_weight: float = 1.0) -> None:
         super().__init__(threat, warmup_epochs, ramp_epochs)
         if not beta >= 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
         if not 0 < abstain_fraction <= 1:
             raise ValueError(f"abstain_fraction must be in (0, 1], got {abstain_fraction}")
+        if not abstain_weight >= 0:
+            raise ValueError(f"abstain_weight must be >= 0, got {abstain_weight}")
         self.beta = beta
         self.abstain_fraction = abstain_fraction
+        self.abstain_weight = abstain_weight
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = model(x)
@@ -114,4 +119,5 @@ class CertifiedERA(_Scheduled):
         certified_margin = self.lower_bounds(model, x, predicted, self.abstain_fraction).min(
             dim=1).values
         worst = worst_case_cross_entropy(self.lower_bounds(model, x, y), y)
-        return p_y * worst + (1 - p_y) * F.softplus(certified_margin) + self.beta * natural
+        return (p_y * worst + self.abstain_weight * (1 - p_y) * F.softplus(certified_margin)
+                + self.beta * natural)
