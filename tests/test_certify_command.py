@@ -247,11 +247,12 @@ def test_certify_command_with_bound_propagation(smoothed_checkpoint, tmp_path, c
 
 def test_a_bound_certified_experiment_end_to_end(tmp_path):
     from robustgate.config import ExperimentConfig, parse_config
+    from robustgate.evaluate import BoundCertificates
     from robustgate.pipeline import run_experiment
 
     mlp = {"architecture": "MLP", "arguments": {"in_features": 2, "hidden": [16]}}
     config = parse_config({
-        "name": "bounded", "data": {"name": "twogauss"},
+        "name": "bounded", "data": {"name": "twogauss", "validation_size": 200},
         "models": {
             "core": {"model": mlp, "train": {"epochs": 2, "batch_size": 50, "lr": 0.05}},
             "ibp": {"model": mlp, "loss": {"name": "ibp", "threat": {"eps": 0.1},
@@ -260,18 +261,41 @@ def test_a_bound_certified_experiment_end_to_end(tmp_path):
                     "bounds": {"methods": ["crown"]}},
         },
         "evaluation": {"threat": {"eps": 0.05}, "attack": {"steps": 5}, "certify_limit": 50},
-        "compositions": [{"branch": "ibp", "core": "core", "selector": "bounds", "kappa": 2}],
+        "compositions": [
+            {"branch": "ibp", "core": "core", "selector": "bounds", "kappa": 2},
+            {"branch": "ibp", "core": "core", "selector": "bounds",
+             "operating_point": {"max_accuracy_drop": 0.0, "kappas": [1, 1.5, 2]}}],
         "adaptive": {"limit": 0},
     }, ExperimentConfig)
     result = run_experiment(config, tmp_path, device="cpu", progress=False)["test"]
     assert set(result["ibp"]["bounds"]) == {"ibp", "crown"}
-    assert set(result["ibp"]["bounds"]["ibp"]) == {"0.05", "0.1", "0.15"}
+    assert set(result["ibp"]["bounds"]["ibp"]) == {"0.05", "0.075", "0.1", "0.125", "0.15"}
     at_eps = result["ibp"]["bounds"]["ibp"]["0.05"]
     assert at_eps["certified_accuracy"] <= at_eps["empirical_robust_accuracy"]
     composed = result["ibp→core [bounds: ibp, κ = 2]"]
     assert composed["export"]["identical"] and composed["export"]["inputs"] == 1000
     assert composed["certified_accuracy"] <= composed["stable_rate"]
-    assert "Certified models (bound propagation)" in (tmp_path / "report.md").read_text()
+    # the operating point: κ chosen on the validation points' certificates, the test curve
+    # beside; the count at the chosen κ is the test curve's point
+    chosen = result["ibp→core [bounds: ibp, operating point: accuracy ≥ core − 0 pt]"]
+    point = chosen["operating_point"]
+    assert [p["kappa"] for p in point["validation_curve"]] == [1, 1.5, 2]
+    kappa = point["chosen"]["kappa"]
+    assert chosen["kappa"] == kappa and chosen["export"]["identical"]
+    at_kappa, = (p for p in point["test_curve"] if p["kappa"] == kappa)
+    assert at_kappa["natural_accuracy"] == chosen["natural_accuracy"]
+    assert at_kappa["robust_accuracy"] == chosen["certified_accuracy"]
+    if kappa == 2:
+        assert chosen["certified_accuracy"] == composed["certified_accuracy"]
+    validation = BoundCertificates.read_csv(tmp_path / "certificates" / "validation"
+                                            / "ibp.ibp.csv")
+    assert len(validation) == 200 and sorted(validation.margins) == [0.05, 0.075, 0.1, 0.125,
+                                                                      0.15]
+    assert not (tmp_path / "certificates" / "validation" / "ibp.crown.csv").exists()
+    report = (tmp_path / "report.md").read_text()
+    assert "Certified models (bound propagation)" in report
+    assert "Operating points of the robustness and bound selectors" in report
+    assert f"κ = {kappa:g}; test natural accuracy" in report or "no κ meets" in report
 
 
 def test_certification_settings_do_not_make_a_trained_model_another(smoothed_checkpoint):

@@ -1,6 +1,7 @@
-"""Operating points of the robustness selector, the sampling error of a figure, and records at
-several radii by bisection."""
+"""Operating points of the robustness and bound selectors, the sampling error of a figure, and
+records at several radii by bisection."""
 
+import functools
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ from robustgate.attacks import check_robustness, make_attack
 from robustgate.cli import main
 from robustgate.evaluate import Records, evaluate_model
 from robustgate.evaluate import records as records_module
-from robustgate.evaluate.composition import selection_radii
+from robustgate.evaluate.composition import Selection, selection_radii
 from robustgate.evaluate.operating_points import (
     choose_operating_point,
     operating_curve,
@@ -72,6 +73,40 @@ def test_a_larger_kappa_moves_the_composition_towards_the_core():
         int(np.argmax(natural))]["kappa"]
     with pytest.raises(ValueError, match="max_accuracy_drop"):
         choose_operating_point(curve, core_accuracy, -0.1)
+
+
+def test_the_bound_selectors_curve_counts_certified_selections_at_every_kappa():
+    rng = np.random.default_rng(3)
+    n, eps, kappas = 1000, 0.1, [1, 1.5, 2]
+    radii = sorted({r for kappa in kappas for r in selection_radii("bounds", eps, kappa)})
+    labels = rng.integers(0, 3, n)
+    certified_radius = rng.exponential(0.2, n)
+    branch_right = rng.random(n) < np.where(certified_radius > 0.2, 0.99, 0.8)
+    branch = records_from_radius(labels, np.where(branch_right, labels, (labels + 1) % 3),
+                                 certified_radius, radii)
+    core_right = rng.random(n) < 0.99
+    core = Records(labels, np.where(core_right, labels, (labels + 2) % 3),
+                   {eps: np.zeros(n, bool)})  # a core without a certificate
+
+    def bound_selection(deployed, eps, kappa, with_interval_bounds=True):
+        return Selection.bounds(deployed, branch, eps, kappa, with_interval_bounds)
+
+    for with_interval_bounds in (True, False):
+        curve = operating_curve(branch, core, eps, kappas, functools.partial(
+            bound_selection, with_interval_bounds=with_interval_bounds))
+        for point, kappa in zip(curve, kappas, strict=True):
+            selected = certified_radius > kappa * eps
+            stable = certified_radius > (kappa + 1) * eps
+            natural = np.where(selected, branch_right, core_right)
+            certified = selected & branch_right & (stable if with_interval_bounds else False)
+            assert point["natural_accuracy"] == pytest.approx(natural.mean())
+            assert point["robust_accuracy"] == pytest.approx(certified.mean())
+            assert point["selection_rate"] == pytest.approx(selected.mean())
+    # with interval bounds, a larger κ trades certificates for natural accuracy
+    curve = operating_curve(branch, core, eps, kappas, bound_selection)
+    assert [p["robust_accuracy"] for p in curve] == sorted(
+        (p["robust_accuracy"] for p in curve), reverse=True)
+    assert curve[-1]["natural_accuracy"] > curve[0]["natural_accuracy"]
 
 
 def test_clopper_pearson_intervals():

@@ -219,7 +219,7 @@ def test_every_selector_in_an_experiment(tmp_path):
     # five plots, and the decision regions of the two-dimensional data
     assert page.count("data:image/png;base64,") == 6 and "AURC" in page
     assert "<h2>Decision regions</h2>" in page
-    assert "Operating points of the robustness selector" in page
+    assert "Operating points of the robustness and bound selectors" in page
     assert "Selectors at matched composed natural accuracy" in (tmp_path / "report.md").read_text()
 
 
@@ -308,6 +308,29 @@ def test_the_shipped_experiment_configs_load():
         parse_config({**EXPERIMENT, "compositions": [
             {"branch": "era", "core": "core", "kappa": 2, "operating_point": {}}]},
             ExperimentConfig)
+    with pytest.raises(ValueError, match="smoothing selector composes at a given kappa"):
+        parse_config({**EXPERIMENT, "compositions": [
+            {"branch": "era", "core": "core", "selector": "smoothing", "operating_point": {}}]},
+            ExperimentConfig)
+    with pytest.raises(ValueError, match="bounds selector composes one branch"):
+        parse_config({**EXPERIMENT, "compositions": [
+            {"branch": ["era", "era"], "core": "core", "selector": "bounds"}]},
+            ExperimentConfig)
+    bounded = parse_config({**EXPERIMENT, "compositions": [
+        {"branch": "era", "core": "core", "selector": "bounds",
+         "operating_point": {"max_accuracy_drop": 0.003, "kappas": [1, 2]}}]}, ExperimentConfig)
+    composition, = bounded.compositions
+    assert composition.kappas == [1, 2]
+    assert composition.label == "era→core [bounds: ibp, operating point: accuracy ≥ core − 0.3 pt]"
+
+
+def test_an_operating_point_without_validation_data_is_refused_before_training(tmp_path):
+    config = parse_config({**EXPERIMENT, "data": {**EXPERIMENT["data"], "validation_size": 0},
+                           "compositions": [{"branch": "era", "core": "core",
+                                             "operating_point": {}}]}, ExperimentConfig)
+    with pytest.raises(ValueError, match="set data.validation_size"):
+        run_experiment(config, tmp_path / "never", device="cpu", progress=False)
+    assert not (tmp_path / "never").exists()
 
 
 def test_a_run_written_by_an_earlier_release_resumes(tmp_path):

@@ -269,9 +269,10 @@ DEFAULT_KAPPAS = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 
 
 class OperatingPointSettings(_Strict):
-    """Choose the robustness selector's ``κ`` on validation data among ``kappas``: the highest
-    sound robust accuracy whose composed natural accuracy is at most ``max_accuracy_drop`` below
-    the core's (0: no lower than the core; ``None``: the highest sound robust accuracy)."""
+    """Choose the selector's ``κ`` (robustness or bound selector) on validation data among
+    ``kappas``: the highest sound robust accuracy (certified accuracy, for the bound selector)
+    whose composed natural accuracy is at most ``max_accuracy_drop`` below the core's (0: no
+    lower than the core; ``None``: the highest sound robust accuracy)."""
 
     max_accuracy_drop: float | None = Field(0.0, ge=0)
     kappas: list[float] = Field(default_factory=lambda: list(DEFAULT_KAPPAS), min_length=1)
@@ -293,8 +294,9 @@ class CompositionSettings(_Strict):
     on validation data for ``coverage`` or ``selective_accuracy`` when given, else to match the
     composed natural accuracy of the robustness selector at ``κ = 1`` on the same branch.
     ``smoothing`` (a smoothed branch, certified on ``B(x', κ·eps)``, ``κ = kappa``) and
-    ``bounds`` (the branch certified on ``B(x', κ·eps)`` by ``bound_method``; a branch with
-    ``bounds`` settings) give certified compositions, counted on the certified test points."""
+    ``bounds`` (the branch certified on ``B(x', κ·eps)`` by ``bound_method``, ``κ = kappa`` or
+    chosen on validation data for an ``operating_point``; a branch with ``bounds`` settings) give
+    certified compositions, counted on the certified test points."""
 
     branch: str | list[str]
     core: str
@@ -308,16 +310,18 @@ class CompositionSettings(_Strict):
 
     @model_validator(mode="after")
     def _one_knob(self) -> CompositionSettings:
-        if self.selector in ("smoothing", "bounds") and (self.operating_point
-                                                         or len(self.branches) > 1):
-            raise ValueError(f"the {self.selector} selector composes one branch at a given "
-                             "kappa: give no operating_point and no chain with it")
+        if self.selector in ("smoothing", "bounds") and len(self.branches) > 1:
+            raise ValueError(f"the {self.selector} selector composes one branch: give no chain "
+                             "with it")
+        if self.selector == "smoothing" and self.operating_point:
+            raise ValueError("the smoothing selector composes at a given kappa: give no "
+                             "operating_point with it")
         if self.bound_method != "ibp" and self.selector != "bounds":
             raise ValueError("bound_method is the bounds selector's")
         if self.selector not in ("robustness", "smoothing", "bounds") and (
                 self.kappa != 1 or self.operating_point):
-            raise ValueError(f"kappa and operating_point are the robustness selector's; the "
-                             f"{self.selector} selector takes neither")
+            raise ValueError(f"kappa and operating_point are the robustness, smoothing and "
+                             f"bounds selectors'; the {self.selector} selector takes neither")
         if self.operating_point is not None and (self.kappa != 1 or len(self.branches) > 1):
             raise ValueError("operating_point chooses kappa for one branch: give no kappa and "
                              "no chain with it")
@@ -329,24 +333,28 @@ class CompositionSettings(_Strict):
 
     @property
     def kappas(self) -> list[float]:
-        """The ``κ`` the composition may deploy (several where an operating point is chosen)."""
-        if self.selector != "robustness":
+        """The ``κ`` the composition may deploy (several where an operating point is chosen);
+        none for the selectors that take no ``κ``."""
+        if self.selector not in ("robustness", "smoothing", "bounds"):
             return []
         return self.operating_point.kappas if self.operating_point else [self.kappa]
 
     @property
     def label(self) -> str:
         chain = "→".join([*self.branches, self.core])
-        if self.selector in ("smoothing", "bounds"):
-            name = "smoothing" if self.selector == "smoothing" else f"bounds: {self.bound_method}"
-            return f"{chain} [{name}" + ("]" if self.kappa == 1 else f", κ = {self.kappa:g}]")
-        if self.selector != "robustness":
-            return f"{chain} [{self.selector}]"
+        knob = None
         if self.operating_point is not None:
             drop = self.operating_point.max_accuracy_drop
             target = "most robust" if drop is None else f"accuracy ≥ core − {100 * drop:g} pt"
-            return f"{chain} [operating point: {target}]"
-        return chain if self.kappa == 1 else f"{chain} [κ = {self.kappa:g}]"
+            knob = f"operating point: {target}"
+        elif self.kappa != 1:
+            knob = f"κ = {self.kappa:g}"
+        if self.selector in ("smoothing", "bounds"):
+            name = "smoothing" if self.selector == "smoothing" else f"bounds: {self.bound_method}"
+            return f"{chain} [{name}" + ("]" if knob is None else f", {knob}]")
+        if self.selector != "robustness":
+            return f"{chain} [{self.selector}]"
+        return chain if knob is None else f"{chain} [{knob}]"
 
 
 class GateSettings(_Strict):

@@ -1,15 +1,18 @@
-"""Operating points of a composition with the robustness selector (DESIGN.md section 5).
+"""Operating points of a composition with the robustness selector (DESIGN.md section 5), or
+with the bound selector.
 
 The selector's one knob is ``κ ≥ 1``: deployed, it checks the branch on ``B(x', κ·eps)``. A larger
 ``κ`` hands more inputs to the core, so the composed natural accuracy moves towards the core's
 and the sound robust accuracy (stable selections need the branch robust at ``(κ+1)·eps``) moves
 down. Both are read, for every ``κ`` of a sweep, from one set of records holding the branch's
-robustness at the radii :func:`sweep_radii` names; ``κ`` is chosen on validation data.
+robustness at the radii :func:`sweep_radii` names; ``κ`` is chosen on validation data. The bound
+selector's curve is the same arithmetic on certified records (``selection``:
+``Selection.bounds``), its robust accuracy a certified one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from robustgate.evaluate.composition import Selection, compose_records, selection_radii
@@ -24,12 +27,18 @@ def sweep_radii(eps: float, kappas: Sequence[float]) -> list[float]:
     return sorted(round(radius, 12) for radius in radii)
 
 
-def operating_curve(branch: Records, core: Records, eps: float, kappas: Sequence[float]
+SelectionAt = Callable[[Records, float, float], Selection]
+"""A selector's counted decisions from the branch's records, ``eps`` and ``κ``."""
+
+
+def operating_curve(branch: Records, core: Records, eps: float, kappas: Sequence[float],
+                    selection_at: SelectionAt = Selection.robustness,
                     ) -> list[dict[str, float]]:
-    """Composed natural accuracy, sound robust accuracy and selection rate at every ``κ``."""
+    """Composed natural accuracy, sound robust accuracy and selection rate at every ``κ``, the
+    selector's decisions counted by ``selection_at`` (the robustness selector's by default)."""
     curve = []
     for kappa in sorted(kappas):
-        selection = Selection.robustness(branch, eps, kappa)
+        selection = selection_at(branch, eps, kappa)
         composed = compose_records(branch, core, selection)
         metrics = robustness_metrics(composed.accurate, composed.robust_at(eps))
         curve.append({"kappa": float(kappa), "natural_accuracy": metrics["natural_accuracy"],
@@ -63,9 +72,10 @@ def choose_operating_point(curve: Sequence[dict[str, float]], core_accuracy: flo
 
 
 def choose_kappa(branch: Records, core: Records, eps: float, kappas: Sequence[float],
-                 max_accuracy_drop: float | None) -> dict[str, Any]:
+                 max_accuracy_drop: float | None,
+                 selection_at: SelectionAt = Selection.robustness) -> dict[str, Any]:
     """``{"validation_curve", "chosen"}``: the curve on ``branch`` and ``core`` records (of
     validation data) and the point :func:`choose_operating_point` picks on it."""
-    curve = operating_curve(branch, core, eps, kappas)
+    curve = operating_curve(branch, core, eps, kappas, selection_at)
     return {"validation_curve": curve, "chosen": choose_operating_point(
         curve, float(core.accurate.mean()), max_accuracy_drop)}

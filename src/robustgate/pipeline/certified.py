@@ -2,7 +2,8 @@
 on the test points, and their compositions counted from the certificates.
 
 Files in the run directory: ``certificates/test/<model>.csv`` (smoothing) and
-``certificates/test/<model>.<method>.csv`` (bound propagation; per-sample, resumable),
+``certificates/test/<model>.<method>.csv`` (bound propagation; per-sample, resumable;
+``certificates/validation/`` beside, for a bound selector's operating point),
 ``records/certified/<composition>.csv`` (the certified composition's records) and
 ``exported/<composition>.pt2`` (a composition of interval-bound selectors as one program). A core
 without a certificate adds natural accuracy only to a certified count.
@@ -38,9 +39,10 @@ from robustgate.evaluate import (
     smoothing_metrics,
 )
 from robustgate.evaluate.composition import selection_radii
+from robustgate.evaluate.operating_points import SelectionAt, choose_kappa, operating_curve
 from robustgate.evaluate.statistics import clopper_pearson
 from robustgate.io import complete_or_resume, file_name
-from robustgate.models.modes import model_device
+from robustgate.models.modes import model_device, predict_logits
 from robustgate.pipeline.run_directory import say
 from robustgate.select import BoundSelector
 from robustgate.threat import ThreatModel
@@ -79,7 +81,7 @@ def _uncertified(core: Records, samples: int, eps: float) -> Records:
 
 
 def _certified_count(composition: CompositionSettings, branch: Records, core: Records,
-                     selection: Selection, out: Path) -> dict[str, Any]:
+                     selection: Selection, kappa: float, out: Path) -> dict[str, Any]:
     """The certified composition's records (written beside the run) and metrics: composed
     natural and certified accuracy (with its 95% interval), certified robust inaccuracy,
     selection and stability rates, and the selection taken on the clean input beside them."""
@@ -98,7 +100,7 @@ def _certified_count(composition: CompositionSettings, branch: Records, core: Re
                                               & composed.robust_at(eps)).mean()),
         "certified_accuracy_if_selector_not_attacked": float(unattacked.mean()),
         **selection_metrics(branch.accurate, selection.selected),
-        "stable_rate": float(selection.stable.mean()), "kappa": composition.kappa,
+        "stable_rate": float(selection.stable.mean()), "kappa": kappa,
         "samples": len(certified), "certified": True,
     }
 
@@ -117,7 +119,7 @@ def certified_composition(
     core_records = (core.records(threat, [eps], dimension) if isinstance(core, Certificates)
                     else _uncertified(core, len(branch), eps))
     metrics = _certified_count(composition, branch.records(threat, [eps], dimension),
-                               core_records, selection, out)
+                               core_records, selection, kappa, out)
     stability = stable_radius(settings.sigma, kappa * l2, l2, settings.n0, settings.n,
                               settings.alpha)
     say(f"[{composition.label}] certified {100 * metrics['certified_accuracy']:.1f}% of "
@@ -139,14 +141,17 @@ def bound_methods(config: ExperimentConfig, name: str) -> list[str]:
     return ["ibp", *sorted((set(settings.methods) | deployed) - {"ibp"})]
 
 
-def bound_radii(config: ExperimentConfig, name: str) -> list[float]:
-    """Where a model is certified: eps, the summary radii, and ``κ·eps`` and ``(κ+1)·eps`` for
-    each bound selector of it."""
+def bound_radii(config: ExperimentConfig, name: str, split: str = "test") -> list[float]:
+    """Where a model is certified on the test points: eps, the summary radii, and ``κ·eps`` and
+    ``(κ+1)·eps`` for every ``κ`` each bound selector of it may deploy; on the validation points
+    (``split``), eps and the radii of the bound selectors whose ``κ`` is chosen there."""
     eps = config.evaluation.threat.eps
-    radii = {eps, *config.evaluation.certified_radii}
+    radii = {eps, *(config.evaluation.certified_radii if split == "test" else [])}
     for composition in config.compositions:
-        if composition.selector == "bounds" and name in composition.branches:
-            radii |= selection_radii("bounds", eps, composition.kappa)
+        if (composition.selector == "bounds" and name in composition.branches
+                and (split == "test" or composition.operating_point is not None)):
+            for kappa in composition.kappas:
+                radii |= selection_radii("bounds", eps, kappa)
     return sorted(radii)
 
 
@@ -189,42 +194,96 @@ def bound_model_metrics(certificates: dict[str, BoundCertificates], empirical: R
                                          for method, c in certificates.items()}}
 
 
+def _bound_selection_at(branch: dict[str, BoundCertificates], method: str) -> SelectionAt:
+    """The bound selector deployed with ``method``, its stability read from the branch's IBP
+    certificates (``Selection.bounds``)."""
+    interval = branch["ibp"].records()
+    return lambda deployed, eps, kappa: Selection.bounds(
+        deployed, interval, eps, kappa, with_interval_bounds="ibp" in method)
+
+
+def _core_part(core: dict[str, BoundCertificates] | None, core_records: Records, samples: int,
+               eps: float) -> Records:
+    """The core's records in a certified count: robust where any of its bound methods certifies
+    it, nowhere without a certificate."""
+    if core is None:
+        return _uncertified(core_records, samples, eps)
+    return Records(core["ibp"].labels, core["ibp"].predictions,
+                   {eps: np.logical_or.reduce([c.records().robust_at(eps)
+                                               for c in core.values()])})
+
+
+def bound_operating_point(
+    composition: CompositionSettings, config: ExperimentConfig, models: dict[str, nn.Module],
+    validation: tuple[torch.Tensor, torch.Tensor] | None, threat: ThreatModel, out: Path,
+    progress: bool,
+) -> dict[str, Any]:
+    """The bound selector's ``κ`` chosen on the calibration points (``evaluate.operating_points``
+    on certified records): the branch and a core with bound settings certified there
+    (resumable files in ``certificates/validation``), a core without them by its answers."""
+    if validation is None:
+        raise ValueError(f"composition {composition.label!r}: an operating point is chosen on "
+                         "validation data: set data.validation_size")
+    point = composition.operating_point
+    assert point is not None
+    limit = config.calibration.limit
+    x, y = validation[0][:limit], validation[1][:limit]
+    directory = out / "certificates" / "validation"
+    name, core = composition.branches[0], composition.core
+    say(f"[{composition.label}] choosing kappa on {len(y)} validation points", progress)
+    branch = bound_certificates_or_resume(
+        directory, name, models[name], config.models[name].bounds,
+        ["ibp", *({composition.bound_method} - {"ibp"})], x, y, threat,
+        bound_radii(config, name, "validation"), progress)
+    core_bounds = config.models[core].bounds
+    core_certificates = None if core_bounds is None else bound_certificates_or_resume(
+        directory, core, models[core], core_bounds, bound_methods(config, core), x, y, threat,
+        [threat.eps], progress)
+    answers = Records(y.numpy(), predict_logits(models[core], x).argmax(1).cpu().numpy(), {})
+    return choose_kappa(branch[composition.bound_method].records(),
+                        _core_part(core_certificates, answers, len(y), threat.eps), threat.eps,
+                        point.kappas, point.max_accuracy_drop,
+                        _bound_selection_at(branch, composition.bound_method))
+
+
 def bound_composition(
     composition: CompositionSettings, branch: dict[str, BoundCertificates],
     core: dict[str, BoundCertificates] | None, core_records: Records, threat: ThreatModel,
     models: dict[str, nn.Module], x_test: torch.Tensor, out: Path, progress: bool,
+    operating_point: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The branch composed with the core under the bound selector deployed at ``κ·eps``, counted
-    from the certificates (``Selection.bounds``: stable where IBP certifies ``(κ+1)·eps``), the
-    core counting only where it is certified itself (by any of its methods); with an IBP
-    selector, the composition is exported as one program, and its answers compared with the
-    Python object's on the whole test set."""
+    """The branch composed with the core under the bound selector deployed at ``κ·eps`` (``κ``
+    as configured, or chosen on validation data: ``operating_point``, from
+    :func:`bound_operating_point`), counted from the certificates (``Selection.bounds``: stable
+    where IBP certifies ``(κ+1)·eps``), the core counting only where it is certified itself (by
+    any of its methods); with an IBP selector, the composition is exported as one program, and
+    its answers compared with the Python object's on the whole test set."""
     eps = threat.eps
+    kappa = composition.kappa if operating_point is None else operating_point["chosen"]["kappa"]
     deployed = branch[composition.bound_method].records()
-    selection = Selection.bounds(deployed, branch["ibp"].records(), eps, composition.kappa,
-                                 with_interval_bounds="ibp" in composition.bound_method)
-    if core is None:
-        core_part = _uncertified(core_records, len(deployed), eps)
-    else:
-        core_part = Records(core["ibp"].labels, core["ibp"].predictions,
-                            {eps: np.logical_or.reduce([c.records().robust_at(eps)
-                                                        for c in core.values()])})
-    metrics = {**_certified_count(composition, deployed, core_part, selection, out),
+    selection_at = _bound_selection_at(branch, composition.bound_method)
+    core_part = _core_part(core, core_records, len(deployed), eps)
+    metrics = {**_certified_count(composition, deployed, core_part,
+                                  selection_at(deployed, eps, kappa), kappa, out),
                "bound_method": composition.bound_method,
                "guarantee": "deterministic (bound propagation)"}
+    if operating_point is not None:
+        metrics["operating_point"] = {**operating_point, "test_curve": operating_curve(
+            deployed, core_part, eps, composition.kappas, selection_at)}
     say(f"[{composition.label}] certified {100 * metrics['certified_accuracy']:.1f}% of "
-        f"{len(deployed)}", progress)
+        f"{len(deployed)}" + ("" if operating_point is None else f" at kappa {kappa:g}"),
+        progress)
     if composition.bound_method == "ibp":
-        metrics["export"] = _export_check(composition, models, threat, x_test, out)
+        metrics["export"] = _export_check(composition, kappa, models, threat, x_test, out)
     return metrics
 
 
-def _export_check(composition: CompositionSettings, models: dict[str, nn.Module],
+def _export_check(composition: CompositionSettings, kappa: float, models: dict[str, nn.Module],
                   threat: ThreatModel, x: torch.Tensor, out: Path) -> dict[str, Any]:
-    """Export the deployed composition and compare the exported program's labels and routes with
-    the Python object's on every input of ``x``."""
+    """Export the composition deployed at ``κ = kappa`` and compare the exported program's
+    labels and routes with the Python object's on every input of ``x``."""
     branch = models[composition.branches[0]]
-    deployed = ComposedClassifier(branch, BoundSelector(branch, threat, "ibp", composition.kappa),
+    deployed = ComposedClassifier(branch, BoundSelector(branch, threat, "ibp", kappa),
                                   models[composition.core])
     path = deployed.export(out / "exported" / f"{file_name(composition.label)}.pt2", x[:2])
     program = torch.export.load(path).module()

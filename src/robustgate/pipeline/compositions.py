@@ -91,7 +91,8 @@ class CompositionEvaluator:
         """A model's records on the calibration data (resumable): at eps, and for a branch
         whose operating point is chosen there, at every radius of its sweep."""
         kappas = [kappa for c in self.config.compositions
-                  if c.operating_point is not None and name in c.branches for kappa in c.kappas]
+                  if c.selector == "robustness" and c.operating_point is not None
+                  and name in c.branches for kappa in c.kappas]
         radii = sweep_radii(self.threat.eps, kappas)
         path = self.out / "records" / "validation" / f"{name}.csv"
         x, y = self._calibration()

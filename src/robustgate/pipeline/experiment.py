@@ -43,6 +43,7 @@ from robustgate.pipeline.certified import (
     bound_composition,
     bound_methods,
     bound_model_metrics,
+    bound_operating_point,
     bound_radii,
     certified_composition,
     certified_model_metrics,
@@ -82,6 +83,9 @@ def _check_model_references(config: ExperimentConfig) -> None:
         if composition.selector == "bounds" and first.bounds is None:
             raise ValueError(f"composition {composition.label!r}: the bounds selector takes a "
                              "branch with bounds settings")
+        if composition.operating_point is not None and not config.data.validation_size:
+            raise ValueError(f"composition {composition.label!r}: its operating point is chosen "
+                             "on validation data: set data.validation_size")
 
 
 def run_experiment(
@@ -178,10 +182,12 @@ def run_experiment(
                 certificates.get(composition.core, records.get(composition.core)), threat,
                 dimension, out, progress)
         elif composition.selector == "bounds":
+            point = None if composition.operating_point is None else bound_operating_point(
+                composition, config, models, validation, threat, out, progress)
             metrics[composition.label] = bound_composition(
                 composition, bound_certificates[composition.branches[0]],
                 bound_certificates.get(composition.core), records[composition.core], threat,
-                models, x_test, out, progress)
+                models, x_test, out, progress, point)
         else:
             metrics[composition.label] = evaluator.evaluate(composition)
     attacked = {name: model for name, model in models.items() if name in records}
@@ -245,7 +251,8 @@ def _counted_from_records(config: ExperimentConfig, records: dict[str, Records],
 def _radii(config: ExperimentConfig, branch: str, eps: float) -> list[float]:
     """Where a branch's robustness is evaluated: eps, and every radius its robustness selectors
     need to be counted at each ``κ`` they may deploy (``evaluate.operating_points``)."""
-    kappas = [kappa for c in config.compositions if branch in c.branches for kappa in c.kappas]
+    kappas = [kappa for c in config.compositions
+              if c.selector == "robustness" and branch in c.branches for kappa in c.kappas]
     return sweep_radii(eps, kappas)
 
 

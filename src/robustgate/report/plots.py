@@ -145,7 +145,8 @@ def operating_curves(
                 ax.annotate(f"κ={point['kappa']:g}", (x, y), textcoords="offset points",
                             xytext=(4, 3), fontsize=7, color=colour)
         ax.axvline(100 * floor, color=colour, linestyle=":", alpha=0.7)
-    _label(ax, "composed natural accuracy (%)", "composed robust accuracy, sound form (%)",
+    _label(ax, "composed natural accuracy (%)",
+           "composed robust accuracy, sound form or certified (%)",
            "Operating points (ringed: chosen κ; dotted: the target on the test set)")
     return png(figure)
 
