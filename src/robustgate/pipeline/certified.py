@@ -238,7 +238,7 @@ def bound_operating_point(
     core_bounds = config.models[core].bounds
     core_certificates = None if core_bounds is None else bound_certificates_or_resume(
         directory, core, models[core], core_bounds, bound_methods(config, core), x, y, threat,
-        [threat.eps], progress)
+        bound_radii(config, core, "validation"), progress)
     answers = Records(y.numpy(), predict_logits(models[core], x).argmax(1).cpu().numpy(), {})
     return choose_kappa(branch[composition.bound_method].records(),
                         _core_part(core_certificates, answers, len(y), threat.eps), threat.eps,
