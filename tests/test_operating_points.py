@@ -43,19 +43,28 @@ def records_from_radius(labels, predictions, radius, radii):
     return Records(labels, predictions, {r: radius > r for r in radii})
 
 
-def test_a_larger_kappa_moves_the_composition_towards_the_core():
-    rng = np.random.default_rng(0)
-    n, radii = 2000, sweep_radii(0.1, [1, 1.5, 2, 3])
+def branch_and_core(seed, n, radii, sure_above, sure, unsure, core_robust_rate):
+    """Three-class records: a branch robust up to an exponential radius, right with probability
+    ``sure`` above ``sure_above`` and ``unsure`` below, and a core right 99% of the time and
+    robust at 0.1 on ``core_robust_rate`` of the inputs. Returns the branch's radii and
+    correctness, the core's correctness, and both records."""
+    rng = np.random.default_rng(seed)
     labels = rng.integers(0, 3, n)
-    # the branch is wrong mostly near its boundary (small radius); the core is right more often
-    # but rarely robust
     branch_radius = rng.exponential(0.2, n)
-    branch_right = rng.random(n) < np.where(branch_radius > 0.3, 0.995, 0.9)
+    branch_right = rng.random(n) < np.where(branch_radius > sure_above, sure, unsure)
     branch = records_from_radius(labels, np.where(branch_right, labels, (labels + 1) % 3),
                                  branch_radius, radii)
     core_right = rng.random(n) < 0.99
     core = Records(labels, np.where(core_right, labels, (labels + 2) % 3),
-                   {0.1: rng.random(n) < 0.2})
+                   {0.1: rng.random(n) < core_robust_rate})
+    return branch_radius, branch_right, core_right, branch, core
+
+
+def test_a_larger_kappa_moves_the_composition_towards_the_core():
+    # the branch is wrong mostly near its boundary (small radius); the core is right more often
+    # but rarely robust
+    *_, branch, core = branch_and_core(0, 2000, sweep_radii(0.1, [1, 1.5, 2, 3]), 0.3, 0.995,
+                                       0.9, 0.2)
     curve = operating_curve(branch, core, 0.1, [1, 1.5, 2, 3])
     natural = [point["natural_accuracy"] for point in curve]
     robust = [point["robust_accuracy"] for point in curve]
@@ -76,17 +85,11 @@ def test_a_larger_kappa_moves_the_composition_towards_the_core():
 
 
 def test_the_bound_selectors_curve_counts_certified_selections_at_every_kappa():
-    rng = np.random.default_rng(3)
-    n, eps, kappas = 1000, 0.1, [1, 1.5, 2]
+    eps, kappas = 0.1, [1, 1.5, 2]
     radii = sorted({r for kappa in kappas for r in selection_radii("bounds", eps, kappa)})
-    labels = rng.integers(0, 3, n)
-    certified_radius = rng.exponential(0.2, n)
-    branch_right = rng.random(n) < np.where(certified_radius > 0.2, 0.99, 0.8)
-    branch = records_from_radius(labels, np.where(branch_right, labels, (labels + 1) % 3),
-                                 certified_radius, radii)
-    core_right = rng.random(n) < 0.99
-    core = Records(labels, np.where(core_right, labels, (labels + 2) % 3),
-                   {eps: np.zeros(n, bool)})  # a core without a certificate
+    # a core without a certificate: robust nowhere
+    certified_radius, branch_right, core_right, branch, core = branch_and_core(
+        3, 1000, radii, 0.2, 0.99, 0.8, 0.0)
 
     def bound_selection(deployed, eps, kappa, with_interval_bounds=True):
         return Selection.bounds(deployed, branch, eps, kappa, with_interval_bounds)
