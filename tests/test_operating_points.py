@@ -18,6 +18,7 @@ from robustgate.evaluate.operating_points import (
     choose_operating_point,
     operating_curve,
     sweep_radii,
+    within_accuracy_drop,
 )
 from robustgate.evaluate.statistics import clopper_pearson, paired_lower
 from robustgate.threat import ThreatModel
@@ -82,6 +83,17 @@ def test_a_larger_kappa_moves_the_composition_towards_the_core():
         int(np.argmax(natural))]["kappa"]
     with pytest.raises(ValueError, match="max_accuracy_drop"):
         choose_operating_point(curve, core_accuracy, -0.1)
+
+
+def test_a_drop_of_exactly_the_allowed_points_meets_the_target():
+    # 9,902 against 9,932 of 10,000 right: 0.3 points, though 0.9932 - 0.9902 > 0.003 in floats
+    assert 0.9932 - 0.9902 > 0.003
+    assert within_accuracy_drop(0.9902, 0.9932, 0.003)
+    assert not within_accuracy_drop(0.9901, 0.9932, 0.003)
+    assert within_accuracy_drop(0.5, 0.9932, None)
+    point = choose_operating_point([{"kappa": 1.0, "natural_accuracy": 0.9902,
+                                     "robust_accuracy": 0.85}], 0.9932, 0.003)
+    assert point["meets_target"]
 
 
 def test_the_bound_selectors_curve_counts_certified_selections_at_every_kappa():

@@ -6,7 +6,7 @@ The selector's one knob is ``κ ≥ 1``: deployed, it checks the branch on ``B(x
 and the sound robust accuracy (stable selections need the branch robust at ``(κ+1)·eps``) moves
 down. Both are read, for every ``κ`` of a sweep, from one set of records holding the branch's
 robustness at the radii :func:`sweep_radii` names; ``κ`` is chosen on validation data. The bound
-selector's curve is the same arithmetic on certified records (``selection``:
+selector's curve is the same arithmetic on certified records (``selection_at``:
 ``Selection.bounds``), its robust accuracy a certified one.
 """
 
@@ -47,6 +47,15 @@ def operating_curve(branch: Records, core: Records, eps: float, kappas: Sequence
     return curve
 
 
+def within_accuracy_drop(natural_accuracy: float, core_accuracy: float,
+                         max_accuracy_drop: float | None) -> bool:
+    """Whether ``natural_accuracy`` is at most ``max_accuracy_drop`` below ``core_accuracy``
+    (always, for ``None``), with a tolerance of one sample in a million against the float
+    rounding of the difference."""
+    return (max_accuracy_drop is None
+            or natural_accuracy >= core_accuracy - max_accuracy_drop - 1e-9)
+
+
 def choose_operating_point(curve: Sequence[dict[str, float]], core_accuracy: float,
                            max_accuracy_drop: float | None = None) -> dict[str, Any]:
     """The point of ``curve`` with the highest sound robust accuracy among those whose natural
@@ -59,10 +68,8 @@ def choose_operating_point(curve: Sequence[dict[str, float]], core_accuracy: flo
         raise ValueError("the operating curve is empty: give at least one kappa")
     if max_accuracy_drop is not None and not max_accuracy_drop >= 0:
         raise ValueError(f"max_accuracy_drop must be >= 0, got {max_accuracy_drop}")
-    floor = None if max_accuracy_drop is None else core_accuracy - max_accuracy_drop
-    # a tolerance of one sample in a million, against the float rounding of the floor
-    meeting = [point for point in curve
-               if floor is None or point["natural_accuracy"] >= floor - 1e-9]
+    meeting = [point for point in curve if within_accuracy_drop(
+        point["natural_accuracy"], core_accuracy, max_accuracy_drop)]
     if meeting:
         chosen = max(meeting, key=lambda point: (point["robust_accuracy"], -point["kappa"]))
     else:

@@ -20,6 +20,7 @@ import numpy as np
 
 from robustgate.config import CompositionSettings, ExperimentConfig, parse_config
 from robustgate.evaluate import Records, Routes, risk_coverage_curve
+from robustgate.evaluate.operating_points import within_accuracy_drop
 from robustgate.evaluate.statistics import paired_lower
 from robustgate.io import atomic_write_text, file_name
 from robustgate.report import plots
@@ -359,8 +360,7 @@ def _operating_point_section(run: Run) -> Section | None:
         if not chosen["meets_target"]:
             notes.append(f"{composition.label}: no κ meets the target on validation data; the "
                          f"most accurate, κ = {chosen['kappa']:g}, was chosen.")
-        # the tolerance of the choice (evaluate.operating_points), against float rounding
-        if drop is not None and shortfall > 100 * drop + 1e-7:
+        if not within_accuracy_drop(values["natural_accuracy"], core_natural, drop):
             notes.append(f"{composition.label}: on the test set the composition is "
                          f"{shortfall:.2f} points less accurate than its core, more than the "
                          f"{100 * drop:g} points allowed.")
