@@ -206,15 +206,41 @@ class ValidationSettings(_Strict):
     select: SelectionSettings = Field(default_factory=SelectionSettings)
 
 
+class AugmentationSettings(_Strict):
+    """Data augmentation of every training batch, on the training device, inside the training
+    loop (``train.augmentation``, by kornia): ``affine``, small rotations of up to ``degrees``,
+    shifts of up to ``translate`` of the size and scalings within ``scale``, for digit-like
+    data; ``crop_flip``, a random crop after zero ``padding`` and a horizontal flip, for
+    CIFAR-shaped data; ``randaugment`` (``operations`` per image at ``magnitude`` of 30) and
+    ``autoaugment`` (the CIFAR-10 policy), for RGB data. Drawn from the epoch's seed, so that an
+    interrupted run resumes to the same weights."""
+
+    name: Literal["affine", "crop_flip", "randaugment", "autoaugment"]
+    degrees: float = Field(10.0, ge=0, le=180)
+    translate: float = Field(0.1, ge=0, lt=1)
+    scale: tuple[float, float] = (0.9, 1.1)
+    padding: int = Field(4, ge=0)
+    operations: int = Field(2, ge=1)
+    magnitude: int = Field(10, ge=0, le=30)
+
+    @field_validator("scale")
+    @classmethod
+    def _check_scale(cls, scale: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < scale[0] <= scale[1]:
+            raise ValueError(f"scale is a range 0 < low <= high, got {list(scale)}")
+        return scale
+
+
 class TrainSpec(_Strict):
-    """One model to train: architecture (and checkpoint to start from), loss, optimizer and
-    validation; with ``smoothing``, the model is deployed smoothed and evaluated by certifying
-    it (``certify.Smooth``) instead of attacking it; with ``bounds``, it is also certified by
-    bound propagation."""
+    """One model to train: architecture (and checkpoint to start from), loss, optimizer, data
+    augmentation and validation; with ``smoothing``, the model is deployed smoothed and
+    evaluated by certifying it (``certify.Smooth``) instead of attacking it; with ``bounds``, it
+    is also certified by bound propagation."""
 
     model: ModelSettings
     loss: LossSettings = Field(default_factory=LossSettings)
     train: OptimizerSettings = Field(default_factory=OptimizerSettings)
+    augmentation: AugmentationSettings | None = None
     validation: ValidationSettings | None = None
     smoothing: SmoothingSettings | None = None
     bounds: BoundSettings | None = None
@@ -268,6 +294,13 @@ class EvaluationSettings(_Strict):
 DEFAULT_KAPPAS = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 
 
+def _sorted_kappas(kappas: list[float]) -> list[float]:
+    """A selector's ``κ`` values: each at least 1, sorted, without repeats."""
+    if any(not kappa >= 1 for kappa in kappas):
+        raise ValueError(f"every kappa must be >= 1, got {kappas}")
+    return sorted(set(kappas))
+
+
 class OperatingPointSettings(_Strict):
     """Choose the selector's ``κ`` (robustness or bound selector) on validation data among
     ``kappas``: the highest sound robust accuracy (certified accuracy, for the bound selector)
@@ -277,12 +310,7 @@ class OperatingPointSettings(_Strict):
     max_accuracy_drop: float | None = Field(0.0, ge=0)
     kappas: list[float] = Field(default_factory=lambda: list(DEFAULT_KAPPAS), min_length=1)
 
-    @field_validator("kappas")
-    @classmethod
-    def _check_kappas(cls, kappas: list[float]) -> list[float]:
-        if any(not kappa >= 1 for kappa in kappas):
-            raise ValueError(f"every kappa must be >= 1, got {kappas}")
-        return sorted(set(kappas))
+    _check_kappas = field_validator("kappas")(_sorted_kappas)
 
 
 class CompositionSettings(_Strict):
@@ -418,6 +446,92 @@ class AdaptiveSettings(_Strict):
         return self.model_dump(exclude={"limit", "sanity", "square_queries"})
 
 
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``values[a][b][c] = value`` for ``key`` ``a.b.c`` (the inner mappings created where
+    missing, as in a loss's ``params``)."""
+    *path, last = key.split(".")
+    for part in path:
+        inner = values.get(part)
+        if inner is None:
+            inner = values[part] = {}
+        if not isinstance(inner, dict):
+            raise ValueError(f"grid key {key!r}: {part!r} is not a section of the model spec")
+        values = inner
+    values[last] = value
+
+
+class SearchSettings(_Strict):
+    """An operating point over training (``pipeline.search``): the branch's recipe searched for
+    its composition with ``core``. Every candidate is ``recipe`` (a model spec, usually a
+    fine-tuning: ``model.init``) with one combination of the ``grid``'s values (dotted keys of
+    the spec, e.g. ``loss.params.beta: [0.5, 1, 2]``, ``augmentation: [null, {name: affine}]``);
+    each is trained, keeps its own ``validation.select`` epoch, and is composed with the core at
+    every ``κ`` of ``kappas`` under ``selector`` (``robustness``, or ``bounds`` by
+    ``bound_method``; the recipe then needs ``bounds`` settings).
+
+    The validation split is cut in two disjoint parts. Its first ``choose_size`` points choose:
+    each candidate's epoch, its ``κ`` (the highest sound robust accuracy whose composed natural
+    accuracy is at most ``max_accuracy_drop`` below the core's) and the candidates' ranking. The
+    next ``confirm_size`` points (the rest by default) confirm: a candidate's pair is accepted
+    only where the one-sided upper confidence bound on its accuracy drop against the core,
+    paired on the confirming points, is at most ``max_accuracy_drop``, at ``confidence`` over all
+    the pairs confirmed. The accepted pair of highest sound robust accuracy on the choosing
+    points wins. Test data never enters the choice."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    core: str
+    recipe: TrainSpec
+    grid: dict[str, list[Any]] = Field(min_length=1)
+    selector: Literal["robustness", "bounds"] = "robustness"
+    bound_method: Literal["ibp", "crown", "ibp+crown"] = "ibp"
+    kappas: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
+    max_accuracy_drop: float = Field(gt=0, lt=1)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    choose_size: int = Field(ge=1)
+    confirm_size: int | None = Field(None, ge=1)
+
+    _check_kappas = field_validator("kappas")(_sorted_kappas)
+
+    @field_validator("grid")
+    @classmethod
+    def _check_grid(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        empty = [key for key, values in grid.items() if not values]
+        if empty:
+            raise ValueError(f"every grid key needs at least one value; empty: {empty}")
+        return grid
+
+    @model_validator(mode="after")
+    def _check_candidates(self) -> SearchSettings:
+        candidates = self.candidates()  # every candidate a valid model spec, or refused here
+        if self.selector == "bounds" and any(spec.bounds is None for _, spec in candidates):
+            raise ValueError("the bounds selector certifies its branches: give the recipe "
+                             "bounds settings")
+        if self.bound_method != "ibp" and self.selector != "bounds":
+            raise ValueError("bound_method is the bounds selector's")
+        return self
+
+    def candidates(self) -> list[tuple[dict[str, Any], TrainSpec]]:
+        """Every combination of the grid's values (the first key varying slowest), with the
+        recipe it makes."""
+        combinations: list[dict[str, Any]] = [{}]
+        for key, values in self.grid.items():
+            combinations = [{**done, key: value} for done in combinations for value in values]
+        candidates = []
+        for overrides in combinations:
+            values = self.recipe.model_dump()
+            for key, value in overrides.items():
+                _set_dotted(values, key, value)
+            try:
+                spec = TrainSpec.model_validate(values)
+            except ValidationError as error:
+                raise ValueError(f"the recipe with {overrides}: {_describe(error)}") from None
+            candidates.append((overrides, spec))
+        return candidates
+
+
 class ExperimentConfig(_Strict):
     """``robustgate run CONFIG.yaml``: several models trained on one data set, evaluated with
     one attack, and composed."""
@@ -430,6 +544,16 @@ class ExperimentConfig(_Strict):
     compositions: list[CompositionSettings] = Field(default_factory=list)
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
     adaptive: AdaptiveSettings = Field(default_factory=AdaptiveSettings)
+    searches: list[SearchSettings] = Field(default_factory=list)
+
+    @field_validator("searches")
+    @classmethod
+    def _distinct_searches(cls, searches: list[SearchSettings]) -> list[SearchSettings]:
+        names = [search.name for search in searches]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"every search needs a name of its own; repeated: {repeated}")
+        return searches
 
 
 class DisksSettings(_Strict):

@@ -8,6 +8,10 @@ down. Both are read, for every ``κ`` of a sweep, from one set of records holdin
 robustness at the radii :func:`sweep_radii` names; ``κ`` is chosen on validation data. The bound
 selector's curve is the same arithmetic on certified records (``selection_at``:
 ``Selection.bounds``), its robust accuracy a certified one.
+
+One knob on one trained branch trades robustness away; the branch's robust inaccuracy, which
+training sets, is the lever. :func:`choose_recipe` chooses the recipe and ``κ`` together among
+trained candidates, on one validation split, and confirms the choice on a second one.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 from robustgate.evaluate.composition import Selection, compose_records, selection_radii
 from robustgate.evaluate.metrics import robustness_metrics
 from robustgate.evaluate.records import Records
+from robustgate.evaluate.statistics import accuracy_drop_upper_bound
 
 
 def sweep_radii(eps: float, kappas: Sequence[float]) -> list[float]:
@@ -35,7 +40,9 @@ def operating_curve(branch: Records, core: Records, eps: float, kappas: Sequence
                     selection_at: SelectionAt = Selection.robustness,
                     ) -> list[dict[str, float]]:
     """Composed natural accuracy, sound robust accuracy and selection rate at every ``κ``, the
-    selector's decisions counted by ``selection_at`` (the robustness selector's by default)."""
+    selector's decisions counted by ``selection_at`` (the robustness selector's by default),
+    with the paired comparison against the core: ``lost`` (inputs only the core answers
+    rightly), ``gained`` (only the composition) of ``samples``."""
     curve = []
     for kappa in sorted(kappas):
         selection = selection_at(branch, eps, kappa)
@@ -43,7 +50,10 @@ def operating_curve(branch: Records, core: Records, eps: float, kappas: Sequence
         metrics = robustness_metrics(composed.accurate, composed.robust_at(eps))
         curve.append({"kappa": float(kappa), "natural_accuracy": metrics["natural_accuracy"],
                       "robust_accuracy": metrics["robust_accuracy"],
-                      "selection_rate": float(selection.selected.mean())})
+                      "selection_rate": float(selection.selected.mean()),
+                      "lost": int((core.accurate & ~composed.accurate).sum()),
+                      "gained": int((composed.accurate & ~core.accurate).sum()),
+                      "samples": len(composed)})
     return curve
 
 
@@ -86,3 +96,66 @@ def choose_kappa(branch: Records, core: Records, eps: float, kappas: Sequence[fl
     curve = operating_curve(branch, core, eps, kappas, selection_at)
     return {"validation_curve": curve, "chosen": choose_operating_point(
         curve, float(core.accurate.mean()), max_accuracy_drop)}
+
+
+def choose_recipe(choosing: dict[str, Sequence[dict[str, float]]],
+                  confirming: dict[str, Sequence[dict[str, float]]], core_accuracy: float,
+                  max_accuracy_drop: float, confidence: float = 0.95) -> dict[str, Any]:
+    """An operating point over training: the pair (candidate, ``κ``) chosen on one validation
+    split and confirmed on a second, disjoint one.
+
+    ``choosing[c]`` and ``confirming[c]`` are candidate ``c``'s curves (:func:`operating_curve`,
+    the same ``κ`` values) on the choosing and the confirming points; ``core_accuracy`` is the
+    core's natural accuracy on the choosing points.
+
+    1. Each candidate's ``κ`` is chosen on the choosing points (:func:`choose_operating_point`);
+       the ``m`` candidates whose point meets the target there go on to be confirmed.
+    2. A confirmed pair is accepted where the one-sided upper confidence bound on its accuracy
+       drop against the core, paired on the confirming points
+       (``statistics.accuracy_drop_upper_bound``), is at most ``max_accuracy_drop``; each of the
+       ``m`` bounds at ``1 − (1 − confidence)/m`` (Bonferroni), so that the chance that *any*
+       accepted pair's true drop exceeds the target is at most ``1 − confidence``.
+    3. Among the accepted pairs the highest sound robust accuracy on the choosing points wins
+       (ties: the smaller ``κ``, then the earlier candidate): the confirming points only gate,
+       so that the winner's figures on them are not inflated by a choice made on them.
+
+    Where none is accepted, ``chosen`` is ``None`` and ``closest`` names the candidate whose
+    confirming bound came nearest to the target (or, where none met it on the choosing points,
+    the most accurate one there).
+    """
+    if not choosing or set(choosing) != set(confirming):
+        raise ValueError(f"need the same candidates on both splits, got {sorted(choosing)} and "
+                         f"{sorted(confirming)}")
+    points = {name: choose_operating_point(curve, core_accuracy, max_accuracy_drop)
+              for name, curve in choosing.items()}
+    shortlisted = [name for name, point in points.items() if point["meets_target"]]
+    pair_confidence = 1 - (1 - confidence) / max(1, len(shortlisted))
+    candidates: dict[str, Any] = {}
+    for name, point in points.items():
+        confirmation = next(entry for entry in confirming[name]
+                            if entry["kappa"] == point["kappa"])
+        bound = None
+        if name in shortlisted:
+            bound = accuracy_drop_upper_bound(confirmation["lost"], confirmation["gained"],
+                                              confirmation["samples"], pair_confidence)
+        candidates[name] = {
+            "kappa": point["kappa"], "choosing": point,
+            "confirming": {**confirmation, "drop_upper_bound": bound,
+                           "accepted": bound is not None and bound <= max_accuracy_drop + 1e-12},
+        }
+    order = list(choosing)
+    accepted = [name for name in order if candidates[name]["confirming"]["accepted"]]
+    chosen = max(accepted, default=None, key=lambda name: (
+        points[name]["robust_accuracy"], -points[name]["kappa"], -order.index(name)))
+    closest = None
+    if chosen is None and shortlisted:
+        closest = min(shortlisted, key=lambda name: (
+            candidates[name]["confirming"]["drop_upper_bound"], order.index(name)))
+    elif chosen is None:
+        closest = max(order, key=lambda name: (points[name]["natural_accuracy"],
+                                               -order.index(name)))
+    return {"candidates": candidates, "tried": len(order),
+            "pairs": sum(len(curve) for curve in choosing.values()),
+            "confirmed": len(shortlisted), "pair_confidence": pair_confidence,
+            "confidence": confidence, "max_accuracy_drop": max_accuracy_drop,
+            "core_accuracy": core_accuracy, "chosen": chosen, "closest": closest}

@@ -194,7 +194,7 @@ def bound_model_metrics(certificates: dict[str, BoundCertificates], empirical: R
                                          for method, c in certificates.items()}}
 
 
-def _bound_selection_at(branch: dict[str, BoundCertificates], method: str) -> SelectionAt:
+def bound_selection_at(branch: dict[str, BoundCertificates], method: str) -> SelectionAt:
     """The bound selector deployed with ``method``, its stability read from the branch's IBP
     certificates (``Selection.bounds``)."""
     interval = branch["ibp"].records()
@@ -202,8 +202,8 @@ def _bound_selection_at(branch: dict[str, BoundCertificates], method: str) -> Se
         deployed, interval, eps, kappa, with_interval_bounds="ibp" in method)
 
 
-def _core_part(core: dict[str, BoundCertificates] | None, core_records: Records, samples: int,
-               eps: float) -> Records:
+def certified_core_part(core: dict[str, BoundCertificates] | None, core_records: Records,
+                        samples: int, eps: float) -> Records:
     """The core's records in a certified count: robust where any of its bound methods certifies
     it, nowhere without a certificate."""
     if core is None:
@@ -241,9 +241,9 @@ def bound_operating_point(
         bound_radii(config, core, "validation"), progress)
     answers = Records(y.numpy(), predict_logits(models[core], x).argmax(1).cpu().numpy(), {})
     return choose_kappa(branch[composition.bound_method].records(),
-                        _core_part(core_certificates, answers, len(y), threat.eps), threat.eps,
-                        point.kappas, point.max_accuracy_drop,
-                        _bound_selection_at(branch, composition.bound_method))
+                        certified_core_part(core_certificates, answers, len(y), threat.eps),
+                        threat.eps, point.kappas, point.max_accuracy_drop,
+                        bound_selection_at(branch, composition.bound_method))
 
 
 def bound_composition(
@@ -261,8 +261,8 @@ def bound_composition(
     eps = threat.eps
     kappa = composition.kappa if operating_point is None else operating_point["chosen"]["kappa"]
     deployed = branch[composition.bound_method].records()
-    selection_at = _bound_selection_at(branch, composition.bound_method)
-    core_part = _core_part(core, core_records, len(deployed), eps)
+    selection_at = bound_selection_at(branch, composition.bound_method)
+    core_part = certified_core_part(core, core_records, len(deployed), eps)
     metrics = {**_certified_count(composition, deployed, core_part,
                                   selection_at(deployed, eps, kappa), kappa, out),
                "bound_method": composition.bound_method,

@@ -52,8 +52,10 @@ from robustgate.pipeline.certified import (
 from robustgate.pipeline.compositions import CompositionEvaluator
 from robustgate.pipeline.regions import draw_decision_regions, exact_compositions
 from robustgate.pipeline.run_directory import check_run_directory, say
+from robustgate.pipeline.search import SearchRunner, validation_parts
 from robustgate.report.decision_regions import FILE as REGIONS_FILE
 from robustgate.report.run_report import write_reports
+from robustgate.train.augmentation import make_augmentation
 from robustgate.train.run import train_model, training_attack_of, training_data
 
 
@@ -86,6 +88,14 @@ def _check_model_references(config: ExperimentConfig) -> None:
         if composition.operating_point is not None and not config.data.validation_size:
             raise ValueError(f"composition {composition.label!r}: its operating point is chosen "
                              "on validation data: set data.validation_size")
+    for search in config.searches:
+        if search.core not in config.models:
+            raise ValueError(f"search {search.name!r}: its core {search.core!r} is not a model "
+                             f"of the config; models: {sorted(config.models)}")
+        init = search.recipe.model.init
+        if init is not None and init.startswith("@") and init[1:] not in config.models:
+            raise ValueError(f"search {search.name!r} starts from {init!r}, which is not a model "
+                             f"of the config; models: {sorted(config.models)}")
 
 
 def run_experiment(
@@ -106,12 +116,19 @@ def run_experiment(
     if config.evaluation.exact_grid is not None and not two_dimensional:
         raise ValueError(f"evaluation.exact_grid is for two-dimensional data; "
                          f"{config.data.name!r} has inputs of shape {tuple(test.input_shape)}")
-    for name, spec in config.models.items():
+    specs = [(f"model {name!r}", spec) for name, spec in config.models.items()]
+    for search in config.searches:
+        validation_parts(search, validation, config.seed)
+        specs += [(f"search {search.name!r}, candidate {overrides}", spec)
+                  for overrides, spec in search.candidates()]
+    for what, spec in specs:
         try:
             make_loss(spec.loss.name, spec.loss.threat.build(), **training_attack_of(spec),
                       **spec.loss.params)
+            if spec.augmentation is not None:
+                make_augmentation(spec.augmentation, train[0].shape[1:])
         except ValueError as error:
-            raise ValueError(f"model {name!r}: {error}") from None
+            raise ValueError(f"{what}: {error}") from None
     check_run_directory(out, json.loads(config.model_dump_json()), ExperimentConfig)
     checkpoints: dict[str, Path] = {}
     for name, spec in config.models.items():
@@ -190,6 +207,12 @@ def run_experiment(
                 models, x_test, out, progress, point)
         else:
             metrics[composition.label] = evaluator.evaluate(composition)
+    searches = {}
+    if config.searches:
+        runner = SearchRunner(config, out, train, validation, (x_test, y_test), num_classes,
+                              metadata, threat, attack, models, records, bound_certificates,
+                              lambda ref: checkpoints[ref[1:]], device, progress)
+        searches = {search.name: runner.run(search) for search in config.searches}
     attacked = {name: model for name, model in models.items() if name in records}
     splits: dict[str, dict[str, Any]] = {"test": metrics}
     data = {"test": (x_test, y_test)}
@@ -215,7 +238,7 @@ def run_experiment(
         draw_decision_regions(out, models, split_records[shown], deployed, *data[shown], threat,
                               attack, shown, num_classes, config.data.name)
     check = _autoattack_check(attacked, records, x_test, y_test, threat, config, out, progress)
-    result = {**splits, "autoattack_check": check,
+    result = {**splits, "autoattack_check": check, **({"searches": searches} if searches else {}),
               "attack": settings.attack.name, "eps": eps,
               "samples": len(y_test), "wall_time_s": round(time.perf_counter() - started, 1)}
     atomic_write_json(out / "metrics.json", result)

@@ -181,3 +181,34 @@ def threshold_sweeps(sweeps: Sequence[tuple[str, np.ndarray, np.ndarray, float]]
         _label(ax, "threshold", "%", label)
         ax.title.set_fontsize(9)
     return png(figure)
+
+
+def search_frontier(result: dict[str, Any], splits: Sequence[str] = ("choose", "test")) -> str:
+    """An operating point over training: composed natural against sound robust (or certified)
+    accuracy of every candidate at every ``κ`` (one panel per split), the core and each branch
+    alone as references, the chosen pair ringed."""
+    figure, axes = plt.subplots(1, len(splits), figsize=(6.0 * len(splits), 4.6), squeeze=False)
+    choice = result["choice"]
+    picked = choice["chosen"] if choice["chosen"] is not None else choice["closest"]
+    for ax, split in zip(axes[0], splits, strict=True):
+        for index, candidate in enumerate(result["candidates"]):
+            name, colour = candidate["name"], f"C{index % 10}"
+            points = result["curves"][split][name]
+            xs = [100 * point["natural_accuracy"] for point in points]
+            ys = [100 * point["robust_accuracy"] for point in points]
+            ax.plot(xs, ys, "-", marker=".", color=colour, label=f"candidate {name}")
+            alone = result["branches"][split][name]
+            ax.scatter(100 * alone["natural_accuracy"], 100 * alone["robust_accuracy"],
+                       marker="x", color=colour)
+            for point, x, y in zip(points, xs, ys, strict=True):
+                if name == picked and point["kappa"] == choice["candidates"][name]["kappa"]:
+                    ax.scatter(x, y, s=160, facecolors="none", edgecolors="black", zorder=3)
+        core = result["core"][split]
+        ax.scatter(100 * core["natural_accuracy"], 100 * core["robust_accuracy"], marker="*",
+                   s=120, color="black", label="core alone", zorder=3)
+        floor = core["natural_accuracy"] - choice["max_accuracy_drop"]
+        ax.axvline(100 * floor, color="grey", linestyle=":")
+        _label(ax, "composed natural accuracy (%)", "sound robust accuracy (%)",
+               f"{split} points (×: branch alone; ringed: "
+               f"{'chosen' if choice['chosen'] is not None else 'closest'})")
+    return png(figure)

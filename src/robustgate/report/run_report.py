@@ -21,7 +21,7 @@ import numpy as np
 from robustgate.config import CompositionSettings, ExperimentConfig, parse_config
 from robustgate.evaluate import Records, Routes, risk_coverage_curve
 from robustgate.evaluate.operating_points import within_accuracy_drop
-from robustgate.evaluate.statistics import paired_lower
+from robustgate.evaluate.statistics import mcnemar_p_value
 from robustgate.io import atomic_write_text, file_name
 from robustgate.report import plots
 from robustgate.report.decision_regions import FILE as REGIONS_FILE
@@ -290,9 +290,11 @@ def _adaptive_section(run: Run) -> Section:
         if counted is None:
             continue
         gap = 100 * (adaptive["robust_accuracy"] - counted)
-        lower = paired_lower(adaptive.get("held_but_not_counted", 0), broken or 0)
-        verdict = ("the count is lower beyond the sampling error, exact McNemar test on the "
-                   "inputs only one of them holds" if lower else "within the sampling error")
+        p_value = mcnemar_p_value(adaptive.get("held_but_not_counted", 0), broken or 0,
+                                  "greater")
+        verdict = (f"{'beyond' if p_value < 0.05 else 'within'} the sampling error: exact "
+                   "McNemar test on the inputs only one of them holds, one-sided (the count is a "
+                   f"lower bound and the attack an upper one by construction), p = {p_value:.3g}")
         notes.append(f"{label}: the attack holds {gap:+.1f} points against the count "
                      f"({verdict}).")
         if broken:
@@ -379,6 +381,78 @@ def _operating_point_section(run: Run) -> Section | None:
     return Section("Operating points of the robustness and bound selectors",
                    ["composition", "data", "κ", "natural", "robust (sound or certified)",
                     "selection rate", ""], rows, notes, plots.operating_curves(curves))
+
+
+def _search_sections(run: Run) -> list[Section]:
+    """Per search of the recipe (``pipeline.search``): every candidate's pair on the choosing,
+    confirming and test points, the choice, and the frontier."""
+    sections = []
+    for search in run.config.searches:
+        result = run.result.get("searches", {}).get(search.name)
+        if result is None:
+            continue
+        choice, test = result["choice"], result["test"]
+        measure = "certified" if search.selector == "bounds" else "sound robust"
+        rows = []
+        for candidate in result["candidates"]:
+            name = candidate["name"]
+            entry = choice["candidates"][name]
+            choosing, confirming = entry["choosing"], entry["confirming"]
+            tested = next(point for point in result["curves"]["test"][name]
+                          if point["kappa"] == entry["kappa"])
+            bound = confirming["drop_upper_bound"]
+            verdict = ("chosen" if name == choice["chosen"] else "accepted"
+                       if confirming["accepted"] else "rejected" if bound is not None
+                       else "misses the target on the choosing points")
+            rows.append([name, ", ".join(f"{key} = {json.dumps(value)}" for key, value
+                                         in candidate["overrides"].items()),
+                         str(candidate["best_epoch"]), f"{entry['kappa']:g}",
+                         _percent(choosing["natural_accuracy"]),
+                         _percent(choosing["robust_accuracy"]),
+                         _percent(confirming["natural_accuracy"]),
+                         "–" if bound is None else f"{100 * bound:.2f}",
+                         _percent(tested["natural_accuracy"]),
+                         _percent(tested["robust_accuracy"]), verdict])
+        drop = 100 * choice["max_accuracy_drop"]
+        notes = [
+            f"{choice['tried']} candidates tried ({choice['pairs']} pairs of recipe and κ). Each "
+            f"candidate's κ is chosen on the {entry['choosing']['samples']} choosing points (the highest {measure} accuracy whose composed natural accuracy "
+            f"is at most {drop:g} points below the core's); the {choice['confirmed']} that meet "
+            "the target there are confirmed on the disjoint confirming points: accepted where "
+            f"the one-sided upper confidence bound on the accuracy drop against the core, paired "
+            f"(Clopper–Pearson on the inputs only the core answers rightly minus those only the "
+            f"composition does, of {entry['confirming']['samples']} confirming points, at {100 * choice['pair_confidence']:g}% each: "
+            f"{100 * choice['confidence']:g}% over all the pairs confirmed), is at most "
+            f"{drop:g} points. The accepted pair of highest {measure} accuracy on the choosing "
+            "points wins. Test figures are shown beside, never used to choose."]
+        core_test = test["core_natural_accuracy"]
+        difference = 100 * (test["natural_accuracy"] - core_test)
+        if choice["chosen"] is None:
+            notes.append(f"No candidate is confirmed within {drop:g} points of the core; the "
+                         f"closest is candidate {test['candidate']} at κ = {test['kappa']:g}.")
+        notes.append(
+            f"{'Chosen' if test['chosen'] else 'Closest'}: candidate {test['candidate']} at "
+            f"κ = {test['kappa']:g}. On the {test['samples']} test points: natural accuracy "
+            f"{100 * test['natural_accuracy']:.2f}% against the core's {100 * core_test:.2f}% "
+            f"({difference:+.2f} points; {test['gained']} inputs right only for the composition, "
+            f"{test['lost']} only for the core; exact McNemar test, two-sided, p = "
+            f"{test['accuracy_p_value']:.3g}), {measure} accuracy "
+            f"{100 * test['robust_accuracy']:.2f}% (core alone "
+            f"{100 * test['core_robust_accuracy']:.2f}%).")
+        for label, comparison in test["against"].items():
+            notes.append(
+                f"Against {label} on {comparison['samples']} test points: {measure} accuracy "
+                f"{100 * comparison['first']:.2f}% against {100 * comparison['second']:.2f}% "
+                f"({comparison['only_first']} inputs held only by the chosen composition, "
+                f"{comparison['only_second']} only by {label}; exact McNemar test, two-sided, "
+                f"p = {comparison['p_value']:.3g}).")
+        sections.append(Section(
+            f"Operating point over training: {search.name}",
+            ["candidate", "recipe", "epoch", "κ", "natural (choosing)",
+             f"{measure} (choosing)", "natural (confirming)", "drop bound (points)",
+             "natural (test)", f"{measure} (test)", ""], rows, notes,
+            plots.search_frontier(result)))
+    return sections
 
 
 def _matched_section(run: Run) -> Section | None:
@@ -492,7 +566,7 @@ def _sections(run: Run) -> list[Section]:
     sections = [models, *others, _regions_section(run), _certified_models_section(run),
                 _bounded_models_section(run),
                 _certified_compositions_section(run),
-                _operating_point_section(run), _matched_section(run),
+                _operating_point_section(run), *_search_sections(run), _matched_section(run),
                 adaptive if adaptive.rows else None,
                 _threshold_section(run), _routes_section(run), selective,
                 _autoattack_section(run)]

@@ -52,10 +52,12 @@ def fit(
     optimizer: torch.optim.Optimizer | None = None,
     start_epoch: int = 0,
     on_epoch_end: EpochCallback | None = None,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place on ``(x, y)`` from ``start_epoch`` on; returns one log entry per
     epoch run. ``on_epoch_end(epoch, entry, optimizer)`` may add to the entry (validation
-    metrics) and save state; ``optimizer`` and ``start_epoch`` resume an interrupted run."""
+    metrics) and save state; ``optimizer`` and ``start_epoch`` resume an interrupted run;
+    ``augment`` transforms every batch on the device before the loss (seeded by the epoch)."""
     check_inputs(x, getattr(model, "input_shape", None))
     check_labels(y, len(x), getattr(model, "num_classes", None))
     device = model_device(model)
@@ -80,6 +82,8 @@ def fit(
                     loss.set_epoch(epoch + start / len(x))
                 index = order[start : start + config.batch_size]
                 batch_x, batch_y = x[index].to(device), y[index].to(device)
+                if augment is not None:
+                    batch_x = augment(batch_x)
                 batch_loss = loss(model, batch_x, batch_y).mean()
                 optimizer.zero_grad(set_to_none=True)
                 batch_loss.backward()

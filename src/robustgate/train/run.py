@@ -40,6 +40,7 @@ from robustgate.models import (
     save_checkpoint,
 )
 from robustgate.threat import ThreatModel
+from robustgate.train.augmentation import make_augmentation
 from robustgate.train.loop import fit, make_optimizer
 
 Data = tuple[torch.Tensor, torch.Tensor]
@@ -148,6 +149,8 @@ def train_model(
     threat = spec.loss.threat.build()
     loss = make_loss(spec.loss.name, threat, **training_attack_of(spec), **spec.loss.params)
     config = spec.train.build(seed)
+    augment = None if spec.augmentation is None else make_augmentation(
+        spec.augmentation, train[0].shape[1:])
     optimizer = make_optimizer(model, config)
     history: list[dict[str, Any]] = []
     state_path = out / "state.pt"
@@ -158,6 +161,7 @@ def train_model(
         history = json.loads(state["history"])
     checkpoint_metadata = {**(metadata or {}), "loss": spec_json["loss"],
                            "train": spec_json["train"], "seed": seed,
+                           "augmentation": spec_json["augmentation"],
                            "sigma_train": spec.loss.params.get("sigma_train")}
 
     def save(path: Path, epoch: int, extra: dict[str, Any] | None = None) -> None:
@@ -179,7 +183,8 @@ def train_model(
         atomic_write(state_path, lambda temporary: torch.save(state, temporary))
 
     fit(model, loss, *train, config, progress=progress, description=out.name,
-        optimizer=optimizer, start_epoch=len(history), on_epoch_end=on_epoch_end)
+        optimizer=optimizer, start_epoch=len(history), on_epoch_end=on_epoch_end,
+        augment=augment)
     save(out / "last.safetensors", config.epochs)
     chosen = None if spec.validation is None else select_epoch(history, spec.validation.select)
     if chosen is None:

@@ -1,0 +1,266 @@
+"""Operating points over training (an experiment's ``searches:``, ``config.SearchSettings``): the
+branch's recipe and the selector's ``κ`` chosen together for the composition with the core, as
+the paper chose its headline run (the most robust composition among those as accurate as the
+core, over recipes).
+
+Every candidate recipe fine-tunes (or trains) a branch; each is counted with the core at every
+``κ`` on the choosing and the confirming part of the validation split, and chosen by
+``evaluate.operating_points.choose_recipe``. Test figures are computed beside, for the report,
+after the choice: nothing of the test split enters it.
+
+Files in the run directory, under ``searches/<search>/``: ``candidates.json`` (each candidate's
+grid values), ``candidates/<i>/model/`` (its training run, resumable), per split (``choose``,
+``confirm``, ``test``) ``candidates/<i>/records/<split>.csv`` (robustness selector: the branch's
+robustness at every radius of the sweep) or ``candidates/<i>/certificates/<split>.<method>.csv``
+(bound selector), the core's beside in ``core/``, and ``result.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from robustgate.attacks import Attack
+from robustgate.config import ExperimentConfig, SearchSettings
+from robustgate.evaluate import (
+    BoundCertificates,
+    Records,
+    Selection,
+    compose_records,
+    evaluate_or_resume,
+    robustness_metrics,
+)
+from robustgate.evaluate.composition import selection_radii
+from robustgate.evaluate.operating_points import (
+    SelectionAt,
+    choose_recipe,
+    operating_curve,
+    sweep_radii,
+)
+from robustgate.evaluate.statistics import confirmation_size, mcnemar_p_value
+from robustgate.io import atomic_write_json, file_name
+from robustgate.models import load_checkpoint
+from robustgate.models.modes import predict_logits
+from robustgate.pipeline.certified import (
+    bound_certificates_or_resume,
+    bound_methods,
+    bound_selection_at,
+    certified_core_part,
+)
+from robustgate.pipeline.run_directory import say
+from robustgate.threat import ThreatModel
+from robustgate.train.run import train_model
+
+Data = tuple[torch.Tensor, torch.Tensor]
+SPLITS = ("choose", "confirm", "test")
+
+
+def validation_parts(search: SearchSettings, validation: Data | None, seed: int
+                     ) -> tuple[Data, Data]:
+    """The choosing and the confirming part of the validation split: disjoint, drawn at random
+    with ``seed`` (a validation split may be ordered by class), each in the split's order;
+    refused where the split is missing or too small to confirm the search's target."""
+    if validation is None:
+        raise ValueError(f"search {search.name!r} chooses on validation data: set "
+                         "data.validation_size")
+    x, y = validation
+    choose = search.choose_size
+    confirm = len(y) - choose if search.confirm_size is None else search.confirm_size
+    if confirm < 1 or choose + confirm > len(y):
+        raise ValueError(f"search {search.name!r}: choose_size {choose} and confirm_size "
+                         f"{search.confirm_size} need {choose + max(confirm, 1)} validation "
+                         f"points; the validation split has {len(y)}")
+    needed = confirmation_size(search.max_accuracy_drop, search.confidence)
+    if confirm < needed:
+        raise ValueError(
+            f"search {search.name!r}: {confirm} confirming points cannot confirm an accuracy "
+            f"drop of at most {search.max_accuracy_drop:g} at confidence {search.confidence:g} "
+            f"(a one-sided bound needs at least {needed}, even for a composition that never "
+            f"differs from its core): raise data.validation_size to at least {choose + needed}, "
+            "lower choose_size, or allow a larger max_accuracy_drop")
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    parts = order[:choose].sort().values, order[choose : choose + confirm].sort().values
+    return (x[parts[0]], y[parts[0]]), (x[parts[1]], y[parts[1]])
+
+
+@dataclass
+class SearchRunner:
+    """Runs the searches of ``config`` once its models are trained and evaluated: ``resolve``
+    finds the experiment's checkpoints (``@name``), ``core_test`` gives a core's test records
+    (and ``core_certificates`` its bound certificates on the certified test points)."""
+
+    config: ExperimentConfig
+    out: Path
+    train: Data
+    validation: Data | None
+    test: Data
+    num_classes: int
+    metadata: dict[str, Any]
+    threat: ThreatModel
+    attack: Attack
+    models: dict[str, nn.Module]
+    core_test: dict[str, Records]
+    core_certificates: dict[str, dict[str, BoundCertificates]]
+    resolve: Callable[[str], Path]
+    device: torch.device
+    progress: bool = True
+
+    def run(self, search: SearchSettings) -> dict[str, Any]:
+        """Train every candidate, count it with the core on every split, choose; the result is
+        also written to ``searches/<search>/result.json``."""
+        base = self.out / "searches" / search.name
+        choose, confirm = validation_parts(search, self.validation, self.config.seed)
+        candidates = search.candidates()
+        atomic_write_json(base / "candidates.json", [overrides for overrides, _ in candidates])
+        eps = self.threat.eps
+        data = {"choose": choose, "confirm": confirm, "test": self._test_points(search)}
+        cores = {split: self._core(search, base / "core", split, *data[split])
+                 for split in SPLITS}
+        curves: dict[str, dict[str, Any]] = {split: {} for split in SPLITS}
+        alone: dict[str, dict[str, Any]] = {split: {} for split in SPLITS}
+        described, tested = [], {}
+        for index, (overrides, spec) in enumerate(candidates):
+            name = str(index)
+            directory = base / "candidates" / name
+            say(f"[{search.name}] candidate {index + 1} of {len(candidates)}: {overrides}",
+                self.progress)
+            checkpoint = train_model(
+                spec, self.train, choose, self.num_classes, directory / "model",
+                seed=self.config.seed, device=self.device, progress=self.progress,
+                metadata=self.metadata, resolve=self.resolve)
+            model, _ = load_checkpoint(checkpoint, self.device)
+            summary = json.loads((directory / "model" / "summary.json").read_text())
+            described.append({"name": name, "overrides": overrides,
+                              "best_epoch": summary["best_epoch"]})
+            for split in SPLITS:
+                branch, selection_at = self._branch(search, model, spec, directory, split,
+                                                    *data[split])
+                curves[split][name] = operating_curve(branch, cores[split], eps, search.kappas,
+                                                      selection_at)
+                alone[split][name] = robustness_metrics(branch.accurate, branch.robust_at(eps))
+            tested[name] = (branch, selection_at)
+        choice = choose_recipe(curves["choose"], curves["confirm"],
+                               float(cores["choose"].accurate.mean()), search.max_accuracy_drop,
+                               search.confidence)
+        result = {
+            "selector": search.selector, "candidates": described, "choice": choice,
+            "curves": curves, "branches": alone,
+            "core": {split: robustness_metrics(core.accurate, core.robust_at(eps))
+                     for split, core in cores.items()},
+            "test": self._test_figures(search, choice, curves["test"], cores["test"], tested),
+        }
+        atomic_write_json(base / "result.json", result)
+        picked = choice["chosen"]
+        say(f"[{search.name}] " + (
+            f"chose candidate {picked} at kappa {choice['candidates'][picked]['kappa']:g}"
+            if picked is not None else
+            f"no candidate confirmed; closest: {choice['closest']}"), self.progress)
+        return result
+
+    # -- the two selectors ---------------------------------------------------------------------
+
+    def _test_points(self, search: SearchSettings) -> Data:
+        """The test points the selector is counted on: all of them for the robustness
+        selector, the certified ones for the bound selector."""
+        x, y = self.test
+        if search.selector == "bounds":
+            limit = self.config.evaluation.certify_limit
+            return x[:limit], y[:limit]
+        return x, y
+
+    def _branch(self, search: SearchSettings, model: nn.Module, spec: Any, directory: Path,
+                split: str, x: torch.Tensor, y: torch.Tensor) -> tuple[Records, SelectionAt]:
+        """A candidate's records on one split and the selector's decisions counted from them."""
+        eps = self.threat.eps
+        if search.selector == "robustness":
+            records = evaluate_or_resume(
+                directory / "records" / f"{split}.csv", model, x, y, self.threat,
+                sweep_radii(eps, search.kappas), self.attack,
+                batch_size=self.config.evaluation.batch_size, progress=self.progress,
+                description=f"{search.name}/{directory.name}/{split}")
+            return records, Selection.robustness
+        radii = sorted({eps}.union(*(selection_radii("bounds", eps, kappa)
+                                     for kappa in search.kappas)))
+        methods = ["ibp", *({search.bound_method} - {"ibp"})]
+        certificates = bound_certificates_or_resume(
+            directory / "certificates", split, model, spec.bounds, methods, x, y, self.threat,
+            radii, self.progress)
+        return (certificates[search.bound_method].records(),
+                bound_selection_at(certificates, search.bound_method))
+
+    def _core(self, search: SearchSettings, directory: Path, split: str, x: torch.Tensor,
+              y: torch.Tensor) -> Records:
+        """The core's part of the count on one split: its records at eps (robustness selector),
+        or its certificates where it has bound settings, else its answers alone (bounds)."""
+        name, eps = search.core, self.threat.eps
+        if search.selector == "robustness":
+            if split == "test":
+                return self.core_test[name]
+            return evaluate_or_resume(
+                directory / "records" / f"{split}.csv", self.models[name], x, y, self.threat,
+                [eps], self.attack, batch_size=self.config.evaluation.batch_size,
+                progress=self.progress, description=f"{search.name}/core/{split}")
+        settings = self.config.models[name].bounds
+        if split == "test":
+            certificates = self.core_certificates.get(name)
+        elif settings is None:
+            certificates = None
+        else:
+            certificates = bound_certificates_or_resume(
+                directory / "certificates", split, self.models[name], settings,
+                bound_methods(self.config, name), x, y, self.threat, [eps], self.progress)
+        predictions = predict_logits(self.models[name], x).argmax(1).cpu().numpy()
+        answers = Records(y.numpy(), predictions, {})
+        return certified_core_part(certificates, answers, len(y), eps)
+
+    # -- test figures, after the choice ----------------------------------------------------------
+
+    def _test_figures(self, search: SearchSettings, choice: dict[str, Any],
+                      curves: dict[str, Any], core: Records,
+                      tested: dict[str, tuple[Records, SelectionAt]]) -> dict[str, Any]:
+        """The chosen (or closest) pair on the test points: its figures, the two-sided exact
+        McNemar test of its natural accuracy against the core's, and of its sound robust
+        accuracy against every composition of the experiment with the same core and selector
+        (on the test points both were counted on)."""
+        eps = self.threat.eps
+        name = choice["chosen"] if choice["chosen"] is not None else choice["closest"]
+        kappa = choice["candidates"][name]["kappa"]
+        point = next(entry for entry in curves[name] if entry["kappa"] == kappa)
+        branch, selection_at = tested[name]
+        composed = compose_records(branch, core, selection_at(branch, eps, kappa))
+        kind = "composed" if search.selector == "robustness" else "certified"
+        against = {}
+        for composition in self.config.compositions:
+            path = self.out / "records" / kind / f"{file_name(composition.label)}.csv"
+            if (composition.core == search.core and composition.selector == search.selector
+                    and path.exists()):
+                against[composition.label] = paired_robust_comparison(
+                    composed, Records.read_csv(path), eps)
+        return {"candidate": name, "chosen": choice["chosen"] is not None, **point,
+                "core_natural_accuracy": float(core.accurate.mean()),
+                "core_robust_accuracy": float((core.accurate & core.robust_at(eps)).mean()),
+                "accuracy_p_value": mcnemar_p_value(point["gained"], point["lost"]),
+                "accuracy_test": "exact McNemar, two-sided, on the inputs only one of them "
+                                 "answers rightly",
+                "against": against}
+
+
+def paired_robust_comparison(first: Records, second: Records, eps: float) -> dict[str, Any]:
+    """Two compositions' sound robust accuracy on the same test points (the first ``n`` of both),
+    compared by the two-sided exact McNemar test."""
+    samples = min(len(first), len(second))
+    if not np.array_equal(first.labels[:samples], second.labels[:samples]):
+        raise ValueError("the compositions were counted on different test points")
+    held = [(r.accurate & r.robust_at(eps))[:samples] for r in (first, second)]
+    only_first, only_second = int((held[0] & ~held[1]).sum()), int((held[1] & ~held[0]).sum())
+    return {"samples": samples, "first": float(held[0].mean()), "second": float(held[1].mean()),
+            "only_first": only_first, "only_second": only_second,
+            "p_value": mcnemar_p_value(only_first, only_second),
+            "test": "exact McNemar, two-sided"}
