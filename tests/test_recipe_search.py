@@ -313,3 +313,44 @@ def test_the_search_picks_the_recipe_without_robust_inaccurate_inputs(tmp_path, 
     rerun = run_experiment(config, again, device="cpu", progress=False)["searches"]["recipe"]
     assert rerun["choice"] == choice
     assert rerun["test"]["natural_accuracy"] != test["natural_accuracy"]
+
+
+def test_a_search_for_the_bound_selector_counts_certificates(tmp_path):
+    """The bound selector's search: candidates certified by IBP on the choosing, confirming and
+    certified test points at every radius the κ sweep needs, the count certified."""
+    mlp = {"architecture": "MLP", "arguments": {"in_features": 2, "hidden": [16]}}
+    threat = {"eps": 0.1}
+    config = parse_config({
+        "name": "bounded-search", "data": {"name": "twogauss", "validation_size": 300},
+        "models": {"core": {"model": mlp, "train": {"epochs": 2, "batch_size": 50,
+                                                     "lr": 0.05}}},
+        "evaluation": {"threat": {"eps": 0.05}, "attack": {"steps": 5}, "certify_limit": 80},
+        "adaptive": {"limit": 0},
+        "searches": [{
+            "name": "certified", "core": "core", "selector": "bounds", "kappas": [1, 2],
+            "max_accuracy_drop": 0.05, "choose_size": 100,
+            "recipe": {"model": mlp, "loss": {"name": "ibp", "threat": threat,
+                                              "params": {"warmup_epochs": 0, "ramp_epochs": 1}},
+                       "train": {"epochs": 2, "batch_size": 50, "lr": 0.05},
+                       "bounds": {"methods": ["ibp"]}},
+            "grid": {"loss.name": ["ibp", "cert_era"]},
+        }],
+    }, ExperimentConfig)
+    result = run_experiment(config, tmp_path, device="cpu", progress=False)
+    search = result["searches"]["certified"]
+    assert search["selector"] == "bounds"
+    for name in ("0", "1"):
+        for split, size in (("choose", 100), ("confirm", 200), ("test", 80)):
+            curve = search["curves"][split][name]
+            assert [p["kappa"] for p in curve] == [1, 2]
+            assert all(p["samples"] == size for p in curve)
+            assert all(p["robust_accuracy"] <= p["natural_accuracy"] for p in curve)
+        certificates = tmp_path / "searches" / "certified" / "candidates" / name / "certificates"
+        assert (certificates / "confirm.ibp.csv").exists()
+    choice = search["choice"]
+    assert choice["tried"] == 2 and choice["pairs"] == 4
+    # the core has no certificate: it adds natural accuracy only, so nothing is certified
+    # beyond the branch's own certificates
+    assert search["core"]["test"]["robust_accuracy"] == 0
+    assert search["test"]["samples"] == 80
+    assert "certified (test)" in (tmp_path / "report.md").read_text()
