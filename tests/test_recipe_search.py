@@ -247,7 +247,7 @@ def test_augmentation_stays_in_the_domain_and_refuses_what_does_not_fit():
     augment = make_augmentation(parse_config(IMAGES, TrainSpec).augmentation, (1, 16, 16))
     x = images()[0]
     moved = augment(x)
-    assert moved.shape == x.shape and 0 <= moved.min() and moved.max() <= 1
+    assert moved.shape == x.shape and moved.min() >= 0 and moved.max() <= 1
     assert not torch.equal(moved, x)
     crop = parse_config({**IMAGES, "augmentation": {"name": "crop_flip", "padding": 2}},
                         TrainSpec).augmentation
@@ -354,3 +354,39 @@ def test_a_search_for_the_bound_selector_counts_certificates(tmp_path):
     assert search["core"]["test"]["robust_accuracy"] == 0
     assert search["test"]["samples"] == 80
     assert "certified (test)" in (tmp_path / "report.md").read_text()
+
+
+def test_a_search_for_the_smoothing_selector_counts_certificates(tmp_path):
+    """The smoothing selector's search over cra's β: each candidate certified once per split,
+    counted at every κ with the stability margin of the deployed decision rule."""
+    mlp = {"architecture": "MLP", "arguments": {"in_features": 2, "hidden": [16]}}
+    smoothing = {"sigma": 0.25, "n0": 10, "n": 200, "alpha": 0.01, "batch_size": 200}
+    search = {
+        "name": "smoothed", "core": "core", "selector": "smoothing", "kappas": [1, 2],
+        "max_accuracy_drop": 0.05, "choose_size": 100,
+        "recipe": {"model": mlp, "loss": {"name": "cra", "params": {"sigma_train": 0.25,
+                                                                    "copies": 4}},
+                   "train": {"epochs": 2, "batch_size": 50, "lr": 0.05},
+                   "smoothing": smoothing},
+        "grid": {"loss.params.beta": [0.5, 2.0]},
+    }
+    experiment_config = {
+        "name": "smoothed-search", "data": {"name": "twogauss", "validation_size": 300},
+        "models": {"core": {"model": mlp, "train": {"epochs": 2, "batch_size": 50,
+                                                     "lr": 0.05}}},
+        "evaluation": {"threat": {"norm": "l2", "eps": 0.05}, "attack": {"steps": 5},
+                       "certify_limit": 60},
+        "adaptive": {"limit": 0}, "searches": [search]}
+    result = run_experiment(parse_config(experiment_config, ExperimentConfig), tmp_path,
+                            device="cpu", progress=False)["searches"]["smoothed"]
+    for name in ("0", "1"):
+        for split, size in (("choose", 100), ("confirm", 200), ("test", 60)):
+            curve = result["curves"][split][name]
+            assert [p["samples"] for p in curve] == [size, size]
+            # κ = 2 selects fewer inputs than κ = 1, from the same certificates
+            assert curve[1]["selection_rate"] <= curve[0]["selection_rate"]
+        assert (tmp_path / "searches" / "smoothed" / "candidates" / name / "certificates"
+                / "confirm.csv").exists()
+    assert result["choice"]["tried"] == 2
+    with pytest.raises(ValueError, match="smoothing selector takes smoothed branches"):
+        parse_config({**search, "selector": "robustness"}, SearchSettings)

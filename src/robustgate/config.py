@@ -469,8 +469,9 @@ class SearchSettings(_Strict):
     fine-tuning: ``model.init``) with one combination of the ``grid``'s values (dotted keys of
     the spec, e.g. ``loss.params.beta: [0.5, 1, 2]``, ``augmentation: [null, {name: affine}]``);
     each is trained, keeps its own ``validation.select`` epoch, and is composed with the core at
-    every ``κ`` of ``kappas`` under ``selector`` (``robustness``, or ``bounds`` by
-    ``bound_method``; the recipe then needs ``bounds`` settings).
+    every ``κ`` of ``kappas`` under ``selector`` (``robustness``; ``bounds`` by ``bound_method``,
+    the recipe then needs ``bounds`` settings; ``smoothing``, the recipe then needs
+    ``smoothing`` settings, e.g. a grid over ``cra``'s ``loss.params.beta``).
 
     The validation split is cut in two disjoint parts. Its first ``choose_size`` points choose:
     each candidate's epoch, its ``κ`` (the highest sound robust accuracy whose composed natural
@@ -485,7 +486,7 @@ class SearchSettings(_Strict):
     core: str
     recipe: TrainSpec
     grid: dict[str, list[Any]] = Field(min_length=1)
-    selector: Literal["robustness", "bounds"] = "robustness"
+    selector: Literal["robustness", "bounds", "smoothing"] = "robustness"
     bound_method: Literal["ibp", "crown", "ibp+crown"] = "ibp"
     kappas: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
     max_accuracy_drop: float = Field(gt=0, lt=1)
@@ -509,6 +510,10 @@ class SearchSettings(_Strict):
         if self.selector == "bounds" and any(spec.bounds is None for _, spec in candidates):
             raise ValueError("the bounds selector certifies its branches: give the recipe "
                              "bounds settings")
+        smoothed = [spec.smoothing is not None for _, spec in candidates]
+        if any(smoothed) != (self.selector == "smoothing") or any(smoothed) != all(smoothed):
+            raise ValueError("the smoothing selector takes smoothed branches (the recipe with "
+                             "smoothing settings), and smoothed branches compose only under it")
         if self.bound_method != "ibp" and self.selector != "bounds":
             raise ValueError("bound_method is the bounds selector's")
         return self

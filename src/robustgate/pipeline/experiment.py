@@ -211,7 +211,7 @@ def run_experiment(
     if config.searches:
         runner = SearchRunner(config, out, train, validation, (x_test, y_test), num_classes,
                               metadata, threat, attack, models, records, bound_certificates,
-                              lambda ref: checkpoints[ref[1:]], device, progress)
+                              certificates, lambda ref: checkpoints[ref[1:]], device, progress)
         searches = {search.name: runner.run(search) for search in config.searches}
     attacked = {name: model for name, model in models.items() if name in records}
     splits: dict[str, dict[str, Any]] = {"test": metrics}

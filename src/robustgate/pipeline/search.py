@@ -28,9 +28,11 @@ import torch
 from torch import nn
 
 from robustgate.attacks import Attack
-from robustgate.config import ExperimentConfig, SearchSettings
+from robustgate.certify import covering_l2_radius
+from robustgate.config import ExperimentConfig, SearchSettings, SmoothingSettings
 from robustgate.evaluate import (
     BoundCertificates,
+    Certificates,
     Records,
     Selection,
     compose_records,
@@ -53,6 +55,7 @@ from robustgate.pipeline.certified import (
     bound_methods,
     bound_selection_at,
     certified_core_part,
+    certify_or_resume,
 )
 from robustgate.pipeline.run_directory import say
 from robustgate.threat import ThreatModel
@@ -94,7 +97,8 @@ def validation_parts(search: SearchSettings, validation: Data | None, seed: int
 class SearchRunner:
     """Runs the searches of ``config`` once its models are trained and evaluated: ``resolve``
     finds the experiment's checkpoints (``@name``), ``core_test`` gives a core's test records
-    (and ``core_certificates`` its bound certificates on the certified test points)."""
+    (``core_certificates`` its bound certificates and ``core_smoothed`` a smoothed core's
+    certificates, on the certified test points)."""
 
     config: ExperimentConfig
     out: Path
@@ -108,6 +112,7 @@ class SearchRunner:
     models: dict[str, nn.Module]
     core_test: dict[str, Records]
     core_certificates: dict[str, dict[str, BoundCertificates]]
+    core_smoothed: dict[str, Certificates]
     resolve: Callable[[str], Path]
     device: torch.device
     progress: bool = True
@@ -168,9 +173,9 @@ class SearchRunner:
 
     def _test_points(self, search: SearchSettings) -> Data:
         """The test points the selector is counted on: all of them for the robustness
-        selector, the certified ones for the bound selector."""
+        selector, the certified ones for the certified selectors."""
         x, y = self.test
-        if search.selector == "bounds":
+        if search.selector != "robustness":
             limit = self.config.evaluation.certify_limit
             return x[:limit], y[:limit]
         return x, y
@@ -186,6 +191,8 @@ class SearchRunner:
                 batch_size=self.config.evaluation.batch_size, progress=self.progress,
                 description=f"{search.name}/{directory.name}/{split}")
             return records, Selection.robustness
+        if search.selector == "smoothing":
+            return self._smoothed_branch(model, spec.smoothing, directory, split, x, y)
         radii = sorted({eps}.union(*(selection_radii("bounds", eps, kappa)
                                      for kappa in search.kappas)))
         methods = ["ibp", *({search.bound_method} - {"ibp"})]
@@ -195,10 +202,27 @@ class SearchRunner:
         return (certificates[search.bound_method].records(),
                 bound_selection_at(certificates, search.bound_method))
 
+    def _smoothed_branch(self, model: nn.Module, settings: SmoothingSettings, directory: Path,
+                         split: str, x: torch.Tensor, y: torch.Tensor
+                         ) -> tuple[Records, SelectionAt]:
+        """A smoothed candidate's certificates on one split (one certification serves every
+        ``κ``) and the smoothing selector's decisions counted from them
+        (``Selection.smoothing``, with the stability margin of its decision rule)."""
+        certificates = certify_or_resume(
+            directory / "certificates" / f"{split}.csv", model, settings, x, y, self.progress,
+            f"{directory.name}/{split}")
+        dimension = x[0].numel()
+        l2 = covering_l2_radius(self.threat, dimension)
+        return certificates.records(self.threat, [self.threat.eps], dimension), (
+            lambda _, eps, kappa: Selection.smoothing(
+                certificates, eps, l2, settings.sigma, settings.n0, settings.n, settings.alpha,
+                kappa))
+
     def _core(self, search: SearchSettings, directory: Path, split: str, x: torch.Tensor,
               y: torch.Tensor) -> Records:
-        """The core's part of the count on one split: its records at eps (robustness selector),
-        or its certificates where it has bound settings, else its answers alone (bounds)."""
+        """The core's part of the count on one split: its records at eps (robustness selector);
+        for the certified selectors its certificates where it has bound (or smoothing)
+        settings, else its answers alone, robust nowhere."""
         name, eps = search.core, self.threat.eps
         if search.selector == "robustness":
             if split == "test":
@@ -207,6 +231,12 @@ class SearchRunner:
                 directory / "records" / f"{split}.csv", self.models[name], x, y, self.threat,
                 [eps], self.attack, batch_size=self.config.evaluation.batch_size,
                 progress=self.progress, description=f"{search.name}/core/{split}")
+        smoothing = self.config.models[name].smoothing
+        if smoothing is not None:
+            certificates = self.core_smoothed[name] if split == "test" else certify_or_resume(
+                directory / "certificates" / f"{split}.csv", self.models[name], smoothing, x, y,
+                self.progress, f"{search.name}/core/{split}")
+            return certificates.records(self.threat, [eps], x[0].numel())
         settings = self.config.models[name].bounds
         if split == "test":
             certificates = self.core_certificates.get(name)

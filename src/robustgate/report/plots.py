@@ -208,7 +208,7 @@ def search_frontier(result: dict[str, Any], splits: Sequence[str] = ("choose", "
                    s=120, color="black", label="core alone", zorder=3)
         floor = core["natural_accuracy"] - choice["max_accuracy_drop"]
         ax.axvline(100 * floor, color="grey", linestyle=":")
-        _label(ax, "composed natural accuracy (%)", "sound robust accuracy (%)",
+        _label(ax, "composed natural accuracy (%)", "sound robust or certified accuracy (%)",
                f"{split} points (×: branch alone; ringed: "
                f"{'chosen' if choice['chosen'] is not None else 'closest'})")
     return png(figure)

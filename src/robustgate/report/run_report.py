@@ -392,7 +392,7 @@ def _search_sections(run: Run) -> list[Section]:
         if result is None:
             continue
         choice, test = result["choice"], result["test"]
-        measure = "certified" if search.selector == "bounds" else "sound robust"
+        measure = "sound robust" if search.selector == "robustness" else "certified"
         rows = []
         for candidate in result["candidates"]:
             name = candidate["name"]
@@ -414,14 +414,17 @@ def _search_sections(run: Run) -> list[Section]:
                          _percent(tested["natural_accuracy"]),
                          _percent(tested["robust_accuracy"]), verdict])
         drop = 100 * choice["max_accuracy_drop"]
+        choosing_size = entry["choosing"]["samples"]
+        confirming_size = entry["confirming"]["samples"]
         notes = [
             f"{choice['tried']} candidates tried ({choice['pairs']} pairs of recipe and κ). Each "
-            f"candidate's κ is chosen on the {entry['choosing']['samples']} choosing points (the highest {measure} accuracy whose composed natural accuracy "
-            f"is at most {drop:g} points below the core's); the {choice['confirmed']} that meet "
-            "the target there are confirmed on the disjoint confirming points: accepted where "
-            f"the one-sided upper confidence bound on the accuracy drop against the core, paired "
-            f"(Clopper–Pearson on the inputs only the core answers rightly minus those only the "
-            f"composition does, of {entry['confirming']['samples']} confirming points, at {100 * choice['pair_confidence']:g}% each: "
+            f"candidate's κ is chosen on the {choosing_size} choosing points (the highest "
+            f"{measure} accuracy whose composed natural accuracy is at most {drop:g} points "
+            f"below the core's); the {choice['confirmed']} that meet the target there are "
+            f"confirmed on the {confirming_size} disjoint confirming points: accepted where the "
+            "one-sided upper confidence bound on the accuracy drop against the core, paired "
+            "(Clopper–Pearson on the inputs only the core answers rightly minus those only the "
+            f"composition does, at {100 * choice['pair_confidence']:g}% each: "
             f"{100 * choice['confidence']:g}% over all the pairs confirmed), is at most "
             f"{drop:g} points. The accepted pair of highest {measure} accuracy on the choosing "
             "points wins. Test figures are shown beside, never used to choose."]
