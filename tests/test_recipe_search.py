@@ -390,3 +390,15 @@ def test_a_search_for_the_smoothing_selector_counts_certificates(tmp_path):
     assert result["choice"]["tried"] == 2
     with pytest.raises(ValueError, match="smoothing selector takes smoothed branches"):
         parse_config({**search, "selector": "robustness"}, SearchSettings)
+
+
+def test_a_choice_that_keeps_the_target_only_by_giving_up_robustness_is_flagged():
+    from robustgate.report.run_report import GIVES_UP_ROBUSTNESS
+
+    choosing = {"a": [point(1, 0.97, 0.90), point(3, 0.99, 0.02)]}
+    confirming = {"a": [point(1, 0.97, 0.9, lost=20), point(3, 0.99, 0.02)]}
+    choice = choose_recipe(choosing, confirming, 0.99, 0.01)
+    assert choice["chosen"] == "a" and choice["candidates"]["a"]["kappa"] == 3
+    assert choice["most_robust"] == 0.90
+    assert choice["candidates"]["a"]["choosing"]["robust_accuracy"] < (
+        GIVES_UP_ROBUSTNESS * choice["most_robust"])

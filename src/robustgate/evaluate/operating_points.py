@@ -121,7 +121,8 @@ def choose_recipe(choosing: dict[str, Sequence[dict[str, float]]],
 
     Where none is accepted, ``chosen`` is ``None`` and ``closest`` names the candidate whose
     confirming bound came nearest to the target (or, where none met it on the choosing points,
-    the most accurate one there).
+    the most accurate one there). ``most_robust`` is the highest sound robust accuracy of any
+    pair on the choosing points, target or not: what the target costs.
     """
     if not choosing or set(choosing) != set(confirming):
         raise ValueError(f"need the same candidates on both splits, got {sorted(choosing)} and "
@@ -154,7 +155,8 @@ def choose_recipe(choosing: dict[str, Sequence[dict[str, float]]],
     elif chosen is None:
         closest = max(order, key=lambda name: (points[name]["natural_accuracy"],
                                                -order.index(name)))
-    return {"candidates": candidates, "tried": len(order),
+    most_robust = max(entry["robust_accuracy"] for curve in choosing.values() for entry in curve)
+    return {"candidates": candidates, "tried": len(order), "most_robust": most_robust,
             "pairs": sum(len(curve) for curve in choosing.values()),
             "confirmed": len(shortlisted), "pair_confidence": pair_confidence,
             "confidence": confidence, "max_accuracy_drop": max_accuracy_drop,

@@ -29,9 +29,15 @@ DESCRIPTIONS = {
 }
 
 
+def _p(value: float | None) -> str:
+    """A p-value (cells of an earlier release have none)."""
+    return "–" if value is None else f"{value:.3g}"
+
+
 def _table(rows: list[dict[str, Any]]) -> Section:
     columns = ["problem", "σ", "Δ at σ_train = 0", "Δ at σ_train = σ", "best σ_train",
-               "best σ_train / σ", "Δ at best", "training noise"]
+               "best σ_train / σ", "Δ at best", "p (helped)", "p (σ_train = σ hurt)",
+               "training noise"]
     table = []
     for row in rows:
         verdict = row["verdict"]
@@ -40,7 +46,8 @@ def _table(rows: list[dict[str, Any]]) -> Section:
         table.append([row["panel"], f"{row['sigma']:g}", f"{100 * row['error_at_zero']:.2f}%",
                       f"{100 * row['error_at_sigma']:.2f}% (at {row['sigma_train_at_sigma']:g})",
                       f"{row['best_sigma_train']:g}", f"{row['best_ratio']:.2f}",
-                      f"{100 * row['error_at_best']:.2f}%", verdict])
+                      f"{100 * row['error_at_best']:.2f}%", _p(row.get("p_helped")),
+                      _p(row.get("p_hurt")), verdict])
     return Section("", columns, table)
 
 
@@ -74,10 +81,12 @@ def write_noise_report(out: Path, config: NoiseStudyConfig, summary: dict[str, A
         section.title = f"{problem}"
         section.notes = [DESCRIPTIONS[problem], "Δ is the error of the majority vote (ties and "
                          "abstentions count as errors). 'helped': the best σ_train beats "
-                         "σ_train = 0 beyond the sampling error (one-sided, 5%: a t-test across "
-                         "layouts for disks, the exact McNemar test on the same test points "
-                         "otherwise); 'hurt': σ_train = σ is worse than 0 beyond it and no "
-                         "σ_train is better on average."]
+                         "σ_train = 0 beyond the sampling error (p < 0.05, one-sided: a t-test "
+                         "across layouts for disks, the exact McNemar test on the same test "
+                         "points otherwise; the best σ_train is picked on the same points, so "
+                         "this p-value is optimistic); 'hurt': σ_train = σ is worse than 0 "
+                         "beyond it (the same one-sided tests, the direction asked in advance) "
+                         "and no σ_train is better on average."]
         section.figure = plots.noise_effects(rows)
         section.notes += [
             f"Certified accuracy at L2 radius {config.mnist.radius:g} (certify, N = "

@@ -27,6 +27,9 @@ from robustgate.report import plots
 from robustgate.report.decision_regions import FILE as REGIONS_FILE
 
 CERTIFIED_SELECTORS = ("smoothing", "bounds")
+# a chosen operating point whose robust accuracy is below this fraction of the most robust point
+# tried is reported as keeping its accuracy target by giving robustness up
+GIVES_UP_ROBUSTNESS = 0.5
 
 
 def _percent(value: float | None) -> str:
@@ -428,6 +431,14 @@ def _search_sections(run: Run) -> list[Section]:
             f"{100 * choice['confidence']:g}% over all the pairs confirmed), is at most "
             f"{drop:g} points. The accepted pair of highest {measure} accuracy on the choosing "
             "points wins. Test figures are shown beside, never used to choose."]
+        picked = test["candidate"]
+        robust = choice["candidates"][picked]["choosing"]["robust_accuracy"]
+        if robust < GIVES_UP_ROBUSTNESS * choice["most_robust"]:
+            notes.append(
+                f"Warning: candidate {picked} keeps the accuracy target only by giving up "
+                f"robustness: {100 * robust:.2f}% {measure} on the choosing points, against "
+                f"{100 * choice['most_robust']:.2f}% for the most robust pair tried; the target "
+                "may be out of reach of these recipes.")
         core_test = test["core_natural_accuracy"]
         difference = 100 * (test["natural_accuracy"] - core_test)
         if choice["chosen"] is None:

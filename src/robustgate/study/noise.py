@@ -47,7 +47,7 @@ from robustgate.config import (
 )
 from robustgate.data import load_dataset
 from robustgate.evaluate import certify_smoothed
-from robustgate.evaluate.statistics import paired_lower
+from robustgate.evaluate.statistics import mcnemar_p_value
 from robustgate.io import atomic_write_json
 from robustgate.losses import make_loss
 from robustgate.models import build_model, load_checkpoint, save_checkpoint
@@ -129,12 +129,15 @@ def _verdict_by_layouts(panel: str, sigma: float, sigma_trains: list[float], err
     best = int(np.argmin(mean))
     at_sigma = int(np.argmin([abs(train - sigma) for train in sigma_trains]))
 
-    def beyond(values: np.ndarray, alternative: str) -> bool:
-        return bool(values.std() > 0 and ttest_1samp(values, 0.0,
-                                                     alternative=alternative).pvalue < 0.05)
+    def p_value(values: np.ndarray, alternative: str) -> float:
+        if values.std() == 0:
+            return 1.0
+        return float(ttest_1samp(values, 0.0, alternative=alternative).pvalue)
 
-    helped = best != zero and mean[best] < 0 and beyond(effects[:, best], "less")
-    hurt_at_sigma = beyond(effects[:, at_sigma], "greater")
+    p_helped = 1.0 if best == zero else p_value(effects[:, best], "less")
+    p_hurt = p_value(effects[:, at_sigma], "greater")
+    helped = best != zero and mean[best] < 0 and p_helped < 0.05
+    hurt_at_sigma = p_hurt < 0.05
     verdict = ("helped" if helped else "hurt" if hurt_at_sigma and mean.min() >= 0
                else "no difference")
     return {"panel": panel, "sigma": sigma, "sigma_trains": list(sigma_trains),
@@ -145,7 +148,8 @@ def _verdict_by_layouts(panel: str, sigma: float, sigma_trains: list[float], err
             "sigma_train_at_sigma": sigma_trains[at_sigma],
             "best_sigma_train": sigma_trains[best], "best_ratio": sigma_trains[best] / sigma,
             "error_at_best": float(errors[:, best].mean()),
-            "verdict": verdict, "sigma_train_equal_sigma_hurt": hurt_at_sigma}
+            "verdict": verdict, "sigma_train_equal_sigma_hurt": hurt_at_sigma,
+            "p_helped": p_helped, "p_hurt": p_hurt}
 
 
 # -- trained problems: gaussians and mnist ---------------------------------------------------
@@ -276,12 +280,14 @@ def _trained_summary(results: dict[str, Any]) -> list[dict[str, Any]]:
         best = min(cells, key=lambda cell: (cell["error"], cell["sigma_train"]))
         at_sigma = min(cells, key=lambda cell: abs(cell["sigma_train"] - sigma))
 
-        def lower(first: dict[str, Any], second: dict[str, Any]) -> bool:
+        def p_lower(first: dict[str, Any], second: dict[str, Any]) -> float:
+            """One-sided exact McNemar: the first is right less often than the second."""
             a, b = np.array(first["correct"], bool), np.array(second["correct"], bool)
-            return paired_lower(int((~a & b).sum()), int((a & ~b).sum()))
+            return mcnemar_p_value(int((~a & b).sum()), int((a & ~b).sum()), "greater")
 
-        helped = best is not zero and lower(zero, best)
-        hurt = lower(at_sigma, zero)
+        p_helped = 1.0 if best is zero else p_lower(zero, best)
+        p_hurt = p_lower(at_sigma, zero)
+        helped, hurt = best is not zero and p_helped < 0.05, p_hurt < 0.05
         rows.append({
             "panel": problem, "sigma": sigma,
             "sigma_trains": [cell["sigma_train"] for cell in cells],
@@ -295,7 +301,7 @@ def _trained_summary(results: dict[str, Any]) -> list[dict[str, Any]]:
                                    for cell in cells if "certified_accuracy" in cell} or None,
             "verdict": "helped" if helped else ("hurt" if hurt and best is zero
                                                 else "no difference"),
-            "sigma_train_equal_sigma_hurt": hurt})
+            "sigma_train_equal_sigma_hurt": hurt, "p_helped": p_helped, "p_hurt": p_hurt})
     return rows
 
 
