@@ -402,3 +402,52 @@ def test_a_choice_that_keeps_the_target_only_by_giving_up_robustness_is_flagged(
     assert choice["most_robust"] == 0.90
     assert choice["candidates"]["a"]["choosing"]["robust_accuracy"] < (
         GIVES_UP_ROBUSTNESS * choice["most_robust"])
+
+
+def test_a_sampled_search_resumes_its_optuna_study(tmp_path, monkeypatch):
+    """``trials``: Optuna samples that many candidates of the grid; interrupted, the search
+    resumes with the trials it finished (kept in SQLite) and ends with ``trials`` of them."""
+    import optuna
+
+    from robustgate.pipeline import search as search_module
+
+    mlp = {"architecture": "MLP", "arguments": {"in_features": 2, "hidden": [8]}}
+    config = parse_config({
+        "name": "sampled", "data": {"name": "twogauss", "validation_size": 300, "n": 500},
+        "models": {"core": {"model": mlp, "train": {"epochs": 1, "batch_size": 50,
+                                                     "lr": 0.05}}},
+        "evaluation": {"threat": {"eps": 0.05}, "attack": {"steps": 3}},
+        "adaptive": {"limit": 0},
+        "searches": [{
+            "name": "sampled", "core": "core", "max_accuracy_drop": 0.05, "choose_size": 100,
+            "trials": 3,
+            "recipe": {"model": mlp, "loss": {"name": "trades", "threat": {"eps": 0.05},
+                                              "attack": {"steps": 2}},
+                       "train": {"epochs": 1, "batch_size": 50, "lr": 0.05}},
+            "grid": {"train.lr": [0.01, 0.03, 0.1], "loss.params.beta_trades": [1.0, 6.0]},
+        }],
+    }, ExperimentConfig)
+    real_train = search_module.train_model
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[4])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(search_module, "train_model", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, tmp_path, device="cpu", progress=False)
+    monkeypatch.setattr(search_module, "train_model", real_train)
+    result = run_experiment(config, tmp_path, device="cpu", progress=False)["searches"]["sampled"]
+    study = optuna.load_study(study_name="sampled",
+                              storage=f"sqlite:///{tmp_path / 'searches/sampled/study.db'}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 3
+    sampled = {str(t.user_attrs["candidate"]) for t in complete}
+    assert {c["name"] for c in result["candidates"]} == sampled
+    assert result["grid_size"] == 6 and result["choice"]["tried"] == len(sampled)
+    # the candidate finished before the interruption was kept, not trained again
+    assert str(calls[0]).endswith("/model") and any(
+        str(calls[0]).endswith(f"candidates/{name}/model") for name in sampled)

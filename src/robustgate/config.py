@@ -480,7 +480,11 @@ class SearchSettings(_Strict):
     only where the one-sided upper confidence bound on its accuracy drop against the core,
     paired on the confirming points, is at most ``max_accuracy_drop``, at ``confidence`` over all
     the pairs confirmed. The accepted pair of highest sound robust accuracy on the choosing
-    points wins. Test data never enters the choice."""
+    points wins. Test data never enters the choice.
+
+    Without ``trials`` every candidate of the grid is trained; with it, that many are sampled
+    by Optuna's TPE sampler (seeded; the study kept in SQLite beside the candidates), for a grid
+    too large to train whole."""
 
     name: str = Field(pattern=NAME_PATTERN)
     core: str
@@ -493,6 +497,7 @@ class SearchSettings(_Strict):
     confidence: float = Field(0.95, gt=0.5, lt=1)
     choose_size: int = Field(ge=1)
     confirm_size: int | None = Field(None, ge=1)
+    trials: int | None = Field(None, ge=1)
 
     _check_kappas = field_validator("kappas")(_sorted_kappas)
 

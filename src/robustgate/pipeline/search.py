@@ -42,6 +42,7 @@ from robustgate.evaluate import (
 from robustgate.evaluate.composition import selection_radii
 from robustgate.evaluate.operating_points import (
     SelectionAt,
+    choose_operating_point,
     choose_recipe,
     operating_curve,
     sweep_radii,
@@ -118,8 +119,9 @@ class SearchRunner:
     progress: bool = True
 
     def run(self, search: SearchSettings) -> dict[str, Any]:
-        """Train every candidate, count it with the core on every split, choose; the result is
-        also written to ``searches/<search>/result.json``."""
+        """Train the candidates (every one of the grid, or ``search.trials`` of them chosen by
+        Optuna), count each with the core on every split, choose; the result is also written to
+        ``searches/<search>/result.json``."""
         base = self.out / "searches" / search.name
         choose, confirm = validation_parts(search, self.validation, self.config.seed)
         candidates = search.candidates()
@@ -128,34 +130,54 @@ class SearchRunner:
         data = {"choose": choose, "confirm": confirm, "test": self._test_points(search)}
         cores = {split: self._core(search, base / "core", split, *data[split])
                  for split in SPLITS}
+        core_accuracy = float(cores["choose"].accurate.mean())
         curves: dict[str, dict[str, Any]] = {split: {} for split in SPLITS}
         alone: dict[str, dict[str, Any]] = {split: {} for split in SPLITS}
-        described, tested = [], {}
-        for index, (overrides, spec) in enumerate(candidates):
+        described: dict[int, dict[str, Any]] = {}
+        tested: dict[str, tuple[Records, SelectionAt]] = {}
+
+        def count(index: int) -> float:
+            """Train candidate ``index`` (or read it back) and count it on every split; returns
+            the objective of a sampled search: its sound robust accuracy on the choosing points
+            where it meets the target there, else its natural accuracy less one."""
             name = str(index)
-            directory = base / "candidates" / name
-            say(f"[{search.name}] candidate {index + 1} of {len(candidates)}: {overrides}",
-                self.progress)
-            checkpoint = train_model(
-                spec, self.train, choose, self.num_classes, directory / "model",
-                seed=self.config.seed, device=self.device, progress=self.progress,
-                metadata=self.metadata, resolve=self.resolve)
-            model, _ = load_checkpoint(checkpoint, self.device)
-            summary = json.loads((directory / "model" / "summary.json").read_text())
-            described.append({"name": name, "overrides": overrides,
-                              "best_epoch": summary["best_epoch"]})
-            for split in SPLITS:
-                branch, selection_at = self._branch(search, model, spec, directory, split,
-                                                    *data[split])
-                curves[split][name] = operating_curve(branch, cores[split], eps, search.kappas,
-                                                      selection_at)
-                alone[split][name] = robustness_metrics(branch.accurate, branch.robust_at(eps))
-            tested[name] = (branch, selection_at)
-        choice = choose_recipe(curves["choose"], curves["confirm"],
-                               float(cores["choose"].accurate.mean()), search.max_accuracy_drop,
-                               search.confidence)
+            overrides, spec = candidates[index]
+            if name not in tested:
+                directory = base / "candidates" / name
+                say(f"[{search.name}] candidate {index} ({len(described) + 1} tried of "
+                    f"{len(candidates)}): {overrides}", self.progress)
+                checkpoint = train_model(
+                    spec, self.train, choose, self.num_classes, directory / "model",
+                    seed=self.config.seed, device=self.device, progress=self.progress,
+                    metadata=self.metadata, resolve=self.resolve)
+                model, _ = load_checkpoint(checkpoint, self.device)
+                summary = json.loads((directory / "model" / "summary.json").read_text())
+                described[index] = {"name": name, "overrides": overrides,
+                                    "best_epoch": summary["best_epoch"]}
+                for split in SPLITS:
+                    branch, selection_at = self._branch(search, model, spec, directory, split,
+                                                        *data[split])
+                    curves[split][name] = operating_curve(branch, cores[split], eps,
+                                                          search.kappas, selection_at)
+                    alone[split][name] = robustness_metrics(branch.accurate,
+                                                            branch.robust_at(eps))
+                tested[name] = (branch, selection_at)
+            point = choose_operating_point(curves["choose"][name], core_accuracy,
+                                           search.max_accuracy_drop)
+            return (point["robust_accuracy"] if point["meets_target"]
+                    else point["natural_accuracy"] - 1)
+
+        if search.trials is None:
+            for index in range(len(candidates)):
+                count(index)
+        else:
+            _sample_candidates(search, base / "study.db", self.config.seed, count,
+                               self.progress)
+        choice = choose_recipe(curves["choose"], curves["confirm"], core_accuracy,
+                               search.max_accuracy_drop, search.confidence)
         result = {
-            "selector": search.selector, "candidates": described, "choice": choice,
+            "selector": search.selector, "grid_size": len(candidates),
+            "candidates": [described[index] for index in sorted(described)], "choice": choice,
             "curves": curves, "branches": alone,
             "core": {split: robustness_metrics(core.accurate, core.robust_at(eps))
                      for split, core in cores.items()},
@@ -294,3 +316,37 @@ def paired_robust_comparison(first: Records, second: Records, eps: float) -> dic
             "only_first": only_first, "only_second": only_second,
             "p_value": mcnemar_p_value(only_first, only_second),
             "test": "exact McNemar, two-sided"}
+
+
+def _sample_candidates(search: SearchSettings, storage: Path, seed: int,
+                       count: Callable[[int], float], progress: bool) -> None:
+    """``search.trials`` candidates of the grid sampled by Optuna's TPE sampler (seeded), each
+    grid key a categorical choice, maximizing ``count``. The study is kept in ``storage``
+    (SQLite): an interrupted search resumes with the trials it finished, and a candidate
+    suggested again is read back, not retrained."""
+    try:
+        import optuna
+    except ImportError:
+        raise ValueError(f"search {search.name!r} samples {search.trials} trials with Optuna, "
+                         "which is not installed: pip install 'robustgate[search]' (or "
+                         "optuna), or leave trials out for the whole grid") from None
+    if not progress:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage.parent.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(
+        study_name=search.name, storage=f"sqlite:///{storage}", direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed), load_if_exists=True)
+    sizes = [len(values) for values in search.grid.values()]
+    finished = [trial for trial in study.trials
+                if trial.state == optuna.trial.TrialState.COMPLETE]
+    for trial in finished:  # the candidates counted before an interruption, read back
+        count(trial.user_attrs["candidate"])
+
+    def objective(trial: Any) -> float:
+        index = 0
+        for key, size in zip(search.grid, sizes, strict=True):
+            index = index * size + trial.suggest_categorical(key, list(range(size)))
+        trial.set_user_attr("candidate", index)
+        return count(index)
+
+    study.optimize(objective, n_trials=max(0, search.trials - len(finished)))

@@ -420,7 +420,10 @@ def _search_sections(run: Run) -> list[Section]:
         choosing_size = entry["choosing"]["samples"]
         confirming_size = entry["confirming"]["samples"]
         notes = [
-            f"{choice['tried']} candidates tried ({choice['pairs']} pairs of recipe and κ). Each "
+            f"{choice['tried']} candidates tried ({choice['pairs']} pairs of recipe and κ"
+            + (f"; sampled by Optuna from a grid of {result['grid_size']}"
+               if result.get("grid_size", choice["tried"]) > choice["tried"] else "")
+            + "). Each "
             f"candidate's κ is chosen on the {choosing_size} choosing points (the highest "
             f"{measure} accuracy whose composed natural accuracy is at most {drop:g} points "
             f"below the core's); the {choice['confirmed']} that meet the target there are "
