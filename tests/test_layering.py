@@ -12,7 +12,7 @@ PACKAGE = Path(robustgate.__file__).parent
 
 # lowest first; the modules of one layer may import one another
 LAYERS = [
-    {"threat", "inputs", "io", "device"},
+    {"threat", "inputs", "io", "device", "registry"},
     {"config"},
     {"data"},
     {"models"},
@@ -23,6 +23,7 @@ LAYERS = [
     {"compose"},
     {"evaluate"},
     {"train"},
+    {"selector_kinds"},
     {"report"},
     {"pipeline"},
     {"study"},

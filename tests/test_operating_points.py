@@ -13,14 +13,15 @@ from robustgate.attacks import check_robustness, make_attack
 from robustgate.cli import main
 from robustgate.evaluate import Records, evaluate_model
 from robustgate.evaluate import records as records_module
-from robustgate.evaluate.composition import Selection, selection_radii
+from robustgate.evaluate.composition import Selection
 from robustgate.evaluate.operating_points import (
     choose_operating_point,
     operating_curve,
-    sweep_radii,
     within_accuracy_drop,
 )
 from robustgate.evaluate.statistics import clopper_pearson, paired_lower
+from robustgate.registry import SELECTOR_KINDS
+from robustgate.selector_kinds import sweep_radii
 from robustgate.threat import ThreatModel
 
 
@@ -32,12 +33,12 @@ def test_sweep_radii_cover_selection_stability_and_the_inner_ball():
 
 
 def test_the_bound_selector_is_counted_at_its_selection_and_stability_radii_only():
-    assert selection_radii("bounds", 0.1, 2.0) == {2 * 0.1, 3 * 0.1}
-    assert selection_radii("robustness", 0.1, 2.0) == {1 * 0.1, 2 * 0.1, 3 * 0.1}
+    assert SELECTOR_KINDS["bounds"].selection_radii(0.1, 2.0) == {2 * 0.1, 3 * 0.1}
+    assert SELECTOR_KINDS["robustness"].selection_radii(0.1, 2.0) == {1 * 0.1, 2 * 0.1, 3 * 0.1}
     with pytest.raises(ValueError, match="'entropy'"):
-        selection_radii("entropy", 0.1, 1.0)
+        SELECTOR_KINDS["entropy"].selection_radii(0.1, 1.0)
     with pytest.raises(ValueError, match="kappa"):
-        selection_radii("bounds", 0.1, 0.9)
+        SELECTOR_KINDS["bounds"].selection_radii(0.1, 0.9)
 
 
 def records_from_radius(labels, predictions, radius, radii):
@@ -98,7 +99,8 @@ def test_a_drop_of_exactly_the_allowed_points_meets_the_target():
 
 def test_the_bound_selectors_curve_counts_certified_selections_at_every_kappa():
     eps, kappas = 0.1, [1, 1.5, 2]
-    radii = sorted({r for kappa in kappas for r in selection_radii("bounds", eps, kappa)})
+    bounds = SELECTOR_KINDS["bounds"]
+    radii = sorted({r for kappa in kappas for r in bounds.selection_radii(eps, kappa)})
     # a core without a certificate: robust nowhere
     certified_radius, branch_right, core_right, branch, core = branch_and_core(
         3, 1000, radii, 0.2, 0.99, 0.8, 0.0)

@@ -12,6 +12,7 @@ from typing import Any
 
 from robustgate.config import DEFAULT_KAPPAS, EVALUATION_ATTACK
 from robustgate.data import SYNTHETIC_DATASETS
+from robustgate.registry import SELECTOR_KINDS
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -370,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     compose.add_argument("--kappas", type=float, nargs="+", default=list(DEFAULT_KAPPAS),
                          help="the kappas --max-accuracy-drop chooses from")
     compose.add_argument("--selector", default="robustness",
-                         choices=["robustness", "softmax_response", "entropy"],
+                         choices=[kind.name for kind in SELECTOR_KINDS.values()
+                                  if kind.composes_checkpoints],
                          help="checkpoints only; confidence selectors need --threshold or "
                          "--coverage")
     compose.add_argument("--threshold", type=float, help="confidence selector threshold")

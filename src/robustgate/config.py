@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from robustgate.registry import SELECTOR_KINDS
 from robustgate.threat import ThreatModel
 
 OPTIMIZERS = ("sgd", "adam")
@@ -313,6 +314,29 @@ class OperatingPointSettings(_Strict):
     _check_kappas = field_validator("kappas")(_sorted_kappas)
 
 
+def _names(names: Iterable[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    *most, last = names
+    return f"{', '.join(most)} and {last}" if most else last
+
+
+def _selector_kind(name: str) -> str:
+    """A selector's name: a kind of ``registry.SELECTOR_KINDS``."""
+    SELECTOR_KINDS[name]  # refuses an unknown name, listing the kinds
+    return name
+
+
+def _check_options(settings: BaseModel, kind: Any) -> None:
+    """Refuse a setting that another selector kind owns (``SelectorKind.options``), given away
+    from its default."""
+    for other in SELECTOR_KINDS.values():
+        for option in other.options:
+            given = getattr(settings, option)
+            if option not in kind.options and given != type(settings).model_fields[option].default:
+                owners = _names(k.name for k in SELECTOR_KINDS.values() if option in k.options)
+                raise ValueError(f"{option} is the {owners} selector's")
+
+
 class CompositionSettings(_Strict):
     """``branch`` (or a chain of branches, each with a robustness selector) composed with
     ``core``. ``selector``: ``robustness`` (the branch robust on ``B(x', κ·eps)`` around the input
@@ -328,28 +352,29 @@ class CompositionSettings(_Strict):
 
     branch: str | list[str]
     core: str
-    selector: Literal["robustness", "smoothing", "bounds", "softmax_response", "entropy",
-                      "gate", "mixing"] = "robustness"
+    selector: str = "robustness"
     bound_method: Literal["ibp", "crown", "ibp+crown"] = "ibp"
     coverage: float | None = Field(None, gt=0, le=1)
     selective_accuracy: float | None = Field(None, gt=0, le=1)
     kappa: float = Field(1.0, ge=1)
     operating_point: OperatingPointSettings | None = None
 
+    _known_selector = field_validator("selector")(_selector_kind)
+
     @model_validator(mode="after")
     def _one_knob(self) -> CompositionSettings:
-        if self.selector in ("smoothing", "bounds") and len(self.branches) > 1:
+        kind = SELECTOR_KINDS[self.selector]
+        if len(self.branches) > 1 and not kind.chains:
             raise ValueError(f"the {self.selector} selector composes one branch: give no chain "
                              "with it")
-        if self.selector == "smoothing" and self.operating_point:
-            raise ValueError("the smoothing selector composes at a given kappa: give no "
+        if kind.takes_kappa and self.operating_point and not kind.chooses_operating_point:
+            raise ValueError(f"the {self.selector} selector composes at a given kappa: give no "
                              "operating_point with it")
-        if self.bound_method != "ibp" and self.selector != "bounds":
-            raise ValueError("bound_method is the bounds selector's")
-        if self.selector not in ("robustness", "smoothing", "bounds") and (
-                self.kappa != 1 or self.operating_point):
-            raise ValueError(f"kappa and operating_point are the robustness, smoothing and "
-                             f"bounds selectors'; the {self.selector} selector takes neither")
+        _check_options(self, kind)
+        if not kind.takes_kappa and (self.kappa != 1 or self.operating_point):
+            owners = _names(k.name for k in SELECTOR_KINDS.values() if k.takes_kappa)
+            raise ValueError(f"kappa and operating_point are the {owners} selectors'; the "
+                             f"{self.selector} selector takes neither")
         if self.operating_point is not None and (self.kappa != 1 or len(self.branches) > 1):
             raise ValueError("operating_point chooses kappa for one branch: give no kappa and "
                              "no chain with it")
@@ -363,7 +388,7 @@ class CompositionSettings(_Strict):
     def kappas(self) -> list[float]:
         """The ``κ`` the composition may deploy (several where an operating point is chosen);
         none for the selectors that take no ``κ``."""
-        if self.selector not in ("robustness", "smoothing", "bounds"):
+        if not SELECTOR_KINDS[self.selector].takes_kappa:
             return []
         return self.operating_point.kappas if self.operating_point else [self.kappa]
 
@@ -377,12 +402,8 @@ class CompositionSettings(_Strict):
             knob = f"operating point: {target}"
         elif self.kappa != 1:
             knob = f"κ = {self.kappa:g}"
-        if self.selector in ("smoothing", "bounds"):
-            name = "smoothing" if self.selector == "smoothing" else f"bounds: {self.bound_method}"
-            return f"{chain} [{name}" + ("]" if knob is None else f", {knob}]")
-        if self.selector != "robustness":
-            return f"{chain} [{self.selector}]"
-        return chain if knob is None else f"{chain} [{knob}]"
+        parts = [part for part in (SELECTOR_KINDS[self.selector].label(self), knob) if part]
+        return f"{chain} [{', '.join(parts)}]" if parts else chain
 
 
 class GateSettings(_Strict):
@@ -490,7 +511,7 @@ class SearchSettings(_Strict):
     core: str
     recipe: TrainSpec
     grid: dict[str, list[Any]] = Field(min_length=1)
-    selector: Literal["robustness", "bounds", "smoothing"] = "robustness"
+    selector: str = "robustness"
     bound_method: Literal["ibp", "crown", "ibp+crown"] = "ibp"
     kappas: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
     max_accuracy_drop: float = Field(gt=0, lt=1)
@@ -500,6 +521,7 @@ class SearchSettings(_Strict):
     trials: int | None = Field(None, ge=1)
 
     _check_kappas = field_validator("kappas")(_sorted_kappas)
+    _known_selector = field_validator("selector")(_selector_kind)
 
     @field_validator("grid")
     @classmethod
@@ -511,16 +533,15 @@ class SearchSettings(_Strict):
 
     @model_validator(mode="after")
     def _check_candidates(self) -> SearchSettings:
-        candidates = self.candidates()  # every candidate a valid model spec, or refused here
-        if self.selector == "bounds" and any(spec.bounds is None for _, spec in candidates):
-            raise ValueError("the bounds selector certifies its branches: give the recipe "
-                             "bounds settings")
-        smoothed = [spec.smoothing is not None for _, spec in candidates]
-        if any(smoothed) != (self.selector == "smoothing") or any(smoothed) != all(smoothed):
-            raise ValueError("the smoothing selector takes smoothed branches (the recipe with "
-                             "smoothing settings), and smoothed branches compose only under it")
-        if self.bound_method != "ibp" and self.selector != "bounds":
-            raise ValueError("bound_method is the bounds selector's")
+        kind = SELECTOR_KINDS[self.selector]
+        if not kind.searchable:
+            raise ValueError(f"the {self.selector} selector is not searched: search under one "
+                             f"of {[k.name for k in SELECTOR_KINDS.values() if k.searchable]}")
+        for _, spec in self.candidates():  # every candidate a valid model spec, or refused
+            problem = kind.refuses(spec, recipe=True)
+            if problem is not None:
+                raise ValueError(problem)
+        _check_options(self, kind)
         return self
 
     def candidates(self) -> list[tuple[dict[str, Any], TrainSpec]]:

@@ -1,11 +1,12 @@
-"""Atomic writes (a temporary file beside the target, then a rename), and per-sample files that
-resume."""
+"""Atomic writes (a temporary file beside the target, then a rename), per-sample files that
+resume, and progress lines."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -80,3 +81,9 @@ def complete_or_resume(path: str | Path, read: Callable[[Path], Result],
     result.to_csv(path)
     partial.unlink(missing_ok=True)
     return result
+
+
+def say(message: str, progress: bool) -> None:
+    """A progress line on standard error, unless progress is off."""
+    if progress:
+        print(message, file=sys.stderr, flush=True)

@@ -26,9 +26,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robustgate.certify import ABSTAIN, Smooth, certify_bounds, covering_l2_radius
+from robustgate.config import BoundSettings, SmoothingSettings
 from robustgate.evaluate.records import Records
 from robustgate.inputs import check_labels
-from robustgate.io import atomic_write_text
+from robustgate.io import atomic_write_text, complete_or_resume, say
 from robustgate.models.modes import eval_mode, model_device
 from robustgate.threat import ThreatModel
 
@@ -259,3 +260,33 @@ def _read_partial(partial: str | Path | None, y: torch.Tensor) -> Certificates:
     if len(done) > len(y) or not np.array_equal(done.labels, y[: len(done)].cpu().numpy()):
         raise ValueError(f"{partial} holds certificates of other data; remove it to start over")
     return done
+
+
+def certify_or_resume(path: Path, model: nn.Module, settings: SmoothingSettings,
+                      x: torch.Tensor, y: torch.Tensor, progress: bool, description: str,
+                      ) -> Certificates:
+    """The smoothing certificates at ``path`` if complete there, else certify by ``settings``
+    (resuming a partial file)."""
+    smooth = Smooth(model, model.num_classes, settings.sigma, settings.batch_size)
+    return complete_or_resume(path, Certificates.read_csv, lambda partial: certify_smoothed(
+        smooth, x, y, settings.n0, settings.n, settings.alpha, settings.seed, partial=partial,
+        progress=progress, description=description))
+
+
+def bound_certificates_or_resume(
+    directory: Path, name: str, model: nn.Module, settings: BoundSettings, methods: list[str],
+    x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, radii: list[float], progress: bool,
+) -> dict[str, BoundCertificates]:
+    """A model's bound certificates by every method of ``methods``, ``directory /
+    <name>.<method>.csv`` (resumable files)."""
+    certificates = {}
+    for method in methods:
+        path = directory / f"{name}.{method}.csv"
+        if not path.exists():
+            say(f"[{name}] certifying by {method} at " + ", ".join(f"{r:g}" for r in radii),
+                progress)
+        certificates[method] = complete_or_resume(
+            path, BoundCertificates.read_csv, lambda partial, method=method: certify_with_bounds(
+                model, x, y, threat, radii, method, batch_size=settings.batch_size,
+                partial=partial, progress=progress, description=f"{name}/{method}"))
+    return certificates

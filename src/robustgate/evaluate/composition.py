@@ -149,23 +149,6 @@ class Selection:
                    np.zeros(len(branch), bool), ~selected)
 
 
-def selection_radii(selector: str, eps: float, kappa: float) -> set[float]:
-    """The radii at which a branch's records are read to count ``selector`` (``robustness``
-    or ``bounds``) deployed at ``κ·eps``: what :meth:`Selection.robustness` and
-    :meth:`Selection.bounds` read (the selection ``κ·eps`` and its stability ``(κ+1)·eps``,
-    both needed, and, for the robustness selector at ``κ > 1``, the unreachable inputs'
-    ``(κ−1)·eps``, counted where the records hold it)."""
-    if not kappa >= 1:
-        raise ValueError(f"every kappa must be >= 1, got {kappa}")
-    if selector not in ("robustness", "bounds"):
-        raise ValueError(f"only the robustness and bound selectors are counted at radii of "
-                         f"their own, got {selector!r}")
-    radii = {kappa * eps, (kappa + 1) * eps}
-    if selector == "robustness" and kappa > 1:
-        radii.add((kappa - 1) * eps)
-    return radii
-
-
 def compose_records(branch: Records, core: Records, selection: Selection) -> Records:
     """Records of the composition ``(branch, S, core)`` at ``selection.eps``: the composed
     answers on clean inputs and the robustness indicator of the module docstring."""

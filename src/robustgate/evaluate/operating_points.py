@@ -5,8 +5,8 @@ The selector's one knob is ``κ ≥ 1``: deployed, it checks the branch on ``B(x
 ``κ`` hands more inputs to the core, so the composed natural accuracy moves towards the core's
 and the sound robust accuracy (stable selections need the branch robust at ``(κ+1)·eps``) moves
 down. Both are read, for every ``κ`` of a sweep, from one set of records holding the branch's
-robustness at the radii :func:`sweep_radii` names; ``κ`` is chosen on validation data. The bound
-selector's curve is the same arithmetic on certified records (``selection_at``:
+robustness at the radii ``selector_kinds.sweep_radii`` names; ``κ`` is chosen on validation
+data. The bound selector's curve is the same arithmetic on certified records (``selection_at``:
 ``Selection.bounds``), its robust accuracy a certified one.
 
 One knob on one trained branch trades robustness away; the branch's robust inaccuracy, which
@@ -19,18 +19,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from robustgate.evaluate.composition import Selection, compose_records, selection_radii
+from robustgate.evaluate.composition import Selection, compose_records
 from robustgate.evaluate.metrics import robustness_metrics
 from robustgate.evaluate.records import Records
 from robustgate.evaluate.statistics import accuracy_drop_upper_bound
-
-
-def sweep_radii(eps: float, kappas: Sequence[float]) -> list[float]:
-    """The radii at which a branch's robustness is needed to count the robustness selector at
-    every ``κ`` of ``kappas`` (``evaluate.composition.selection_radii``), and eps."""
-    radii = {eps}.union(*(selection_radii("robustness", eps, kappa) for kappa in kappas))
-    return sorted(round(radius, 12) for radius in radii)
-
 
 SelectionAt = Callable[[Records, float, float], Selection]
 """A selector's counted decisions from the branch's records, ``eps`` and ``κ``."""

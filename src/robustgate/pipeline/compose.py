@@ -26,11 +26,7 @@ from robustgate.evaluate.operating_points import choose_kappa
 from robustgate.evaluate.sanity import sanity_checks
 from robustgate.io import atomic_write_json, atomic_write_text
 from robustgate.models import load_checkpoint
-from robustgate.select import (
-    ConfidenceSelector,
-    RobustnessSelector,
-    Selector,
-)
+from robustgate.registry import SELECTOR_KINDS
 from robustgate.threat import ThreatModel
 
 
@@ -70,27 +66,6 @@ def compose_from_records(
     return summary
 
 
-def _selector(kind: str, branch: torch.nn.Module, threat: ThreatModel, attack: Attack,
-              threshold: float | None, coverage: float | None,
-              calibration: torch.Tensor | None, kappa: float) -> Selector:
-    if kind == "robustness":
-        if threshold is not None or coverage is not None:
-            raise ValueError("the robustness selector takes no threshold or coverage")
-        return RobustnessSelector(branch, threat, attack, kappa)
-    if kappa != 1:
-        raise ValueError(f"kappa is the robustness selector's radius factor; the {kind} selector "
-                         f"takes none (got {kappa})")
-    if (threshold is None) == (coverage is None):
-        raise ValueError(f"the {kind} selector needs exactly one of --threshold and --coverage")
-    selector = ConfidenceSelector(branch, 0.0 if threshold is None else threshold, kind)
-    if coverage is not None:
-        if calibration is None or len(calibration) == 0:
-            raise ValueError("--coverage calibrates on the validation split: give "
-                             "--validation-size")
-        selector.calibrate(calibration, coverage=coverage)
-    return selector
-
-
 def compose_from_checkpoints(
     branches: Sequence[str | Path], core: str | Path, x: torch.Tensor, y: torch.Tensor,
     threat: ThreatModel, attack: Attack, out: str | Path, selector: str = "robustness",
@@ -103,11 +78,12 @@ def compose_from_checkpoints(
     with ``adaptive`` the composition's robust accuracy under the adaptive attack and, on the
     first ``sanity`` inputs, the sanity checks of ``evaluate.sanity`` (Square with
     ``square_queries`` queries, growing eps)."""
-    if selector != "robustness" and len(branches) > 1:
-        raise ValueError("chains use robustness selectors only")
+    kind = SELECTOR_KINDS[selector]
+    if not kind.chains and len(branches) > 1:
+        raise ValueError(f"the {selector} selector composes one branch: give no chain with it")
     models = [load_checkpoint(path, device)[0] for path in branches]
-    stages = [(model, _selector(selector, model, threat, attack, threshold, coverage,
-                                calibration, kappa)) for model in models]
+    stages = [(model, kind.deploy(model, threat, attack, threshold, coverage, calibration,
+                                  kappa)) for model in models]
     composed = ComposedClassifier.chain(stages, load_checkpoint(core, device)[0])
     labels, routes = [], []
     for start in range(0, len(x), batch_size):
@@ -128,8 +104,9 @@ def compose_from_checkpoints(
         "selection_rate": float((route == 0).mean()) if len(y) else None,
         "routes": route_counts(accurate, route, len(models)),
     }
-    if selector != "robustness":
-        summary["threshold"] = stages[0][1].threshold
+    threshold = getattr(stages[0][1], "threshold", None)
+    if threshold is not None:
+        summary["threshold"] = threshold
     if adaptive is not None:
         records = evaluate_model(composed, x, y, threat, [threat.eps], adaptive,
                                  batch_size=batch_size, progress=progress,

@@ -5,8 +5,9 @@ full AutoAttack, and report.
 
 The run directory holds ``config.json``, ``models/<name>/`` (training runs, resumable),
 ``records/<split>/<name>.csv`` (per-sample records, resumable), ``autoattack/<name>.csv`` (the
-AutoAttack check), the compositions' files (``pipeline.compositions``), the smoothed models'
-certificates and the certified compositions' records (``pipeline.certified``), on
+AutoAttack check), the smoothed models' and the bounded models' certificates
+(``certificates/test/``), the compositions' files (each written by its selector kind:
+``selector_kinds.run``), on
 two-dimensional data ``decision_regions.png`` (``pipeline.regions``), ``metrics.json``, and
 ``report.md`` and ``report.html`` (``report.run_report``).
 """
@@ -25,36 +26,24 @@ from robustgate.config import CompositionSettings, ExperimentConfig
 from robustgate.data import load_dataset
 from robustgate.device import resolve_device
 from robustgate.evaluate import (
-    BoundCertificates,
-    Certificates,
     Grid,
     Records,
-    Selection,
     evaluate_or_resume,
     robustness_metrics,
 )
+from robustgate.evaluate.certified import bound_certificates_or_resume, certify_or_resume
 from robustgate.evaluate.composition import composition_metrics
-from robustgate.evaluate.operating_points import sweep_radii
-from robustgate.io import atomic_write_json
+from robustgate.io import atomic_write_json, say
 from robustgate.losses import make_loss
 from robustgate.models import load_checkpoint
-from robustgate.pipeline.certified import (
-    bound_certificates_or_resume,
-    bound_composition,
-    bound_methods,
-    bound_model_metrics,
-    bound_operating_point,
-    bound_radii,
-    certified_composition,
-    certified_model_metrics,
-    certify_or_resume,
-)
-from robustgate.pipeline.compositions import CompositionEvaluator
+from robustgate.pipeline.certified import bound_model_metrics, certified_model_metrics
 from robustgate.pipeline.regions import draw_decision_regions, exact_compositions
-from robustgate.pipeline.run_directory import check_run_directory, say
+from robustgate.pipeline.run_directory import check_run_directory
 from robustgate.pipeline.search import SearchRunner, validation_parts
+from robustgate.registry import SELECTOR_KINDS
 from robustgate.report.decision_regions import FILE as REGIONS_FILE
 from robustgate.report.run_report import write_reports
+from robustgate.selector_kinds import CompositionRun
 from robustgate.train.augmentation import make_augmentation
 from robustgate.train.run import train_model, training_attack_of, training_data
 
@@ -73,18 +62,14 @@ def _check_model_references(config: ExperimentConfig) -> None:
             if name not in config.models:
                 raise ValueError(f"composition {role} {name!r} is not a model of the config; "
                                  f"models: {sorted(config.models)}")
-        smoothed = [name for name in composition.branches
-                    if config.models[name].smoothing is not None]
-        certified = composition.selector == "smoothing"
-        if certified != bool(smoothed) or (not certified
-                                           and config.models[composition.core].smoothing):
-            raise ValueError(f"composition {composition.label!r}: the smoothing selector takes a "
-                             "smoothed branch (a model with smoothing settings), and smoothed "
-                             "models compose only under it")
-        first = config.models[composition.branches[0]]
-        if composition.selector == "bounds" and first.bounds is None:
-            raise ValueError(f"composition {composition.label!r}: the bounds selector takes a "
-                             "branch with bounds settings")
+        kind = SELECTOR_KINDS[composition.selector]
+        core = config.models[composition.core]
+        problems = [kind.refuses(config.models[name]) for name in composition.branches]
+        if core.smoothing is not None and not kind.smoothed_branches:
+            problems.append(kind.refuses(core))
+        problem = next((problem for problem in problems if problem is not None), None)
+        if problem is not None:
+            raise ValueError(f"composition {composition.label!r}: {problem}")
         if composition.operating_point is not None and not config.data.validation_size:
             raise ValueError(f"composition {composition.label!r}: its operating point is chosen "
                              "on validation data: set data.validation_size")
@@ -146,14 +131,13 @@ def run_experiment(
     if settings.limit is not None:
         x_test, y_test = x_test[: settings.limit], y_test[: settings.limit]
     attack = build_attack(settings.attack, config.seed)
-    branches = {name for composition in config.compositions for name in composition.branches}
     records: dict[str, Records] = {}
     radii: dict[str, list[float]] = {}
-    certificates: dict[str, Certificates] = {}
-    bound_certificates: dict[str, dict[str, BoundCertificates]] = {}
     models = {}
+    run = CompositionRun(config, out, models, records, (x_test, y_test), validation, threat,
+                         attack, device, progress)
     metrics: dict[str, Any] = {}
-    x_certified, y_certified = x_test[: settings.certify_limit], y_test[: settings.certify_limit]
+    x_certified, y_certified = run.certified_test
     dimension = x_test[0].numel()
     for name, path in checkpoints.items():
         models[name], checkpoint_metadata = load_checkpoint(path, device)
@@ -161,14 +145,14 @@ def run_experiment(
         if smoothing is not None:
             say(f"[{name}] certifying (smoothing sigma {smoothing.sigma:g}, n {smoothing.n}) on "
                 f"{len(y_certified)} test points", progress)
-            certificates[name] = certify_or_resume(
+            run.certificates[name] = certify_or_resume(
                 out / "certificates" / "test" / f"{name}.csv", models[name], smoothing,
                 x_certified, y_certified, progress, name)
             metrics[name] = certified_model_metrics(
-                certificates[name], smoothing, threat, settings.certified_radii, dimension,
+                run.certificates[name], smoothing, threat, settings.certified_radii, dimension,
                 checkpoint_metadata.get("sigma_train"))
             continue
-        radii[name] = _radii(config, name, eps) if name in branches else [eps]
+        radii[name] = _radii(config, name, eps)
         say(f"[{name}] evaluating with {settings.attack.name} at eps "
              + " and ".join(f"{r:g}" for r in radii[name]), progress)
         records[name] = evaluate_or_resume(
@@ -178,40 +162,24 @@ def run_experiment(
         )
         bounds = config.models[name].bounds
         if bounds is not None:
-            bound_certificates[name] = bound_certificates_or_resume(
+            run.bound_certificates[name] = bound_certificates_or_resume(
                 out / "certificates" / "test", name, models[name], bounds,
-                bound_methods(config, name), x_certified, y_certified, threat,
-                bound_radii(config, name), progress)
+                run.bound_methods(name), x_certified, y_certified, threat,
+                run.bound_radii(name), progress)
 
     metrics.update({
         name: robustness_metrics(r.accurate, r.robust_at(eps)) for name, r in records.items()
     })
-    for name, by_method in bound_certificates.items():
+    for name, by_method in run.bound_certificates.items():
         metrics[name].update(bound_model_metrics(by_method, records[name],
-                                                 bound_radii(config, name)))
-    evaluator = CompositionEvaluator(config, out, models, records, (x_test, y_test),
-                                     validation, threat, attack, device, progress)
+                                                 run.bound_radii(name)))
     for composition in config.compositions:
-        if composition.selector == "smoothing":
-            branch = composition.branches[0]
-            metrics[composition.label] = certified_composition(
-                composition, certificates[branch], config.models[branch].smoothing,
-                certificates.get(composition.core, records.get(composition.core)), threat,
-                dimension, out, progress)
-        elif composition.selector == "bounds":
-            point = None if composition.operating_point is None else bound_operating_point(
-                composition, config, models, validation, threat, out, progress)
-            metrics[composition.label] = bound_composition(
-                composition, bound_certificates[composition.branches[0]],
-                bound_certificates.get(composition.core), records[composition.core], threat,
-                models, x_test, out, progress, point)
-        else:
-            metrics[composition.label] = evaluator.evaluate(composition)
+        metrics[composition.label] = SELECTOR_KINDS[composition.selector].evaluate(
+            run, composition)
     searches = {}
     if config.searches:
-        runner = SearchRunner(config, out, train, validation, (x_test, y_test), num_classes,
-                              metadata, threat, attack, models, records, bound_certificates,
-                              certificates, lambda ref: checkpoints[ref[1:]], device, progress)
+        runner = SearchRunner(run, train, num_classes, metadata,
+                              lambda ref: checkpoints[ref[1:]])
         searches = {search.name: runner.run(search) for search in config.searches}
     attacked = {name: model for name, model in models.items() if name in records}
     splits: dict[str, dict[str, Any]] = {"test": metrics}
@@ -224,7 +192,7 @@ def run_experiment(
             radii[name], attack, batch_size=settings.batch_size, progress=progress,
             description=f"{name}/train") for name in records}
         splits["train"] = _counted_from_records(config, split_records["train"], metrics, eps)
-    deployed = _robustness_compositions(config, metrics)
+    deployed = _grid_compositions(config, metrics)
     if settings.exact_grid is not None:
         say(f"exact robustness of the compositions on a grid of spacing "
             f"{settings.exact_grid:g}", progress)
@@ -246,37 +214,38 @@ def run_experiment(
     return result
 
 
-def _robustness_compositions(config: ExperimentConfig, metrics: dict[str, Any]
-                             ) -> dict[str, tuple[CompositionSettings, float]]:
-    """The one-branch robustness-selector compositions, by label, with the ``κ`` each deploys
-    (as configured, or chosen for its operating point)."""
+def _grid_compositions(config: ExperimentConfig, metrics: dict[str, Any]
+                       ) -> dict[str, tuple[CompositionSettings, float]]:
+    """The one-branch compositions deployed exactly on a grid (``SelectorKind.exact_on_grid``),
+    by label, with the ``κ`` each deploys (as configured, or chosen for its operating
+    point)."""
     return {c.label: (c, metrics[c.label]["kappa"]) for c in config.compositions
-            if c.selector == "robustness" and len(c.branches) == 1}
+            if SELECTOR_KINDS[c.selector].exact_on_grid and len(c.branches) == 1}
 
 
 def _counted_from_records(config: ExperimentConfig, records: dict[str, Records],
                           test_metrics: dict[str, Any], eps: float) -> dict[str, Any]:
-    """Metrics of the attacked models and of the robustness-selector compositions (at the ``κ``
-    they deploy on the test split) on another split, counted from its records."""
+    """Metrics of the attacked models and of the compositions counted from attack records
+    alone (at the ``κ`` they deploy on the test split) on another split."""
     metrics: dict[str, Any] = {
         name: robustness_metrics(r.accurate, r.robust_at(eps)) for name, r in records.items()}
     for composition in config.compositions:
-        if composition.selector != "robustness":
-            continue
-        kappa = test_metrics[composition.label]["kappa"]
+        kappa = test_metrics[composition.label].get("kappa", 1.0)
         parts = [records[name] for name in composition.branches]
-        selections = [Selection.robustness(part, eps, kappa) for part in parts]
+        selections = SELECTOR_KINDS[composition.selector].attacked_selections(parts, eps, kappa)
+        if selections is None:
+            continue
         counted = composition_metrics(parts, records[composition.core], selections)[0]
         metrics[composition.label] = {**counted, "kappa": kappa}
     return metrics
 
 
-def _radii(config: ExperimentConfig, branch: str, eps: float) -> list[float]:
-    """Where a branch's robustness is evaluated: eps, and every radius its robustness selectors
-    need to be counted at each ``κ`` they may deploy (``evaluate.operating_points``)."""
-    kappas = [kappa for c in config.compositions
-              if c.selector == "robustness" and branch in c.branches for kappa in c.kappas]
-    return sweep_radii(eps, kappas)
+def _radii(config: ExperimentConfig, model: str, eps: float) -> list[float]:
+    """Where a model's robustness is evaluated: eps, and every radius its selectors need to be
+    counted at each ``κ`` they may deploy."""
+    radii = {eps}.union(*(SELECTOR_KINDS[c.selector].attack_radii(c, eps, "test")
+                          for c in config.compositions if model in c.branches))
+    return sorted(round(radius, 12) for radius in radii)
 
 
 def _autoattack_check(

@@ -1,21 +1,14 @@
 """What every run of the pipeline shares: its run directory, which holds the resolved config and
-refuses another, and progress lines."""
+refuses another."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from robustgate.config import parse_config
 from robustgate.io import atomic_write_json
-
-
-def say(message: str, progress: bool) -> None:
-    """A progress line on standard error, unless progress is off."""
-    if progress:
-        print(message, file=sys.stderr, flush=True)
 
 
 def check_run_directory(out: Path, resolved: dict[str, Any], schema: type | None = None,

@@ -25,41 +25,27 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from robustgate.attacks import Attack
-from robustgate.certify import covering_l2_radius
-from robustgate.config import ExperimentConfig, SearchSettings, SmoothingSettings
+from robustgate.config import ExperimentConfig, SearchSettings
 from robustgate.evaluate import (
-    BoundCertificates,
-    Certificates,
     Records,
-    Selection,
     compose_records,
     evaluate_or_resume,
     robustness_metrics,
 )
-from robustgate.evaluate.composition import selection_radii
+from robustgate.evaluate.certified import bound_certificates_or_resume, certify_or_resume
 from robustgate.evaluate.operating_points import (
     SelectionAt,
     choose_operating_point,
     choose_recipe,
     operating_curve,
-    sweep_radii,
 )
 from robustgate.evaluate.statistics import confirmation_size, mcnemar_p_value
-from robustgate.io import atomic_write_json, file_name
+from robustgate.io import atomic_write_json, file_name, say
 from robustgate.models import load_checkpoint
 from robustgate.models.modes import predict_logits
-from robustgate.pipeline.certified import (
-    bound_certificates_or_resume,
-    bound_methods,
-    bound_selection_at,
-    certified_core_part,
-    certify_or_resume,
-)
-from robustgate.pipeline.run_directory import say
-from robustgate.threat import ThreatModel
+from robustgate.registry import SELECTOR_KINDS
+from robustgate.selector_kinds.run import CompositionRun, certified_core_part
 from robustgate.train.run import train_model
 
 Data = tuple[torch.Tensor, torch.Tensor]
@@ -96,37 +82,34 @@ def validation_parts(search: SearchSettings, validation: Data | None, seed: int
 
 @dataclass
 class SearchRunner:
-    """Runs the searches of ``config`` once its models are trained and evaluated: ``resolve``
-    finds the experiment's checkpoints (``@name``), ``core_test`` gives a core's test records
-    (``core_certificates`` its bound certificates and ``core_smoothed`` a smoothed core's
-    certificates, on the certified test points)."""
+    """Runs the searches of ``evidence.config`` once its models are trained and evaluated
+    (``evidence``: the experiment's, the cores' test records and certificates among it);
+    ``resolve`` finds the experiment's checkpoints (``@name``)."""
 
-    config: ExperimentConfig
-    out: Path
+    evidence: CompositionRun
     train: Data
-    validation: Data | None
-    test: Data
     num_classes: int
     metadata: dict[str, Any]
-    threat: ThreatModel
-    attack: Attack
-    models: dict[str, nn.Module]
-    core_test: dict[str, Records]
-    core_certificates: dict[str, dict[str, BoundCertificates]]
-    core_smoothed: dict[str, Certificates]
     resolve: Callable[[str], Path]
-    device: torch.device
-    progress: bool = True
+
+    @property
+    def config(self) -> ExperimentConfig:
+        return self.evidence.config
+
+    @property
+    def progress(self) -> bool:
+        return self.evidence.progress
 
     def run(self, search: SearchSettings) -> dict[str, Any]:
         """Train the candidates (every one of the grid, or ``search.trials`` of them chosen by
         Optuna), count each with the core on every split, choose; the result is also written to
         ``searches/<search>/result.json``."""
-        base = self.out / "searches" / search.name
-        choose, confirm = validation_parts(search, self.validation, self.config.seed)
+        base = self.evidence.out / "searches" / search.name
+        choose, confirm = validation_parts(search, self.evidence.validation, self.config.seed)
         candidates = search.candidates()
         atomic_write_json(base / "candidates.json", [overrides for overrides, _ in candidates])
-        eps = self.threat.eps
+        eps = self.evidence.eps
+        kind = SELECTOR_KINDS[search.selector]
         data = {"choose": choose, "confirm": confirm, "test": self._test_points(search)}
         cores = {split: self._core(search, base / "core", split, *data[split])
                  for split in SPLITS}
@@ -148,15 +131,15 @@ class SearchRunner:
                     f"{len(candidates)}): {overrides}", self.progress)
                 checkpoint = train_model(
                     spec, self.train, choose, self.num_classes, directory / "model",
-                    seed=self.config.seed, device=self.device, progress=self.progress,
+                    seed=self.config.seed, device=self.evidence.device, progress=self.progress,
                     metadata=self.metadata, resolve=self.resolve)
-                model, _ = load_checkpoint(checkpoint, self.device)
+                model, _ = load_checkpoint(checkpoint, self.evidence.device)
                 summary = json.loads((directory / "model" / "summary.json").read_text())
                 described[index] = {"name": name, "overrides": overrides,
                                     "best_epoch": summary["best_epoch"]}
                 for split in SPLITS:
-                    branch, selection_at = self._branch(search, model, spec, directory, split,
-                                                        *data[split])
+                    branch, selection_at = kind.search_branch(self.evidence, search, model, spec,
+                                                              directory, split, *data[split])
                     curves[split][name] = operating_curve(branch, cores[split], eps,
                                                           search.kappas, selection_at)
                     alone[split][name] = robustness_metrics(branch.accurate,
@@ -191,86 +174,46 @@ class SearchRunner:
             f"no candidate confirmed; closest: {choice['closest']}"), self.progress)
         return result
 
-    # -- the two selectors ---------------------------------------------------------------------
+    # -- the points and the core ---------------------------------------------------------------
 
     def _test_points(self, search: SearchSettings) -> Data:
-        """The test points the selector is counted on: all of them for the robustness
-        selector, the certified ones for the certified selectors."""
-        x, y = self.test
-        if search.selector != "robustness":
-            limit = self.config.evaluation.certify_limit
-            return x[:limit], y[:limit]
-        return x, y
-
-    def _branch(self, search: SearchSettings, model: nn.Module, spec: Any, directory: Path,
-                split: str, x: torch.Tensor, y: torch.Tensor) -> tuple[Records, SelectionAt]:
-        """A candidate's records on one split and the selector's decisions counted from them."""
-        eps = self.threat.eps
-        if search.selector == "robustness":
-            records = evaluate_or_resume(
-                directory / "records" / f"{split}.csv", model, x, y, self.threat,
-                sweep_radii(eps, search.kappas), self.attack,
-                batch_size=self.config.evaluation.batch_size, progress=self.progress,
-                description=f"{search.name}/{directory.name}/{split}")
-            return records, Selection.robustness
-        if search.selector == "smoothing":
-            return self._smoothed_branch(model, spec.smoothing, directory, split, x, y)
-        radii = sorted({eps}.union(*(selection_radii("bounds", eps, kappa)
-                                     for kappa in search.kappas)))
-        methods = ["ibp", *({search.bound_method} - {"ibp"})]
-        certificates = bound_certificates_or_resume(
-            directory / "certificates", split, model, spec.bounds, methods, x, y, self.threat,
-            radii, self.progress)
-        return (certificates[search.bound_method].records(),
-                bound_selection_at(certificates, search.bound_method))
-
-    def _smoothed_branch(self, model: nn.Module, settings: SmoothingSettings, directory: Path,
-                         split: str, x: torch.Tensor, y: torch.Tensor
-                         ) -> tuple[Records, SelectionAt]:
-        """A smoothed candidate's certificates on one split (one certification serves every
-        ``κ``) and the smoothing selector's decisions counted from them
-        (``Selection.smoothing``, with the stability margin of its decision rule)."""
-        certificates = certify_or_resume(
-            directory / "certificates" / f"{split}.csv", model, settings, x, y, self.progress,
-            f"{directory.name}/{split}")
-        dimension = x[0].numel()
-        l2 = covering_l2_radius(self.threat, dimension)
-        return certificates.records(self.threat, [self.threat.eps], dimension), (
-            lambda _, eps, kappa: Selection.smoothing(
-                certificates, eps, l2, settings.sigma, settings.n0, settings.n, settings.alpha,
-                kappa))
+        """The test points the selector is counted on: the certified ones for a certified
+        kind, all of them otherwise."""
+        return self.evidence.certified_test if SELECTOR_KINDS[search.selector].certified \
+            else self.evidence.test
 
     def _core(self, search: SearchSettings, directory: Path, split: str, x: torch.Tensor,
               y: torch.Tensor) -> Records:
-        """The core's part of the count on one split: its records at eps (robustness selector);
-        for the certified selectors its certificates where it has bound (or smoothing)
-        settings, else its answers alone, robust nowhere."""
-        name, eps = search.core, self.threat.eps
-        if search.selector == "robustness":
+        """The core's part of the count on one split: its records at eps (a kind counted from
+        attack records); for a certified kind its certificates where it has bound (or
+        smoothing) settings, else its answers alone, robust nowhere."""
+        run = self.evidence
+        name, eps = search.core, run.eps
+        if not SELECTOR_KINDS[search.selector].certified:
             if split == "test":
-                return self.core_test[name]
+                return run.records[name]
             return evaluate_or_resume(
-                directory / "records" / f"{split}.csv", self.models[name], x, y, self.threat,
-                [eps], self.attack, batch_size=self.config.evaluation.batch_size,
+                directory / "records" / f"{split}.csv", run.models[name], x, y, run.threat,
+                [eps], run.attack, batch_size=self.config.evaluation.batch_size,
                 progress=self.progress, description=f"{search.name}/core/{split}")
         smoothing = self.config.models[name].smoothing
         if smoothing is not None:
-            certificates = self.core_smoothed[name] if split == "test" else certify_or_resume(
-                directory / "certificates" / f"{split}.csv", self.models[name], smoothing, x, y,
+            certificates = run.certificates[name] if split == "test" else certify_or_resume(
+                directory / "certificates" / f"{split}.csv", run.models[name], smoothing, x, y,
                 self.progress, f"{search.name}/core/{split}")
-            return certificates.records(self.threat, [eps], x[0].numel())
+            return certificates.records(run.threat, [eps], x[0].numel())
         settings = self.config.models[name].bounds
         if split == "test":
-            certificates = self.core_certificates.get(name)
+            bounds = run.bound_certificates.get(name)
         elif settings is None:
-            certificates = None
+            bounds = None
         else:
-            certificates = bound_certificates_or_resume(
-                directory / "certificates", split, self.models[name], settings,
-                bound_methods(self.config, name), x, y, self.threat, [eps], self.progress)
-        predictions = predict_logits(self.models[name], x).argmax(1).cpu().numpy()
+            bounds = bound_certificates_or_resume(
+                directory / "certificates", split, run.models[name], settings,
+                run.bound_methods(name), x, y, run.threat, [eps], self.progress)
+        predictions = predict_logits(run.models[name], x).argmax(1).cpu().numpy()
         answers = Records(y.numpy(), predictions, {})
-        return certified_core_part(certificates, answers, len(y), eps)
+        return certified_core_part(bounds, answers, len(y), eps)
 
     # -- test figures, after the choice ----------------------------------------------------------
 
@@ -281,16 +224,16 @@ class SearchRunner:
         McNemar test of its natural accuracy against the core's, and of its sound robust
         accuracy against every composition of the experiment with the same core and selector
         (on the test points both were counted on)."""
-        eps = self.threat.eps
+        eps = self.evidence.eps
         name = choice["chosen"] if choice["chosen"] is not None else choice["closest"]
         kappa = choice["candidates"][name]["kappa"]
         point = next(entry for entry in curves[name] if entry["kappa"] == kappa)
         branch, selection_at = tested[name]
         composed = compose_records(branch, core, selection_at(branch, eps, kappa))
-        kind = "composed" if search.selector == "robustness" else "certified"
+        kind = "certified" if SELECTOR_KINDS[search.selector].certified else "composed"
         against = {}
         for composition in self.config.compositions:
-            path = self.out / "records" / kind / f"{file_name(composition.label)}.csv"
+            path = self.evidence.out / "records" / kind / f"{file_name(composition.label)}.csv"
             if (composition.core == search.core and composition.selector == search.selector
                     and path.exists()):
                 against[composition.label] = paired_robust_comparison(

@@ -15,9 +15,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from robustgate.config import CompositionSettings, ExperimentConfig  # noqa: E402
-
-MARKERS = {"robustness": "o", "softmax_response": "s", "entropy": "D", "gate": "^",
-           "mixing": "P"}
+from robustgate.registry import SELECTOR_KINDS  # noqa: E402
 
 
 def png(figure: Any) -> str:
@@ -111,7 +109,7 @@ def composed_accuracies(metrics: dict[str, dict[str, Any]],
         if values is None:
             continue
         colour = f"C{index % 10}"
-        marker = MARKERS.get(composition.selector, "o")
+        marker = SELECTOR_KINDS[composition.selector].marker
         natural = 100 * values["natural_accuracy"]
         adaptive = (values.get("adaptive") or {}).get("robust_accuracy")
         if values.get("selection_rate") is not None:

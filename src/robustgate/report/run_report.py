@@ -23,10 +23,10 @@ from robustgate.evaluate import Records, Routes, risk_coverage_curve
 from robustgate.evaluate.operating_points import within_accuracy_drop
 from robustgate.evaluate.statistics import mcnemar_p_value
 from robustgate.io import atomic_write_text, file_name
+from robustgate.registry import SELECTOR_KINDS
 from robustgate.report import plots
 from robustgate.report.decision_regions import FILE as REGIONS_FILE
 
-CERTIFIED_SELECTORS = ("smoothing", "bounds")
 # a chosen operating point whose robust accuracy is below this fraction of the most robust point
 # tried is reported as keeping its accuracy target by giving robustness up
 GIVES_UP_ROBUSTNESS = 0.5
@@ -73,11 +73,11 @@ class Run:
     @property
     def compositions(self) -> list[CompositionSettings]:
         """The empirical compositions (the certified ones: :attr:`certified_compositions`)."""
-        return [c for c in self.config.compositions if c.selector not in CERTIFIED_SELECTORS]
+        return [c for c in self.config.compositions if not SELECTOR_KINDS[c.selector].certified]
 
     @property
     def certified_compositions(self) -> list[CompositionSettings]:
-        return [c for c in self.config.compositions if c.selector in CERTIFIED_SELECTORS]
+        return [c for c in self.config.compositions if SELECTOR_KINDS[c.selector].certified]
 
     @property
     def bounded_models(self) -> list[str]:
@@ -245,24 +245,9 @@ def _certified_compositions_section(run: Run) -> Section | None:
                      _percent(values["certified_robust_inaccuracy"]),
                      _percent(values["selection_rate"]), _percent(values["stable_rate"]),
                      _percent(values["certified_accuracy_if_selector_not_attacked"])])
-        if composition.selector == "smoothing":
-            notes.append(
-                f"{composition.label}: the selector certifies the branch on the L2 ball of "
-                f"{values['selector_l2_radius']:.3g} around the input it sees; a selection counts "
-                f"as stable where the certified radius at the clean input reaches "
-                f"{values['stable_l2_radius']:.3g}, the margin that makes the deployed "
-                f"Monte-Carlo selector select every reachable input; {values['guarantee']}.")
-        else:
-            export = values.get("export")
-            exported = "" if export is None else (
-                f" Exported as one program ({export['path']}): it answers like the Python "
-                f"object on {export['agreeing']} of {export['inputs']} test inputs.")
-            notes.append(
-                f"{composition.label}: the selector certifies the branch by "
-                f"{values['bound_method']} on B(x', {values['kappa']:g}·eps) around the input it "
-                f"sees; a selection counts as stable where IBP certifies B(x, "
-                f"{values['kappa'] + 1:g}·eps) (interval bounds are monotone under inclusion); "
-                f"deterministic.{exported}")
+        note = SELECTOR_KINDS[composition.selector].report_note(composition.label, values)
+        if note is not None:
+            notes.append(note)
     notes.append("A core without a certificate adds natural accuracy only, so the certified "
                  "figure is then the branch right and its selection stable. The last column "
                  "takes the selection on the clean input: not a certified accuracy.")
@@ -345,7 +330,7 @@ def _operating_point_section(run: Run) -> Section | None:
         if not point:
             continue
         chosen, core = point["chosen"], composition.core
-        certified = composition.selector in CERTIFIED_SELECTORS
+        certified = SELECTOR_KINDS[composition.selector].certified
         counted = values["certified_accuracy" if certified else "robust_accuracy"]
         # a certified composition's core accuracy is on the certified test points
         core_natural = values.get("core_natural_accuracy", core_accuracy[core])
@@ -395,7 +380,7 @@ def _search_sections(run: Run) -> list[Section]:
         if result is None:
             continue
         choice, test = result["choice"], result["test"]
-        measure = "sound robust" if search.selector == "robustness" else "certified"
+        measure = "certified" if SELECTOR_KINDS[search.selector].certified else "sound robust"
         rows = []
         for candidate in result["candidates"]:
             name = candidate["name"]
@@ -477,7 +462,8 @@ def _matched_section(run: Run) -> Section | None:
     accuracy."""
     reference = {composition.branches[0]: run.metrics[composition.label]["natural_accuracy"]
                  for composition in run.compositions
-                 if composition.selector == "robustness" and len(composition.branches) == 1
+                 if SELECTOR_KINDS[composition.selector].calibration_reference
+                 and len(composition.branches) == 1
                  and composition.kappa == 1 and composition.operating_point is None
                  and composition.label in run.metrics}
     tolerance = 100 * run.config.calibration.match_tolerance
@@ -495,7 +481,7 @@ def _matched_section(run: Run) -> Section | None:
                      _percent(values.get("selection_rate")),
                      "matched" if abs(gap) <= tolerance
                      else f"not matched (> {tolerance:g} points)"])
-    if all(row[1] == "robustness" for row in rows):  # nothing matched against it
+    if all(SELECTOR_KINDS[row[1]].calibration_reference for row in rows):  # nothing matched
         return None
     return Section(
         "Selectors at matched composed natural accuracy",

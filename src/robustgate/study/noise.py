@@ -48,10 +48,10 @@ from robustgate.config import (
 from robustgate.data import load_dataset
 from robustgate.evaluate import certify_smoothed
 from robustgate.evaluate.statistics import mcnemar_p_value
-from robustgate.io import atomic_write_json
+from robustgate.io import atomic_write_json, say
 from robustgate.losses import make_loss
 from robustgate.models import build_model, load_checkpoint, save_checkpoint
-from robustgate.pipeline.run_directory import check_run_directory, say
+from robustgate.pipeline.run_directory import check_run_directory
 from robustgate.report.noise_report import write_noise_report
 from robustgate.train import fit
 

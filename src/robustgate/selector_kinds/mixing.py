@@ -1,0 +1,50 @@
+"""The soft mixing baseline (``selector: mixing``): no selector at all, the branch's and the core's
+logits mixed (``models.MixedClassifier``) with a weight chosen on validation data to match the
+robustness selector's composed natural accuracy. It never abstains, so nothing is counted: the
+mixed model is attacked whole with the evaluation attack on the adaptive subset."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from robustgate.config import CompositionSettings
+from robustgate.evaluate import robustness_metrics
+from robustgate.evaluate.composition import compare_with_attack
+from robustgate.models import MixedClassifier, choose_mixing_weight, predict_logits
+from robustgate.selector_kinds.base import SelectorKind
+from robustgate.selector_kinds.run import CompositionRun
+
+
+class MixingKind(SelectorKind):
+    name = "mixing"
+    marker = "P"
+
+    def evaluate(self, run: CompositionRun, composition: CompositionSettings) -> dict[str, Any]:
+        if composition.coverage or composition.selective_accuracy:
+            raise ValueError(f"composition {composition.label!r}: mixing takes one branch and "
+                             "never abstains (no coverage or selective accuracy)")
+        branch, core = composition.branches[0], composition.core
+        settings = run.config.calibration.mixing
+        x, y = run.calibration()
+        part = run.calibration_part()
+        target = run.matching_accuracy(branch, core)
+        weight = choose_mixing_weight(
+            predict_logits(run.models[core], x[part]),
+            predict_logits(run.models[branch], x[part]), y[part], target,
+            weights=settings.weights, scale=settings.scale, power=settings.power,
+            shift=settings.shift)
+        mixed = MixedClassifier(run.models[core], run.models[branch], weight, settings.scale,
+                                settings.power, settings.shift)
+        natural = (predict_logits(mixed, run.test[0]).argmax(1) == run.test[1]).numpy()
+        attacked = run.attacked(composition.label, mixed, run.attack)
+        metrics: dict[str, Any] = {"natural_accuracy": float(natural.mean()), "weight": weight,
+                                   "calibrated_for": {"composed_accuracy": target}}
+        if attacked is not None:
+            partition = robustness_metrics(attacked.accurate, attacked.robust_at(run.eps))
+            del partition["natural_accuracy"]  # of the attacked subset; the test set's is above
+            metrics.update({**partition, "adaptive": {
+                **compare_with_attack(attacked, None, run.eps), "attack": repr(run.attack)}})
+        return metrics
+
+
+MIXING = MixingKind().register()

@@ -1,0 +1,120 @@
+"""The robustness selector (``selector: robustness``): the branch answers where it is robust on
+``B(x', κ·eps)`` around the input ``x'`` it sees, checked by the evaluation attack.
+
+Counted from the branch's attack records (``Selection.robustness``): selected at ``κ·eps``, stable
+at ``(κ+1)·eps``, unreachable where not robust at ``(κ−1)·eps``. Its knob ``κ`` is configured, or
+chosen on validation data for an operating point (``evaluate.operating_points``). It composes
+chains, and is the composition the calibrated selectors match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustgate.attacks import Attack
+from robustgate.config import CompositionSettings, SearchSettings, TrainSpec
+from robustgate.evaluate import Records, Selection, evaluate_or_resume
+from robustgate.evaluate.operating_points import SelectionAt, choose_kappa, operating_curve
+from robustgate.select import RobustnessSelector, Selector
+from robustgate.selector_kinds.base import SelectorKind
+from robustgate.selector_kinds.run import CompositionRun
+from robustgate.threat import ThreatModel
+
+
+def robustness_radii(eps: float, kappa: float) -> set[float]:
+    """What :meth:`Selection.robustness` reads at ``κ·eps``: the selection ``κ·eps`` and its
+    stability ``(κ+1)·eps``, both needed, and at ``κ > 1`` the unreachable inputs' ``(κ−1)·eps``,
+    counted where the records hold it."""
+    if not kappa >= 1:
+        raise ValueError(f"every kappa must be >= 1, got {kappa}")
+    radii = {kappa * eps, (kappa + 1) * eps}
+    if kappa > 1:
+        radii.add((kappa - 1) * eps)
+    return radii
+
+
+def sweep_radii(eps: float, kappas: Sequence[float]) -> list[float]:
+    """The radii at which a branch's robustness is needed to count the robustness selector at
+    every ``κ`` of ``kappas``, and eps."""
+    radii = {eps}.union(*(robustness_radii(eps, kappa) for kappa in kappas))
+    return sorted(round(radius, 12) for radius in radii)
+
+
+class RobustnessKind(SelectorKind):
+    name = "robustness"
+    marker = "o"
+    takes_kappa = True
+    chooses_operating_point = True
+    chains = True
+    calibration_reference = True
+    exact_on_grid = True
+
+    def label(self, composition: CompositionSettings) -> str | None:
+        return None
+
+    def selection_radii(self, eps: float, kappa: float) -> set[float]:
+        return robustness_radii(eps, kappa)
+
+    def attack_radii(self, composition: CompositionSettings, eps: float, split: str
+                     ) -> set[float]:
+        if split != "test" and composition.operating_point is None:
+            return set()
+        return set(sweep_radii(eps, composition.kappas))
+
+    def attacked_selections(self, branches: list[Records], eps: float, kappa: float
+                            ) -> list[Selection]:
+        return [Selection.robustness(branch, eps, kappa) for branch in branches]
+
+    def _kappa(self, run: CompositionRun, composition: CompositionSettings
+               ) -> tuple[float, dict[str, Any]]:
+        """``κ`` as configured, or chosen on the calibration data for the operating point."""
+        point = composition.operating_point
+        if point is None:
+            return composition.kappa, {"kappa": composition.kappa}
+        choice = choose_kappa(run.validation_records(composition.branches[0]),
+                              run.validation_records(composition.core), run.eps,
+                              point.kappas, point.max_accuracy_drop)
+        chosen = choice["chosen"]
+        run.say(f"[{composition.label}] kappa {chosen['kappa']:g} chosen on the validation "
+                "points" + ("" if chosen["meets_target"] else " (no kappa meets the target)"))
+        return chosen["kappa"], {"kappa": chosen["kappa"], "operating_point": choice}
+
+    def evaluate(self, run: CompositionRun, composition: CompositionSettings) -> dict[str, Any]:
+        kappa, info = self._kappa(run, composition)
+        parts = [run.records[name] for name in composition.branches]
+        selectors = [RobustnessSelector(run.models[name], run.threat, run.attack, kappa,
+                                        run.config.evaluation.batch_size)
+                     for name in composition.branches]
+        counted = run.count(composition, self.attacked_selections(parts, run.eps, kappa),
+                            selectors)
+        metrics = {**counted, **info}
+        if composition.operating_point is not None:
+            metrics["operating_point"]["test_curve"] = operating_curve(
+                parts[0], run.records[composition.core], run.eps,
+                composition.operating_point.kappas)
+        return metrics
+
+    def deploy(self, branch: torch.nn.Module, threat: ThreatModel, attack: Attack,
+               threshold: float | None, coverage: float | None,
+               calibration: torch.Tensor | None, kappa: float) -> Selector:
+        if threshold is not None or coverage is not None:
+            raise ValueError("the robustness selector takes no threshold or coverage")
+        return RobustnessSelector(branch, threat, attack, kappa)
+
+    def search_branch(self, run: CompositionRun, search: SearchSettings, model: nn.Module,
+                      spec: TrainSpec, directory: Path, split: str, x: torch.Tensor,
+                      y: torch.Tensor) -> tuple[Records, SelectionAt]:
+        records = evaluate_or_resume(
+            directory / "records" / f"{split}.csv", model, x, y, run.threat,
+            sweep_radii(run.eps, search.kappas), run.attack,
+            batch_size=run.config.evaluation.batch_size, progress=run.progress,
+            description=f"{search.name}/{directory.name}/{split}")
+        return records, Selection.robustness
+
+
+ROBUSTNESS = RobustnessKind().register()
