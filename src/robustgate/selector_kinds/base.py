@@ -3,7 +3,7 @@
 A kind owns its part of the config (which settings it takes, and which branches), how its
 deployed selector is built, which records or certificates its count needs (the radii, derived
 from ``κ``), its sound count (``evaluate.Selection``), its knob for operating points, and what the
-report says about it. A kind registers itself in ``registry.SELECTOR_KINDS`` under its name; the
+report says about it. A kind is registered in ``registry.SELECTOR_KINDS`` under its name; the
 config, the command line, the pipeline and the report ask the registry, never test a name.
 """
 

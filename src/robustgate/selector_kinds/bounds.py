@@ -169,4 +169,4 @@ def _export_check(run: CompositionRun, composition: CompositionSettings, kappa: 
             "identical": agree == total}
 
 
-BOUNDS = BoundsKind().register()
+BOUNDS = BoundsKind()

@@ -41,5 +41,5 @@ class ConfidenceKind(ScoreKind):
         return selector
 
 
-SOFTMAX_RESPONSE = ConfidenceKind("softmax_response", "s").register()
-ENTROPY = ConfidenceKind("entropy", "D").register()
+SOFTMAX_RESPONSE = ConfidenceKind("softmax_response", "s")
+ENTROPY = ConfidenceKind("entropy", "D")

@@ -43,4 +43,4 @@ class GateKind(ScoreKind):
         return selector
 
 
-GATE = GateKind().register()
+GATE = GateKind()

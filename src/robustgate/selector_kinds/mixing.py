@@ -47,4 +47,4 @@ class MixingKind(SelectorKind):
         return metrics
 
 
-MIXING = MixingKind().register()
+MIXING = MixingKind()

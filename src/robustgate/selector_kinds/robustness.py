@@ -117,4 +117,4 @@ class RobustnessKind(SelectorKind):
         return records, Selection.robustness
 
 
-ROBUSTNESS = RobustnessKind().register()
+ROBUSTNESS = RobustnessKind()

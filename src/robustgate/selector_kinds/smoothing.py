@@ -85,4 +85,4 @@ class SmoothingKind(SelectorKind):
                 f"Monte-Carlo selector select every reachable input; {values['guarantee']}.")
 
 
-SMOOTHING = SmoothingKind().register()
+SMOOTHING = SmoothingKind()
