@@ -12,10 +12,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from robustgate.inputs import check_outputs
+from robustgate.models.modes import as_model_dtype
 from robustgate.threat import ThreatModel
 
 PYAUTOATTACK_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 TWO_CLASS_ATTACKS = ("apgd-ce", "fab", "square")
+# the DLR losses compare the third-largest logit, and the targeted attacks aim at classes other
+# than the runner-up: none of them applies to a two-class model
+THREE_CLASS_ATTACKS = ("apgd-dlr", "apgd-t", "fab-t")
 NORMS = {"linf": "Linf", "l2": "L2"}
 
 
@@ -56,6 +61,17 @@ class AutoAttackAdapter:
         name = "standard" if self.attacks is None else "+".join(self.attacks)
         return f"AutoAttackAdapter({name}, iterations={self.iterations}, restarts={self.restarts})"
 
+    def check_classes(self, num_classes: int) -> None:
+        """Refuse, before anything runs, a list of attacks that cannot attack a model of
+        ``num_classes`` classes (the standard ensemble adapts to two classes itself)."""
+        needing = [name for name in self.attacks or () if name in THREE_CLASS_ATTACKS]
+        if num_classes < 3 and needing:
+            raise ValueError(
+                f"{', '.join(needing)} need at least three classes (the DLR loss reads the "
+                f"third-largest logit, a targeted attack a class other than the runner-up); the "
+                f"model has {num_classes}: use apgd-ce or autoattack (which runs APGD-CE, FAB "
+                "and Square on two classes)")
+
     def __call__(
         self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, threat: ThreatModel
     ) -> torch.Tensor:
@@ -66,6 +82,7 @@ class AutoAttackAdapter:
                 f"pyautoattack works on the domain [0, 1], the threat model has "
                 f"[{threat.low}, {threat.high}]"
             )
+        x = as_model_dtype(x, model)
         if threat.eps == 0 or len(x) == 0:
             return x.detach().clone()
         shape = x.shape
@@ -73,7 +90,10 @@ class AutoAttackAdapter:
             model = _FlatInput(model, shape[1:])
             x = x.reshape(len(x), 1, 1, -1)
         with torch.no_grad():
-            num_classes = int(model(x[:1]).shape[1])
+            probe = model(x[:1])
+        check_outputs(probe, "the attacked model")
+        num_classes = int(probe.shape[1])
+        self.check_classes(num_classes)
         attacks = self.attacks
         if attacks is None and num_classes < 3:
             attacks = TWO_CLASS_ATTACKS

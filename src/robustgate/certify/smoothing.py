@@ -29,8 +29,8 @@ from scipy.stats import beta as beta_distribution
 from scipy.stats import binom, binomtest, norm
 from torch import nn
 
-from robustgate.inputs import check_inputs
-from robustgate.models.modes import eval_mode, model_device
+from robustgate.inputs import check_inputs, check_outputs
+from robustgate.models.modes import as_model_dtype, eval_mode, model_device
 from robustgate.threat import ThreatModel
 
 ABSTAIN = -1
@@ -131,6 +131,10 @@ class Smooth(nn.Module):
         if batch_size < 1 or votes < 1 or num_classes < 2:
             raise ValueError(f"need batch_size >= 1, votes >= 1 and num_classes >= 2, got "
                              f"{batch_size}, {votes}, {num_classes}")
+        declared = getattr(base, "num_classes", None)
+        if declared is not None and int(declared) != num_classes:
+            raise ValueError(f"num_classes={num_classes}, but the base model has {declared} "
+                             "classes; give its own count")
         self.base = base
         self.num_classes = num_classes
         self.sigma = float(sigma)
@@ -186,8 +190,19 @@ class Smooth(nn.Module):
         return [torch.Generator(device=device).manual_seed(int(state.generate_state(1)[0]))
                 for state in states]
 
+    def _base_labels(self, batch: torch.Tensor) -> torch.Tensor:
+        """The base model's classes on a noisy batch; its outputs must be finite logits of
+        ``num_classes`` classes."""
+        logits = self.base(batch)
+        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(f"the base model gives outputs of shape {tuple(logits.shape)}, "
+                             f"Smooth was built for num_classes={self.num_classes}")
+        check_outputs(logits, "the base model")
+        return logits.argmax(dim=1)
+
     def _counts(self, x: torch.Tensor, num: int, generators: list[torch.Generator],
                 ) -> torch.Tensor:
+        x = as_model_dtype(x, self.base)
         device = model_device(self.base)
         counts = torch.zeros(len(x), self.num_classes, dtype=torch.int64, device=device)
         block = min(num, self.batch_size)  # an input's noise comes in blocks of this many draws
@@ -203,8 +218,7 @@ class Smooth(nn.Module):
                                     device=device)
                         for generator in generators[start : start + len(group)]])
                     batch = group.repeat_interleave(draws, dim=0) + self.sigma * noise
-                    votes = nn.functional.one_hot(self.base(batch).argmax(dim=1),
-                                                  self.num_classes)
+                    votes = nn.functional.one_hot(self._base_labels(batch), self.num_classes)
                     counts[start : start + len(group)] += votes.view(
                         len(group), draws, self.num_classes).sum(dim=1)
                     remaining -= draws
