@@ -11,6 +11,7 @@ uninterrupted run (every epoch's randomness is seeded from the seed and the epoc
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +41,7 @@ from robustgate.models import (
     save_checkpoint,
 )
 from robustgate.threat import ThreatModel
-from robustgate.train.loop import fit, make_optimizer
+from robustgate.train.loop import DivergedError, fit, make_optimizer
 
 Data = tuple[torch.Tensor, torch.Tensor]
 
@@ -103,8 +104,10 @@ def _same_spec(stored: dict[str, Any], spec: TrainSpec, seed: int) -> bool:
 
 
 def select_epoch(history: list[dict[str, Any]], rule: SelectionSettings) -> int | None:
-    """The validated epoch chosen by ``rule`` (``None`` when no epoch was validated)."""
-    validated = [entry for entry in history if "validation" in entry]
+    """The validated epoch chosen by ``rule`` (``None`` when no epoch was validated); an epoch
+    with a non-finite validation metric is never chosen."""
+    validated = [entry for entry in history if "validation" in entry
+                 and all(math.isfinite(value) for value in entry["validation"].values())]
     if not validated:
         return None
     if rule.within is not None:
@@ -173,13 +176,19 @@ def train_model(
             save(out / "epochs" / f"epoch-{epoch}.safetensors", epoch,
                  {"validation": entry["validation"]})
         history.append(entry)
-        atomic_write_text(out / "log.jsonl", "".join(json.dumps(e) + "\n" for e in history))
+        atomic_write_text(out / "log.jsonl", "".join(json.dumps(e, allow_nan=False) + "\n"
+                                                     for e in history))
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "history": json.dumps(history)}
         atomic_write(state_path, lambda temporary: torch.save(state, temporary))
 
-    fit(model, loss, *train, config, progress=progress, description=out.name,
-        optimizer=optimizer, start_epoch=len(history), on_epoch_end=on_epoch_end)
+    try:
+        fit(model, loss, *train, config, progress=progress, description=out.name,
+            optimizer=optimizer, start_epoch=len(history), on_epoch_end=on_epoch_end)
+    except DivergedError as error:
+        kept = (f"{state_path} keeps epoch {len(history)}, the last good one" if history
+                else "no epoch finished")
+        raise DivergedError(f"{out}: {error}; {kept}") from None
     save(out / "last.safetensors", config.epochs)
     chosen = None if spec.validation is None else select_epoch(history, spec.validation.select)
     if chosen is None:
