@@ -566,14 +566,20 @@ RENAMED_KEYS = {
 def _describe(error: ValidationError) -> str:
     problems = []
     for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        location = list(item["loc"])
+        key = location[-2] if location[-1:] == ["[key]"] else None
+        if key is not None:  # a mapping's key, not its value, is wrong: name it as a key
+            location = [*location[:-2], f"key {key!r}"]
+        where = ".".join(str(part) for part in location) or "(top level)"
         if item["type"] == "extra_forbidden":
             path = ".".join(str(part) for part in item["loc"] if not isinstance(part, int))
             successor = RENAMED_KEYS.get(path)
             problems.append(f"unknown key '{where}'"
                             + ("" if successor is None else f" ({successor})"))
-        else:
+        elif key is not None or item["type"] in ("missing", "value_error"):
             problems.append(f"'{where}': {item['msg']}")
+        else:
+            problems.append(f"'{where}': {item['msg']} (got {item['input']!r})")
     return "; ".join(problems)
 
 

@@ -67,7 +67,7 @@ class AutoAttackAdapter:
         needing = [name for name in self.attacks or () if name in THREE_CLASS_ATTACKS]
         if num_classes < 3 and needing:
             raise ValueError(
-                f"{', '.join(needing)} need at least three classes (the DLR loss reads the "
+                f"{', '.join(needing)}: needs at least three classes (the DLR loss reads the "
                 f"third-largest logit, a targeted attack a class other than the runner-up); the "
                 f"model has {num_classes}: use apgd-ce or autoattack (which runs APGD-CE, FAB "
                 "and Square on two classes)")

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from robustgate.attacks import Attack
+from robustgate.attacks import Attack, check_attack_applies
 from robustgate.compose import ComposedClassifier
 from robustgate.config import DEFAULT_KAPPAS
 from robustgate.evaluate import (
@@ -132,6 +132,7 @@ def compose_from_checkpoints(
     if selector != "robustness" and len(branches) > 1:
         raise ValueError("chains use robustness selectors only")
     models = [load_checkpoint(path, device)[0] for path in branches]
+    check_attack_applies(attack, models[0].num_classes)
     stages = [(model, _selector(selector, model, threat, attack, threshold, coverage,
                                 calibration, kappa)) for model in models]
     composed = ComposedClassifier.chain(stages, load_checkpoint(core, device)[0])

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from robustgate.attacks import build_attack, make_attack
+from robustgate.attacks import build_attack, check_attack_applies, make_attack
 from robustgate.config import CompositionSettings, ExperimentConfig
 from robustgate.data import load_dataset
 from robustgate.device import resolve_device
@@ -112,6 +112,10 @@ def run_experiment(
                       **spec.loss.params)
         except ValueError as error:
             raise ValueError(f"model {name!r}: {error}") from None
+    try:
+        check_attack_applies(build_attack(config.evaluation.attack, config.seed), num_classes)
+    except ValueError as error:
+        raise ValueError(f"evaluation.attack: {error}") from None
     check_run_directory(out, json.loads(config.model_dump_json()), ExperimentConfig)
     checkpoints: dict[str, Path] = {}
     for name, spec in config.models.items():
