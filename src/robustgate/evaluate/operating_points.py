@@ -78,6 +78,24 @@ def choose_operating_point(curve: Sequence[dict[str, float]], core_accuracy: flo
             "max_accuracy_drop": max_accuracy_drop}
 
 
+# an operating point that keeps less than this share of the curve's best sound robust accuracy
+# meets its accuracy target by giving the robustness up, which the report and compose say
+LITTLE_ROBUSTNESS = 0.5
+
+
+def robustness_given_up(curve: list[dict[str, Any]], chosen: dict[str, Any]
+                        ) -> dict[str, Any] | None:
+    """Where the chosen point keeps less than ``LITTLE_ROBUSTNESS`` of the most robust point of
+    ``curve`` (the curve it was chosen on): that point (``{"kappa", "robust_accuracy"}``) and
+    the share kept; ``None`` otherwise."""
+    best = max(curve, key=lambda point: (point["robust_accuracy"], -point["kappa"]))
+    if best["robust_accuracy"] == 0 or chosen["robust_accuracy"] >= (
+            LITTLE_ROBUSTNESS * best["robust_accuracy"]):
+        return None
+    return {"kappa": best["kappa"], "robust_accuracy": best["robust_accuracy"],
+            "share_kept": chosen["robust_accuracy"] / best["robust_accuracy"]}
+
+
 def choose_kappa(branch: Records, core: Records, eps: float, kappas: Sequence[float],
                  max_accuracy_drop: float | None,
                  selection_at: SelectionAt = Selection.robustness) -> dict[str, Any]:
