@@ -40,6 +40,8 @@ def _train(args: argparse.Namespace) -> int:
     from robustgate.device import resolve_device
     from robustgate.train.run import train_model, training_data
 
+    if args.out is not None:
+        check_output_directory(args.out)
     config = load_config(args.config, TrainRunConfig, args.set)
     out = check_output_directory(args.out or Path("runs") / config.name)
     device = resolve_device(args.device)
@@ -77,7 +79,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from robustgate.device import resolve_device
     from robustgate.evaluate import evaluate_or_resume, robustness_metrics
     from robustgate.io import atomic_write_json, record_settings
-    from robustgate.models import load_checkpoint
+    from robustgate.models import load_checkpoint, predict_logits
     from robustgate.report import metrics_table
     from robustgate.threat import ThreatModel
 
@@ -90,6 +92,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         ThreatModel(args.norm, eps).check_dimension(x)
     attack = _attack(args)
     check_attack_applies(attack, model.num_classes)
+    predict_logits(model, x)  # refuses a diverged model before anything is written
     settings = {"checkpoint": str(args.checkpoint), "data": args.data, "split": args.split,
                 "samples": len(y), "attack": repr(attack), "norm": args.norm,
                 "eps": sorted(set(args.eps))}
@@ -111,6 +114,8 @@ def _run(args: argparse.Namespace) -> int:
     from robustgate.pipeline import run_experiment
     from robustgate.report import metrics_table
 
+    if args.out is not None:
+        check_output_directory(args.out)
     config = load_config(args.config, ExperimentConfig, args.set)
     out = check_output_directory(args.out or Path("runs") / config.name)
     result = run_experiment(config, out, device=args.device, progress=not args.quiet)

@@ -26,7 +26,7 @@ from robustgate.evaluate.composition import composition_metrics, route_counts
 from robustgate.evaluate.operating_points import choose_kappa
 from robustgate.evaluate.sanity import sanity_checks
 from robustgate.io import atomic_write_json, atomic_write_text
-from robustgate.models import load_checkpoint
+from robustgate.models import load_checkpoint, predict_logits
 from robustgate.select import (
     ConfidenceSelector,
     RobustnessSelector,
@@ -132,10 +132,13 @@ def compose_from_checkpoints(
     if selector != "robustness" and len(branches) > 1:
         raise ValueError("chains use robustness selectors only")
     models = [load_checkpoint(path, device)[0] for path in branches]
+    core_model = load_checkpoint(core, device)[0]
     check_attack_applies(attack, models[0].num_classes)
+    for model in [*models, core_model]:  # a diverged model is refused before anything runs
+        predict_logits(model, x)
     stages = [(model, _selector(selector, model, threat, attack, threshold, coverage,
                                 calibration, kappa)) for model in models]
-    composed = ComposedClassifier.chain(stages, load_checkpoint(core, device)[0])
+    composed = ComposedClassifier.chain(stages, core_model)
     labels, routes = [], []
     for start in range(0, len(x), batch_size):
         batch_labels, batch_routes = composed.predict(x[start : start + batch_size])
