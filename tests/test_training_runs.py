@@ -14,6 +14,7 @@ from robustgate.config import (
     parse_config,
 )
 from robustgate.data import load_dataset
+from robustgate.evaluate import Records
 from robustgate.models import MLP, load_checkpoint, save_checkpoint
 from robustgate.pipeline import run_experiment
 from robustgate.train import run as training_run
@@ -174,8 +175,14 @@ def test_a_small_experiment_end_to_end(tmp_path):
     assert low <= adaptive["robust_accuracy"] <= high
     assert adaptive["robust_accuracy"] <= composed["natural_accuracy"] + 0.2
     assert set(result["autoattack_check"]) == {"core", "era"}
-    for check in result["autoattack_check"].values():
+    for name, check in result["autoattack_check"].items():
         assert check["autoattack"] <= check["apgd-ce"] + 0.05
+        evaluated = Records.read_csv(tmp_path / "records" / "test" / f"{name}.csv")
+        strong = Records.read_csv(tmp_path / "autoattack" / f"{name}.csv")
+        missed = evaluated.robust_at(0.05)[:20] & ~strong.robust_at(0.05)
+        assert check["missed_flips"] == np.flatnonzero(missed).tolist()
+    broken = adaptive["counted_but_broken_indices"]
+    assert len(broken) == adaptive["counted_but_broken"] and broken == sorted(set(broken))
     sanity = adaptive["sanity"]
     assert sanity["samples"] == 10
     assert set(sanity["robust_accuracy_by_eps"]) == {"0.1", "0.2", "0.4"}

@@ -492,6 +492,13 @@ def _autoattack_section(run: Run) -> Section | None:
             lower = "AutoAttack" if values["autoattack"] < values[attack] else attack
             notes.append(f"{name}: they differ by more than 1 point; {lower} gives the lower "
                          "robust accuracy, the figure to trust.")
+        missed = values.get("missed_flips")
+        if missed:
+            notes.append(
+                f"{name}: AutoAttack flipped {len(missed)} inputs the evaluation attack held "
+                f"robust (test inputs {_indices(missed)}): each is a witness, not a sampling "
+                "error, that the records' check is weaker than AutoAttack on this model, and "
+                "every count that leans on its records may count inputs that are not robust.")
     return Section("Robust accuracy: evaluation attack vs full AutoAttack",
                    ["model", attack, "AutoAttack (standard)", "difference (points)"], rows, notes)
 
