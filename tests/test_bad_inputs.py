@@ -257,6 +257,45 @@ def test_records_whose_rows_are_permuted_are_refused(files, tmp_path, capsys):
               "0.1", "--out", str(out)], capsys, str(permuted), "not 0 … 29 in order", out=out)
 
 
+def test_data_of_another_shape_than_the_models_is_refused_before_anything_is_written(
+        files, tmp_path, capsys):
+    path = tmp_path / "four.npz"
+    np.savez(path, x=np.full((10, 4), 0.5, dtype=np.float32), y=np.zeros(10, dtype=np.int64),
+             num_classes=3)
+    data = ["--data", "npz", "--path", str(path)]
+    for arguments in (["evaluate", str(files["three"]), *data, "--eps", "0.1"],
+                      ["certify", str(files["three"]), "--method", "ibp", *data],
+                      ["compose", "--branch", str(files["three"]), "--core",
+                       str(files["three"]), "--eps", "0.1", *data]):
+        out = tmp_path / arguments[0]
+        _refused([*arguments, "--out", str(out)], capsys, "per-sample shape (4,), the model "
+                 "expects (2,)", out=out)
+
+
+def test_a_training_config_with_a_bad_model_claims_no_directory(tmp_path, capsys):
+    out = tmp_path / "out"
+    for model, expected in [({"architecture": "Foo"}, "unknown architecture 'Foo'"),
+                            ({**MLP_SPEC, "arguments": {"in_features": 2, "bogus": 1}},
+                             "unexpected keyword argument 'bogus'"),
+                            ({**MLP_SPEC, "init": str(tmp_path / "train.yaml")},
+                             "is not a readable PyTorch state dict")]:
+        config = tmp_path / "train.yaml"
+        config.write_text(yaml.safe_dump({"name": "t", "data": {"name": "threegauss", "n": 40},
+                                          "model": model}))
+        _refused(["train", str(config), "--out", str(out)], capsys, expected, out=out)
+    config.write_text(yaml.safe_dump({"name": "t", "data": {"name": "threegauss", "n": 40},
+                                      "model": MLP_SPEC, "loss": {"name": "nope"}}))
+    _refused(["train", str(config), "--out", str(out)], capsys, "unknown loss 'nope'", out=out)
+
+
+def test_half_a_validation_pair_is_refused(files, tmp_path, capsys):
+    records = str(files["records"])
+    out = tmp_path / "out"
+    _refused(["compose", "--branch", records, "--core", records, "--eps", "0.1",
+              "--max-accuracy-drop", "0", "--validation-branch", records, "--out", str(out)],
+             capsys, "--validation-branch and --validation-core go together", out=out)
+
+
 def test_apgd_t_on_a_two_class_model_is_refused_before_it_runs(files, tmp_path, capsys):
     out = tmp_path / "out"
     _refused(["evaluate", str(files["two"]), "--data", "twogauss", "--eps", "0.1", "--limit",

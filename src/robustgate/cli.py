@@ -78,6 +78,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from robustgate.attacks import check_attack_applies
     from robustgate.device import resolve_device
     from robustgate.evaluate import evaluate_or_resume, robustness_metrics
+    from robustgate.inputs import check_inputs
     from robustgate.io import atomic_write_json, record_settings
     from robustgate.models import load_checkpoint, predict_logits
     from robustgate.report import metrics_table
@@ -92,6 +93,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         ThreatModel(args.norm, eps).check_dimension(x)
     attack = _attack(args)
     check_attack_applies(attack, model.num_classes)
+    check_inputs(x, getattr(model, "input_shape", None))
     predict_logits(model, x)  # refuses a diverged model before anything is written
     settings = {"checkpoint": str(args.checkpoint), "data": args.data, "split": args.split,
                 "samples": len(y), "attack": repr(attack), "norm": args.norm,
@@ -133,6 +135,9 @@ def _compose(args: argparse.Namespace) -> int:
     check_output_directory(args.out)
     parts = [*args.branch, args.core]
     kinds = {Path(part).suffix for part in parts}
+    if (args.validation_branch is None) != (args.validation_core is None):
+        raise ValueError("--validation-branch and --validation-core go together: give both "
+                         "(the branch's and the core's records on validation data) or neither")
     if kinds == {".csv"}:
         validation = (None if args.validation_branch is None
                       else (args.validation_branch, args.validation_core))

@@ -156,7 +156,7 @@ def _read_torch_state_dict(path: Path) -> dict[str, Any]:
     except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
         raise ValueError(
             f"{path} is not a readable PyTorch state dict (torch.load, weights_only=True): "
-            f"{error}"
+            f"{error or type(error).__name__}"
         ) from None
     if isinstance(loaded, dict):
         nested = [

@@ -27,7 +27,7 @@ from robustgate.evaluate import (
 )
 from robustgate.inputs import check_inputs
 from robustgate.io import atomic_write_json, complete_or_resume, record_settings
-from robustgate.models import load_checkpoint
+from robustgate.models import load_checkpoint, predict_logits
 from robustgate.threat import ThreatModel
 
 METHODS = ("smoothing", *BOUND_METHODS)
@@ -56,6 +56,7 @@ def certify_checkpoint(
     check_inputs(x)
     model, metadata = load_checkpoint(checkpoint, device)
     check_inputs(x, getattr(model, "input_shape", None))
+    predict_logits(model, x)  # a diverged model is refused before anything is written
     if method != "smoothing":
         feed_forward_layers(model)
     dimension = x[0].numel()

@@ -25,6 +25,7 @@ from robustgate.evaluate import (
 from robustgate.evaluate.composition import composition_metrics, route_counts
 from robustgate.evaluate.operating_points import choose_kappa
 from robustgate.evaluate.sanity import sanity_checks
+from robustgate.inputs import check_inputs
 from robustgate.io import atomic_write_json, atomic_write_text
 from robustgate.models import load_checkpoint, predict_logits
 from robustgate.select import (
@@ -135,6 +136,7 @@ def compose_from_checkpoints(
     core_model = load_checkpoint(core, device)[0]
     check_attack_applies(attack, models[0].num_classes)
     for model in [*models, core_model]:  # a diverged model is refused before anything runs
+        check_inputs(x, getattr(model, "input_shape", None))
         predict_logits(model, x)
     stages = [(model, _selector(selector, model, threat, attack, threshold, coverage,
                                 calibration, kappa)) for model in models]

@@ -142,9 +142,9 @@ def train_model(
                              "another output directory")
         if best_path.exists():
             return best_path
-    else:
-        atomic_write_json(out / "spec.json", {"spec": spec_json, "seed": seed})
     device = torch.device(device)
+    # the model, loss and optimizer first: a bad architecture, argument or loss parameter is
+    # refused before the run directory is claimed
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         model, arguments = initial_model(spec, num_classes, device, resolve)
@@ -152,6 +152,8 @@ def train_model(
     loss = make_loss(spec.loss.name, threat, **training_attack_of(spec), **spec.loss.params)
     config = spec.train.build(seed)
     optimizer = make_optimizer(model, config)
+    if not (out / "spec.json").exists():
+        atomic_write_json(out / "spec.json", {"spec": spec_json, "seed": seed})
     history: list[dict[str, Any]] = []
     state_path = out / "state.pt"
     if state_path.exists():
