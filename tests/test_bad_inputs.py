@@ -35,7 +35,7 @@ from robustgate.config import (
     parse_config,
 )
 from robustgate.data import load_dataset
-from robustgate.evaluate import Records
+from robustgate.evaluate import Records, Selection, evaluate_model
 from robustgate.inputs import check_outputs
 from robustgate.models import MLP, load_checkpoint, save_checkpoint
 from robustgate.select import RobustnessSelector
@@ -644,3 +644,46 @@ def test_schemas_validate_study_names_and_data(tmp_path):
                                      "models: {}\n")
     with pytest.raises(ValueError, match="'data.verify'.*maybe"):
         load_config(tmp_path / "c.yaml", ExperimentConfig)
+
+
+def _api_cases(model: torch.nn.Module) -> list[tuple[str, object, type, str]]:
+    x = torch.full((4, 2), 0.5)
+    threat = ThreatModel("linf", 0.1)
+    pgd = make_attack("pgd", steps=2)
+    one_dimensional = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.Flatten(0))
+    records = Records([0, 1], [0, 1], {0.1: [1, 1], 0.2: [1, 1]})
+    labels = torch.zeros(4, dtype=torch.int64)
+    return [
+        ("eps nan", lambda: ThreatModel("linf", float("nan")), ValueError, "eps=nan"),
+        ("unknown attack", lambda: make_attack("pgd2"), ValueError, "unknown attack 'pgd2'"),
+        ("apgd 0 steps", lambda: make_attack("apgd-ce", steps=0), ValueError, "got 0"),
+        ("1-D outputs", lambda: check_robustness(one_dimensional, x, threat, pgd), ValueError,
+         r"outputs of shape \(4,\)"),
+        ("numpy inputs", lambda: check_robustness(model, x.numpy(), threat, pgd), TypeError,
+         "must be a torch.Tensor"),
+        ("inputs outside the domain", lambda: check_robustness(model, x + 1, threat, pgd),
+         ValueError, "outside the domain"),
+        ("NaN inputs", lambda: check_robustness(model, x * float("nan"), threat, pgd),
+         ValueError, "NaN or infinite values"),
+        ("batch size 0", lambda: evaluate_model(model, x, labels, threat, [0.1], pgd,
+                                                batch_size=0, progress=False),
+         ValueError, "batch_size must be >= 1, got 0"),
+        ("labels beyond the classes", lambda: evaluate_model(
+            model, x, torch.full((4,), 5), threat, [0.1], pgd, progress=False), ValueError,
+         r"labels in \[5, 5\], the model has 3 classes"),
+        ("kappa below 1", lambda: RobustnessSelector(model, threat, pgd, 0.5), ValueError,
+         "kappa must be >= 1, got 0.5"),
+        ("negative eps in a count", lambda: Selection.robustness(records, -0.1), ValueError,
+         "eps must be a finite number >= 0, got -0.1"),
+        ("smoothing sigma 0", lambda: Smooth(model, 3, 0.0), ValueError, "sigma must be"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(12))
+def test_python_entry_points_refuse_bad_values(files, case):
+    model, _ = load_checkpoint(files["three"])
+    cases = _api_cases(model)
+    assert len(cases) == 12
+    _, call, error, message = cases[case]
+    with pytest.raises(error, match=message):
+        call()

@@ -70,7 +70,10 @@ def check_outputs(outputs: torch.Tensor, name: str = "the model") -> None:
     (One-hot rows alone are not taken for probabilities: constant logits can be exactly that.)"""
     if torch.compiler.is_compiling():
         return  # a traced program (torch.export) has no values to check
-    if outputs.dim() != 2 or len(outputs) == 0:
+    if outputs.dim() != 2:
+        raise ValueError(f"{name} gave outputs of shape {tuple(outputs.shape)}; robustgate "
+                         "expects logits of shape (inputs, classes)")
+    if len(outputs) == 0:
         return
     values = outputs.detach()
     finite = torch.isfinite(values).all(dim=1)

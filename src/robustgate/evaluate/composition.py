@@ -26,6 +26,7 @@ bound on the truth as far as the robustness checks behind the records are exact.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +80,8 @@ class Selection:
         """
         if not kappa >= 1:
             raise ValueError(f"the robustness selector's kappa must be >= 1, got {kappa}")
+        if not (math.isfinite(eps) and eps >= 0):
+            raise ValueError(f"eps must be a finite number >= 0, got {eps}")
         selected = branch.robust_at(kappa * eps)
         stable = branch.robust_at((kappa + 1) * eps)
         inner = (kappa - 1) * eps

@@ -206,6 +206,8 @@ def evaluate_model(
     (``attacks.check_robustness`` takes either).
     """
     check_labels(y, len(x), getattr(model, "num_classes", None))
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not radii:
         raise ValueError("radii must name at least one eps")
     radii = sorted({float(eps) for eps in radii})
