@@ -687,3 +687,17 @@ def test_python_entry_points_refuse_bad_values(files, case):
     _, call, error, message = cases[case]
     with pytest.raises(error, match=message):
         call()
+
+
+def test_a_smoothed_vote_draws_fresh_noise_unless_a_seed_fixes_it():
+    """At an input on the decision boundary every vote is a coin toss: fresh noise gives other
+    counts on every call, a fixed seed the same."""
+    boundary = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        boundary.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+        boundary.bias.zero_()
+    x = torch.tensor([[0.0, 0.5]])
+    fresh = Smooth(boundary, 2, sigma=0.1, votes=200)
+    assert len({tuple(fresh(x)[0].tolist()) for _ in range(5)}) > 1
+    fixed = Smooth(boundary, 2, sigma=0.1, votes=200, seed=3)
+    assert len({tuple(fixed(x)[0].tolist()) for _ in range(5)}) == 1

@@ -120,12 +120,14 @@ class Smooth(nn.Module):
     domain), over ``num_classes`` classes.
 
     As a module, ``forward(x)`` returns the vote counts of ``votes`` noisy draws per input (their
-    argmax is the smoothed class, estimated), so a smoothed model composes like any other.
+    argmax is the smoothed class, estimated), so a smoothed model composes like any other. Its
+    noise is drawn afresh on every call (from PyTorch's global generator) unless ``seed`` fixes
+    it: a fixed seed makes a deployed vote reproducible, and its noise known to an adversary.
     ``batch_size`` caps the noisy inputs per forward pass of ``base``.
     """
 
     def __init__(self, base: nn.Module, num_classes: int, sigma: float, batch_size: int = 1000,
-                 votes: int = 1000, seed: int = 0) -> None:
+                 votes: int = 1000, seed: int | None = None) -> None:
         super().__init__()
         _check_sigma(sigma)
         if batch_size < 1 or votes < 1 or num_classes < 2:
@@ -147,7 +149,8 @@ class Smooth(nn.Module):
         return f"Smooth(sigma={self.sigma:g}, base={type(self.base).__name__})"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.counts(x, self.votes, self.seed).to(torch.float32)
+        seed = int(torch.randint(0, 2**62, ())) if self.seed is None else self.seed
+        return self.counts(x, self.votes, seed).to(torch.float32)
 
     def predict(self, x: torch.Tensor, n: int, alpha: float, seed: int = 0, offset: int = 0,
                 ) -> torch.Tensor:
