@@ -18,9 +18,10 @@ from robustgate.threat import ThreatModel
 
 PYAUTOATTACK_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 TWO_CLASS_ATTACKS = ("apgd-ce", "fab", "square")
-# the DLR losses compare the third-largest logit, and the targeted attacks aim at classes other
-# than the runner-up: none of them applies to a two-class model
-THREE_CLASS_ATTACKS = ("apgd-dlr", "apgd-t", "fab-t")
+THREE_CLASS_ATTACKS = ("apgd-ce", "fab-t", "square")
+# the fewest classes an attack works on: the DLR loss reads the third-largest logit, its targeted
+# form the fourth-largest, and a targeted attack needs a class other than the runner-up
+MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4, "fab-t": 3}
 NORMS = {"linf": "Linf", "l2": "L2"}
 
 
@@ -28,9 +29,10 @@ class AutoAttackAdapter:
     """Runs ``pyautoattack`` attacks one after the other on the samples still unbroken.
 
     ``attacks=None`` is the ``standard`` AutoAttack ensemble (APGD-CE, APGD-T, FAB-T, Square);
-    its targeted attacks need at least three classes, so on two-class models the ensemble is
-    APGD-CE, FAB and Square instead. ``iterations`` and ``restarts`` set APGD's budget, and
-    ``iterations`` Square's queries, for a custom list (the standard version keeps the authors'
+    APGD-T's targeted DLR loss needs at least four classes, so on three-class models the ensemble
+    is APGD-CE, FAB-T and Square, and on two-class models APGD-CE, FAB and Square.
+    ``iterations`` and ``restarts`` set APGD's budget, and ``iterations`` Square's queries, for a
+    custom list and the ensembles of fewer classes (the standard version keeps the authors'
     settings).
     """
 
@@ -63,14 +65,15 @@ class AutoAttackAdapter:
 
     def check_classes(self, num_classes: int) -> None:
         """Refuse, before anything runs, a list of attacks that cannot attack a model of
-        ``num_classes`` classes (the standard ensemble adapts to two classes itself)."""
-        needing = [name for name in self.attacks or () if name in THREE_CLASS_ATTACKS]
-        if num_classes < 3 and needing:
-            raise ValueError(
-                f"{', '.join(needing)}: needs at least three classes (the DLR loss reads the "
-                f"third-largest logit, a targeted attack a class other than the runner-up); the "
-                f"model has {num_classes}: use apgd-ce or autoattack (which runs APGD-CE, FAB "
-                "and Square on two classes)")
+        ``num_classes`` classes (the standard ensemble adapts to two and three classes)."""
+        for name in self.attacks or ():
+            if num_classes < MIN_CLASSES.get(name, 2):
+                raise ValueError(
+                    f"{name} needs at least {MIN_CLASSES[name]} classes (the DLR loss reads "
+                    "the third-largest logit, its targeted form the fourth-largest, a targeted "
+                    f"attack a class other than the runner-up); the model has {num_classes}: "
+                    "use apgd-ce or autoattack (which runs APGD-CE, FAB-T and Square on three "
+                    "classes, APGD-CE, FAB and Square on two)")
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, threat: ThreatModel
@@ -95,8 +98,8 @@ class AutoAttackAdapter:
         num_classes = int(probe.shape[1])
         self.check_classes(num_classes)
         attacks = self.attacks
-        if attacks is None and num_classes < 3:
-            attacks = TWO_CLASS_ATTACKS
+        if attacks is None and num_classes < 4:
+            attacks = TWO_CLASS_ATTACKS if num_classes < 3 else THREE_CLASS_ATTACKS
         common = {"eps": threat.eps, "norm": NORMS[threat.norm], "seed": self.seed,
                   "device": x.device}
         if attacks is None:
