@@ -191,7 +191,9 @@ class SmoothingSettings(_Strict):
     """Certification by randomized smoothing (``certify.Smooth.certify``): smoothing noise
     ``sigma`` (set apart from the ``sigma_train`` a model was trained with), ``n0`` selection and
     ``n`` estimation draws, level ``alpha``, ``batch_size`` noisy inputs per forward pass and
-    ``seed``. Radii are L2; a Linf threat is certified through the L2 ball that covers it."""
+    ``seed``. Radii are L2; a Linf threat is certified through the L2 ball that covers it.
+    ``votes``: the draws of the majority vote the model answers with when deployed as a core
+    (``Smooth.forward``), which its count in a composition allows for (``certify.vote_radius``)."""
 
     sigma: float = Field(gt=0)
     n0: int = Field(100, ge=1)
@@ -199,6 +201,7 @@ class SmoothingSettings(_Strict):
     alpha: float = Field(0.001, gt=0, lt=1)
     batch_size: int = Field(1000, ge=1)
     seed: int = 0
+    votes: int = Field(1000, ge=1)
 
     @model_validator(mode="after")
     def _selection_within_estimation(self) -> SmoothingSettings:

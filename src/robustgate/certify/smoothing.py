@@ -99,6 +99,36 @@ def stable_radius(sigma: float, radius: float, distance: float, n0: int, n: int,
     return float(sigma * norm.ppf(high) + distance)
 
 
+def vote_radius(sigma: float, distance: float, votes: int, failure: float) -> float:
+    """The certified radius at ``x`` from which a smoothed model deployed as a majority vote of
+    ``votes`` noisy draws (``Smooth.forward``) answers the class certified at ``x`` at every
+    ``x'`` within L2 ``distance``, each with probability at least ``1 − failure``.
+
+    As for :func:`stable_radius`: ``σ·Φ⁻¹(p)`` is 1-Lipschitz, so ``p(x') ≥ q`` on the ball where
+    the radius certified at ``x`` reaches ``σ·Φ⁻¹(q) + distance``; ``q`` is the smallest top-class
+    probability at which more than half of the ``votes`` draws pick the class with probability
+    ``1 − failure`` (a majority wins the vote whatever the other classes get; a tie counts as a
+    miss). ``inf`` where no probability below 1 is enough."""
+    _check_sigma(sigma)
+    if not (isinstance(votes, int) and votes >= 1):
+        raise ValueError(f"votes must be an integer >= 1, got {votes!r}")
+    if not 0 < failure < 1:
+        raise ValueError(f"failure must be in (0, 1), got {failure}")
+    if not distance >= 0:
+        raise ValueError(f"distance must be >= 0, got {distance}")
+
+    def misses(q: float) -> float:
+        return float(binom.cdf(votes // 2, votes, q))
+
+    if misses(np.nextafter(1.0, 0.0)) > failure:
+        return math.inf
+    low, high = 0.5, 1.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if misses(middle) > failure else (low, middle)
+    return float(sigma * norm.ppf(high) + distance)
+
+
 def _check_sigma(sigma: float) -> None:
     if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
         raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")

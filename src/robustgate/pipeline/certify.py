@@ -62,7 +62,7 @@ def certify_checkpoint(
     dimension = x[0].numel()
     settings = {"checkpoint": str(checkpoint), "method": method, "data": data,
                 "samples": len(y), "norm": norm, "radii": sorted(set(radii)),
-                **(smoothing.model_dump() if smoothing else {})}
+                **(smoothing.model_dump(exclude={"votes"}) if smoothing else {})}
     out = Path(out)
     record_settings(out / "certify.json", settings, "certificates")
     started = time.perf_counter()

@@ -185,7 +185,7 @@ def run_experiment(
             metrics[composition.label] = certified_composition(
                 composition, certificates[branch], config.models[branch].smoothing,
                 certificates.get(composition.core, records.get(composition.core)), threat,
-                dimension, out, progress)
+                dimension, out, progress, config.models[composition.core].smoothing)
         elif composition.selector == "bounds":
             point = None if composition.operating_point is None else bound_operating_point(
                 composition, config, models, validation, threat, out, progress)
