@@ -16,6 +16,12 @@ from robustgate.data import SYNTHETIC_DATASETS
 from robustgate.io import check_output_directory
 
 
+def _given_out(out: str | None) -> Path | None:
+    """``--out`` checked before anything else is read (``None`` where the default, from the
+    config's name, is checked once the config is read)."""
+    return None if out is None else check_output_directory(out)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from robustgate.config import demo_config
     from robustgate.pipeline import run_experiment
@@ -40,10 +46,9 @@ def _train(args: argparse.Namespace) -> int:
     from robustgate.device import resolve_device
     from robustgate.train.run import train_model, training_data
 
-    if args.out is not None:
-        check_output_directory(args.out)
+    given = _given_out(args.out)
     config = load_config(args.config, TrainRunConfig, args.set)
-    out = check_output_directory(args.out or Path("runs") / config.name)
+    out = given or check_output_directory(Path("runs") / config.name)
     device = resolve_device(args.device)
     train, validation, num_classes, metadata = training_data(config.data, config.seed)
     best = train_model(config, train, validation, num_classes, out, seed=config.seed,
@@ -116,10 +121,9 @@ def _run(args: argparse.Namespace) -> int:
     from robustgate.pipeline import run_experiment
     from robustgate.report import metrics_table
 
-    if args.out is not None:
-        check_output_directory(args.out)
+    given = _given_out(args.out)
     config = load_config(args.config, ExperimentConfig, args.set)
-    out = check_output_directory(args.out or Path("runs") / config.name)
+    out = given or check_output_directory(Path("runs") / config.name)
     result = run_experiment(config, out, device=args.device, progress=not args.quiet)
     print(metrics_table(result["test"]))
     print(f"wrote {out}/report.md, report.html and metrics.json in "
@@ -264,8 +268,7 @@ def _study(args: argparse.Namespace) -> int:
     unknown = sorted(set(problems or []) - set(NOISE_PROBLEMS))
     if unknown:
         raise ValueError(f"unknown problems {unknown}; choose from {list(NOISE_PROBLEMS)}")
-    if args.out is not None:
-        check_output_directory(args.out)
+    given = _given_out(args.out)
     if args.config is not None:
         config = load_config(args.config, NoiseStudyConfig)
     elif args.quick:
@@ -274,7 +277,7 @@ def _study(args: argparse.Namespace) -> int:
         config = NoiseStudyConfig()
     if problems:
         config = parse_config({**config.model_dump(), "problems": problems}, NoiseStudyConfig)
-    out = check_output_directory(args.out or Path("runs") / config.name)
+    out = given or check_output_directory(Path("runs") / config.name)
     summary = run_noise_study(config, out, progress=not args.quiet)
     for problem, rows in summary["summaries"].items():
         for row in rows:
