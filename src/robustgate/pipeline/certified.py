@@ -18,7 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from robustgate.certify import Smooth, covering_l2_radius, max_certifiable_radius, stable_radius
+from robustgate.certify import (
+    Smooth,
+    covering_l2_radius,
+    max_certifiable_radius,
+    stable_radius,
+    vote_radius,
+)
 from robustgate.compose import ComposedClassifier
 from robustgate.config import (
     BoundSettings,
@@ -108,16 +114,24 @@ def _certified_count(composition: CompositionSettings, branch: Records, core: Re
 def certified_composition(
     composition: CompositionSettings, branch: Certificates, settings: SmoothingSettings,
     core: Records | Certificates, threat: ThreatModel, dimension: int, out: Path,
-    progress: bool,
+    progress: bool, core_settings: SmoothingSettings | None = None,
 ) -> dict[str, Any]:
     """The smoothed branch composed with ``core`` under the smoothing selector deployed at
-    ``κ·eps``, counted from the certificates (``Selection.smoothing``)."""
+    ``κ·eps``, counted from the certificates (``Selection.smoothing``). A smoothed core (its
+    certificates and ``core_settings``) is deployed as a majority vote of ``votes`` draws: it
+    counts where its certified radius reaches ``certify.vote_radius``, the margin that vote
+    needs to answer the certified class everywhere in the ball."""
     eps, kappa = threat.eps, composition.kappa
     l2 = covering_l2_radius(threat, dimension)
     selection = Selection.smoothing(branch, eps, l2, settings.sigma, settings.n0, settings.n,
                                     settings.alpha, kappa)
-    core_records = (core.records(threat, [eps], dimension) if isinstance(core, Certificates)
-                    else _uncertified(core, len(branch), eps))
+    if isinstance(core, Certificates):
+        if core_settings is None:
+            raise ValueError("a smoothed core is counted with its smoothing settings (its vote)")
+        voted = vote_radius(core_settings.sigma, l2, core_settings.votes, core_settings.alpha)
+        core_records = Records(core.labels, core.predictions, {eps: core.certified_at(voted)})
+    else:
+        core_records = _uncertified(core, len(branch), eps)
     metrics = _certified_count(composition, branch.records(threat, [eps], dimension),
                                core_records, selection, kappa, out)
     stability = stable_radius(settings.sigma, kappa * l2, l2, settings.n0, settings.n,
@@ -125,11 +139,18 @@ def certified_composition(
     say(f"[{composition.label}] certified {100 * metrics['certified_accuracy']:.1f}% of "
         f"{len(branch)} (stable where the certified L2 radius is at least {stability:.3g})",
         progress)
-    certificates = 3 if isinstance(core, Certificates) else 2
+    if isinstance(core, Certificates):
+        failure = 2 * settings.alpha + 2 * core_settings.alpha
+        guarantee = (f"per input with probability >= {1 - failure:g} (the branch's certificate "
+                     "and its deployed selector, the core's certificate and its deployed vote of "
+                     f"{core_settings.votes}, a union bound)")
+        extra = {"core_vote_l2_radius": voted}
+    else:
+        guarantee = (f"per input with probability >= {1 - 2 * settings.alpha:g} (2 "
+                     f"certificates at alpha {settings.alpha:g}, a union bound)")
+        extra = {}
     return {**metrics, "selector_l2_radius": kappa * l2, "stable_l2_radius": stability,
-            "guarantee": f"per input with probability >= {1 - certificates * settings.alpha:g} "
-                         f"({certificates} certificates at alpha {settings.alpha:g}, a union "
-                         "bound)"}
+            **extra, "guarantee": guarantee}
 
 
 def bound_methods(config: ExperimentConfig, name: str) -> list[str]:
