@@ -84,7 +84,7 @@ def test_certify_command_summarizes_resumes_and_says_what_it_certified(
 
 @pytest.mark.parametrize("change, message", [
     (("--sigma", "-1"), "sigma"), (("--n0", "500"), "n0=500 selection draws exceed"),
-    (("--alpha", "1.5"), "alpha"), (("--radii", "-0.5"), "eps"),
+    (("--alpha", "1.5"), "alpha"), (("--radii", "-0.5"), "--radii: '-0.5' is not a radius"),
 ])
 def test_bad_settings_are_refused_before_anything_is_written(
         smoothed_checkpoint, tmp_path, capsys, change, message):

@@ -17,6 +17,7 @@ from robustgate.evaluate.composition import Selection
 from robustgate.evaluate.operating_points import (
     choose_operating_point,
     operating_curve,
+    robustness_given_up,
     within_accuracy_drop,
 )
 from robustgate.evaluate.statistics import clopper_pearson, paired_lower
@@ -161,7 +162,18 @@ def test_records_at_several_radii_by_bisection_equal_one_check_per_radius(monkey
     assert sum(calls) == 3 * len(x)  # log2(7 + 1) checks per input instead of 7
 
 
-def test_compose_command_chooses_kappa_on_validation_records(tmp_path):
+def test_an_operating_point_that_gives_the_robustness_up_is_flagged():
+    curve = [{"kappa": 1.0, "robust_accuracy": 0.9}, {"kappa": 2.0, "robust_accuracy": 0.45},
+             {"kappa": 3.0, "robust_accuracy": 0.002}]
+    assert robustness_given_up(curve, curve[0]) is None
+    assert robustness_given_up(curve, curve[1]) is None  # half kept: not flagged
+    flagged = robustness_given_up(curve, curve[2])
+    assert flagged["kappa"] == 1.0 and flagged["share_kept"] == pytest.approx(0.002 / 0.9)
+    assert robustness_given_up([{"kappa": 1.0, "robust_accuracy": 0.0}],
+                               {"kappa": 1.0, "robust_accuracy": 0.0}) is None
+
+
+def test_compose_command_chooses_kappa_on_validation_records(tmp_path, capsys):
     rng = np.random.default_rng(1)
     files = {}
     for split in ("validation", "test"):
@@ -184,6 +196,8 @@ def test_compose_command_chooses_kappa_on_validation_records(tmp_path):
                  str(tmp_path / "chosen")]) == 0
     summary = json.loads((tmp_path / "chosen" / "summary.json").read_text())
     chosen = summary["operating_point"]["chosen"]
+    given_up = robustness_given_up(summary["operating_point"]["validation_curve"], chosen)
+    assert ("warning: kappa" in capsys.readouterr().out) == (given_up is not None)
     assert summary["kappa"] == chosen["kappa"] and chosen["kappa"] > 1
     assert chosen["natural_accuracy"] >= chosen["core_accuracy"] or not chosen["meets_target"]
     # the count at the chosen kappa is the one --kappa gives
@@ -194,3 +208,27 @@ def test_compose_command_chooses_kappa_on_validation_records(tmp_path):
     assert fixed["metrics"]["robust_accuracy"] <= fixed["metrics"]["unattacked_robust_accuracy"]
     # a target without validation records is a clear error
     assert main([*arguments, "--max-accuracy-drop", "0", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_compose_warns_where_the_target_is_met_only_by_giving_the_robustness_up(tmp_path,
+                                                                                capsys):
+    """κ = 1 selects 80 inputs, 10 of them wrongly (below the core's accuracy); κ = 3 selects
+    none (the branch is robust at no radius above 0.2): the composition is the core, accurate and
+    almost never robust."""
+    labels = np.zeros(100, dtype=np.int64)
+    predictions = np.where(np.arange(100) < 10, 1, 0)
+    held = np.arange(100) < 80
+    branch = Records(labels, predictions, {0.1: held, 0.2: held, 0.3: ~held & False,
+                                           0.4: ~held & False})
+    core = Records(labels, labels, {0.1: np.arange(100) == 50})
+    for name, part in (("branch", branch), ("core", core)):
+        part.to_csv(tmp_path / f"{name}.csv")
+    files = [str(tmp_path / "branch.csv"), str(tmp_path / "core.csv")]
+    assert main(["compose", "--branch", files[0], "--core", files[1], "--eps", "0.1",
+                 "--max-accuracy-drop", "0", "--validation-branch", files[0],
+                 "--validation-core", files[1], "--kappas", "1", "3", "--out",
+                 str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "warning: kappa 3 keeps the accuracy target only by giving up most of the " \
+           "robustness: 1.0% sound robust accuracy on the validation records, against 70.0% " \
+           "at kappa 1" in printed

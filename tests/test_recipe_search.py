@@ -393,15 +393,14 @@ def test_a_search_for_the_smoothing_selector_counts_certificates(tmp_path):
 
 
 def test_a_choice_that_keeps_the_target_only_by_giving_up_robustness_is_flagged():
-    from robustgate.report.run_report import GIVES_UP_ROBUSTNESS
-
     choosing = {"a": [point(1, 0.97, 0.90), point(3, 0.99, 0.02)]}
     confirming = {"a": [point(1, 0.97, 0.9, lost=20), point(3, 0.99, 0.02)]}
     choice = choose_recipe(choosing, confirming, 0.99, 0.01)
     assert choice["chosen"] == "a" and choice["candidates"]["a"]["kappa"] == 3
-    assert choice["most_robust"] == 0.90
-    assert choice["candidates"]["a"]["choosing"]["robust_accuracy"] < (
-        GIVES_UP_ROBUSTNESS * choice["most_robust"])
+    assert choice["robustness_given_up"]["robust_accuracy"] == 0.90
+    assert choice["robustness_given_up"]["share_kept"] == pytest.approx(0.02 / 0.90)
+    kept = choose_recipe({"a": [point(1, 0.99, 0.90)]}, {"a": [point(1, 0.99, 0.9)]}, 0.99, 0.01)
+    assert kept["robustness_given_up"] is None
 
 
 def test_a_sampled_search_resumes_its_optuna_study(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.stats import binomtest, norm
+from scipy.stats import binom, binomtest, norm
 
 from robustgate.certify import (
     ABSTAIN,
@@ -19,6 +19,7 @@ from robustgate.certify import (
     covering_l2_radius,
     max_certifiable_radius,
     stable_radius,
+    vote_radius,
 )
 from robustgate.threat import ThreatModel
 from tests.conftest import Linear
@@ -213,3 +214,49 @@ def test_the_composition_answers_with_the_class_the_smoothing_selector_certified
     assert routes.tolist() == [0, 1] and labels.tolist() == [0, 1]
     with pytest.raises(ValueError, match="radius and distance"):
         stable_radius(SIGMA, -0.1, 0.0, 10, 100, 0.01)
+
+
+def test_the_vote_radius_is_where_a_deployed_vote_keeps_its_class_with_the_promised_odds():
+    """A smoothed core deployed as a vote of 101 draws: at the worst input within ``distance``
+    of one whose exact radius is ``vote_radius``, the vote misses at most ``failure`` of the
+    time; a little closer to the boundary it misses far more often."""
+    votes, failure, distance = 101, 0.01, 0.05
+    radius = vote_radius(SIGMA, distance, votes, failure)
+    q = norm.cdf((radius - distance) / SIGMA)
+    assert radius > distance and 0.5 < q < 1
+    assert binom.cdf(votes // 2, votes, q) == pytest.approx(failure, rel=1e-3)
+    assert vote_radius(SIGMA, distance, 11, failure) > radius  # fewer votes need more margin
+    assert vote_radius(SIGMA, distance, 1, failure) == pytest.approx(  # one draw misses 1 − q
+        SIGMA * norm.ppf(1 - failure) + distance)
+    smooth = Smooth(hyperplane(), 2, SIGMA, batch_size=100_000, votes=votes)
+    trials = 3000
+    for worst, allowed in ((radius - distance, lambda rate: rate <= failure + 0.008),
+                           (radius - distance - 0.6 * SIGMA, lambda rate: rate > 3 * failure)):
+        x = at_distance([-worst] * trials)  # class 1 side: the vote should answer 1
+        votes_for_one = smooth.counts(x, votes, seed=7)[:, 1]
+        rate = float((votes_for_one <= votes // 2).float().mean())
+        assert allowed(rate), (worst, rate)
+
+
+def test_a_smoothed_core_counts_only_where_its_vote_holds(tmp_path):
+    """The branch right but never stable: an input counts where the core is robust and right, its
+    certified radius reaching the vote's margin, not merely the threat's radius."""
+    from robustgate.config import CompositionSettings, SmoothingSettings
+    from robustgate.evaluate import Certificates
+    from robustgate.pipeline.certified import certified_composition
+
+    n, eps = 8, 0.1
+    threat = ThreatModel("l2", eps)
+    settings = SmoothingSettings(sigma=SIGMA, n0=10, n=100, alpha=0.01, votes=101)
+    voted = vote_radius(SIGMA, eps, 101, 0.01)
+    labels = np.zeros(n, dtype=np.int64)
+    core_radii = np.array([0.0, eps, (eps + voted) / 2, voted, voted + 0.1, 1.0, 1.0, 1.0])
+    core_predictions = np.array([0, 0, 0, 0, 0, 0, 1, -1])
+    branch = Certificates(labels, labels, np.zeros(n), np.full(n, 0.5), np.zeros(n))
+    core = Certificates(labels, core_predictions, core_radii, np.full(n, 0.9), np.zeros(n))
+    composition = CompositionSettings(branch="b", core="c", selector="smoothing")
+    metrics = certified_composition(composition, branch, settings, core, threat, 2, tmp_path,
+                                    False, settings)
+    assert metrics["core_vote_l2_radius"] == voted > eps
+    assert metrics["certified_accuracy"] == pytest.approx(3 / n)  # radii >= voted, right
+    assert "deployed vote of 101" in metrics["guarantee"]

@@ -4,7 +4,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from robustgate.cli import main
 from robustgate.config import (
@@ -15,6 +14,7 @@ from robustgate.config import (
     parse_config,
 )
 from robustgate.data import load_dataset
+from robustgate.evaluate import Records
 from robustgate.models import MLP, load_checkpoint, save_checkpoint
 from robustgate.pipeline import run_experiment
 from robustgate.train import run as training_run
@@ -129,7 +129,8 @@ def test_config_errors_name_the_bad_key(tmp_path):
     with pytest.raises(ValueError, match="key 'train' is given twice .line 5"):
         load_config(tmp_path / "twice.yaml", TrainSpec)
     (tmp_path / "list-key.yaml").write_text("model:\n  architecture: MLP\n? [a, b]\n: 1\n")
-    with pytest.raises(yaml.YAMLError, match="found unhashable key"):
+    with pytest.raises(ValueError, match="list-key.yaml is not valid YAML .line 3, column 3.: "
+                       "found unhashable key"):
         load_config(tmp_path / "list-key.yaml", TrainSpec)
 
 
@@ -174,8 +175,14 @@ def test_a_small_experiment_end_to_end(tmp_path):
     assert low <= adaptive["robust_accuracy"] <= high
     assert adaptive["robust_accuracy"] <= composed["natural_accuracy"] + 0.2
     assert set(result["autoattack_check"]) == {"core", "era"}
-    for check in result["autoattack_check"].values():
+    for name, check in result["autoattack_check"].items():
         assert check["autoattack"] <= check["apgd-ce"] + 0.05
+        evaluated = Records.read_csv(tmp_path / "records" / "test" / f"{name}.csv")
+        strong = Records.read_csv(tmp_path / "autoattack" / f"{name}.csv")
+        missed = evaluated.robust_at(0.05)[:20] & ~strong.robust_at(0.05)
+        assert check["missed_flips"] == np.flatnonzero(missed).tolist()
+    broken = adaptive["counted_but_broken_indices"]
+    assert len(broken) == adaptive["counted_but_broken"] and broken == sorted(set(broken))
     sanity = adaptive["sanity"]
     assert sanity["samples"] == 10
     assert set(sanity["robust_accuracy_by_eps"]) == {"0.1", "0.2", "0.4"}

@@ -4,15 +4,23 @@ report``."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from robustgate.config import DEFAULT_KAPPAS, EVALUATION_ATTACK
 from robustgate.data import SYNTHETIC_DATASETS
+from robustgate.io import check_output_directory
 from robustgate.registry import SELECTOR_KINDS
+
+
+def _given_out(out: str | None) -> Path | None:
+    """``--out`` checked before anything else is read (``None`` where the default, from the
+    config's name, is checked once the config is read)."""
+    return None if out is None else check_output_directory(out)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -21,6 +29,7 @@ def _demo(args: argparse.Namespace) -> int:
     from robustgate.report import metrics_table
     from robustgate.report.tables import with_composition_forms
 
+    check_output_directory(args.out)
     config = demo_config(dataset=args.dataset, seed=args.seed)
     started = time.perf_counter()
     result = run_experiment(config, args.out, device=args.device, progress=not args.quiet)
@@ -38,11 +47,13 @@ def _train(args: argparse.Namespace) -> int:
     from robustgate.device import resolve_device
     from robustgate.train.run import train_model, training_data
 
-    config = load_config(args.config, TrainRunConfig)
-    out = Path(args.out or Path("runs") / config.name)
+    given = _given_out(args.out)
+    config = load_config(args.config, TrainRunConfig, args.set)
+    out = given or check_output_directory(Path("runs") / config.name)
+    device = resolve_device(args.device)
     train, validation, num_classes, metadata = training_data(config.data, config.seed)
     best = train_model(config, train, validation, num_classes, out, seed=config.seed,
-                       device=resolve_device(args.device), progress=not args.quiet,
+                       device=device, progress=not args.quiet,
                        metadata=metadata)
     print(f"best checkpoint: {best}")
     return 0
@@ -55,7 +66,7 @@ def _split(args: argparse.Namespace, split: str | None = None) -> tuple[Any, Any
 
     data = load_dataset(args.data, root=args.root, path=args.path, split=split or args.split,
                         download=args.download, validation_size=args.validation_size,
-                        seed=args.seed)
+                        seed=args.seed, verify=not args.no_verify)
     limit = args.limit if split is None else None
     return data.x[:limit], data.y[:limit]
 
@@ -70,13 +81,16 @@ def _attack(args: argparse.Namespace) -> Any:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from robustgate.attacks import check_attack_applies
     from robustgate.device import resolve_device
     from robustgate.evaluate import evaluate_or_resume, robustness_metrics
+    from robustgate.inputs import check_inputs
     from robustgate.io import atomic_write_json, record_settings
-    from robustgate.models import load_checkpoint
+    from robustgate.models import load_checkpoint, predict_logits
     from robustgate.report import metrics_table
     from robustgate.threat import ThreatModel
 
+    out = check_output_directory(args.out)
     device = resolve_device(args.device)
     model, metadata = load_checkpoint(args.checkpoint, device)
     x, y = _split(args)
@@ -84,7 +98,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     for eps in args.eps:
         ThreatModel(args.norm, eps).check_dimension(x)
     attack = _attack(args)
-    out = Path(args.out)
+    check_attack_applies(attack, model.num_classes)
+    check_inputs(x, getattr(model, "input_shape", None))
+    predict_logits(model, x)  # refuses a diverged model before anything is written
     settings = {"checkpoint": str(args.checkpoint), "data": args.data, "split": args.split,
                 "samples": len(y), "attack": repr(attack), "norm": args.norm,
                 "eps": sorted(set(args.eps))}
@@ -106,8 +122,9 @@ def _run(args: argparse.Namespace) -> int:
     from robustgate.pipeline import run_experiment
     from robustgate.report import metrics_table
 
-    config = load_config(args.config, ExperimentConfig)
-    out = Path(args.out or Path("runs") / config.name)
+    given = _given_out(args.out)
+    config = load_config(args.config, ExperimentConfig, args.set)
+    out = given or check_output_directory(Path("runs") / config.name)
     result = run_experiment(config, out, device=args.device, progress=not args.quiet)
     print(metrics_table(result["test"]))
     print(f"wrote {out}/report.md, report.html and metrics.json in "
@@ -116,11 +133,16 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _compose(args: argparse.Namespace) -> int:
+    from robustgate.evaluate.operating_points import robustness_given_up
     from robustgate.pipeline.compose import compose_from_checkpoints, compose_from_records
     from robustgate.report import metrics_table
 
+    check_output_directory(args.out)
     parts = [*args.branch, args.core]
     kinds = {Path(part).suffix for part in parts}
+    if (args.validation_branch is None) != (args.validation_core is None):
+        raise ValueError("--validation-branch and --validation-core go together: give both "
+                         "(the branch's and the core's records on validation data) or neither")
     if kinds == {".csv"}:
         validation = (None if args.validation_branch is None
                       else (args.validation_branch, args.validation_core))
@@ -128,10 +150,18 @@ def _compose(args: argparse.Namespace) -> int:
                                        kappa=args.kappa, max_accuracy_drop=args.max_accuracy_drop,
                                        validation=validation, kappas=args.kappas)
         print(metrics_table({f"composed (kappa {summary['kappa']:g})": summary["metrics"]}))
-        chosen = summary.get("operating_point", {}).get("chosen")
-        if chosen is not None and not chosen["meets_target"]:
+        point = summary.get("operating_point")
+        if point is not None and not point["chosen"]["meets_target"]:
             print(f"no kappa keeps the validation accuracy within {args.max_accuracy_drop} of "
-                  f"the core's; chose the most accurate, kappa {chosen['kappa']:g}")
+                  f"the core's; chose the most accurate, kappa {point['chosen']['kappa']:g}")
+        given_up = None if point is None else robustness_given_up(point["validation_curve"],
+                                                                  point["chosen"])
+        if given_up is not None:
+            print(f"warning: kappa {point['chosen']['kappa']:g} keeps the accuracy target only "
+                  f"by giving up most of the robustness: "
+                  f"{100 * point['chosen']['robust_accuracy']:.1f}% sound robust accuracy on "
+                  f"the validation records, against {100 * given_up['robust_accuracy']:.1f}% at "
+                  f"kappa {given_up['kappa']:g}")
         print(f"wrote {args.out}/records.csv and summary.json")
         return 0
     if kinds != {".safetensors"}:
@@ -183,6 +213,7 @@ def _certify(args: argparse.Namespace) -> int:
     from robustgate.report import metrics_table
     from robustgate.report.tables import CERTIFIED_COLUMNS, SMOOTHED_COLUMNS
 
+    check_output_directory(args.out)
     smoothing = None
     if args.method == "smoothing":
         if args.sigma is None:
@@ -238,6 +269,7 @@ def _study(args: argparse.Namespace) -> int:
     unknown = sorted(set(problems or []) - set(NOISE_PROBLEMS))
     if unknown:
         raise ValueError(f"unknown problems {unknown}; choose from {list(NOISE_PROBLEMS)}")
+    given = _given_out(args.out)
     if args.config is not None:
         config = load_config(args.config, NoiseStudyConfig)
     elif args.quick:
@@ -246,7 +278,7 @@ def _study(args: argparse.Namespace) -> int:
         config = NoiseStudyConfig()
     if problems:
         config = parse_config({**config.model_dump(), "problems": problems}, NoiseStudyConfig)
-    out = Path(args.out or Path("runs") / config.name)
+    out = given or check_output_directory(Path("runs") / config.name)
     summary = run_noise_study(config, out, progress=not args.quiet)
     for problem, rows in summary["summaries"].items():
         for row in rows:
@@ -270,9 +302,58 @@ def _report(args: argparse.Namespace) -> int:
 
 def _count_or_fraction(text: str) -> int | float:
     try:
-        return int(text)
+        value: int | float = int(text)
     except ValueError:
-        return float(text)
+        value = _number(text, "a count or a fraction in (0, 1)")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a count >= 0 or a fraction in (0, 1)")
+    return value
+
+
+def _number(text: str, expected: str) -> float:
+    """``text`` as a finite float; anything else is refused with what was ``expected``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {expected}")
+    return value
+
+
+def _float_type(expected: str, accept: Callable[[float], bool]) -> Callable[[str], float]:
+    """An argparse type: a finite float that ``accept`` holds for, else an error that names the
+    value and what was ``expected``."""
+    def parse(text: str) -> float:
+        value = _number(text, expected)
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {expected}")
+        return value
+    return parse
+
+
+def _int_type(smallest: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``smallest``, else an error naming the value."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = smallest - 1
+        if value < smallest:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= {smallest}")
+        return value
+    return parse
+
+
+RADIUS = _float_type("a radius: a finite number >= 0", lambda value: value >= 0)
+POSITIVE = _float_type("a finite number > 0", lambda value: value > 0)
+NON_NEGATIVE = _float_type("a finite number >= 0", lambda value: value >= 0)
+KAPPA = _float_type("a kappa: a finite number >= 1", lambda value: value >= 1)
+LEVEL = _float_type("a level in (0, 1)", lambda value: 0 < value < 1)
+SHARE = _float_type("a fraction in (0, 1]", lambda value: 0 < value <= 1)
+FINITE = _float_type("a finite number", lambda value: True)
+COUNT = _int_type(1)
+COUNT_OR_NONE = _int_type(0)
 
 
 def _data_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -282,11 +363,14 @@ def _data_options(parser: argparse.ArgumentParser, required: bool = True) -> Non
     parser.add_argument("--root", help="directory holding the data set's files")
     parser.add_argument("--path", help="the .npz file, for --data npz")
     parser.add_argument("--download", action="store_true", help="download missing files")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="load data files that are not byte-identical to the canonical ones "
+                        "(another compression, a re-export): checked by their structure only")
     parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
     parser.add_argument("--validation-size", type=_count_or_fraction, default=0,
                         help="validation samples taken from the training data (count or "
                         "fraction), for --split train/validation and calibration")
-    parser.add_argument("--limit", type=int, help="only the first N samples")
+    parser.add_argument("--limit", type=COUNT, help="only the first N samples")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -296,17 +380,25 @@ def _attack_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attack", default="pgd", choices=ATTACKS,
                         help="pgd (default): the logit margin, then the targeted margin towards "
                         "--target-classes other classes")
-    parser.add_argument("--steps", type=int, default=EVALUATION_ATTACK.steps,
+    parser.add_argument("--steps", type=COUNT, default=EVALUATION_ATTACK.steps,
                         help=f"attack iterations (default {EVALUATION_ATTACK.steps})")
-    parser.add_argument("--restarts", type=int, default=EVALUATION_ATTACK.restarts)
-    parser.add_argument("--relative-step", type=float, default=EVALUATION_ATTACK.relative_step,
+    parser.add_argument("--restarts", type=COUNT, default=EVALUATION_ATTACK.restarts)
+    parser.add_argument("--relative-step", type=POSITIVE, default=EVALUATION_ATTACK.relative_step,
                         help="pgd only: step size as a fraction of eps (default "
                         f"{EVALUATION_ATTACK.relative_step:g})")
-    parser.add_argument("--target-classes", type=int, default=EVALUATION_ATTACK.target_classes,
+    parser.add_argument("--target-classes", type=COUNT_OR_NONE,
+                        default=EVALUATION_ATTACK.target_classes,
                         help="pgd only: classes attacked with the targeted margin (default "
                         f"{EVALUATION_ATTACK.target_classes})")
     parser.add_argument("--norm", default="linf", choices=["linf", "l2"])
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=COUNT, default=500)
+
+
+def _overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set data.root=/data/mnist or "
+                        "--set models.core.train.epochs=2 (dotted keys, YAML values; validated "
+                        "like the file, and recorded in the run's config); repeatable")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -332,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one model from a YAML config")
     train.add_argument("config", help="YAML config (see configs/)")
     train.add_argument("--out", help="run directory (default: runs/<name>)")
+    _overrides(train)
     _common(train)
     train.set_defaults(handler=_train)
 
@@ -340,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("checkpoint", help="a robustgate .safetensors checkpoint")
     _data_options(evaluate)
     _attack_options(evaluate)
-    evaluate.add_argument("--eps", type=float, nargs="+", required=True, help="radii to check")
+    evaluate.add_argument("--eps", type=RADIUS, nargs="+", required=True, help="radii to check")
     evaluate.add_argument("--out", required=True, help="directory for records and summary")
     _common(evaluate)
     evaluate.set_defaults(handler=_evaluate)
@@ -349,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="an experiment from a YAML config: train, evaluate, compose, report")
     run.add_argument("config", help="YAML config, e.g. configs/mnist-compose.yaml")
     run.add_argument("--out", help="run directory (default: runs/<name>)")
+    _overrides(run)
     _common(run)
     run.set_defaults(handler=_run)
 
@@ -358,33 +452,33 @@ def build_parser() -> argparse.ArgumentParser:
     compose.add_argument("--branch", action="append", required=True,
                          help="branch records or checkpoint; repeat for a chain")
     compose.add_argument("--core", required=True, help="core records or checkpoint")
-    compose.add_argument("--eps", type=float, required=True, help="threat radius")
-    compose.add_argument("--kappa", type=float, default=1.0,
+    compose.add_argument("--eps", type=RADIUS, required=True, help="threat radius")
+    compose.add_argument("--kappa", type=KAPPA, default=1.0,
                          help="the robustness selector checks the branch on B(x', kappa·eps) "
                          "(default 1); records must hold kappa·eps and (kappa+1)·eps, where a "
                          "selection is stable under attack")
-    compose.add_argument("--max-accuracy-drop", type=float,
+    compose.add_argument("--max-accuracy-drop", type=NON_NEGATIVE,
                          help="records only: choose kappa on validation records, the most "
                          "robust whose natural accuracy is at most this below the core's")
     compose.add_argument("--validation-branch", help="branch records on validation data")
     compose.add_argument("--validation-core", help="core records on validation data")
-    compose.add_argument("--kappas", type=float, nargs="+", default=list(DEFAULT_KAPPAS),
+    compose.add_argument("--kappas", type=KAPPA, nargs="+", default=list(DEFAULT_KAPPAS),
                          help="the kappas --max-accuracy-drop chooses from")
     compose.add_argument("--selector", default="robustness",
                          choices=[kind.name for kind in SELECTOR_KINDS.values()
                                   if kind.composes_checkpoints],
                          help="checkpoints only; confidence selectors need --threshold or "
                          "--coverage")
-    compose.add_argument("--threshold", type=float, help="confidence selector threshold")
-    compose.add_argument("--coverage", type=float,
+    compose.add_argument("--threshold", type=FINITE, help="confidence selector threshold")
+    compose.add_argument("--coverage", type=SHARE,
                          help="calibrate the confidence threshold on the validation split")
     compose.add_argument("--adaptive", action="store_true",
                          help="attack the composed system end to end (checkpoints only), "
                          "with --steps, --restarts, --relative-step and --target-classes")
-    compose.add_argument("--sanity", type=int, default=0, metavar="N",
+    compose.add_argument("--sanity", type=COUNT_OR_NONE, default=0, metavar="N",
                          help="checkpoints only: on the first N inputs, Square judged by the "
                          "deployed decision against the adaptive attack, and growing eps")
-    compose.add_argument("--square-queries", type=int, default=1000,
+    compose.add_argument("--square-queries", type=COUNT, default=1000,
                          help="Square's queries for --sanity (default 1000)")
     _data_options(compose, required=False)
     _attack_options(compose)
@@ -400,22 +494,23 @@ def build_parser() -> argparse.ArgumentParser:
                          choices=["smoothing", "ibp", "crown", "ibp+crown"],
                          help="randomized smoothing (L2, probabilistic) or bound propagation "
                          "(deterministic): interval bounds, CROWN, or the better of both")
-    certify.add_argument("--sigma", type=float,
+    certify.add_argument("--sigma", type=POSITIVE,
                          help="smoothing only: the noise (input units); the checkpoint's "
                          "training noise may differ, which the output says")
-    certify.add_argument("--n0", type=int, default=100, help="selection draws (default 100)")
-    certify.add_argument("--n", type=int, default=100_000,
+    certify.add_argument("--n0", type=COUNT, default=100, help="selection draws (default 100)")
+    certify.add_argument("--n", type=COUNT, default=100_000,
                          help="estimation draws (default 100000)")
-    certify.add_argument("--alpha", type=float, default=0.001,
+    certify.add_argument("--alpha", type=LEVEL, default=0.001,
                          help="each certificate fails with probability at most alpha")
-    certify.add_argument("--noise-batch", type=int, default=1000,
+    certify.add_argument("--noise-batch", type=COUNT, default=1000,
                          help="noisy inputs per forward pass (default 1000)")
-    certify.add_argument("--batch-size", type=int, default=256,
+    certify.add_argument("--batch-size", type=COUNT, default=256,
                          help="bound propagation: inputs per batch (default 256)")
     certify.add_argument("--norm", default="l2", choices=["l2", "linf"],
                          help="norm of --radii; smoothing certifies linf radii through the L2 "
                          "ball that covers them (eps·sqrt(d))")
-    certify.add_argument("--radii", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
+    certify.add_argument("--radii", type=RADIUS, nargs="+",
+                         default=[0.0, 0.25, 0.5, 0.75, 1.0],
                          help="radii to summarize (default 0 0.25 0.5 0.75 1)")
     _data_options(certify)
     certify.add_argument("--out", required=True, help="directory for certificates and summary")
@@ -444,12 +539,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; returns its exit status: 0 done, 2 a bad input (said in one line, before
+    anything is written), 130 interrupted, 1 a system error such as a full disk (said in one
+    line). Interrupted or failed, what was finished is kept, and the same command resumes."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse has said what was wrong (or printed --help)
+        return exit_.code if isinstance(exit_.code, int) else 2
     try:
         return args.handler(args)
     except (ValueError, FileNotFoundError) as error:
         print(f"robustgate: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("robustgate: interrupted; what was finished is kept, and the same command resumes "
+              "from it", file=sys.stderr)
+        return 130
+    except OSError as error:  # a full disk, a file system gone read-only, …
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"robustgate: error: {error.strerror or error}{where}; what was finished is kept: "
+              "fix that (free disk space) and the same command resumes from it", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+import copy
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -61,6 +63,35 @@ class TrainConfig:
             )
 
 
+def check_name(name: str) -> str:
+    """A name from a config (an experiment's, a model's) becomes a file or directory name inside
+    its run directory: it must be one plain path component."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"a name must be a non-empty string, got {name!r}")
+    if any(bad in name for bad in ("/", "\\", "\0")) or name in (".", "..") or Path(
+            name).is_absolute():
+        raise ValueError(f"{name!r} is not a name: a name may not hold a path separator, be '.' "
+                         "or '..', or be absolute (it becomes a directory inside the run "
+                         "directory); e.g. 'mnist-era'")
+    return name
+
+
+Name = Annotated[str, AfterValidator(check_name)]
+# a noise level or radius of a study's grid: a finite number > 0 (>= 0 where zero means none)
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+def _with_zero(values: list[float]) -> list[float]:
+    """A study's grid of training noise, which must hold 0: the reference it is compared with."""
+    if 0 not in values:
+        raise ValueError(f"must hold 0, the reference without training noise, got {values}")
+    return values
+
+
+WithZero = AfterValidator(_with_zero)
+
+
 class _Strict(BaseModel):
     """Every config section: unknown keys are errors, values are validated."""
 
@@ -97,12 +128,15 @@ EVALUATION_ATTACK = AttackSettings(steps=100, relative_step=0.1)
 
 class DataSettings(_Strict):
     """``data.load_dataset``'s arguments; ``n`` points per split for the synthetic sets (1000
-    by default), ``limit_train`` the first training points only."""
+    by default), ``limit_train`` the first training points only; ``verify: false`` loads data
+    files that are not byte-identical to the canonical ones (another compression, a re-export),
+    checked by their structure only."""
 
     name: str
     root: str | None = None
     path: str | None = None
     download: bool = False
+    verify: bool = True
     validation_size: int | float = Field(0, ge=0)
     limit_train: int | None = Field(None, ge=1)
     n: int | None = Field(None, ge=1)
@@ -158,7 +192,9 @@ class SmoothingSettings(_Strict):
     """Certification by randomized smoothing (``certify.Smooth.certify``): smoothing noise
     ``sigma`` (set apart from the ``sigma_train`` a model was trained with), ``n0`` selection and
     ``n`` estimation draws, level ``alpha``, ``batch_size`` noisy inputs per forward pass and
-    ``seed``. Radii are L2; a Linf threat is certified through the L2 ball that covers it."""
+    ``seed``. Radii are L2; a Linf threat is certified through the L2 ball that covers it.
+    ``votes``: the draws of the majority vote the model answers with when deployed as a core
+    (``Smooth.forward``), which its count in a composition allows for (``certify.vote_radius``)."""
 
     sigma: float = Field(gt=0)
     n0: int = Field(100, ge=1)
@@ -166,6 +202,7 @@ class SmoothingSettings(_Strict):
     alpha: float = Field(0.001, gt=0, lt=1)
     batch_size: int = Field(1000, ge=1)
     seed: int = 0
+    votes: int = Field(1000, ge=1)
 
     @model_validator(mode="after")
     def _selection_within_estimation(self) -> SmoothingSettings:
@@ -250,7 +287,7 @@ class TrainSpec(_Strict):
 class TrainRunConfig(TrainSpec):
     """``robustgate train CONFIG.yaml``: one model on one data set."""
 
-    name: str
+    name: Name
     seed: int = 0
     data: DataSettings
 
@@ -567,10 +604,10 @@ class ExperimentConfig(_Strict):
     """``robustgate run CONFIG.yaml``: several models trained on one data set, evaluated with
     one attack, and composed."""
 
-    name: str
+    name: Name
     seed: int = 0
     data: DataSettings
-    models: dict[str, TrainSpec]
+    models: dict[Name, TrainSpec]
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     compositions: list[CompositionSettings] = Field(default_factory=list)
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
@@ -595,9 +632,11 @@ class DisksSettings(_Strict):
 
     size: int = Field(100, ge=10)
     radius: float = Field(10.0, gt=0)
-    gaps: list[float] = Field(default_factory=lambda: [0.0, 1.0, 2.0, 3.0, 10.0, 20.0])
-    sigmas: list[float] = Field(default_factory=lambda: [8.0, 11.0, 14.0])
-    sigma_trains: list[float] = Field(default_factory=lambda: [float(s) for s in range(21)])
+    gaps: list[NonNegative] = Field(default_factory=lambda: [0.0, 1.0, 2.0, 3.0, 10.0, 20.0],
+                                    min_length=1)
+    sigmas: list[Positive] = Field(default_factory=lambda: [8.0, 11.0, 14.0], min_length=1)
+    sigma_trains: Annotated[list[NonNegative], WithZero] = Field(
+        default_factory=lambda: [float(s) for s in range(21)], min_length=1)
     layouts: int = Field(10, ge=2)
     tries: int = Field(10_000, ge=1)
 
@@ -609,8 +648,9 @@ class GaussiansSettings(_Strict):
     ``gaussian`` loss at each ``σ_train = ratio · σ`` (``standard`` at 0) and smoothed by a
     majority vote of ``votes`` noisy copies on ``n_test`` test points."""
 
-    sigmas: list[float] = Field(default_factory=lambda: [0.04, 0.06, 0.1])
-    ratios: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0, 1.25])
+    sigmas: list[Positive] = Field(default_factory=lambda: [0.04, 0.06, 0.1], min_length=1)
+    ratios: Annotated[list[NonNegative], WithZero] = Field(
+        default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0, 1.25], min_length=1)
     n_train: int = Field(4000, ge=10)
     n_test: int = Field(2000, ge=10)
     votes: int = Field(100, ge=1)
@@ -627,8 +667,9 @@ class MnistNoiseSettings(_Strict):
     ``n`` draws at level ``alpha``) on the first ``certify_limit``."""
 
     root: str = "../shared/data/mnist"
-    sigmas: list[float] = Field(default_factory=lambda: [0.25, 0.5])
-    ratios: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0, 1.25])
+    sigmas: list[Positive] = Field(default_factory=lambda: [0.25, 0.5], min_length=1)
+    ratios: Annotated[list[NonNegative], WithZero] = Field(
+        default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0, 1.25], min_length=1)
     train: OptimizerSettings = Field(
         default_factory=lambda: OptimizerSettings(epochs=3, batch_size=64, lr=0.05))
     limit: int = Field(1000, ge=1)
@@ -646,7 +687,7 @@ class NoiseStudyConfig(_Strict):
     """``robustgate study noise``: when does noise-augmented training help a smoothed classifier
     (Pal & Sulam, TMLR 2023)? ``σ_train`` is the training noise and ``σ`` the smoothing noise."""
 
-    name: str = "noise-study"
+    name: Name = "noise-study"
     seed: int = 0
     problems: list[Literal["disks", "gaussians", "mnist"]] = Field(
         default_factory=lambda: list(NOISE_PROBLEMS), min_length=1)
@@ -670,14 +711,33 @@ def quick_noise_study(problems: list[str] | None = None) -> NoiseStudyConfig:
                                                                  lr=0.05)))
 
 
+# keys of earlier releases (list positions left out of the path) and what replaced them
+RENAMED_KEYS = {
+    "evaluation.selector_radius_factor": (
+        "removed: a selection's stability radius is derived from the deployed selector, "
+        "(κ+1)·eps; give each composition its 'kappa' (or an 'operating_point') instead"),
+    "compositions.deployed_radius_factor": "renamed to 'kappa' (the selector checks κ·eps)",
+    "adaptive.steer": "renamed to 'steers', a list of selector weights, e.g. [1, 10]",
+}
+
+
 def _describe(error: ValidationError) -> str:
     problems = []
     for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        location = list(item["loc"])
+        key = location[-2] if location[-1:] == ["[key]"] else None
+        if key is not None:  # a mapping's key, not its value, is wrong: name it as a key
+            location = [*location[:-2], f"key {key!r}"]
+        where = ".".join(str(part) for part in location) or "(top level)"
         if item["type"] == "extra_forbidden":
-            problems.append(f"unknown key '{where}'")
-        else:
+            path = ".".join(str(part) for part in item["loc"] if not isinstance(part, int))
+            successor = RENAMED_KEYS.get(path)
+            problems.append(f"unknown key '{where}'"
+                            + ("" if successor is None else f" ({successor})"))
+        elif key is not None or item["type"] in ("missing", "value_error"):
             problems.append(f"'{where}': {item['msg']}")
+        else:
+            problems.append(f"'{where}': {item['msg']} (got {item['input']!r})")
     return "; ".join(problems)
 
 
@@ -706,18 +766,70 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_config(path: str | Path, kind: type[_Strict]) -> Any:
-    """Read a YAML config file and validate it."""
+def read_yaml(path: str | Path) -> Any:
+    """The YAML document in the file ``path``; a missing file, a directory, a file that is not
+    text or not YAML, and a key given twice are errors that name the file."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config file {path} does not exist")
+    if not path.is_file():
+        raise ValueError(f"{path} is a directory, not a config file; give a YAML file")
     try:
-        values = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file; give a YAML config") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = "" if mark is None else f" (line {mark.line + 1}, column {mark.column + 1})"
+        problem = getattr(error, "problem", None) or str(error)
+        raise ValueError(f"{path} is not valid YAML{where}: {problem}") from None
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
+
+
+def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """``values`` with each ``KEY=VALUE`` of ``overrides`` set: ``KEY`` a dotted path of keys
+    (``data.root``; a number picks a list item, ``compositions.0.kappa``), ``VALUE`` read as
+    YAML (``0.2``, ``true``, ``[1, 2]``, or a plain string). Missing mappings on the way are
+    created; the result is validated with the config, so a misspelt key is an unknown key."""
+    values = copy.deepcopy(values)
+    for override in overrides:
+        key, separator, text = override.partition("=")
+        parts = key.strip().split(".")
+        if not separator or not all(parts):
+            raise ValueError(f"--set {override!r}: give KEY=VALUE with a dotted key, e.g. "
+                             "data.root=/data/mnist")
+        try:
+            value = yaml.safe_load(text) if text.strip() else text
+        except yaml.YAMLError as error:
+            raise ValueError(f"--set {override!r}: the value is not YAML: {error}") from None
+        node: Any = values
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            if isinstance(node, list):
+                if not (part.isdigit() and int(part) < len(node)):
+                    raise ValueError(f"--set {override!r}: '{'.'.join(parts[:depth])}' is a list "
+                                     f"of {len(node)}; '{part}' is not one of its positions")
+                part = int(part)
+            elif not isinstance(node, dict):
+                raise ValueError(f"--set {override!r}: '{'.'.join(parts[:depth])}' is "
+                                 f"{node!r}, not a mapping of keys")
+            if last:
+                node[part] = value
+            else:
+                if isinstance(node, dict) and node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+    return values
+
+
+def load_config(path: str | Path, kind: type[_Strict], overrides: Sequence[str] = ()) -> Any:
+    """Read a YAML config file, apply ``overrides`` (``KEY=VALUE``, :func:`apply_overrides`) and
+    validate it."""
+    values = read_yaml(path)
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a config is a mapping of keys, got {type(values).__name__}")
-    return parse_config(values, kind, str(path))
+    return parse_config(apply_overrides(values, overrides), kind, str(path))
 
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"

@@ -1,7 +1,9 @@
-"""Validation of input batches: finite, inside the domain, of the shape a model expects."""
+"""Validation of input batches (finite, inside the domain, of the shape a model expects) and of a
+model's outputs (finite logits)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -55,3 +57,38 @@ def check_labels(y: torch.Tensor, n: int, num_classes: int | None = None, name: 
             f"{name} has labels in [{int(y.min())}, {int(y.max())}], the model has "
             f"{num_classes} classes"
         )
+
+
+PROBABILITY_TOLERANCE = 1e-4
+
+
+def check_outputs(outputs: torch.Tensor, name: str = "the model") -> None:
+    """Raise ``ValueError`` where a model's outputs hold NaN or infinite values (a diverged model,
+    whose every NaN row would otherwise be read as class 0), and warn where they look like
+    probabilities (every row in ``[0, 1]`` summing to 1): attacks and robustness checks expect
+    logits, and the flat gradients of probabilities make a model look more robust than it is.
+    (One-hot rows alone are not taken for probabilities: constant logits can be exactly that.)"""
+    if torch.compiler.is_compiling():
+        return  # a traced program (torch.export) has no values to check
+    if outputs.dim() != 2:
+        raise ValueError(f"{name} gave outputs of shape {tuple(outputs.shape)}; robustgate "
+                         "expects logits of shape (inputs, classes)")
+    if len(outputs) == 0:
+        return
+    values = outputs.detach()
+    finite = torch.isfinite(values).all(dim=1)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ValueError(
+            f"{name} gave NaN or infinite outputs on {bad} of {len(values)} inputs (first at "
+            f"input {int((~finite).nonzero()[0])}); a diverged model (retrain it with a lower "
+            "learning rate) or inputs it cannot handle"
+        )
+    inside = (values >= 0) & (values <= 1)
+    strictly = (values > 0) & (values < 1)
+    if values.shape[1] >= 2 and bool(inside.all()) and bool(strictly.any()) and bool(
+            ((values.sum(dim=1) - 1).abs() <= PROBABILITY_TOLERANCE).all()):
+        warnings.warn(
+            f"{name}'s outputs look like probabilities (every row in [0, 1], summing to 1); "
+            "robustgate expects logits: remove the final softmax, or attacks find fewer flips "
+            "than there are", stacklevel=3)

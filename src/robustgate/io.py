@@ -45,6 +45,24 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def check_output_directory(path: str | Path, option: str = "--out") -> Path:
+    """Refuse, before anything is written, an output directory that cannot be one: an existing
+    file, or a directory (or, where it does not exist yet, its nearest existing parent) that is
+    not a writable directory."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path} is an existing file; give a directory (new or one "
+                         "written by an earlier run)")
+    existing = next(parent for parent in (path, *path.absolute().parents) if parent.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{option} {path}: {existing} is a file, so no directory can be made "
+                         "there; give another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path}: {existing} is not writable; give a directory you "
+                         "can write to")
+    return path
+
+
 def record_settings(path: str | Path, settings: dict[str, Any], what: str) -> None:
     """Write ``settings`` to ``path``, or, where ``path`` holds other settings, refuse (``what``
     names the results kept beside them), so that nothing written with other settings is lost or

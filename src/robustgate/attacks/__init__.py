@@ -3,8 +3,8 @@ prediction away from ``target``. Evaluation is separate (``check_robustness``)."
 
 from robustgate.attacks.autoattack import AutoAttackAdapter
 from robustgate.attacks.pgd import PGD, Attack
-from robustgate.attacks.registry import ATTACKS, build_attack, make_attack
+from robustgate.attacks.registry import ATTACKS, build_attack, check_attack_applies, make_attack
 from robustgate.attacks.robustness import check_robustness
 
-__all__ = ["ATTACKS", "PGD", "Attack", "AutoAttackAdapter", "build_attack", "check_robustness",
-           "make_attack"]
+__all__ = ["ATTACKS", "PGD", "Attack", "AutoAttackAdapter", "build_attack", "check_attack_applies",
+           "check_robustness", "make_attack"]

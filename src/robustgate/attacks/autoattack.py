@@ -12,10 +12,16 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from robustgate.inputs import check_outputs
+from robustgate.models.modes import as_model_dtype
 from robustgate.threat import ThreatModel
 
 PYAUTOATTACK_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 TWO_CLASS_ATTACKS = ("apgd-ce", "fab", "square")
+THREE_CLASS_ATTACKS = ("apgd-ce", "fab-t", "square")
+# the fewest classes an attack works on: the DLR loss reads the third-largest logit, its targeted
+# form the fourth-largest, and a targeted attack needs a class other than the runner-up
+MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4, "fab-t": 3}
 NORMS = {"linf": "Linf", "l2": "L2"}
 
 
@@ -23,9 +29,10 @@ class AutoAttackAdapter:
     """Runs ``pyautoattack`` attacks one after the other on the samples still unbroken.
 
     ``attacks=None`` is the ``standard`` AutoAttack ensemble (APGD-CE, APGD-T, FAB-T, Square);
-    its targeted attacks need at least three classes, so on two-class models the ensemble is
-    APGD-CE, FAB and Square instead. ``iterations`` and ``restarts`` set APGD's budget, and
-    ``iterations`` Square's queries, for a custom list (the standard version keeps the authors'
+    APGD-T's targeted DLR loss needs at least four classes, so on three-class models the ensemble
+    is APGD-CE, FAB-T and Square, and on two-class models APGD-CE, FAB and Square.
+    ``iterations`` and ``restarts`` set APGD's budget, and ``iterations`` Square's queries, for a
+    custom list and the ensembles of fewer classes (the standard version keeps the authors'
     settings).
     """
 
@@ -56,6 +63,18 @@ class AutoAttackAdapter:
         name = "standard" if self.attacks is None else "+".join(self.attacks)
         return f"AutoAttackAdapter({name}, iterations={self.iterations}, restarts={self.restarts})"
 
+    def check_classes(self, num_classes: int) -> None:
+        """Refuse, before anything runs, a list of attacks that cannot attack a model of
+        ``num_classes`` classes (the standard ensemble adapts to two and three classes)."""
+        for name in self.attacks or ():
+            if num_classes < MIN_CLASSES.get(name, 2):
+                raise ValueError(
+                    f"{name} needs at least {MIN_CLASSES[name]} classes (the DLR loss reads "
+                    "the third-largest logit, its targeted form the fourth-largest, a targeted "
+                    f"attack a class other than the runner-up); the model has {num_classes}: "
+                    "use apgd-ce or autoattack (which runs APGD-CE, FAB-T and Square on three "
+                    "classes, APGD-CE, FAB and Square on two)")
+
     def __call__(
         self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, threat: ThreatModel
     ) -> torch.Tensor:
@@ -66,6 +85,7 @@ class AutoAttackAdapter:
                 f"pyautoattack works on the domain [0, 1], the threat model has "
                 f"[{threat.low}, {threat.high}]"
             )
+        x = as_model_dtype(x, model)
         if threat.eps == 0 or len(x) == 0:
             return x.detach().clone()
         shape = x.shape
@@ -73,10 +93,13 @@ class AutoAttackAdapter:
             model = _FlatInput(model, shape[1:])
             x = x.reshape(len(x), 1, 1, -1)
         with torch.no_grad():
-            num_classes = int(model(x[:1]).shape[1])
+            probe = model(x[:1])
+        check_outputs(probe, "the attacked model")
+        num_classes = int(probe.shape[1])
+        self.check_classes(num_classes)
         attacks = self.attacks
-        if attacks is None and num_classes < 3:
-            attacks = TWO_CLASS_ATTACKS
+        if attacks is None and num_classes < 4:
+            attacks = TWO_CLASS_ATTACKS if num_classes < 3 else THREE_CLASS_ATTACKS
         common = {"eps": threat.eps, "norm": NORMS[threat.norm], "seed": self.seed,
                   "device": x.device}
         if attacks is None:

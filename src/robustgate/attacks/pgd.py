@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustgate.inputs import check_inputs
+from robustgate.inputs import check_inputs, check_outputs
+from robustgate.models.modes import as_model_dtype
 from robustgate.threat import ThreatModel
 
 OBJECTIVES = ("ce", "kl", "margin")
@@ -70,9 +71,10 @@ class PGD:
         seed: int | None = None,
         target_classes: int = 0,
     ) -> None:
-        if steps < 0 or restarts < 1 or target_classes < 0:
-            raise ValueError(f"PGD needs steps >= 0, restarts >= 1 and target_classes >= 0, got "
-                             f"{steps=}, {restarts=}, {target_classes=}")
+        if steps < 1 or restarts < 1 or target_classes < 0:
+            raise ValueError(f"PGD needs steps >= 1, restarts >= 1 and target_classes >= 0, got "
+                             f"{steps=}, {restarts=}, {target_classes=}; without a step it never "
+                             "moves towards a flip and calls inputs robust that are not")
         if target_classes and callable(objective):
             raise ValueError("target_classes needs logits; it does not combine with a callable "
                              "objective")
@@ -121,6 +123,7 @@ class PGD:
     def __call__(
         self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, threat: ThreatModel
     ) -> torch.Tensor:
+        x = as_model_dtype(x, model)
         check_inputs(x, getattr(model, "input_shape", None), threat.low, threat.high)
         threat.check_dimension(x)
         x = x.detach()
@@ -129,6 +132,7 @@ class PGD:
         if self.objective == "kl" or self.target_classes:
             with torch.no_grad():
                 clean_logits = model(x)
+            check_outputs(clean_logits, type(model).__name__)
             clean_log_probs = F.log_softmax(clean_logits, dim=1) if self.objective == "kl" else None
             others = clean_logits.scatter(1, target.view(-1, 1), -torch.inf)
             count = min(self.target_classes, clean_logits.shape[1] - 1)

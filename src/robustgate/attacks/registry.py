@@ -41,3 +41,11 @@ def build_attack(settings: AttackSettings, seed: int) -> Attack:
               "target_classes": settings.target_classes} if settings.name == "pgd" else {})
     return make_attack(settings.name, steps=settings.steps, restarts=settings.restarts,
                        seed=seed, **extra)
+
+
+def check_attack_applies(attack: Attack, num_classes: int) -> None:
+    """Refuse, before anything runs, an attack that cannot attack a model of ``num_classes``
+    classes (``apgd-t`` on two classes); robustgate's PGD and the standard AutoAttack work on
+    any number."""
+    if isinstance(attack, AutoAttackAdapter):
+        attack.check_classes(num_classes)

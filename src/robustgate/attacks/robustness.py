@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from robustgate.attacks.pgd import Attack
-from robustgate.inputs import check_inputs
-from robustgate.models.modes import eval_mode, model_device
+from robustgate.inputs import check_inputs, check_outputs
+from robustgate.models.modes import as_model_dtype, eval_mode, model_device
 from robustgate.threat import ThreatModel
 
 BALL_TOLERANCE = 1e-5
@@ -39,8 +39,11 @@ def check_robustness(
     ``labels(x)`` (a composed classifier, attacked by an attack on it). ``rob_eps(x)`` is false
     where the attack found ``x'`` in the threat ball with ``ŷ(x') != ŷ(x)``; a point the attack
     did not move keeps its prediction. An attack that returns a point outside the ball is a bug
-    and raises.
+    and raises. Non-finite logits are refused; inputs of another floating dtype than the model's
+    are converted, with a warning.
     """
+    if isinstance(predictor, nn.Module):
+        x = as_model_dtype(x, predictor)
     check_inputs(x, getattr(predictor, "input_shape", None), threat.low, threat.high)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -49,7 +52,9 @@ def check_robustness(
 
         def labels(batch: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                return predictor(batch).argmax(dim=1)
+                logits = predictor(batch)
+            check_outputs(logits, type(predictor).__name__)
+            return logits.argmax(dim=1)
     else:
         device, mode, labels = x.device, nullcontext(), predictor.labels
     predictions, robust = [], []

@@ -16,6 +16,7 @@ from robustgate.certify.smoothing import (
     covering_l2_radius,
     max_certifiable_radius,
     stable_radius,
+    vote_radius,
 )
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "max_certifiable_radius",
     "preactivation_bounds",
     "stable_radius",
+    "vote_radius",
 ]

@@ -29,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustgate.inputs import check_outputs
 from robustgate.models import MLP
+from robustgate.models.modes import as_model_dtype
 from robustgate.models.normalize import Normalize
 from robustgate.threat import ThreatModel
 
@@ -274,12 +276,15 @@ def certify_bounds(model: nn.Module, x: torch.Tensor, threat: ThreatModel,
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clean predictions ``ŷ`` and the certified margin: the lower bound of
     ``min_{j≠ŷ} (f_ŷ − f_j)`` over the threat ball by ``method`` (``ibp``, ``crown``, or
-    ``ibp+crown``, the larger of the two). A sample is certified where the margin is positive."""
+    ``ibp+crown``, the larger of the two). A sample is certified where the margin is positive.
+    Non-finite logits are refused; inputs of another floating dtype are converted (a warning)."""
     if method not in BOUND_METHODS:
         raise ValueError(f"method must be one of {BOUND_METHODS}, got {method!r}")
     layers = feed_forward_layers(model)
+    x = as_model_dtype(x, model)
     with torch.no_grad():
         logits = model(x)
+        check_outputs(logits, type(model).__name__)
         predicted = logits.argmax(dim=1)
         specification = margin_specification(predicted, logits.shape[1], logits.dtype)
         margins = []

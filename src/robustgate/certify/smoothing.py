@@ -29,8 +29,8 @@ from scipy.stats import beta as beta_distribution
 from scipy.stats import binom, binomtest, norm
 from torch import nn
 
-from robustgate.inputs import check_inputs
-from robustgate.models.modes import eval_mode, model_device
+from robustgate.inputs import check_inputs, check_outputs
+from robustgate.models.modes import as_model_dtype, eval_mode, model_device
 from robustgate.threat import ThreatModel
 
 ABSTAIN = -1
@@ -99,6 +99,36 @@ def stable_radius(sigma: float, radius: float, distance: float, n0: int, n: int,
     return float(sigma * norm.ppf(high) + distance)
 
 
+def vote_radius(sigma: float, distance: float, votes: int, failure: float) -> float:
+    """The certified radius at ``x`` from which a smoothed model deployed as a majority vote of
+    ``votes`` noisy draws (``Smooth.forward``) answers the class certified at ``x`` at every
+    ``x'`` within L2 ``distance``, each with probability at least ``1 − failure``.
+
+    As for :func:`stable_radius`: ``σ·Φ⁻¹(p)`` is 1-Lipschitz, so ``p(x') ≥ q`` on the ball where
+    the radius certified at ``x`` reaches ``σ·Φ⁻¹(q) + distance``; ``q`` is the smallest top-class
+    probability at which more than half of the ``votes`` draws pick the class with probability
+    ``1 − failure`` (a majority wins the vote whatever the other classes get; a tie counts as a
+    miss). ``inf`` where no probability below 1 is enough."""
+    _check_sigma(sigma)
+    if not (isinstance(votes, int) and votes >= 1):
+        raise ValueError(f"votes must be an integer >= 1, got {votes!r}")
+    if not 0 < failure < 1:
+        raise ValueError(f"failure must be in (0, 1), got {failure}")
+    if not distance >= 0:
+        raise ValueError(f"distance must be >= 0, got {distance}")
+
+    def misses(q: float) -> float:
+        return float(binom.cdf(votes // 2, votes, q))
+
+    if misses(np.nextafter(1.0, 0.0)) > failure:
+        return math.inf
+    low, high = 0.5, 1.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if misses(middle) > failure else (low, middle)
+    return float(sigma * norm.ppf(high) + distance)
+
+
 def _check_sigma(sigma: float) -> None:
     if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
         raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
@@ -120,17 +150,23 @@ class Smooth(nn.Module):
     domain), over ``num_classes`` classes.
 
     As a module, ``forward(x)`` returns the vote counts of ``votes`` noisy draws per input (their
-    argmax is the smoothed class, estimated), so a smoothed model composes like any other.
+    argmax is the smoothed class, estimated), so a smoothed model composes like any other. Its
+    noise is drawn afresh on every call (from PyTorch's global generator) unless ``seed`` fixes
+    it: a fixed seed makes a deployed vote reproducible, and its noise known to an adversary.
     ``batch_size`` caps the noisy inputs per forward pass of ``base``.
     """
 
     def __init__(self, base: nn.Module, num_classes: int, sigma: float, batch_size: int = 1000,
-                 votes: int = 1000, seed: int = 0) -> None:
+                 votes: int = 1000, seed: int | None = None) -> None:
         super().__init__()
         _check_sigma(sigma)
         if batch_size < 1 or votes < 1 or num_classes < 2:
             raise ValueError(f"need batch_size >= 1, votes >= 1 and num_classes >= 2, got "
                              f"{batch_size}, {votes}, {num_classes}")
+        declared = getattr(base, "num_classes", None)
+        if declared is not None and int(declared) != num_classes:
+            raise ValueError(f"num_classes={num_classes}, but the base model has {declared} "
+                             "classes; give its own count")
         self.base = base
         self.num_classes = num_classes
         self.sigma = float(sigma)
@@ -143,7 +179,8 @@ class Smooth(nn.Module):
         return f"Smooth(sigma={self.sigma:g}, base={type(self.base).__name__})"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.counts(x, self.votes, self.seed).to(torch.float32)
+        seed = int(torch.randint(0, 2**62, ())) if self.seed is None else self.seed
+        return self.counts(x, self.votes, seed).to(torch.float32)
 
     def predict(self, x: torch.Tensor, n: int, alpha: float, seed: int = 0, offset: int = 0,
                 ) -> torch.Tensor:
@@ -186,8 +223,19 @@ class Smooth(nn.Module):
         return [torch.Generator(device=device).manual_seed(int(state.generate_state(1)[0]))
                 for state in states]
 
+    def _base_labels(self, batch: torch.Tensor) -> torch.Tensor:
+        """The base model's classes on a noisy batch; its outputs must be finite logits of
+        ``num_classes`` classes."""
+        logits = self.base(batch)
+        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(f"the base model gives outputs of shape {tuple(logits.shape)}, "
+                             f"Smooth was built for num_classes={self.num_classes}")
+        check_outputs(logits, "the base model")
+        return logits.argmax(dim=1)
+
     def _counts(self, x: torch.Tensor, num: int, generators: list[torch.Generator],
                 ) -> torch.Tensor:
+        x = as_model_dtype(x, self.base)
         device = model_device(self.base)
         counts = torch.zeros(len(x), self.num_classes, dtype=torch.int64, device=device)
         block = min(num, self.batch_size)  # an input's noise comes in blocks of this many draws
@@ -203,8 +251,7 @@ class Smooth(nn.Module):
                                     device=device)
                         for generator in generators[start : start + len(group)]])
                     batch = group.repeat_interleave(draws, dim=0) + self.sigma * noise
-                    votes = nn.functional.one_hot(self.base(batch).argmax(dim=1),
-                                                  self.num_classes)
+                    votes = nn.functional.one_hot(self._base_labels(batch), self.num_classes)
                     counts[start : start + len(group)] += votes.view(
                         len(group), draws, self.num_classes).sum(dim=1)
                     remaining -= draws

@@ -26,6 +26,7 @@ bound on the truth as far as the robustness checks behind the records are exact.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +80,8 @@ class Selection:
         """
         if not kappa >= 1:
             raise ValueError(f"the robustness selector's kappa must be >= 1, got {kappa}")
+        if not (math.isfinite(eps) and eps >= 0):
+            raise ValueError(f"eps must be a finite number >= 0, got {eps}")
         selected = branch.robust_at(kappa * eps)
         stable = branch.robust_at((kappa + 1) * eps)
         inner = (kappa - 1) * eps
@@ -229,8 +232,9 @@ def compare_with_attack(attacked: Records, counted: Records | None, eps: float
     attack on the first ``len(attacked)`` inputs) against its count (``counted``: the sound
     form's records, ``None`` where nothing is counted, as for the mixing baseline): both robust
     accuracies with their Clopper–Pearson intervals, their difference in points, and the
-    inputs where they disagree. An input counted robust and accurate yet broken by the attack
-    is where the count is unsound (its robustness checks were weaker than the attack)."""
+    inputs where they disagree (those counted but broken also by index). An input counted robust
+    and accurate yet broken by the attack is where the count is unsound (its robustness checks
+    were weaker than the attack)."""
     count = len(attacked)
     attacked_robust = attacked.accurate & attacked.robust_at(eps)
     comparison: dict[str, Any] = {
@@ -253,6 +257,7 @@ def compare_with_attack(attacked: Records, counted: Records | None, eps: float
         "difference_points": round(100 * float(counted_robust.mean() - attacked_robust.mean()),
                                    2),
         "counted_but_broken": int((counted_robust & ~attacked_robust).sum()),
+        "counted_but_broken_indices": np.flatnonzero(counted_robust & ~attacked_robust).tolist(),
         "held_but_not_counted": int((attacked_robust & ~counted_robust).sum()),
         "natural_agrees_with_count": bool(
             np.array_equal(attacked.predictions, counted.predictions[:count])),

@@ -80,6 +80,24 @@ def choose_operating_point(curve: Sequence[dict[str, float]], core_accuracy: flo
             "max_accuracy_drop": max_accuracy_drop}
 
 
+# an operating point that keeps less than this share of the curve's best sound robust accuracy
+# meets its accuracy target by giving the robustness up, which the report and compose say
+LITTLE_ROBUSTNESS = 0.5
+
+
+def robustness_given_up(curve: list[dict[str, Any]], chosen: dict[str, Any]
+                        ) -> dict[str, Any] | None:
+    """Where the chosen point keeps less than ``LITTLE_ROBUSTNESS`` of the most robust point of
+    ``curve`` (the curve it was chosen on): that point (``{"kappa", "robust_accuracy"}``) and
+    the share kept; ``None`` otherwise."""
+    best = max(curve, key=lambda point: (point["robust_accuracy"], -point["kappa"]))
+    if best["robust_accuracy"] == 0 or chosen["robust_accuracy"] >= (
+            LITTLE_ROBUSTNESS * best["robust_accuracy"]):
+        return None
+    return {"kappa": best["kappa"], "robust_accuracy": best["robust_accuracy"],
+            "share_kept": chosen["robust_accuracy"] / best["robust_accuracy"]}
+
+
 def choose_kappa(branch: Records, core: Records, eps: float, kappas: Sequence[float],
                  max_accuracy_drop: float | None,
                  selection_at: SelectionAt = Selection.robustness) -> dict[str, Any]:
@@ -113,8 +131,9 @@ def choose_recipe(choosing: dict[str, Sequence[dict[str, float]]],
 
     Where none is accepted, ``chosen`` is ``None`` and ``closest`` names the candidate whose
     confirming bound came nearest to the target (or, where none met it on the choosing points,
-    the most accurate one there). ``most_robust`` is the highest sound robust accuracy of any
-    pair on the choosing points, target or not: what the target costs.
+    the most accurate one there). ``robustness_given_up`` says where the pair picked (chosen or
+    closest) keeps the target only by giving up most of the robustness of the most robust pair
+    tried on the choosing points (:func:`robustness_given_up`).
     """
     if not choosing or set(choosing) != set(confirming):
         raise ValueError(f"need the same candidates on both splits, got {sorted(choosing)} and "
@@ -147,8 +166,10 @@ def choose_recipe(choosing: dict[str, Sequence[dict[str, float]]],
     elif chosen is None:
         closest = max(order, key=lambda name: (points[name]["natural_accuracy"],
                                                -order.index(name)))
-    most_robust = max(entry["robust_accuracy"] for curve in choosing.values() for entry in curve)
-    return {"candidates": candidates, "tried": len(order), "most_robust": most_robust,
+    picked = chosen if chosen is not None else closest
+    every_pair = [entry for curve in choosing.values() for entry in curve]
+    return {"candidates": candidates, "tried": len(order),
+            "robustness_given_up": robustness_given_up(every_pair, points[picked]),
             "pairs": sum(len(curve) for curve in choosing.values()),
             "confirmed": len(shortlisted), "pair_confidence": pair_confidence,
             "confidence": confidence, "max_accuracy_drop": max_accuracy_drop,

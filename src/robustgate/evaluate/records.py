@@ -85,18 +85,70 @@ class Records:
 
     @classmethod
     def read_csv(cls, path: str | Path) -> Records:
+        """The records written by :meth:`to_csv`. A file that is not such a table (not text, a
+        column missing, a value that is not a count or a 0/1 flag) or whose ``index`` column is
+        not ``0 … n−1`` in order (rows permuted or missing: their indicators would be matched
+        to other inputs) is refused with an error naming the file."""
+        rows = read_table(path, ("index", "label", "prediction"))
+        radii = [key for key in rows[0] if key.startswith("robust@")]
+        try:
+            radius_of = {key: float(key.split("@", 1)[1]) for key in radii}
+        except ValueError:
+            raise ValueError(f"{path}: a robustness column is named robust@<radius>, got "
+                             f"{radii}") from None
+        return cls(
+            labels=integer_column(path, rows, "label"),
+            predictions=integer_column(path, rows, "prediction"),
+            robust={radius_of[key]: flag_column(path, rows, key) for key in radii},
+        )
+
+
+def read_table(path: str | Path, required: Sequence[str]) -> list[dict[str, str]]:
+    """The rows of the per-sample CSV table at ``path``, which must be text, hold at least one
+    row, have the columns ``required`` and an ``index`` column ``0 … n−1`` in order."""
+    try:
         with open(path, newline="") as handle:
             rows = list(csv.DictReader(handle))
-        if not rows:
-            raise ValueError(f"{path} holds no records")
-        radii = [key for key in rows[0] if key.startswith("robust@")]
-        return cls(
-            labels=[int(row["label"]) for row in rows],
-            predictions=[int(row["prediction"]) for row in rows],
-            robust={
-                float(key.split("@", 1)[1]): [row[key] == "1" for row in rows] for key in radii
-            },
-        )
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file; give a per-sample CSV table written by "
+                         "robustgate") from None
+    except csv.Error as error:
+        raise ValueError(f"{path} is not a CSV table: {error}") from None
+    if not rows:
+        raise ValueError(f"{path} holds no records")
+    missing = [column for column in required if column not in rows[0]]
+    if missing:
+        raise ValueError(f"{path} lacks the column(s) {missing}; its columns are "
+                         f"{list(rows[0])}, a robustgate per-sample table has "
+                         f"{list(required)} and more")
+    if integer_column(path, rows, "index") != list(range(len(rows))):
+        raise ValueError(f"{path}: the index column is not 0 … {len(rows) - 1} in order (rows "
+                         "permuted, missing or repeated); per-sample tables are matched by row, "
+                         "so restore the order robustgate wrote")
+    return rows
+
+
+def integer_column(path: str | Path, rows: list[dict[str, str]], column: str) -> list[int]:
+    """The integers of ``column``; a value that is not one is an error naming file and row."""
+    values = []
+    for number, row in enumerate(rows):
+        try:
+            values.append(int(row[column]))
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}, row {number + 1}: {column} is {row[column]!r}, not an "
+                             "integer") from None
+    return values
+
+
+def flag_column(path: str | Path, rows: list[dict[str, str]], column: str) -> list[bool]:
+    """The 0/1 flags of ``column``; anything else is an error naming file and row."""
+    flags = []
+    for number, row in enumerate(rows):
+        if row[column] not in ("0", "1"):
+            raise ValueError(f"{path}, row {number + 1}: {column} is {row[column]!r}, not 0 or "
+                             "1")
+        flags.append(row[column] == "1")
+    return flags
 
 
 @dataclass
@@ -154,6 +206,8 @@ def evaluate_model(
     (``attacks.check_robustness`` takes either).
     """
     check_labels(y, len(x), getattr(model, "num_classes", None))
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not radii:
         raise ValueError("radii must name at least one eps")
     radii = sorted({float(eps) for eps in radii})

@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from robustgate.device import resolve_device
 from robustgate.io import atomic_write
 from robustgate.models.cnn import SmallCNN, StridedCNN
 from robustgate.models.mlp import MLP
@@ -79,8 +80,10 @@ def load_checkpoint(
     path: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model of a checkpoint written by ``save_checkpoint``; returns it on
-    ``device`` in eval mode, and the free-form metadata it was saved with."""
+    ``device`` in eval mode, and the free-form metadata it was saved with. A device that is not
+    available here (``"cuda"`` without CUDA) is refused before the file is read."""
     path = Path(path)
+    device = resolve_device(device)
     tensors, text = _read_safetensors(path, "robustgate checkpoint")
     if text is None:
         raise ValueError(
@@ -107,13 +110,14 @@ def load_state_dict_file(
     device: torch.device | str = "cpu",
 ) -> nn.Module:
     """Build ``architecture(**arguments)`` and load weights saved elsewhere into it; returns it
-    on ``device`` in eval mode.
+    on ``device`` (refused where it is not available here) in eval mode.
 
     ``path`` is a ``.safetensors`` file (any header is ignored), or a ``torch.save`` file of a
     state dict or of a dict holding one under ``"state_dict"`` or ``"model"``. A leading
     ``"module."`` (from ``DataParallel``) is stripped from the weight names.
     """
     path = Path(path)
+    device = resolve_device(device)
     if path.suffix == ".safetensors":
         state_dict, _ = _read_safetensors(path, "safetensors weights file")
     else:
@@ -152,7 +156,7 @@ def _read_torch_state_dict(path: Path) -> dict[str, Any]:
     except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
         raise ValueError(
             f"{path} is not a readable PyTorch state dict (torch.load, weights_only=True): "
-            f"{error}"
+            f"{error or type(error).__name__}"
         ) from None
     if isinstance(loaded, dict):
         nested = [

@@ -27,7 +27,7 @@ from robustgate.evaluate import (
 )
 from robustgate.inputs import check_inputs
 from robustgate.io import atomic_write_json, complete_or_resume, record_settings
-from robustgate.models import load_checkpoint
+from robustgate.models import load_checkpoint, predict_logits
 from robustgate.threat import ThreatModel
 
 METHODS = ("smoothing", *BOUND_METHODS)
@@ -56,12 +56,13 @@ def certify_checkpoint(
     check_inputs(x)
     model, metadata = load_checkpoint(checkpoint, device)
     check_inputs(x, getattr(model, "input_shape", None))
+    predict_logits(model, x)  # a diverged model is refused before anything is written
     if method != "smoothing":
         feed_forward_layers(model)
     dimension = x[0].numel()
     settings = {"checkpoint": str(checkpoint), "method": method, "data": data,
                 "samples": len(y), "norm": norm, "radii": sorted(set(radii)),
-                **(smoothing.model_dump() if smoothing else {})}
+                **(smoothing.model_dump(exclude={"votes"}) if smoothing else {})}
     out = Path(out)
     record_settings(out / "certify.json", settings, "certificates")
     started = time.perf_counter()

@@ -4,6 +4,7 @@ attack and its sanity checks)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from robustgate.attacks import Attack
+from robustgate.attacks import Attack, check_attack_applies
 from robustgate.compose import ComposedClassifier
 from robustgate.config import DEFAULT_KAPPAS
 from robustgate.evaluate import (
@@ -24,8 +25,9 @@ from robustgate.evaluate import (
 from robustgate.evaluate.composition import composition_metrics, route_counts
 from robustgate.evaluate.operating_points import choose_kappa
 from robustgate.evaluate.sanity import sanity_checks
+from robustgate.inputs import check_inputs
 from robustgate.io import atomic_write_json, atomic_write_text
-from robustgate.models import load_checkpoint
+from robustgate.models import load_checkpoint, predict_logits
 from robustgate.registry import SELECTOR_KINDS
 from robustgate.threat import ThreatModel
 
@@ -43,8 +45,13 @@ def compose_from_records(
     ``(branch, core)`` of a single branch: the highest sound robust accuracy whose composed
     natural accuracy is at most that far below the core's (``evaluate.operating_points``).
     """
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps}")
+    if not kappa >= 1:
+        raise ValueError(f"kappa must be >= 1, got {kappa}")
     parts = [Records.read_csv(path) for path in branches]
     core_records = Records.read_csv(core)
+    _check_radii(core, core_records, [eps], "the core at eps")
     summary: dict[str, Any] = {"branches": [str(path) for path in branches], "core": str(core),
                                "eps": eps}
     if max_accuracy_drop is not None:
@@ -52,9 +59,17 @@ def compose_from_records(
             raise ValueError("choosing kappa for an accuracy target needs one branch and its "
                              "validation records (--validation-branch, --validation-core)")
         branch_validation, core_validation = (Records.read_csv(path) for path in validation)
+        _check_radii(validation[0], branch_validation,
+                     sorted({r for k in kappas for r in (k * eps, (k + 1) * eps)}),
+                     f"choosing among kappas {', '.join(f'{k:g}' for k in kappas)}")
+        _check_radii(validation[1], core_validation, [eps], "the core at eps")
         summary["operating_point"] = choose_kappa(branch_validation, core_validation, eps, kappas,
                                                   max_accuracy_drop)
         kappa = summary["operating_point"]["chosen"]["kappa"]
+    for path, part in zip(branches, parts, strict=True):
+        _check_radii(path, part, [kappa * eps, (kappa + 1) * eps],
+                     f"a branch selected at kappa {kappa:g} (kappa·eps, and (kappa+1)·eps where "
+                     "its selection is stable)")
     selections = [Selection.robustness(part, eps, kappa) for part in parts]
     metrics, composed, _ = composition_metrics(parts, core_records, selections)
     out = Path(out)
@@ -64,6 +79,18 @@ def compose_from_records(
                     "routes": routes})
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def _check_radii(path: str | Path, records: Records, radii: Sequence[float], role: str) -> None:
+    """Refuse records that lack a radius the count reads, naming the file and what it holds."""
+    missing = [radius for radius in radii if not records.has_radius(radius)]
+    if missing:
+        held = ", ".join(f"{radius:g}" for radius in sorted(records.robust)) or "none"
+        raise ValueError(
+            f"{path} holds robustness at eps {held}; {role} needs "
+            f"{', '.join(f'{radius:g}' for radius in radii)}: evaluate it there (robustgate "
+            f"evaluate ... --eps {' '.join(f'{radius:g}' for radius in radii)}) or compose at "
+            "another eps or kappa")
 
 
 def compose_from_checkpoints(
@@ -82,9 +109,14 @@ def compose_from_checkpoints(
     if not kind.chains and len(branches) > 1:
         raise ValueError(f"the {selector} selector composes one branch: give no chain with it")
     models = [load_checkpoint(path, device)[0] for path in branches]
+    core_model = load_checkpoint(core, device)[0]
+    check_attack_applies(attack, models[0].num_classes)
+    for model in [*models, core_model]:  # a diverged model is refused before anything runs
+        check_inputs(x, getattr(model, "input_shape", None))
+        predict_logits(model, x)
     stages = [(model, kind.deploy(model, threat, attack, threshold, coverage, calibration,
                                   kappa)) for model in models]
-    composed = ComposedClassifier.chain(stages, load_checkpoint(core, device)[0])
+    composed = ComposedClassifier.chain(stages, core_model)
     labels, routes = [], []
     for start in range(0, len(x), batch_size):
         batch_labels, batch_routes = composed.predict(x[start : start + batch_size])

@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from robustgate.attacks import build_attack, make_attack
+from robustgate.attacks import build_attack, check_attack_applies, make_attack
 from robustgate.config import CompositionSettings, ExperimentConfig
 from robustgate.data import load_dataset
 from robustgate.device import resolve_device
@@ -114,6 +115,10 @@ def run_experiment(
                 make_augmentation(spec.augmentation, train[0].shape[1:])
         except ValueError as error:
             raise ValueError(f"{what}: {error}") from None
+    try:
+        check_attack_applies(build_attack(config.evaluation.attack, config.seed), num_classes)
+    except ValueError as error:
+        raise ValueError(f"evaluation.attack: {error}") from None
     check_run_directory(out, json.loads(config.model_dump_json()), ExperimentConfig)
     checkpoints: dict[str, Path] = {}
     for name, spec in config.models.items():
@@ -253,7 +258,9 @@ def _autoattack_check(
     threat: Any, config: ExperimentConfig, out: Path, progress: bool,
 ) -> dict[str, Any]:
     """Robust accuracy by the evaluation attack and by full AutoAttack (standard version) on the
-    first ``autoattack_check`` test points, per model."""
+    first ``autoattack_check`` test points, per model, and the inputs where AutoAttack found a
+    flip the evaluation attack missed (``missed_flips``: each a witness that the records' check
+    is weaker than AutoAttack on that model)."""
     count = min(config.evaluation.autoattack_check, len(y))
     if count == 0:
         return {}
@@ -269,7 +276,9 @@ def _autoattack_check(
         reference = records[name]
         evaluation = float((reference.accurate & reference.robust_at(threat.eps))[:count].mean())
         autoattack = float((strong.accurate & strong.robust_at(threat.eps)).mean())
+        missed = reference.robust_at(threat.eps)[:count] & ~strong.robust_at(threat.eps)
         check[name] = {
+            "missed_flips": np.flatnonzero(missed).tolist(),
             config.evaluation.attack.name: evaluation,
             "autoattack": autoattack,
             "difference_points": round(100 * (evaluation - autoattack), 2),

@@ -20,16 +20,12 @@ import numpy as np
 
 from robustgate.config import CompositionSettings, ExperimentConfig, parse_config
 from robustgate.evaluate import Records, Routes, risk_coverage_curve
-from robustgate.evaluate.operating_points import within_accuracy_drop
+from robustgate.evaluate.operating_points import robustness_given_up, within_accuracy_drop
 from robustgate.evaluate.statistics import mcnemar_p_value
 from robustgate.io import atomic_write_text, file_name
 from robustgate.registry import SELECTOR_KINDS
 from robustgate.report import plots
 from robustgate.report.decision_regions import FILE as REGIONS_FILE
-
-# a chosen operating point whose robust accuracy is below this fraction of the most robust point
-# tried is reported as keeping its accuracy target by giving robustness up
-GIVES_UP_ROBUSTNESS = 0.5
 
 
 def _percent(value: float | None) -> str:
@@ -258,6 +254,13 @@ def _interval(interval: list[float] | None) -> str:
     return "–" if not interval else f"[{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
 
 
+def _indices(indices: list[int], shown: int = 50) -> str:
+    """Input indices, the first ``shown`` of them (the rest are in ``metrics.json``)."""
+    more = f" and {len(indices) - shown} more, listed in metrics.json" if len(
+        indices) > shown else ""
+    return ", ".join(str(index) for index in indices[:shown]) + more
+
+
 def _adaptive_section(run: Run) -> Section:
     columns = ["composition", "natural", "robust (counted)", "95% interval", "robust (attacked)",
                "95% interval", "counted but broken", "points"]
@@ -286,11 +289,13 @@ def _adaptive_section(run: Run) -> Section:
         notes.append(f"{label}: the attack holds {gap:+.1f} points against the count "
                      f"({verdict}).")
         if broken:
+            indices = adaptive.get("counted_but_broken_indices")
+            which = "" if indices is None else f" (test inputs {_indices(indices)})"
             notes.append(
                 f"{label}: the attack broke {broken} inputs the count holds robust and "
-                "accurate: there, the robustness checks behind the records missed what the "
-                "adaptive attack found, and the count is not a lower bound until they are made "
-                "stronger.")
+                f"accurate{which}: there, the robustness checks behind the records missed what "
+                "the adaptive attack found, and the count is not a lower bound until they are "
+                "made stronger.")
         sanity = adaptive.get("sanity")
         if sanity:
             by_eps = ", ".join(f"{100 * value:.1f}% at {eps}"
@@ -350,6 +355,15 @@ def _operating_point_section(run: Run) -> Section | None:
         if not chosen["meets_target"]:
             notes.append(f"{composition.label}: no κ meets the target on validation data; the "
                          f"most accurate, κ = {chosen['kappa']:g}, was chosen.")
+        given_up = robustness_given_up(point["validation_curve"], chosen)
+        if given_up is not None:
+            notes.append(
+                f"{composition.label}: warning: κ = {chosen['kappa']:g} keeps the accuracy "
+                f"target only by giving up most of the robustness: on validation data it keeps "
+                f"{100 * chosen['robust_accuracy']:.1f}% {'certified' if certified else 'sound'} "
+                f"robust accuracy, {100 * given_up['share_kept']:.0f}% of the "
+                f"{100 * given_up['robust_accuracy']:.1f}% at κ = {given_up['kappa']:g}; allow a "
+                "larger accuracy drop or make the branch more accurate.")
         if not within_accuracy_drop(values["natural_accuracy"], core_natural, drop):
             notes.append(f"{composition.label}: on the test set the composition is "
                          f"{shortfall:.2f} points less accurate than its core, more than the "
@@ -420,13 +434,14 @@ def _search_sections(run: Run) -> list[Section]:
             f"{drop:g} points. The accepted pair of highest {measure} accuracy on the choosing "
             "points wins. Test figures are shown beside, never used to choose."]
         picked = test["candidate"]
-        robust = choice["candidates"][picked]["choosing"]["robust_accuracy"]
-        if robust < GIVES_UP_ROBUSTNESS * choice["most_robust"]:
+        given_up = choice["robustness_given_up"]
+        if given_up is not None:
+            robust = choice["candidates"][picked]["choosing"]["robust_accuracy"]
             notes.append(
                 f"Warning: candidate {picked} keeps the accuracy target only by giving up "
                 f"robustness: {100 * robust:.2f}% {measure} on the choosing points, against "
-                f"{100 * choice['most_robust']:.2f}% for the most robust pair tried; the target "
-                "may be out of reach of these recipes.")
+                f"{100 * given_up['robust_accuracy']:.2f}% for the most robust pair tried; the "
+                "target may be out of reach of these recipes.")
         core_test = test["core_natural_accuracy"]
         difference = 100 * (test["natural_accuracy"] - core_test)
         if choice["chosen"] is None:
@@ -551,6 +566,13 @@ def _autoattack_section(run: Run) -> Section | None:
             lower = "AutoAttack" if values["autoattack"] < values[attack] else attack
             notes.append(f"{name}: they differ by more than 1 point; {lower} gives the lower "
                          "robust accuracy, the figure to trust.")
+        missed = values.get("missed_flips")
+        if missed:
+            notes.append(
+                f"{name}: AutoAttack flipped {len(missed)} inputs the evaluation attack held "
+                f"robust (test inputs {_indices(missed)}): each is a witness, not a sampling "
+                "error, that the records' check is weaker than AutoAttack on this model, and "
+                "every count that leans on its records may count inputs that are not robust.")
     return Section("Robust accuracy: evaluation attack vs full AutoAttack",
                    ["model", attack, "AutoAttack (standard)", "difference (points)"], rows, notes)
 

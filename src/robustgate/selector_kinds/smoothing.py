@@ -4,7 +4,9 @@ covering the threat ball), at the branch's own smoothing settings.
 
 Counted from the branch's certificates (``Selection.smoothing``): a selection is stable where the
 radius certified at ``x`` reaches ``certify.stable_radius``, the margin of the deployed
-Monte-Carlo decision. The core counts only through a certificate of its own (a smoothed core).
+Monte-Carlo decision. The core counts only through a certificate of its own: a smoothed core,
+deployed as a majority vote of its ``votes`` draws, where its certified radius reaches
+``certify.vote_radius``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustgate.certify import covering_l2_radius, stable_radius
+from robustgate.certify import covering_l2_radius, stable_radius, vote_radius
 from robustgate.config import CompositionSettings, SearchSettings, SmoothingSettings, TrainSpec
 from robustgate.evaluate import Certificates, Records, Selection
 from robustgate.evaluate.certified import certify_or_resume
@@ -50,19 +52,32 @@ class SmoothingKind(SelectorKind):
         records = branch.records(run.threat, [eps], dimension)
         selection = smoothing_selection(branch, settings, l2)(records, eps, kappa)
         core = run.certificates.get(composition.core)
-        core_records = (core.records(run.threat, [eps], dimension) if core is not None
-                        else uncertified(run.records[composition.core], len(branch), eps))
+        core_settings = run.config.models[composition.core].smoothing
+        if core is not None:
+            assert core_settings is not None
+            voted = vote_radius(core_settings.sigma, l2, core_settings.votes, core_settings.alpha)
+            core_records = Records(core.labels, core.predictions,
+                                   {eps: core.certified_at(voted)})
+        else:
+            core_records = uncertified(run.records[composition.core], len(branch), eps)
         metrics = run.certified_count(composition, records, core_records, selection, kappa)
         stability = stable_radius(settings.sigma, kappa * l2, l2, settings.n0, settings.n,
                                   settings.alpha)
         run.say(f"[{composition.label}] certified {100 * metrics['certified_accuracy']:.1f}% of "
                 f"{len(branch)} (stable where the certified L2 radius is at least "
                 f"{stability:.3g})")
-        certificates = 3 if core is not None else 2
+        if core is not None:
+            failure = 2 * settings.alpha + 2 * core_settings.alpha
+            guarantee = (f"per input with probability >= {1 - failure:g} (the branch's "
+                         "certificate and its deployed selector, the core's certificate and its "
+                         f"deployed vote of {core_settings.votes}, a union bound)")
+            extra = {"core_vote_l2_radius": voted}
+        else:
+            guarantee = (f"per input with probability >= {1 - 2 * settings.alpha:g} (2 "
+                         f"certificates at alpha {settings.alpha:g}, a union bound)")
+            extra = {}
         return {**metrics, "selector_l2_radius": kappa * l2, "stable_l2_radius": stability,
-                "guarantee": f"per input with probability >= "
-                             f"{1 - certificates * settings.alpha:g} ({certificates} "
-                             f"certificates at alpha {settings.alpha:g}, a union bound)"}
+                **extra, "guarantee": guarantee}
 
     def search_branch(self, run: CompositionRun, search: SearchSettings, model: nn.Module,
                       spec: TrainSpec, directory: Path, split: str, x: torch.Tensor,

@@ -2,6 +2,13 @@
 
 from robustgate.config import TrainConfig
 from robustgate.train.gate import train_gate
-from robustgate.train.loop import epoch_seed, fit, learning_rate, make_optimizer
+from robustgate.train.loop import (
+    DivergedError,
+    epoch_seed,
+    fit,
+    learning_rate,
+    make_optimizer,
+)
 
-__all__ = ["TrainConfig", "epoch_seed", "fit", "learning_rate", "make_optimizer", "train_gate"]
+__all__ = ["DivergedError", "TrainConfig", "epoch_seed", "fit", "learning_rate", "make_optimizer",
+           "train_gate"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -41,6 +42,30 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
 EpochCallback = Callable[[int, dict[str, float], torch.optim.Optimizer], None]
 
 
+class DivergedError(ValueError):
+    """The loss or the weights became NaN or infinite; the epoch it happened in was not saved."""
+
+
+def _check_finite(model: nn.Module, loss: torch.Tensor | None, epoch: int, batch: int,
+                  config: TrainConfig) -> None:
+    """Raise :class:`DivergedError` naming the (1-based) epoch and batch where the batch
+    ``loss`` (before its step) or, without one, a weight or buffer (after the step) is not
+    finite."""
+    if loss is not None:
+        if math.isfinite(float(loss)):
+            return
+        what = f"the loss is {float(loss)}"
+    else:
+        broken = [name for name, value in [*model.named_parameters(), *model.named_buffers()]
+                  if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+        if not broken:
+            return
+        what = f"weights became non-finite ({', '.join(broken[:3])})"
+    raise DivergedError(
+        f"training diverged in epoch {epoch}, batch {batch}: {what}, at learning rate "
+        f"{learning_rate(config, epoch - 1):g}; lower the learning rate and train again")
+
+
 def fit(
     model: nn.Module,
     loss: Loss,
@@ -57,7 +82,9 @@ def fit(
     """Train ``model`` in place on ``(x, y)`` from ``start_epoch`` on; returns one log entry per
     epoch run. ``on_epoch_end(epoch, entry, optimizer)`` may add to the entry (validation
     metrics) and save state; ``optimizer`` and ``start_epoch`` resume an interrupted run;
-    ``augment`` transforms every batch on the device before the loss (seeded by the epoch)."""
+    ``augment`` transforms every batch on the device before the loss (seeded by the epoch). A
+    non-finite loss or weight stops training with :class:`DivergedError` before the epoch is
+    handed to ``on_epoch_end``, so what it saves stays the last good state."""
     check_inputs(x, getattr(model, "input_shape", None))
     check_labels(y, len(x), getattr(model, "num_classes", None))
     device = model_device(model)
@@ -85,9 +112,12 @@ def fit(
                 if augment is not None:
                     batch_x = augment(batch_x)
                 batch_loss = loss(model, batch_x, batch_y).mean()
+                batch = start // config.batch_size + 1
+                _check_finite(model, batch_loss.detach(), epoch + 1, batch, config)
                 optimizer.zero_grad(set_to_none=True)
                 batch_loss.backward()
                 optimizer.step()
+                _check_finite(model, None, epoch + 1, batch, config)
                 total += batch_loss.item() * len(index)
                 count += len(index)
         entry = {"epoch": epoch + 1, "lr": lr, "loss": total / count}

@@ -11,6 +11,7 @@ uninterrupted run (every epoch's randomness is seeded from the seed and the epoc
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +42,7 @@ from robustgate.models import (
 )
 from robustgate.threat import ThreatModel
 from robustgate.train.augmentation import make_augmentation
-from robustgate.train.loop import fit, make_optimizer
+from robustgate.train.loop import DivergedError, fit, make_optimizer
 
 Data = tuple[torch.Tensor, torch.Tensor]
 
@@ -104,8 +105,10 @@ def _same_spec(stored: dict[str, Any], spec: TrainSpec, seed: int) -> bool:
 
 
 def select_epoch(history: list[dict[str, Any]], rule: SelectionSettings) -> int | None:
-    """The validated epoch chosen by ``rule`` (``None`` when no epoch was validated)."""
-    validated = [entry for entry in history if "validation" in entry]
+    """The validated epoch chosen by ``rule`` (``None`` when no epoch was validated); an epoch
+    with a non-finite validation metric is never chosen."""
+    validated = [entry for entry in history if "validation" in entry
+                 and all(math.isfinite(value) for value in entry["validation"].values())]
     if not validated:
         return None
     if rule.within is not None:
@@ -140,9 +143,9 @@ def train_model(
                              "another output directory")
         if best_path.exists():
             return best_path
-    else:
-        atomic_write_json(out / "spec.json", {"spec": spec_json, "seed": seed})
     device = torch.device(device)
+    # the model, loss and optimizer first: a bad architecture, argument or loss parameter is
+    # refused before the run directory is claimed
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         model, arguments = initial_model(spec, num_classes, device, resolve)
@@ -152,6 +155,8 @@ def train_model(
     augment = None if spec.augmentation is None else make_augmentation(
         spec.augmentation, train[0].shape[1:])
     optimizer = make_optimizer(model, config)
+    if not (out / "spec.json").exists():
+        atomic_write_json(out / "spec.json", {"spec": spec_json, "seed": seed})
     history: list[dict[str, Any]] = []
     state_path = out / "state.pt"
     if state_path.exists():
@@ -177,14 +182,20 @@ def train_model(
             save(out / "epochs" / f"epoch-{epoch}.safetensors", epoch,
                  {"validation": entry["validation"]})
         history.append(entry)
-        atomic_write_text(out / "log.jsonl", "".join(json.dumps(e) + "\n" for e in history))
+        atomic_write_text(out / "log.jsonl", "".join(json.dumps(e, allow_nan=False) + "\n"
+                                                     for e in history))
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "history": json.dumps(history)}
         atomic_write(state_path, lambda temporary: torch.save(state, temporary))
 
-    fit(model, loss, *train, config, progress=progress, description=out.name,
-        optimizer=optimizer, start_epoch=len(history), on_epoch_end=on_epoch_end,
-        augment=augment)
+    try:
+        fit(model, loss, *train, config, progress=progress, description=out.name,
+            optimizer=optimizer, start_epoch=len(history), on_epoch_end=on_epoch_end,
+            augment=augment)
+    except DivergedError as error:
+        kept = (f"{state_path} keeps epoch {len(history)}, the last good one" if history
+                else "no epoch finished")
+        raise DivergedError(f"{out}: {error}; {kept}") from None
     save(out / "last.safetensors", config.epochs)
     chosen = None if spec.validation is None else select_epoch(history, spec.validation.select)
     if chosen is None:
