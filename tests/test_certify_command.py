@@ -14,7 +14,7 @@ from robustgate.cli import main
 from robustgate.evaluate import Certificates, certified_metrics, certify_smoothed
 from robustgate.losses import make_loss, soft_smoothed_radius
 from robustgate.models import MLP
-from robustgate.pipeline import certify as certify_command
+from robustgate.pipeline import certify_command
 from robustgate.threat import ThreatModel
 from tests.conftest import Linear
 

@@ -13,7 +13,7 @@ from robustgate.evaluate import (
     robustness_metrics,
     selection_metrics,
 )
-from robustgate.evaluate.composition import compare_with_attack
+from robustgate.evaluate.sound_count import compare_with_attack
 
 indicators = st.integers(1, 60).flatmap(
     lambda n: st.tuples(arrays(bool, n), arrays(bool, n))

@@ -13,13 +13,13 @@ from robustgate.attacks import check_robustness, make_attack
 from robustgate.cli import main
 from robustgate.evaluate import Records, evaluate_model
 from robustgate.evaluate import records as records_module
-from robustgate.evaluate.composition import Selection
 from robustgate.evaluate.operating_points import (
     choose_operating_point,
     operating_curve,
     robustness_given_up,
     within_accuracy_drop,
 )
+from robustgate.evaluate.sound_count import Selection
 from robustgate.evaluate.statistics import clopper_pearson, paired_lower
 from robustgate.registry import SELECTOR_KINDS
 from robustgate.selector_kinds import sweep_radii

@@ -241,9 +241,9 @@ def test_the_vote_radius_is_where_a_deployed_vote_keeps_its_class_with_the_promi
 def test_a_smoothed_core_counts_only_where_its_vote_holds(tmp_path):
     """The branch right but never stable: an input counts where the core is robust and right, its
     certified radius reaching the vote's margin, not merely the threat's radius."""
-    from robustgate.config import CompositionSettings, SmoothingSettings
+    from robustgate.config import ExperimentConfig, SmoothingSettings, parse_config
     from robustgate.evaluate import Certificates
-    from robustgate.pipeline.certified import certified_composition
+    from robustgate.selector_kinds import SMOOTHING, CompositionRun
 
     n, eps = 8, 0.1
     threat = ThreatModel("l2", eps)
@@ -254,9 +254,17 @@ def test_a_smoothed_core_counts_only_where_its_vote_holds(tmp_path):
     core_predictions = np.array([0, 0, 0, 0, 0, 0, 1, -1])
     branch = Certificates(labels, labels, np.zeros(n), np.full(n, 0.5), np.zeros(n))
     core = Certificates(labels, core_predictions, core_radii, np.full(n, 0.9), np.zeros(n))
-    composition = CompositionSettings(branch="b", core="c", selector="smoothing")
-    metrics = certified_composition(composition, branch, settings, core, threat, 2, tmp_path,
-                                    False, settings)
+    config = parse_config({
+        "name": "vote", "data": {"name": "threegauss"},
+        "models": {name: {"model": {"architecture": "MLP"}, "smoothing": settings.model_dump()}
+                   for name in ("b", "c")},
+        "evaluation": {"threat": {"norm": "l2", "eps": eps}},
+        "compositions": [{"branch": "b", "core": "c", "selector": "smoothing"}]},
+        ExperimentConfig)
+    run = CompositionRun(config, tmp_path, {}, {}, (torch.zeros(n, 2), torch.zeros(n)), None,
+                         threat, None, torch.device("cpu"), False,
+                         certificates={"b": branch, "c": core})
+    metrics = SMOOTHING.evaluate(run, config.compositions[0])
     assert metrics["core_vote_l2_radius"] == voted > eps
     assert metrics["certified_accuracy"] == pytest.approx(3 / n)  # radii >= voted, right
     assert "deployed vote of 101" in metrics["guarantee"]

@@ -134,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _compose(args: argparse.Namespace) -> int:
     from robustgate.evaluate.operating_points import robustness_given_up
-    from robustgate.pipeline.compose import compose_from_checkpoints, compose_from_records
+    from robustgate.pipeline.compose_command import compose_from_checkpoints, compose_from_records
     from robustgate.report import metrics_table
 
     check_output_directory(args.out)
@@ -209,7 +209,7 @@ def _compose(args: argparse.Namespace) -> int:
 def _certify(args: argparse.Namespace) -> int:
     from robustgate.config import SmoothingSettings, parse_config
     from robustgate.device import resolve_device
-    from robustgate.pipeline.certify import certify_checkpoint
+    from robustgate.pipeline.certify_command import certify_checkpoint
     from robustgate.report import metrics_table
     from robustgate.report.tables import CERTIFIED_COLUMNS, SMOOTHED_COLUMNS
 

@@ -9,11 +9,11 @@ from robustgate.evaluate.certified import (
     certify_with_bounds,
     smoothing_metrics,
 )
-from robustgate.evaluate.composition import Selection, compose_chain, compose_records
 from robustgate.evaluate.grid import Grid
 from robustgate.evaluate.metrics import robustness_metrics, selection_metrics
 from robustgate.evaluate.records import Records, Routes, evaluate_model, evaluate_or_resume
 from robustgate.evaluate.selective import area_under_risk_coverage, risk_coverage_curve
+from robustgate.evaluate.sound_count import Selection, compose_chain, compose_records
 
 __all__ = [
     "AdaptiveAttack",

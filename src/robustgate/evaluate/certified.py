@@ -7,7 +7,7 @@ radius and the lower bound ``p_A`` behind it. For a threat of either norm, ``cer
 (``eps`` itself for L2, ``eps∞·√d`` for Linf). An abstained input counts as inaccurate and
 certifies nothing, so certified accuracy, certified robust inaccuracy (certified and wrong) and
 "not certified" partition the data as their empirical analogues do, and certified records compose
-through the same arithmetic (``evaluate.composition``).
+through the same arithmetic (``evaluate.sound_count``).
 """
 
 from __future__ import annotations

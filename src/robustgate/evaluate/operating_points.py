@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from robustgate.evaluate.composition import Selection, compose_records
 from robustgate.evaluate.metrics import robustness_metrics
 from robustgate.evaluate.records import Records
+from robustgate.evaluate.sound_count import Selection, compose_records
 from robustgate.evaluate.statistics import accuracy_drop_upper_bound
 
 SelectionAt = Callable[[Records, float, float], Selection]

@@ -33,11 +33,11 @@ from robustgate.evaluate import (
     robustness_metrics,
 )
 from robustgate.evaluate.certified import bound_certificates_or_resume, certify_or_resume
-from robustgate.evaluate.composition import composition_metrics
+from robustgate.evaluate.sound_count import composition_metrics
 from robustgate.io import atomic_write_json, say
 from robustgate.losses import make_loss
 from robustgate.models import load_checkpoint
-from robustgate.pipeline.certified import bound_model_metrics, certified_model_metrics
+from robustgate.pipeline.certified_models import bound_model_metrics, certified_model_metrics
 from robustgate.pipeline.regions import draw_decision_regions, exact_compositions
 from robustgate.pipeline.run_directory import check_run_directory
 from robustgate.pipeline.search import SearchRunner, validation_parts

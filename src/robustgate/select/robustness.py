@@ -3,7 +3,7 @@
 Deployed, it checks the ball of radius ``κ·eps`` around the input ``x'`` it sees (``κ = kappa``,
 1 by default). Its decision survives attack where the branch is robust on ``B(x, (κ+1)·eps)``:
 that ball contains ``B(x', κ·eps)`` for every ``x'`` in ``B(x, eps)``, so every reachable ``x'``
-is selected and answered alike. That check belongs to the evaluation (``evaluate.composition``,
+is selected and answered alike. That check belongs to the evaluation (``evaluate.sound_count``,
 the one place that counts), not to the deployed selector (DESIGN.md section 1).
 """
 

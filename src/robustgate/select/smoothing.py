@@ -4,7 +4,7 @@ reaches the selector's radius.
 Deployed at ``κ·eps``, it runs CERTIFY at the input ``x'`` it sees and selects where the branch's
 smoothed class is certified on the L2 ball of ``κ·r`` (``r`` the L2 radius covering the threat
 ball). When that selection survives attack is the evaluation's to say
-(``evaluate.composition.Selection.smoothing``): a fresh Monte-Carlo certificate at ``x'`` needs a
+(``evaluate.sound_count.Selection.smoothing``): a fresh Monte-Carlo certificate at ``x'`` needs a
 margin above ``(κ+1)·r`` at ``x``.
 """
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from robustgate.config import CompositionSettings
 from robustgate.evaluate import robustness_metrics
-from robustgate.evaluate.composition import compare_with_attack
+from robustgate.evaluate.sound_count import compare_with_attack
 from robustgate.models import MixedClassifier, choose_mixing_weight, predict_logits
 from robustgate.selector_kinds.base import SelectorKind
 from robustgate.selector_kinds.run import CompositionRun

@@ -37,8 +37,8 @@ from robustgate.evaluate import (
     evaluate_or_resume,
     selection_metrics,
 )
-from robustgate.evaluate.composition import compare_with_attack, composition_metrics
 from robustgate.evaluate.sanity import sanity_checks
+from robustgate.evaluate.sound_count import compare_with_attack, composition_metrics
 from robustgate.evaluate.statistics import clopper_pearson
 from robustgate.io import atomic_write_json, file_name, say
 from robustgate.models.modes import predict_logits

@@ -22,9 +22,9 @@ from robustgate.evaluate import (
     evaluate_model,
     robustness_metrics,
 )
-from robustgate.evaluate.composition import composition_metrics, route_counts
 from robustgate.evaluate.operating_points import choose_kappa
 from robustgate.evaluate.sanity import sanity_checks
+from robustgate.evaluate.sound_count import composition_metrics, route_counts
 from robustgate.inputs import check_inputs
 from robustgate.io import atomic_write_json, atomic_write_text
 from robustgate.models import load_checkpoint, predict_logits
