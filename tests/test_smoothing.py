@@ -21,6 +21,7 @@ from robustgate.certify import (
     stable_radius,
     vote_radius,
 )
+from robustgate.config import SmoothingSettings
 from robustgate.threat import ThreatModel
 from tests.conftest import Linear
 
@@ -182,11 +183,11 @@ def test_the_certified_count_holds_for_the_deployed_composition():
     core = Linear(torch.tensor([[0.0, 0.0], [0.0, 0.0]]), torch.tensor([0.0, 1.0]))
     core_records = Records(y.numpy(), np.ones(400, np.int64), {eps: np.zeros(400, bool)})
     threat = ThreatModel("l2", eps)
-    selection = Selection.smoothing(branch, eps, eps, SIGMA, n0, n, alpha)
+    smoothing = SmoothingSettings(sigma=SIGMA, n0=n0, n=n, alpha=alpha)
+    selection = Selection.smoothing(branch, eps, eps, smoothing)
     counted = compose_records(branch.records(threat, [eps], 2), core_records,
                               selection).robust_at(eps)
-    deployed = ComposedClassifier(smooth, SmoothingSelector(smooth, eps, n0, n, alpha, seed=2),
-                                  core)
+    deployed = ComposedClassifier(smooth, SmoothingSelector(smooth, eps, smoothing, seed=2), core)
     worst = x - torch.tensor([eps, 0.0])
     right_at_worst = (deployed.predict(worst)[0] == 0).numpy()
     assert counted.sum() > 100
@@ -199,8 +200,11 @@ def test_the_composition_answers_with_the_class_the_smoothing_selector_certified
     from robustgate.compose import ComposedClassifier
     from robustgate.select import SmoothingSelector
 
-    smooth = Smooth(hyperplane(), 2, SIGMA)
-    selector = SmoothingSelector(smooth, 0.05, 50, 500, 0.01)
+    smoothing = SmoothingSettings(sigma=SIGMA, n0=50, n=500, alpha=0.01)
+    smooth = Smooth.from_settings(hyperplane(), smoothing)
+    selector = SmoothingSelector(smooth, 0.05, smoothing)
+    with pytest.raises(ValueError, match="smoothed at sigma 0.2; its settings say sigma 0.1"):
+        SmoothingSelector(Smooth(hyperplane(), 2, 2 * SIGMA), 0.05, smoothing)
 
     class Wrong(torch.nn.Module):  # a branch whose own forward would answer otherwise
         input_shape, num_classes = (2,), 2

@@ -29,6 +29,7 @@ from scipy.stats import beta as beta_distribution
 from scipy.stats import binom, binomtest, norm
 from torch import nn
 
+from robustgate.config import SmoothingSettings
 from robustgate.inputs import check_inputs, check_outputs
 from robustgate.models.modes import as_model_dtype, eval_mode, model_device
 from robustgate.threat import ThreatModel
@@ -174,6 +175,12 @@ class Smooth(nn.Module):
         self.votes = votes
         self.seed = seed
         self.input_shape = getattr(base, "input_shape", None)
+
+    @classmethod
+    def from_settings(cls, base: nn.Module, settings: SmoothingSettings) -> Smooth:
+        """``base`` smoothed as ``settings`` say (σ, the draws of its vote, the noisy inputs per
+        forward pass): the one way a configured smoothed model is built."""
+        return cls(base, base.num_classes, settings.sigma, settings.batch_size, settings.votes)
 
     def __repr__(self) -> str:
         return f"Smooth(sigma={self.sigma:g}, base={type(self.base).__name__})"

@@ -267,7 +267,7 @@ def certify_or_resume(path: Path, model: nn.Module, settings: SmoothingSettings,
                       ) -> Certificates:
     """The smoothing certificates at ``path`` if complete there, else certify by ``settings``
     (resuming a partial file)."""
-    smooth = Smooth(model, model.num_classes, settings.sigma, settings.batch_size)
+    smooth = Smooth.from_settings(model, settings)
     return complete_or_resume(path, Certificates.read_csv, lambda partial: certify_smoothed(
         smooth, x, y, settings.n0, settings.n, settings.alpha, settings.seed, partial=partial,
         progress=progress, description=description))

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from robustgate.certify import stable_radius
+from robustgate.config import SmoothingSettings
 from robustgate.evaluate.certified import Certificates
 from robustgate.evaluate.metrics import robustness_metrics, selection_metrics
 from robustgate.evaluate.records import Records
@@ -111,9 +112,10 @@ class Selection:
         return cls(eps, deployed.robust_at(kappa * eps), stable, ~none, none)
 
     @classmethod
-    def smoothing(cls, branch: Certificates, eps: float, l2_radius: float, sigma: float, n0: int,
-                  n: int, alpha: float, kappa: float = 1.0) -> Selection:
-        """The smoothing selector deployed at ``κ·eps``: it selects ``x'`` where
+    def smoothing(cls, branch: Certificates, eps: float, l2_radius: float,
+                  settings: SmoothingSettings, kappa: float = 1.0) -> Selection:
+        """The smoothing selector deployed at ``κ·eps`` with the branch's smoothing ``settings``
+        (σ, ``n0``, ``n``, α: those the certificates were made with): it selects ``x'`` where
         ``certify(x', n0, n, α)`` certifies the branch's smoothed class on the L2 ball of
         ``κ·l2_radius`` (``l2_radius`` covers the threat ball of ``eps``).
 
@@ -130,8 +132,8 @@ class Selection:
         if not kappa >= 1:
             raise ValueError(f"the smoothing selector's kappa must be >= 1, got {kappa}")
         selected = branch.certified_at(kappa * l2_radius)
-        stable = branch.certified_at(
-            stable_radius(sigma, kappa * l2_radius, l2_radius, n0, n, alpha))
+        stable = branch.certified_at(stable_radius(
+            settings.sigma, kappa * l2_radius, l2_radius, settings.n0, settings.n, settings.alpha))
         none = np.zeros(len(branch), bool)
         return cls(eps, selected, stable, ~none, none)
 

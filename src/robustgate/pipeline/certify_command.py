@@ -69,7 +69,7 @@ def certify_checkpoint(
     summary: dict[str, Any] = {**settings}
     path = out / "certificates.csv"
     if smoothing is not None:
-        smooth = Smooth(model, model.num_classes, smoothing.sigma, smoothing.batch_size)
+        smooth = Smooth.from_settings(model, smoothing)
         certificates: Certificates | BoundCertificates = complete_or_resume(
             path, Certificates.read_csv, lambda partial: certify_smoothed(
                 smooth, x, y, smoothing.n0, smoothing.n, smoothing.alpha, smoothing.seed,

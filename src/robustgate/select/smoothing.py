@@ -13,11 +13,13 @@ from __future__ import annotations
 import torch
 
 from robustgate.certify import ABSTAIN, Smooth
+from robustgate.config import SmoothingSettings
 from robustgate.select.robustness import logit_margin
 
 
 class SmoothingSelector:
-    """Selects ``x`` where ``smooth.certify(x, n0, n, alpha)`` certifies an L2 radius of at least
+    """Selects ``x`` where ``smooth.certify(x, n0, n, alpha)`` (``settings``: the smoothed
+    model's own, those its certificates are counted from) certifies an L2 radius of at least
     ``radius`` (``κ`` times the L2 radius covering the threat ball), and answers with the class
     that certificate is for (``select_and_answer``), so that the composition's answer is the
     certified one.
@@ -26,17 +28,21 @@ class SmoothingSelector:
     makes the noise known to an adversary, and the per-input guarantee holds only for inputs
     chosen without that knowledge. A seed makes evaluations reproducible."""
 
-    def __init__(self, smooth: Smooth, radius: float, n0: int = 100, n: int = 10_000,
-                 alpha: float = 0.001, seed: int | None = None) -> None:
+    def __init__(self, smooth: Smooth, radius: float, settings: SmoothingSettings,
+                 seed: int | None = None) -> None:
         if not radius >= 0:
             raise ValueError(f"radius must be >= 0, got {radius}")
+        if smooth.sigma != settings.sigma:
+            raise ValueError(f"the model is smoothed at sigma {smooth.sigma:g}; its settings say "
+                             f"sigma {settings.sigma:g}: build both from one settings object "
+                             "(Smooth.from_settings)")
         self.smooth = smooth
         self.radius = float(radius)
-        self.n0, self.n, self.alpha, self.seed = n0, n, alpha, seed
+        self.settings, self.seed = settings, seed
 
     def __repr__(self) -> str:
-        return (f"SmoothingSelector(radius={self.radius:g}, sigma={self.smooth.sigma:g}, "
-                f"n={self.n}, alpha={self.alpha:g})")
+        return (f"SmoothingSelector(radius={self.radius:g}, sigma={self.settings.sigma:g}, "
+                f"n={self.settings.n}, alpha={self.settings.alpha:g})")
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """The base model's logit margin: not the decision (a certificate), but a quantity an
@@ -47,7 +53,9 @@ class SmoothingSelector:
         """Boolean mask on the CPU (``True`` where the branch answers) and the certified class
         of every input (``ABSTAIN`` where none is)."""
         seed = int(torch.randint(0, 2**62, ())) if self.seed is None else self.seed
-        predictions, radii, _ = self.smooth.certify(x, self.n0, self.n, self.alpha, seed)
+        settings = self.settings
+        predictions, radii, _ = self.smooth.certify(x, settings.n0, settings.n, settings.alpha,
+                                                    seed)
         return (predictions != ABSTAIN) & (radii >= self.radius), predictions
 
     def select(self, x: torch.Tensor) -> torch.Tensor:

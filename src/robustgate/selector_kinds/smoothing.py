@@ -30,9 +30,8 @@ def smoothing_selection(certificates: Certificates, settings: SmoothingSettings,
                         l2_radius: float) -> SelectionAt:
     """The smoothing selector at ``(eps, κ)`` counted from the branch's ``certificates``, made
     with the same settings as the selector deployed (``l2_radius`` covers the threat ball)."""
-    return lambda _, eps, kappa: Selection.smoothing(
-        certificates, eps, l2_radius, settings.sigma, settings.n0, settings.n, settings.alpha,
-        kappa)
+    return lambda _, eps, kappa: Selection.smoothing(certificates, eps, l2_radius, settings,
+                                                     kappa)
 
 
 class SmoothingKind(SelectorKind):

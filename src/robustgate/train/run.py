@@ -226,7 +226,7 @@ def validate(
     threat = ThreatModel(settings.norm or threat.norm, eps, threat.low, threat.high)
     if settings.smoothing is not None:
         smoothing = settings.smoothing
-        smooth = Smooth(model, model.num_classes, smoothing.sigma, smoothing.batch_size)
+        smooth = Smooth.from_settings(model, smoothing)
         certificates = certify_smoothed(smooth, x, y, smoothing.n0, smoothing.n, smoothing.alpha,
                                         smoothing.seed, progress=progress, description="validate")
         records = certificates.records(threat, [eps], x[0].numel())
