@@ -50,7 +50,8 @@ def test_certify_command_summarizes_resumes_and_says_what_it_certified(
         smoothed_checkpoint, tmp_path, capsys, monkeypatch):
     arguments = ["certify", str(smoothed_checkpoint), "--method", "smoothing", "--sigma", "0.2",
                  "--n0", "10", "--n", "200", "--alpha", "0.01", "--data", "twogauss",
-                 "--limit", "30", "--radii", "0", "0.1", "1.0", "--quiet", "--out"]
+                 "--limit", "30", "--norm", "l2", "--radii", "0", "0.1", "1.0", "--quiet",
+                 "--out"]
     out = tmp_path / "certified"
     assert main([*arguments, str(out)]) == 0
     printed = capsys.readouterr().out

@@ -11,10 +11,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from robustgate.config import DEFAULT_KAPPAS, EVALUATION_ATTACK
+from robustgate.config import (
+    DEFAULT_KAPPAS,
+    EVALUATION_ATTACK,
+    SmoothingSettings,
+    ThreatSettings,
+)
 from robustgate.data import SYNTHETIC_DATASETS
 from robustgate.io import check_output_directory
 from robustgate.registry import SELECTOR_KINDS
+
+# the threat's norm by default, one for every command and config (``config.ThreatSettings``),
+# and the radii ``certify`` summarizes by default, in that norm
+NORM = ThreatSettings().norm
+CERTIFIED_RADII = [0.0, 0.05, 0.1, 0.2, 0.3]
 
 
 def _given_out(out: str | None) -> Path | None:
@@ -207,7 +217,7 @@ def _compose(args: argparse.Namespace) -> int:
 
 
 def _certify(args: argparse.Namespace) -> int:
-    from robustgate.config import SmoothingSettings, parse_config
+    from robustgate.config import parse_config
     from robustgate.device import resolve_device
     from robustgate.pipeline.certify_command import certify_checkpoint
     from robustgate.report import metrics_table
@@ -390,7 +400,8 @@ def _attack_options(parser: argparse.ArgumentParser) -> None:
                         default=EVALUATION_ATTACK.target_classes,
                         help="pgd only: classes attacked with the targeted margin (default "
                         f"{EVALUATION_ATTACK.target_classes})")
-    parser.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    parser.add_argument("--norm", default=NORM, choices=["linf", "l2"],
+                        help=f"the threat's norm (default {NORM}, as everywhere)")
     parser.add_argument("--batch-size", type=COUNT, default=500)
 
 
@@ -497,21 +508,25 @@ def build_parser() -> argparse.ArgumentParser:
     certify.add_argument("--sigma", type=POSITIVE,
                          help="smoothing only: the noise (input units); the checkpoint's "
                          "training noise may differ, which the output says")
-    certify.add_argument("--n0", type=COUNT, default=100, help="selection draws (default 100)")
-    certify.add_argument("--n", type=COUNT, default=100_000,
-                         help="estimation draws (default 100000)")
-    certify.add_argument("--alpha", type=LEVEL, default=0.001,
-                         help="each certificate fails with probability at most alpha")
-    certify.add_argument("--noise-batch", type=COUNT, default=1000,
-                         help="noisy inputs per forward pass (default 1000)")
+    smoothing = SmoothingSettings.model_fields  # one default per setting: the config's
+    certify.add_argument("--n0", type=COUNT, default=smoothing["n0"].default,
+                         help=f"selection draws (default {smoothing['n0'].default})")
+    certify.add_argument("--n", type=COUNT, default=smoothing["n"].default,
+                         help=f"estimation draws (default {smoothing['n'].default})")
+    certify.add_argument("--alpha", type=LEVEL, default=smoothing["alpha"].default,
+                         help="each certificate fails with probability at most alpha (default "
+                         f"{smoothing['alpha'].default:g})")
+    certify.add_argument("--noise-batch", type=COUNT, default=smoothing["batch_size"].default,
+                         help="noisy inputs per forward pass (default "
+                         f"{smoothing['batch_size'].default})")
     certify.add_argument("--batch-size", type=COUNT, default=256,
                          help="bound propagation: inputs per batch (default 256)")
-    certify.add_argument("--norm", default="l2", choices=["l2", "linf"],
-                         help="norm of --radii; smoothing certifies linf radii through the L2 "
-                         "ball that covers them (eps·sqrt(d))")
-    certify.add_argument("--radii", type=RADIUS, nargs="+",
-                         default=[0.0, 0.25, 0.5, 0.75, 1.0],
-                         help="radii to summarize (default 0 0.25 0.5 0.75 1)")
+    certify.add_argument("--norm", default=NORM, choices=["linf", "l2"],
+                         help=f"norm of --radii (default {NORM}, as everywhere); smoothing "
+                         "certifies linf radii through the L2 ball that covers them (eps·sqrt(d))")
+    certify.add_argument("--radii", type=RADIUS, nargs="+", default=CERTIFIED_RADII,
+                         help="radii to summarize (default "
+                         f"{' '.join(f'{r:g}' for r in CERTIFIED_RADII)})")
     _data_options(certify)
     certify.add_argument("--out", required=True, help="directory for certificates and summary")
     _common(certify)
