@@ -5,9 +5,10 @@ by file, timing aside.
 
 Every per-sample table (``*.csv``) is compared value by value, its ``seconds`` column aside; every
 JSON file (``metrics.json``, summaries, candidates) figure by figure, wall times and seconds per
-sample aside; every checkpoint (``*.safetensors``) byte by byte. Files only one side holds are
-listed. The reports (``report.md``, ``report.html``) and plots are drawn from these and carry the
-wall time, so they are left out. Exits 1 where anything differs.
+sample aside; every checkpoint (``*.safetensors``) byte by byte, and every training state
+(``*.pt``, its zip archive named after the temporary file it was written to) tensor by tensor.
+Files only one side holds are listed. The reports (``report.md``, ``report.html``) and plots are
+drawn from these and carry the wall time, so they are left out. Exits 1 where anything differs.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+
+import torch
 
 TIMING_COLUMNS = {"seconds"}
 TIMING_KEYS = {"wall_time_s", "mean_seconds_per_sample", "bound_seconds_per_sample",
@@ -63,6 +66,9 @@ def _json_differences(old: Any, new: Any, where: str = "") -> list[str]:
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         return [difference for index, (a, b) in enumerate(zip(old, new, strict=True))
                 for difference in _json_differences(a, b, f"{where}/{index}")]
+    if isinstance(old, torch.Tensor) and isinstance(new, torch.Tensor):
+        same = old.shape == new.shape and old.dtype == new.dtype and torch.equal(old, new)
+        return [] if same else [f"{where}: the tensors differ"]
     return [] if old == new else [f"{where}: {old!r} before, {new!r} after"]
 
 
@@ -78,6 +84,9 @@ def compare(before: Path, after: Path) -> list[str]:
         elif suffix == ".json":
             differences = _json_differences(json.loads((before / name).read_text()),
                                             json.loads((after / name).read_text()))
+        elif suffix == ".pt":
+            differences = _json_differences(torch.load(before / name, weights_only=False),
+                                            torch.load(after / name, weights_only=False))
         else:
             same = (before / name).read_bytes() == (after / name).read_bytes()
             differences = [] if same else ["the bytes differ"]
