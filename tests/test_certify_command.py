@@ -309,3 +309,27 @@ def test_certification_settings_do_not_make_a_trained_model_another(smoothed_che
     again = train_model(spec, (torch.rand(4, 2), torch.zeros(4, dtype=torch.int64)), None, 2,
                         smoothed_checkpoint.parent, progress=False)
     assert again == smoothed_checkpoint and again.stat().st_mtime_ns == before
+
+
+def test_the_certificate_methods_are_read_from_one_registry():
+    """The config's bound methods, ``certify --method`` and the bound selector's count all read
+    ``registry.CERTIFICATE_METHODS``."""
+    from robustgate.certify import BOUND_METHODS
+    from robustgate.cli import build_parser
+    from robustgate.config import BoundSettings, CompositionSettings, parse_config
+    from robustgate.registry import CERTIFICATE_METHODS
+
+    names = CERTIFICATE_METHODS.names()
+    commands = next(action for action in build_parser()._actions if action.dest == "command")
+    method = next(action for action in commands.choices["certify"]._actions
+                  if action.dest == "method")
+    assert list(method.choices) == names and "smoothing" in names
+    assert tuple(name for name in names
+                                  if CERTIFICATE_METHODS[name].bound_propagation) == BOUND_METHODS
+    assert BoundSettings(methods=list(BOUND_METHODS)).methods[0] == "ibp"
+    with pytest.raises(ValueError, match="'smoothing' is no bound-propagation method"):
+        parse_config({"branch": "a", "core": "b", "selector": "bounds",
+                      "bound_method": "smoothing"}, CompositionSettings)
+    with pytest.raises(ValueError, match="unknown certificate method 'exact'"):
+        parse_config({"methods": ["exact"]}, BoundSettings)
+    assert CERTIFICATE_METHODS["ibp"].monotone and not CERTIFICATE_METHODS["crown"].monotone

@@ -19,7 +19,7 @@ from robustgate.config import (
 )
 from robustgate.data import SYNTHETIC_DATASETS
 from robustgate.io import check_output_directory
-from robustgate.registry import SELECTOR_KINDS
+from robustgate.registry import CERTIFICATE_METHODS, SELECTOR_KINDS
 
 # the threat's norm by default, one for every command and config (``config.ThreatSettings``),
 # and the radii ``certify`` summarizes by default, in that norm
@@ -225,7 +225,8 @@ def _certify(args: argparse.Namespace) -> int:
 
     check_output_directory(args.out)
     smoothing = None
-    if args.method == "smoothing":
+    randomized = not CERTIFICATE_METHODS[args.method].bound_propagation
+    if randomized:
         if args.sigma is None:
             raise ValueError("--method smoothing needs --sigma (the smoothing noise)")
         smoothing = parse_config({"sigma": args.sigma, "n0": args.n0, "n": args.n,
@@ -238,7 +239,7 @@ def _certify(args: argparse.Namespace) -> int:
                                  args.radii, smoothing, data=args.data,
                                  device=resolve_device(args.device), batch_size=args.batch_size,
                                  progress=not args.quiet)
-    columns = SMOOTHED_COLUMNS if args.method == "smoothing" else CERTIFIED_COLUMNS
+    columns = SMOOTHED_COLUMNS if randomized else CERTIFIED_COLUMNS
     print(metrics_table(summary["metrics"], columns, first="radius"))
     if smoothing is not None:
         largest = summary["max_certifiable_l2_radius"]
@@ -501,10 +502,10 @@ def build_parser() -> argparse.ArgumentParser:
         "certify", help="per-sample certificates of a checkpoint (randomized smoothing or bound "
         "propagation) and certified metrics at the radii asked for; resumable")
     certify.add_argument("checkpoint", help="a robustgate .safetensors checkpoint")
-    certify.add_argument("--method", default="smoothing",
-                         choices=["smoothing", "ibp", "crown", "ibp+crown"],
-                         help="randomized smoothing (L2, probabilistic) or bound propagation "
-                         "(deterministic): interval bounds, CROWN, or the better of both")
+    certify.add_argument("--method", default="smoothing", choices=CERTIFICATE_METHODS.names(),
+                         help="; ".join(f"{m.name}: {m.description}"
+                                        for m in CERTIFICATE_METHODS.values())
+                         + " (bound propagation is deterministic)")
     certify.add_argument("--sigma", type=POSITIVE,
                          help="smoothing only: the noise (input units); the checkpoint's "
                          "training noise may differ, which the output says")

@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from robustgate.registry import SELECTOR_KINDS
+from robustgate.registry import CERTIFICATE_METHODS, SELECTOR_KINDS
 from robustgate.threat import ThreatModel
 
 OPTIMIZERS = ("sgd", "adam")
@@ -212,12 +212,23 @@ class SmoothingSettings(_Strict):
         return self
 
 
+def _bound_method(name: str) -> str:
+    """A bound-propagation method of ``registry.CERTIFICATE_METHODS``."""
+    if not CERTIFICATE_METHODS[name].bound_propagation:
+        names = [m.name for m in CERTIFICATE_METHODS.values() if m.bound_propagation]
+        raise ValueError(f"{name!r} is no bound-propagation method; choose from {names}")
+    return name
+
+
+BoundMethod = Annotated[str, AfterValidator(_bound_method)]
+
+
 class BoundSettings(_Strict):
     """Certification by bound propagation (``certify.certify_bounds``) on the first
     ``evaluation.certify_limit`` test points, by every method of ``methods`` (side by side; IBP
     always, which counts a bound selector's stability), ``batch_size`` inputs at a time."""
 
-    methods: list[Literal["ibp", "crown", "ibp+crown"]] = Field(
+    methods: list[BoundMethod] = Field(
         default_factory=lambda: ["ibp"], min_length=1)
     batch_size: int = Field(64, ge=1)
 
@@ -390,7 +401,7 @@ class CompositionSettings(_Strict):
     branch: str | list[str]
     core: str
     selector: str = "robustness"
-    bound_method: Literal["ibp", "crown", "ibp+crown"] = "ibp"
+    bound_method: BoundMethod = "ibp"
     coverage: float | None = Field(None, gt=0, le=1)
     selective_accuracy: float | None = Field(None, gt=0, le=1)
     kappa: float = Field(1.0, ge=1)
@@ -549,7 +560,7 @@ class SearchSettings(_Strict):
     recipe: TrainSpec
     grid: dict[str, list[Any]] = Field(min_length=1)
     selector: str = "robustness"
-    bound_method: Literal["ibp", "crown", "ibp+crown"] = "ibp"
+    bound_method: BoundMethod = "ibp"
     kappas: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
     max_accuracy_drop: float = Field(gt=0, lt=1)
     confidence: float = Field(0.95, gt=0.5, lt=1)

@@ -53,3 +53,6 @@ class Registry(Generic[Entry]):
 
 # the selector kinds (``selector_kinds.SelectorKind``), by the name a composition gives
 SELECTOR_KINDS: Registry = Registry("selector")
+
+# the certificate methods (``certify.CertificateMethod``), by the name configs and commands give
+CERTIFICATE_METHODS: Registry = Registry("certificate method")

@@ -29,13 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustgate.certify.methods import bound_method_names
 from robustgate.inputs import check_outputs
 from robustgate.models import MLP
 from robustgate.models.modes import as_model_dtype
 from robustgate.models.normalize import Normalize
 from robustgate.threat import ThreatModel
 
-BOUND_METHODS = ("ibp", "crown", "ibp+crown")
+BOUND_METHODS = bound_method_names()
 ELEMENTWISE = (Normalize, nn.BatchNorm1d, nn.BatchNorm2d)
 AFFINE = (nn.Linear, nn.Conv2d, nn.Flatten, nn.AvgPool2d, *ELEMENTWISE)
 MONOTONE = (nn.ReLU, nn.MaxPool2d)

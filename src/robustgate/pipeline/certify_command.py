@@ -11,7 +11,6 @@ from typing import Any
 import torch
 
 from robustgate.certify import (
-    BOUND_METHODS,
     Smooth,
     feed_forward_layers,
     max_certifiable_radius,
@@ -28,9 +27,8 @@ from robustgate.evaluate import (
 from robustgate.inputs import check_inputs
 from robustgate.io import atomic_write_json, complete_or_resume, record_settings
 from robustgate.models import load_checkpoint, predict_logits
+from robustgate.registry import CERTIFICATE_METHODS
 from robustgate.threat import ThreatModel
-
-METHODS = ("smoothing", *BOUND_METHODS)
 
 
 def certify_checkpoint(
@@ -39,15 +37,15 @@ def certify_checkpoint(
     data: str = "", device: torch.device | str = "cpu", batch_size: int = 256,
     chunk: int = 100, progress: bool = True,
 ) -> dict[str, Any]:
-    """Certify ``checkpoint`` on ``(x, y)`` into ``out`` by ``method`` (``smoothing``, with its
-    ``smoothing`` settings, or bound propagation: ``ibp``, ``crown``, ``ibp+crown``):
+    """Certify ``checkpoint`` on ``(x, y)`` into ``out`` by ``method`` (of
+    ``registry.CERTIFICATE_METHODS``: randomized smoothing, with its ``smoothing`` settings, or
+    bound propagation):
     ``certificates.csv`` (one row per sample) and ``summary.json`` (certified metrics at each
     radius of ``radii`` in ``norm``; smoothing certifies Linf radii through the covering L2
     radius). Everything is checked before anything is written; an interrupted run resumes from
     ``certificates.partial.csv``."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if (method == "smoothing") != (smoothing is not None):
+    bound_propagation = CERTIFICATE_METHODS[method].bound_propagation
+    if bound_propagation == (smoothing is not None):
         raise ValueError("smoothing settings (sigma, n0, n, alpha) go with --method smoothing "
                          "and with it only")
     threats = [ThreatModel(norm, eps) for eps in radii]
@@ -57,7 +55,7 @@ def certify_checkpoint(
     model, metadata = load_checkpoint(checkpoint, device)
     check_inputs(x, getattr(model, "input_shape", None))
     predict_logits(model, x)  # a diverged model is refused before anything is written
-    if method != "smoothing":
+    if bound_propagation:
         feed_forward_layers(model)
     dimension = x[0].numel()
     settings = {"checkpoint": str(checkpoint), "method": method, "data": data,

@@ -24,6 +24,7 @@ from robustgate.evaluate.certified import bound_certificates_or_resume
 from robustgate.evaluate.operating_points import SelectionAt, choose_kappa, operating_curve
 from robustgate.io import file_name
 from robustgate.models.modes import model_device, predict_logits
+from robustgate.registry import CERTIFICATE_METHODS
 from robustgate.select import BoundSelector
 from robustgate.selector_kinds.base import SelectorKind
 from robustgate.selector_kinds.run import CompositionRun, certified_core_part
@@ -34,7 +35,8 @@ def bound_selection_at(branch: dict[str, BoundCertificates], method: str) -> Sel
     certificates (``Selection.bounds``)."""
     interval = branch["ibp"].records()
     return lambda deployed, eps, kappa: Selection.bounds(
-        deployed, interval, eps, kappa, with_interval_bounds="ibp" in method)
+        deployed, interval, eps, kappa,
+        with_interval_bounds=CERTIFICATE_METHODS[method].monotone)
 
 
 class BoundsKind(SelectorKind):
