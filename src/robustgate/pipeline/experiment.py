@@ -196,8 +196,9 @@ def run_experiment(
             out / "records" / "train" / f"{name}.csv", models[name], *train, threat,
             radii[name], attack, batch_size=settings.batch_size, progress=progress,
             description=f"{name}/train") for name in records}
-        splits["train"] = _counted_from_records(config, split_records["train"], metrics, eps)
-    deployed = _grid_compositions(config, metrics)
+        splits["train"] = _counted_from_records(config, split_records["train"], run.kappas,
+                                                eps)
+    deployed = _grid_compositions(config, run.kappas)
     if settings.exact_grid is not None:
         say(f"exact robustness of the compositions on a grid of spacing "
             f"{settings.exact_grid:g}", progress)
@@ -219,23 +220,22 @@ def run_experiment(
     return result
 
 
-def _grid_compositions(config: ExperimentConfig, metrics: dict[str, Any]
+def _grid_compositions(config: ExperimentConfig, kappas: dict[str, float]
                        ) -> dict[str, tuple[CompositionSettings, float]]:
     """The one-branch compositions deployed exactly on a grid (``SelectorKind.exact_on_grid``),
-    by label, with the ``κ`` each deploys (as configured, or chosen for its operating
-    point)."""
-    return {c.label: (c, metrics[c.label]["kappa"]) for c in config.compositions
+    by label, with the ``κ`` each deploys (``kappas``: as its kind chose it)."""
+    return {c.label: (c, kappas[c.label]) for c in config.compositions
             if SELECTOR_KINDS[c.selector].exact_on_grid and len(c.branches) == 1}
 
 
 def _counted_from_records(config: ExperimentConfig, records: dict[str, Records],
-                          test_metrics: dict[str, Any], eps: float) -> dict[str, Any]:
+                          kappas: dict[str, float], eps: float) -> dict[str, Any]:
     """Metrics of the attacked models and of the compositions counted from attack records
-    alone (at the ``κ`` they deploy on the test split) on another split."""
+    alone (at the ``κ`` they deploy on the test split, ``kappas``) on another split."""
     metrics: dict[str, Any] = {
         name: robustness_metrics(r.accurate, r.robust_at(eps)) for name, r in records.items()}
     for composition in config.compositions:
-        kappa = test_metrics[composition.label].get("kappa", 1.0)
+        kappa = kappas.get(composition.label, 1.0)
         parts = [records[name] for name in composition.branches]
         selections = SELECTOR_KINDS[composition.selector].attacked_selections(parts, eps, kappa)
         if selections is None:

@@ -107,7 +107,8 @@ class BoundsKind(SelectorKind):
         point = (None if composition.operating_point is None
                  else self._operating_point(run, composition))
         eps = run.eps
-        kappa = composition.kappa if point is None else point["chosen"]["kappa"]
+        kappa = run.deploy_at(composition, composition.kappa if point is None
+                              else point["chosen"]["kappa"])
         branch = run.bound_certificates[composition.branches[0]]
         deployed = branch[composition.bound_method].records()
         selection_at = bound_selection_at(branch, composition.bound_method)

@@ -86,6 +86,7 @@ class RobustnessKind(SelectorKind):
 
     def evaluate(self, run: CompositionRun, composition: CompositionSettings) -> dict[str, Any]:
         kappa, info = self._kappa(run, composition)
+        run.deploy_at(composition, kappa)
         parts = [run.records[name] for name in composition.branches]
         selectors = [RobustnessSelector(run.models[name], run.threat, run.attack, kappa,
                                         run.config.evaluation.batch_size)

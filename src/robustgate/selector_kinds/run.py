@@ -86,9 +86,17 @@ class CompositionRun:
     progress: bool = True
     certificates: dict[str, Certificates] = field(default_factory=dict)
     bound_certificates: dict[str, dict[str, BoundCertificates]] = field(default_factory=dict)
+    # the κ each composition with a knob deploys, by label, as its kind chose it
+    kappas: dict[str, float] = field(default_factory=dict)
 
     def say(self, message: str) -> None:
         say(message, self.progress)
+
+    def deploy_at(self, composition: CompositionSettings, kappa: float) -> float:
+        """Record that ``composition`` is deployed at ``κ = kappa`` (configured, or chosen for
+        its operating point); returns it."""
+        self.kappas[composition.label] = kappa
+        return kappa
 
     @property
     def eps(self) -> float:

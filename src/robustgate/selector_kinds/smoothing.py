@@ -45,7 +45,7 @@ class SmoothingKind(SelectorKind):
         branch = run.certificates[branch_name]
         settings = run.config.models[branch_name].smoothing
         assert settings is not None
-        eps, kappa = run.eps, composition.kappa
+        eps, kappa = run.eps, run.deploy_at(composition, composition.kappa)
         dimension = run.test[0][0].numel()
         l2 = covering_l2_radius(run.threat, dimension)
         records = branch.records(run.threat, [eps], dimension)
