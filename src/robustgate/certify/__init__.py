@@ -1,4 +1,5 @@
-"""Certificates: randomized smoothing (``Smooth``) and bound propagation (IBP, CROWN)."""
+"""Certificates: randomized smoothing (``Smooth``) and bound propagation (IBP, CROWN-IBP, CROWN)
+by per-operation rules (``certify.rules``)."""
 
 from robustgate.certify.bounds import (
     BOUND_METHODS,
@@ -6,7 +7,9 @@ from robustgate.certify.bounds import (
     crown_bounds,
     feed_forward_layers,
     interval_bounds,
+    interval_certificates,
     margin_specification,
+    pair_specification,
     preactivation_bounds,
 )
 from robustgate.certify.smoothing import (
@@ -28,8 +31,10 @@ __all__ = [
     "crown_bounds",
     "feed_forward_layers",
     "interval_bounds",
+    "interval_certificates",
     "margin_specification",
     "max_certifiable_radius",
+    "pair_specification",
     "preactivation_bounds",
     "stable_radius",
 ]
