@@ -174,12 +174,17 @@ class SmoothingSettings(_Strict):
         return self
 
 
+BoundMethod = Literal["ibp", "crown-ibp", "crown", "ibp+crown"]
+"""The bound-propagation certificates (``certify.BOUND_METHODS``): interval bounds, CROWN with
+interval intermediate bounds, CROWN, and the larger of IBP's and CROWN's bound."""
+
+
 class BoundSettings(_Strict):
     """Certification by bound propagation (``certify.certify_bounds``) on the first
     ``evaluation.certify_limit`` test points, by every method of ``methods`` (side by side; IBP
     always, which counts a bound selector's stability), ``batch_size`` inputs at a time."""
 
-    methods: list[Literal["ibp", "crown", "ibp+crown"]] = Field(
+    methods: list[BoundMethod] = Field(
         default_factory=lambda: ["ibp"], min_length=1)
     batch_size: int = Field(64, ge=1)
 
@@ -302,7 +307,7 @@ class CompositionSettings(_Strict):
     core: str
     selector: Literal["robustness", "smoothing", "bounds", "softmax_response", "entropy",
                       "gate", "mixing"] = "robustness"
-    bound_method: Literal["ibp", "crown", "ibp+crown"] = "ibp"
+    bound_method: BoundMethod = "ibp"
     coverage: float | None = Field(None, gt=0, le=1)
     selective_accuracy: float | None = Field(None, gt=0, le=1)
     kappa: float = Field(1.0, ge=1)

@@ -3,6 +3,7 @@ by per-operation rules (``certify.rules``)."""
 
 from robustgate.certify.bounds import (
     BOUND_METHODS,
+    INTERVAL_METHODS,
     certify_bounds,
     crown_bounds,
     feed_forward_layers,
@@ -24,6 +25,7 @@ from robustgate.certify.smoothing import (
 __all__ = [
     "ABSTAIN",
     "BOUND_METHODS",
+    "INTERVAL_METHODS",
     "Smooth",
     "certify_bounds",
     "clopper_pearson_lower",

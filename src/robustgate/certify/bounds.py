@@ -26,6 +26,7 @@ box inside it. CROWN's relaxation adapts to the region and carries no such guara
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
@@ -43,11 +44,16 @@ from robustgate.certify.rules import (
     Rule,
     rule_for,
 )
+from robustgate.config import BoundMethod
 from robustgate.models import MLP
 from robustgate.threat import ThreatModel
 
-BOUND_METHODS = ("ibp", "crown-ibp", "crown", "ibp+crown")
-"""``ibp+crown`` is the larger of IBP's and CROWN's bound on every row."""
+BOUND_METHODS: tuple[str, ...] = get_args(BoundMethod)
+"""``ibp``, ``crown-ibp``, ``crown`` and ``ibp+crown`` (the larger of IBP's and CROWN's bound on
+every row)."""
+INTERVAL_METHODS = ("ibp", "ibp+crown")
+"""The methods that certify wherever IBP does, and so inherit its monotonicity under inclusion
+(a bound selector's stability)."""
 CHUNK_ELEMENTS = 2**22
 """The most numbers in the coefficients of one chunk of a backward pass (16 MiB in float32)."""
 

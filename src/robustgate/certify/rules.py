@@ -188,11 +188,13 @@ class ReLURule:
     def backward(self, coefficients: torch.Tensor, low: torch.Tensor, high: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """``low`` and ``high`` of shape ``(batch, *in)``, the batch of ``coefficients``."""
-        lower_slope, upper_slope, upper_intercept = (
-            value.unsqueeze(1) for value in self.relaxation(low, high))
-        negative = coefficients.clamp(max=0)
-        constant = (negative * upper_intercept).flatten(2).sum(dim=2)
-        return (coefficients.clamp(min=0) * lower_slope + negative * upper_slope), constant
+        lower_slope, upper_slope, upper_intercept = self.relaxation(low, high)
+        positive = coefficients.clamp(min=0)
+        intercept = upper_intercept.flatten(1).unsqueeze(2)
+        constant = (coefficients.flatten(2) @ intercept - positive.flatten(2) @ intercept)
+        transposed = coefficients * upper_slope.unsqueeze(1)
+        transposed.addcmul_(positive, (lower_slope - upper_slope).unsqueeze(1))
+        return transposed, constant.squeeze(2)
 
 
 class MaxPool2dRule:

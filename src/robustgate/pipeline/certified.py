@@ -18,7 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from robustgate.certify import Smooth, covering_l2_radius, max_certifiable_radius, stable_radius
+from robustgate.certify import (
+    INTERVAL_METHODS,
+    Smooth,
+    covering_l2_radius,
+    max_certifiable_radius,
+    stable_radius,
+)
 from robustgate.compose import ComposedClassifier
 from robustgate.config import (
     BoundSettings,
@@ -199,7 +205,7 @@ def _bound_selection_at(branch: dict[str, BoundCertificates], method: str) -> Se
     certificates (``Selection.bounds``)."""
     interval = branch["ibp"].records()
     return lambda deployed, eps, kappa: Selection.bounds(
-        deployed, interval, eps, kappa, with_interval_bounds="ibp" in method)
+        deployed, interval, eps, kappa, with_interval_bounds=method in INTERVAL_METHODS)
 
 
 def _core_part(core: dict[str, BoundCertificates] | None, core_records: Records, samples: int,
