@@ -44,18 +44,26 @@ class BoundSelector(nn.Module):
         return certify_bounds(self.model, x, self.threat, self.method)[1]
 
     def select_and_answer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The mask of :meth:`select` and the branch's clean prediction of every input (the
-        class certified where it selects), both on the CPU."""
-        predicted, margin = certify_bounds(self.model, x, self.threat, self.method)
-        return (margin > 0).cpu(), predicted.cpu()
+        """The mask of :meth:`select` and, where it selects, the class certified there: the
+        branch's clean prediction (elsewhere an answer that is never used), both on the CPU. By
+        IBP without a forward pass of the branch (:meth:`certified`); by the CROWN methods with
+        one on the inputs that the class pairs' interval bounds leave uncertified."""
+        if self.method == "ibp":
+            selected, answers = self.certified(x)
+        else:
+            answers, margin = certify_bounds(self.model, x, self.threat, self.method)
+            selected = margin > 0
+        return selected.cpu(), answers.cpu()
 
     def select(self, x: torch.Tensor) -> torch.Tensor:
         """Boolean mask on the CPU: ``True`` where the branch answers."""
-        return (self.margin(x) > 0).cpu()
+        return self.select_and_answer(x)[0]
 
     def certified(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The selection and the certified class, by IBP without a forward pass (the form that
-        exports, ``interval_certificates``); on ``x``'s device."""
+        exports, ``interval_certificates``; a class certified on the ball is the clean
+        prediction, so it selects exactly where :meth:`margin` is positive); on ``x``'s
+        device."""
         if self.method != "ibp":
             raise ValueError(f"the selection by {self.method!r} needs the branch's clean "
                              "prediction, a data-dependent step that torch.export does not "
