@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import nn
 
-from benchmarks import reference_bounds
+from benchmarks.support import reference_bounds
 from robustgate.attacks import make_attack
 from robustgate.certify import (
     BOUND_METHODS,
@@ -357,9 +357,10 @@ NETWORKS = [
 @pytest.mark.parametrize("network", range(len(NETWORKS)))
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_the_rules_give_the_reference_implementations_bounds(network, norm, monkeypatch):
-    """Against the autograd implementation this one replaced (benchmarks/reference_bounds.py):
-    the same predictions and margins to 1e-5 by every method, with CROWN intermediate bounds on
-    every layer or on none, and in chunks of a single input."""
+    """Against the autograd implementation this one replaced
+    (``benchmarks/support/reference_bounds.py``): the same predictions and margins to 1e-5 by
+    every method, with CROWN intermediate bounds on every layer or on none, and in chunks of a
+    single input."""
     make, shape, eps = NETWORKS[network]
     torch.manual_seed(network)
     model = make()

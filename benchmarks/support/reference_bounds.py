@@ -1,4 +1,10 @@
-"""Deterministic certificates by bound propagation (DESIGN.md section 3): interval bound
+"""The reference: robustgate's bound propagation as it was before the per-operation rules
+(``robustgate.certify.bounds`` at 31b5e7b, unchanged below this paragraph), kept as the
+in-process reference that ``benchmarks/bounds.py`` times the new implementation against and
+``tests/test_bounds.py`` compares its bounds with. Not part of the library: remove it with the
+benchmark's old-against-new rows once they are no longer wanted.
+
+Deterministic certificates by bound propagation (DESIGN.md section 3): interval bound
 propagation (IBP; Gowal et al., 2018) and backward linear bounds (CROWN; Zhang et al., 2018) for
 feed-forward networks.
 
