@@ -99,7 +99,7 @@ class ElementwiseRule:
 
     def interval(self, centre: torch.Tensor, radius: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        return centre * self.scale + self.shift, radius * self.scale.abs()
+        return torch.addcmul(self.shift, centre, self.scale), radius * self.scale.abs()
 
     def backward(self, coefficients: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         constant = (coefficients * self.shift).flatten(2).sum(dim=2)
@@ -157,6 +157,12 @@ class AvgPool2dRule:
                 coefficients.new_zeros(batch, rows))
 
 
+def _centre_radius(low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The centre and radius of ``[low, high]`` (in two passes over memory)."""
+    centre = torch.lerp(low, high, 0.5)
+    return centre, high - centre
+
+
 def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (value[0], value[1])
 
@@ -169,8 +175,7 @@ class ReLURule:
 
     def interval(self, centre: torch.Tensor, radius: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        low, high = (centre - radius).clamp(min=0), (centre + radius).clamp(min=0)
-        return (high + low) / 2, (high - low) / 2
+        return _centre_radius((centre - radius).relu_(), (centre + radius).relu_())
 
     @staticmethod
     def relaxation(low: torch.Tensor, high: torch.Tensor
@@ -205,8 +210,7 @@ class MaxPool2dRule:
 
     def interval(self, centre: torch.Tensor, radius: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        low, high = self.layer(centre - radius), self.layer(centre + radius)
-        return (high + low) / 2, (high - low) / 2
+        return _centre_radius(self.layer(centre - radius), self.layer(centre + radius))
 
     def backward(self, coefficients: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError("CROWN does not bound max pooling here; use IBP (--method ibp)")
