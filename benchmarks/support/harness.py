@@ -40,10 +40,10 @@ def conditions() -> str:
 
 
 def interleaved(cases: dict[str, Callable[[], object]], repeats: int = REPEATS,
-                ) -> dict[str, list[float]]:
-    """Seconds of each case per round: one warm-up call each, then ``repeats`` rounds that run
-    every case once in turn."""
-    for case in cases.values():
+                warm_up: bool = True) -> dict[str, list[float]]:
+    """Seconds of each case per round: one warm-up call each (unless the caller warmed them
+    up), then ``repeats`` rounds that run every case once in turn."""
+    for case in cases.values() if warm_up else ():
         case()
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(repeats):
