@@ -17,7 +17,16 @@ import statistics
 
 import torch
 from support import reference_bounds as old
-from support.harness import briefly_trained, conditions, interleaved, mnist, peak_mib, start, table
+from support.harness import (
+    REPEATS,
+    briefly_trained,
+    conditions,
+    interleaved,
+    mnist,
+    peak_mib,
+    start,
+    table,
+)
 
 from robustgate.certify import bounds as new_bounds
 from robustgate.certify import (
@@ -184,7 +193,8 @@ def composition(branch: torch.nn.Module, train_x: torch.Tensor, train_y: torch.T
             return core(test_x)
 
     times = interleaved({"core forward": core_forward,
-                         "composed predict": lambda: composed.predict(test_x)})
+                         "composed predict": lambda: composed.predict(test_x)},
+                        repeats=max(REPEATS, 10))  # cheap cases: more rounds
     table(times, "core forward")
     print(conditions())
 
