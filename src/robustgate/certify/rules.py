@@ -50,11 +50,8 @@ class Conv2dRule:
     def __init__(self, layer: nn.Conv2d, input_shape: torch.Size) -> None:
         self.layer = layer
         self.input_shape = tuple(input_shape)
-        self.output_padding = tuple(
-            size - ((out - 1) * stride - 2 * pad + dilation * (kernel - 1) + 1)
-            for size, out, stride, pad, dilation, kernel in zip(
-                self.input_shape[1:], _conv_output_size(layer, self.input_shape[1:]),
-                layer.stride, layer.padding, layer.dilation, layer.kernel_size, strict=True))
+        self.output_padding = _output_padding(self.input_shape[1:], layer.kernel_size,
+                                              layer.stride, layer.padding, layer.dilation)
 
     def interval(self, centre: torch.Tensor, radius: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,11 +70,15 @@ class Conv2dRule:
         return transposed.view(batch, rows, *self.input_shape), constant
 
 
-def _conv_output_size(layer: nn.Conv2d, size: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple((length + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
-                 for length, stride, pad, dilation, kernel in zip(
-                     size, layer.stride, layer.padding, layer.dilation, layer.kernel_size,
-                     strict=True))
+def _output_padding(size: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...],
+                    padding: tuple[int, ...], dilation: tuple[int, ...]) -> tuple[int, ...]:
+    """The ``output_padding`` that makes the transposed convolution give back inputs of
+    ``size``: the rows and columns the forward convolution's stride left unread."""
+    padded = []
+    for length, k, s, p, d in zip(size, kernel, stride, padding, dilation, strict=True):
+        out = (length + 2 * p - d * (k - 1) - 1) // s + 1
+        padded.append(length - ((out - 1) * s - 2 * p + d * (k - 1) + 1))
+    return tuple(padded)
 
 
 class ElementwiseRule:
@@ -146,9 +147,7 @@ class AvgPool2dRule:
         divisor = layer.divisor_override or kernel[0] * kernel[1]
         channels = self.input_shape[0]
         weight = coefficients.new_full((channels, 1, *kernel), 1 / divisor)
-        as_conv = nn.Conv2d(channels, channels, kernel, stride, padding, groups=channels,
-                            bias=False, device="meta")
-        output_padding = Conv2dRule(as_conv, self.input_shape).output_padding
+        output_padding = _output_padding(self.input_shape[1:], kernel, stride, padding, (1, 1))
         batch, rows = coefficients.shape[:2]
         flat = coefficients.reshape(batch * rows, *coefficients.shape[2:])
         transposed = F.conv_transpose2d(flat, weight, None, stride, padding, output_padding,
@@ -218,7 +217,6 @@ class MaxPool2dRule:
 
 Rule = (LinearRule | Conv2dRule | ElementwiseRule | FlattenRule | AvgPool2dRule | ReLURule
         | MaxPool2dRule)
-AffineRule = LinearRule | Conv2dRule | ElementwiseRule | FlattenRule | AvgPool2dRule
 
 
 def rule_for(layer: nn.Module, input_shape: torch.Size) -> Rule:
