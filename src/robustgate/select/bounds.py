@@ -49,7 +49,8 @@ class BoundSelector(nn.Module):
         IBP without a forward pass of the branch (:meth:`certified`); by the CROWN methods with
         one on the inputs that the class pairs' interval bounds leave uncertified."""
         if self.method == "ibp":
-            selected, answers = self.certified(x)
+            with torch.no_grad():
+                selected, answers = self.certified(x)
         else:
             answers, margin = certify_bounds(self.model, x, self.threat, self.method)
             selected = margin > 0
