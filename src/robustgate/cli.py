@@ -9,9 +9,9 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from robustgate.config import DEFAULT_KAPPAS, EVALUATION_ATTACK
+from robustgate.config import DEFAULT_KAPPAS, EVALUATION_ATTACK, BoundMethod
 from robustgate.data import SYNTHETIC_DATASETS
 from robustgate.io import check_output_directory
 
@@ -489,9 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
         "propagation) and certified metrics at the radii asked for; resumable")
     certify.add_argument("checkpoint", help="a robustgate .safetensors checkpoint")
     certify.add_argument("--method", default="smoothing",
-                         choices=["smoothing", "ibp", "crown", "ibp+crown"],
+                         choices=["smoothing", *get_args(BoundMethod)],
                          help="randomized smoothing (L2, probabilistic) or bound propagation "
-                         "(deterministic): interval bounds, CROWN, or the better of both")
+                         "(deterministic): interval bounds, CROWN with interval intermediate "
+                         "bounds, CROWN, or the better of IBP and CROWN")
     certify.add_argument("--sigma", type=POSITIVE,
                          help="smoothing only: the noise (input units); the checkpoint's "
                          "training noise may differ, which the output says")

@@ -211,12 +211,17 @@ class SmoothingSettings(_Strict):
         return self
 
 
+BoundMethod = Literal["ibp", "crown-ibp", "crown", "ibp+crown"]
+"""The bound-propagation certificates (``certify.BOUND_METHODS``): interval bounds, CROWN with
+interval intermediate bounds, CROWN, and the larger of IBP's and CROWN's bound."""
+
+
 class BoundSettings(_Strict):
     """Certification by bound propagation (``certify.certify_bounds``) on the first
     ``evaluation.certify_limit`` test points, by every method of ``methods`` (side by side; IBP
     always, which counts a bound selector's stability), ``batch_size`` inputs at a time."""
 
-    methods: list[Literal["ibp", "crown", "ibp+crown"]] = Field(
+    methods: list[BoundMethod] = Field(
         default_factory=lambda: ["ibp"], min_length=1)
     batch_size: int = Field(64, ge=1)
 
@@ -367,7 +372,7 @@ class CompositionSettings(_Strict):
     core: str
     selector: Literal["robustness", "smoothing", "bounds", "softmax_response", "entropy",
                       "gate", "mixing"] = "robustness"
-    bound_method: Literal["ibp", "crown", "ibp+crown"] = "ibp"
+    bound_method: BoundMethod = "ibp"
     coverage: float | None = Field(None, gt=0, le=1)
     selective_accuracy: float | None = Field(None, gt=0, le=1)
     kappa: float = Field(1.0, ge=1)
@@ -528,7 +533,7 @@ class SearchSettings(_Strict):
     recipe: TrainSpec
     grid: dict[str, list[Any]] = Field(min_length=1)
     selector: Literal["robustness", "bounds", "smoothing"] = "robustness"
-    bound_method: Literal["ibp", "crown", "ibp+crown"] = "ibp"
+    bound_method: BoundMethod = "ibp"
     kappas: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
     max_accuracy_drop: float = Field(gt=0, lt=1)
     confidence: float = Field(0.95, gt=0.5, lt=1)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from robustgate.certify import (
+    INTERVAL_METHODS,
     Smooth,
     covering_l2_radius,
     max_certifiable_radius,
@@ -220,7 +221,7 @@ def bound_selection_at(branch: dict[str, BoundCertificates], method: str) -> Sel
     certificates (``Selection.bounds``)."""
     interval = branch["ibp"].records()
     return lambda deployed, eps, kappa: Selection.bounds(
-        deployed, interval, eps, kappa, with_interval_bounds="ibp" in method)
+        deployed, interval, eps, kappa, with_interval_bounds=method in INTERVAL_METHODS)
 
 
 def certified_core_part(core: dict[str, BoundCertificates] | None, core_records: Records,

@@ -40,7 +40,7 @@ def certify_checkpoint(
     chunk: int = 100, progress: bool = True,
 ) -> dict[str, Any]:
     """Certify ``checkpoint`` on ``(x, y)`` into ``out`` by ``method`` (``smoothing``, with its
-    ``smoothing`` settings, or bound propagation: ``ibp``, ``crown``, ``ibp+crown``):
+    ``smoothing`` settings, or bound propagation: ``ibp``, ``crown-ibp``, ``crown``, ``ibp+crown``):
     ``certificates.csv`` (one row per sample) and ``summary.json`` (certified metrics at each
     radius of ``radii`` in ``norm``; smoothing certifies Linf radii through the covering L2
     radius). Everything is checked before anything is written; an interrupted run resumes from
