@@ -8,7 +8,7 @@ DEMO_OUT ?= runs/demo
 DEMO_ARGS ?=
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint bench clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ lint: install
 
 test: lint
 	$(PY) -m pytest
+
+# Every benchmark, one after the other (each also runs alone: $(PY) benchmarks/NAME.py).
+bench: install
+	set -e; for benchmark in benchmarks/*.py; do $(PY) $$benchmark; done
 
 clean:
 	rm -rf $(VENV) runs

@@ -11,16 +11,21 @@ from hypothesis import strategies as st
 from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import nn
 
+from benchmarks.support import reference_bounds
 from robustgate.attacks import make_attack
 from robustgate.certify import (
+    BOUND_METHODS,
+    bounds,
     certify_bounds,
     crown_bounds,
     feed_forward_layers,
     interval_bounds,
+    interval_certificates,
     margin_specification,
     preactivation_bounds,
 )
 from robustgate.models import MLP, SmallCNN, StridedCNN
+from robustgate.models.normalize import Normalize
 from robustgate.threat import ThreatModel
 from tests.conftest import random_linear
 
@@ -325,3 +330,129 @@ def test_certified_era_certifies_on_the_training_ball_and_abstains_on_its_fracti
         make_loss("cert_era", ThreatModel("linf", eps), abstain_fraction=0.0)
     with pytest.raises(ValueError, match="abstain_weight"):
         make_loss("cert_era", ThreatModel("linf", eps), abstain_weight=-1.0)
+
+
+def _pooled_network() -> nn.Sequential:
+    """Every layer kind CROWN bounds: Normalize, convolutions, eval-mode batch normalization,
+    average pooling, flattening, linear layers."""
+    torch.manual_seed(3)
+    batch_norm = nn.BatchNorm2d(4)
+    with torch.no_grad():
+        batch_norm.running_mean.uniform_(-0.2, 0.2)
+        batch_norm.running_var.uniform_(0.5, 2)
+        batch_norm.weight.uniform_(0.5, 1.5)
+    return nn.Sequential(Normalize(0.5, 0.3), nn.Conv2d(1, 4, 3, padding=1), batch_norm,
+                         nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(4, 6, 3, stride=2, padding=1),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(6 * 3 * 3, 12), nn.ReLU(),
+                         nn.Linear(12, 5)).eval()
+
+
+NETWORKS = [
+    (lambda: MLP(4, 3, (8, 8)).eval(), (4,), 0.1),
+    (lambda: StridedCNN(channels=(4, 8), hidden=20, input_size=12).eval(), (1, 12, 12), 0.03),
+    (_pooled_network, (1, 12, 12), 0.03),
+]
+
+
+@pytest.mark.parametrize("network", range(len(NETWORKS)))
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_the_rules_give_the_reference_implementations_bounds(network, norm, monkeypatch):
+    """Against the autograd implementation this one replaced
+    (``benchmarks/support/reference_bounds.py``): the same predictions and margins to 1e-5 by
+    every method, with CROWN intermediate bounds on every layer or on none, and in chunks of a
+    single input."""
+    make, shape, eps = NETWORKS[network]
+    torch.manual_seed(network)
+    model = make()
+    x = torch.rand(6, *shape)
+    threat = ThreatModel(norm, eps if norm == "linf" else 4 * eps)
+    cases = [("ibp", 2048, {}), ("crown-ibp", 2048, {"method": "crown", "crown_neurons": 0}),
+             *[(method, neurons, {}) for method in ("crown", "ibp+crown")
+               for neurons in (2048, 100_000)]]
+    for method, crown_neurons, reference in cases:
+        settings = {"method": method, "crown_neurons": crown_neurons} | reference
+        expected = reference_bounds.certify_bounds(model, x, threat, **settings)
+        predicted, margin = certify_bounds(model, x, threat, method, crown_neurons)
+        assert torch.equal(predicted, expected[0]), method
+        assert torch.allclose(margin, expected[1], atol=1e-5), (method, crown_neurons)
+    monkeypatch.setattr(bounds, "CHUNK_ELEMENTS", 1)
+    chunked = certify_bounds(model, x, threat, "ibp+crown", 100_000)[1]
+    assert torch.allclose(chunked, expected[1], atol=1e-5)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from(["linf", "l2"]), st.floats(0.005, 0.1))
+def test_convolutional_bounds_hold_the_outputs_of_sampled_points(seed, norm, eps):
+    torch.manual_seed(seed)
+    model = _pooled_network() if seed % 2 else StridedCNN(channels=(4, 8), hidden=20,
+                                                          input_size=12).eval()
+    x = torch.rand(6, 1, 12, 12)
+    threat = ThreatModel(norm, eps if norm == "linf" else 5 * eps)
+    layers = feed_forward_layers(model)
+    with torch.no_grad():
+        predicted = model(x).argmax(dim=1)
+        specification = margin_specification(predicted, 5 if seed % 2 else 10)
+        lowest = {"crown": crown_bounds(layers, x, threat, specification, 100_000),
+                  "crown-ibp": crown_bounds(layers, x, threat, specification, 0)}
+        for _ in range(20):
+            delta = torch.randn_like(x)
+            delta = (delta.sign() * eps if norm == "linf" else
+                     5 * eps * torch.rand(6, 1, 1, 1) * delta / delta.flatten(1).norm(dim=1).view(
+                         -1, 1, 1, 1))
+            sampled = (specification @ model((x + delta).clamp(0, 1)).unsqueeze(2)).squeeze(2)
+            for method, lower in lowest.items():
+                assert (sampled >= lower - 1e-5).all(), method
+
+
+SOME_CERTIFIED = {"ibp": 0.003, "crown-ibp": 0.008, "crown": 0.035, "ibp+crown": 0.035}
+"""A radius per method at which it certifies some of the inputs of the tests below, not all."""
+
+
+def test_certify_bounds_runs_the_clean_forward_on_the_uncertified_inputs_only():
+    """Only on those IBP leaves uncertified for ``ibp``; for the CROWN methods the class pairs
+    are bounded by intervals from CROWN's ReLU bounds, which certify fewer than CROWN itself, so
+    the forward pass runs on at most every input once."""
+    torch.manual_seed(4)
+    model = StridedCNN(channels=(4, 8), hidden=20, input_size=12).eval()
+    x = torch.rand(40, 1, 12, 12)
+    seen = []
+    model.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
+    for method in BOUND_METHODS:
+        seen.clear()
+        threat = ThreatModel("linf", SOME_CERTIFIED[method])
+        predicted, margin = certify_bounds(model, x, threat, method)
+        certified = int((margin > 0).sum())
+        assert 0 < certified < len(x), "the test needs both kinds of input"
+        assert sum(seen) <= (len(x) - certified if method == "ibp" else len(x))
+        assert torch.equal(predicted, model(x).argmax(dim=1))
+    threat = ThreatModel("linf", SOME_CERTIFIED["ibp"])
+    classes, best = interval_certificates(model, x, threat)
+    _, margin = certify_bounds(model, x, threat, "ibp")
+    assert torch.equal(best > 0, margin > 0)
+    assert torch.equal(classes[margin > 0], model(x).argmax(dim=1)[margin > 0])
+
+
+def test_the_bound_selector_answers_with_its_certified_class_and_decides_alike():
+    from robustgate.compose import ComposedClassifier
+    from robustgate.select import BoundSelector
+
+    torch.manual_seed(5)
+    branch = StridedCNN(channels=(4, 8), hidden=20, input_size=12).eval()
+    core = StridedCNN(channels=(4, 8), hidden=20, input_size=12).eval()
+    x = torch.rand(60, 1, 12, 12)
+    calls = []
+    branch.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+    for method in BOUND_METHODS:
+        selector = BoundSelector(branch, ThreatModel("linf", SOME_CERTIFIED[method]), method)
+        selected, answers = selector.select_and_answer(x)
+        assert torch.equal(selected, selector.select(x))
+        assert torch.equal(selected, selector.margin(x) > 0)  # the decision of the margin
+        assert 0 < int(selected.sum()) < len(x)
+        calls.clear()
+        labels, routes = ComposedClassifier(branch, selector, core).predict(x)
+        # the branch runs once at most (never, by IBP), never again on the inputs selected
+        assert sum(calls) <= (0 if method == "ibp" else len(x))
+        expected = torch.where(selected, branch(x).argmax(dim=1), core(x).argmax(dim=1))
+        assert torch.equal(labels, expected) and torch.equal(routes, (~selected).long())
+    with pytest.raises(ValueError, match="build it on the branch"):
+        ComposedClassifier(core, BoundSelector(branch, ThreatModel("linf", 0.01)), core)

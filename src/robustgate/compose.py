@@ -3,8 +3,8 @@
 ``predict(x)`` walks the chain ``(branch_1, selector_1) → … → core``: each input is answered by
 the first branch whose selector selects it, or by the core. It returns the labels and the route
 (the index of the stage that answered; ``len(stages)`` means the core). A selector whose decision
-is a certificate for a class (``select_and_answer``, the smoothing selector) answers with that
-class.
+is a certificate for a class (``select_and_answer``: the smoothing selector, the bound selector)
+answers with that class; a bound selector certifies its own model, which must be its branch.
 
 With interval-bound selectors only, the composition is a plain forward computation
 (:class:`ComposedProgram`) that ``ComposedClassifier.export`` writes as one ``torch.export``
@@ -34,6 +34,7 @@ class ComposedClassifier:
         self.stages: list[tuple[nn.Module, Selector]] = [(branch, selector)]
         self.core = core
         self._check_class_counts()
+        self._check_bound_selectors()
 
     @classmethod
     def chain(
@@ -45,6 +46,7 @@ class ComposedClassifier:
         composed = cls(stages[0][0], stages[0][1], core)
         composed.stages = list(stages)
         composed._check_class_counts()
+        composed._check_bound_selectors()
         return composed
 
     @property
@@ -67,6 +69,13 @@ class ComposedClassifier:
                 counts[name] = int(predict_logits(model, probe).shape[1])
         if len(set(counts.values())) > 1:
             raise ValueError(f"composed models disagree on the number of classes: {counts}")
+
+    def _check_bound_selectors(self) -> None:
+        """A bound selector answers with the class it certified for its model: its branch."""
+        for route, (branch, selector) in enumerate(self.stages):
+            if isinstance(selector, BoundSelector) and selector.model is not branch:
+                raise ValueError(f"stage {route}: the bound selector certifies another model "
+                                 "than its branch; build it on the branch")
 
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Labels and routes (int64 tensors on the CPU) for the batch ``x``."""
@@ -106,9 +115,10 @@ class ComposedClassifier:
                                  "are a plain forward computation (attacks and Monte-Carlo "
                                  "certificates are not)")
             if selector.method != "ibp":
-                raise ValueError(f"stage {route} selects by {selector.method!r}: CROWN passes "
-                                 "its bounds back with autograd, which torch.export does not "
-                                 "trace; deploy with method='ibp' to export")
+                raise ValueError(f"stage {route} selects by {selector.method!r}, which needs "
+                                 "the branch's clean prediction where it does not certify (a "
+                                 "data-dependent step torch.export does not trace); deploy with "
+                                 "method='ibp' to export")
         return ComposedProgram(self.stages, self.core)
 
     def export(self, path: str | Path, example: torch.Tensor) -> Path:
@@ -123,21 +133,21 @@ class ComposedClassifier:
 
 
 class ComposedProgram(nn.Module):
-    """``forward(x) -> (labels, routes)``: every stage evaluated on every input, the first that
-    selects answering (routes as in :meth:`ComposedClassifier.predict`)."""
+    """``forward(x) -> (labels, routes)``: every selector and the core evaluated on every input,
+    the first selector that certifies answering with the class it certified (routes as in
+    :meth:`ComposedClassifier.predict`)."""
 
     def __init__(self, stages: Sequence[tuple[nn.Module, BoundSelector]], core: nn.Module
                  ) -> None:
         super().__init__()
-        self.branches = nn.ModuleList([branch for branch, _ in stages])
-        self.selectors = nn.ModuleList([selector for _, selector in stages])
+        self.selectors = nn.ModuleList([selector for _, selector in stages])  # hold the branches
         self.core = core
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         labels = self.core(x).argmax(dim=1)
-        routes = torch.full_like(labels, len(self.branches))
-        for route in reversed(range(len(self.branches))):
-            selected = self.selectors[route].margin(x) > 0
-            labels = torch.where(selected, self.branches[route](x).argmax(dim=1), labels)
+        routes = torch.full_like(labels, len(self.selectors))
+        for route in reversed(range(len(self.selectors))):
+            selected, certified = self.selectors[route].certified(x)
+            labels = torch.where(selected, certified, labels)
             routes = torch.where(selected, torch.full_like(routes, route), routes)
         return labels, routes

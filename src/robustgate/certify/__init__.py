@@ -1,12 +1,16 @@
-"""Certificates: randomized smoothing (``Smooth``) and bound propagation (IBP, CROWN)."""
+"""Certificates: randomized smoothing (``Smooth``) and bound propagation (IBP, CROWN-IBP, CROWN)
+by per-operation rules (``certify.rules``)."""
 
 from robustgate.certify.bounds import (
     BOUND_METHODS,
+    INTERVAL_METHODS,
     certify_bounds,
     crown_bounds,
     feed_forward_layers,
     interval_bounds,
+    interval_certificates,
     margin_specification,
+    pair_specification,
     preactivation_bounds,
 )
 from robustgate.certify.smoothing import (
@@ -22,6 +26,7 @@ from robustgate.certify.smoothing import (
 __all__ = [
     "ABSTAIN",
     "BOUND_METHODS",
+    "INTERVAL_METHODS",
     "Smooth",
     "certify_bounds",
     "clopper_pearson_lower",
@@ -29,8 +34,10 @@ __all__ = [
     "crown_bounds",
     "feed_forward_layers",
     "interval_bounds",
+    "interval_certificates",
     "margin_specification",
     "max_certifiable_radius",
+    "pair_specification",
     "preactivation_bounds",
     "stable_radius",
     "vote_radius",

@@ -27,6 +27,7 @@ for _method in (
     CertificateMethod("smoothing", "randomized smoothing (L2, probabilistic)",
                       bound_propagation=False),
     CertificateMethod("ibp", "interval bounds", monotone=True),
+    CertificateMethod("crown-ibp", "CROWN with interval intermediate bounds"),
     CertificateMethod("crown", "CROWN (backward linear bounds)"),
     CertificateMethod("ibp+crown", "the better of IBP's and CROWN's bound", monotone=True),
 ):

@@ -100,7 +100,7 @@ class Selection:
           deployed method certifies wherever IBP does (``with_interval_bounds``: ``ibp`` and
           ``ibp+crown``): interval bounds are monotone under inclusion, so IBP then certifies
           every ``B(x', κ·eps)`` inside. CROWN alone gives no stability (it adapts to the region
-          and may miss what IBP certifies).
+          and may miss what IBP certifies), nor does CROWN-IBP.
         - Consistent everywhere: a certified ``B(x', κ·eps)`` holds ``x``.
         - Nothing is counted as unreachable.
 

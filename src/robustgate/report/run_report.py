@@ -219,8 +219,9 @@ def _bounded_models_section(run: Run) -> Section | None:
     notes = [f"Bound propagation on the first {samples} test points: certified where the lower "
              "bound of every logit difference f_ŷ − f_j over the ball (with the domain) is "
              "positive. The attacked robust accuracy is an upper bound, the certified one a "
-             "lower bound: the gap is the attack's slack plus the bounds' looseness. ibp+crown "
-             "takes the tighter bound of each difference."]
+             "lower bound: the gap is the attack's slack plus the bounds' looseness. crown-ibp "
+             "is CROWN with IBP's intermediate bounds; ibp+crown takes the tighter of IBP's and "
+             "CROWN's bound of each difference."]
     return Section("Certified models (bound propagation)", columns, rows, notes,
                    plots.certified_curves(curves))
 

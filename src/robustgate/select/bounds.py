@@ -1,10 +1,11 @@
 """The bound selector: keep an input for the branch where bound propagation certifies it.
 
 Deployed at ``κ·eps``, it bounds the branch on ``B(x', κ·eps)`` around the input ``x'`` it sees
-(IBP, CROWN, or either) and selects where the certified margin is positive. A plain forward
-computation, without an attack: a composition whose selectors are all bound selectors exports as
-one program. Its stability is the evaluation's to count (``Selection.bounds``: IBP at
-``(κ+1)·eps``).
+(IBP, CROWN-IBP, CROWN, or IBP or CROWN) and selects where the certified margin is positive.
+It answers with the class it certified (``select_and_answer``), the branch's clean prediction,
+so the branch does not run again on the inputs it selects. A plain forward computation, without
+an attack: a composition whose selectors are all IBP bound selectors exports as one program.
+Its stability is the evaluation's to count (``Selection.bounds``: IBP at ``(κ+1)·eps``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustgate.certify import BOUND_METHODS, certify_bounds
+from robustgate.certify import BOUND_METHODS, certify_bounds, interval_certificates
 from robustgate.select.robustness import logit_margin
 from robustgate.threat import ThreatModel
 
@@ -42,6 +43,31 @@ class BoundSelector(nn.Module):
         """The certified margin on ``B(x, κ·eps)``; positive where the selector selects."""
         return certify_bounds(self.model, x, self.threat, self.method)[1]
 
+    def select_and_answer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mask of :meth:`select` and, where it selects, the class certified there: the
+        branch's clean prediction (elsewhere an answer that is never used), both on the CPU. By
+        IBP without a forward pass of the branch (:meth:`certified`); by the CROWN methods with
+        one on the inputs that the class pairs' interval bounds leave uncertified."""
+        if self.method == "ibp":
+            with torch.no_grad():
+                selected, answers = self.certified(x)
+        else:
+            answers, margin = certify_bounds(self.model, x, self.threat, self.method)
+            selected = margin > 0
+        return selected.cpu(), answers.cpu()
+
     def select(self, x: torch.Tensor) -> torch.Tensor:
         """Boolean mask on the CPU: ``True`` where the branch answers."""
-        return (self.margin(x) > 0).cpu()
+        return self.select_and_answer(x)[0]
+
+    def certified(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The selection and the certified class, by IBP without a forward pass (the form that
+        exports, ``interval_certificates``; a class certified on the ball is the clean
+        prediction, so it selects exactly where :meth:`margin` is positive); on ``x``'s
+        device."""
+        if self.method != "ibp":
+            raise ValueError(f"the selection by {self.method!r} needs the branch's clean "
+                             "prediction, a data-dependent step that torch.export does not "
+                             "trace; deploy with method='ibp' to export")
+        classes, margin = interval_certificates(self.model, x, self.threat)
+        return margin > 0, classes
