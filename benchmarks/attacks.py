@@ -14,7 +14,7 @@ import statistics
 
 import torch
 import torch.nn.functional as F
-from support.harness import REPEATS, interleaved, mnist, peak_mib, start, table
+from support.harness import REPEATS, interleaved, mnist, print_peak_memory, start, table
 
 from robustgate.attacks import PGD
 from robustgate.models import StridedCNN
@@ -49,8 +49,7 @@ def main() -> None:
           f"(min / median); PGD(10) / 10: "
           f"{min(times['PGD 10 steps']) / 10 / min(base):.2f} / "
           f"{statistics.median(times['PGD 10 steps']) / 10 / statistics.median(base):.2f}x")
-    print("peak memory added, MiB: " + ", ".join(
-        f"{name} {peak_mib(case):.0f}" for name, case in cases.items()))
+    print_peak_memory(cases)
 
 
 if __name__ == "__main__":

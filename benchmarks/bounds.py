@@ -23,7 +23,7 @@ from support.harness import (
     conditions,
     interleaved,
     mnist,
-    peak_mib,
+    print_peak_memory,
     start,
     table,
 )
@@ -169,10 +169,10 @@ def main() -> None:
             print(f"  {method}: new {middle:.2f}x faster than old at the median "
                   f"({min(old_times) / min(times[method]):.2f}x at the min)")
         per_image(times)
-        print("peak memory added, MiB (batch 100): " + ", ".join(
-            f"{case} {peak_mib(call):.0f}" for case, call in chosen.items()
-            if case in ("forward", "certify ibp", "certify ibp old", "certify crown batch 100",
-                        f"certify crown old batch {largest}")))
+        measured = ("forward", "certify ibp", "certify ibp old", "certify crown batch 100",
+                    f"certify crown old batch {largest}")
+        print_peak_memory({case: call for case, call in chosen.items() if case in measured},
+                          " (batch 100)")
     composition(models["StridedCNN 32/64/200"], train_x, train_y, test_x)
 
 

@@ -12,7 +12,7 @@ with the 8 copies of the shipped ``cra_050``); one thread.
 from __future__ import annotations
 
 import torch
-from support.harness import interleaved, mnist, peak_mib, start, table
+from support.harness import interleaved, mnist, print_peak_memory, start, table
 
 from robustgate.losses import LOSSES, make_loss
 from robustgate.models import StridedCNN
@@ -41,8 +41,7 @@ def main() -> None:
         cases[name] = step
     times = interleaved(cases)
     table(times, "standard")
-    print("peak memory added, MiB: " + ", ".join(
-        f"{name} {peak_mib(case):.0f}" for name, case in cases.items()))
+    print_peak_memory(cases)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ inputs drawn beforehand, in batches of the same size.
 from __future__ import annotations
 
 import torch
-from support.harness import interleaved, mnist, peak_mib, start, table
+from support.harness import interleaved, mnist, print_peak_memory, start, table
 
 from robustgate.certify import Smooth
 from robustgate.models import SmallCNN
@@ -42,8 +42,7 @@ def main() -> None:
             lambda smooth=smooth: smooth.certify(x, N0, N, ALPHA))
     times = interleaved(cases)
     table(times, "forward passes, batch 1000")
-    print("peak memory added, MiB: " + ", ".join(
-        f"{name} {peak_mib(case):.0f}" for name, case in cases.items()))
+    print_peak_memory(cases)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,12 @@ def table(times: dict[str, list[float]], base: str, per: int = 1, unit: str = "b
     print(f"(per {unit}; {conditions()})")
 
 
+def print_peak_memory(cases: dict[str, Callable[[], object]], label: str = "") -> None:
+    """One line: the resident memory each case adds at its peak (:func:`peak_mib`)."""
+    print(f"peak memory added, MiB{label}: " + ", ".join(
+        f"{name} {peak_mib(case):.0f}" for name, case in cases.items()))
+
+
 def peak_mib(call: Callable[[], object]) -> float:
     """The resident memory ``call`` adds at its peak, in MiB: run in a forked child whose peak
     (``VmHWM``) is reset first; ``nan`` where ``/proc`` cannot say."""

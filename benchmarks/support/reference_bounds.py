@@ -1,7 +1,9 @@
 """The reference: robustgate's bound propagation as it was before the per-operation rules
-(``robustgate.certify.bounds`` at 31b5e7b, unchanged below this paragraph), kept as the
-in-process reference that ``benchmarks/bounds.py`` times the new implementation against and
-``tests/test_bounds.py`` compares its bounds with. Not part of the library: remove it with the
+(``robustgate.certify.bounds`` at 31b5e7b, unchanged below this paragraph but for the layer
+checks, the margin specification and the input box, which it takes from the library: they are
+the same there and not what is compared), kept as the in-process reference that
+``benchmarks/bounds.py`` times the new implementation against and ``tests/test_bounds.py``
+compares its bounds with. Not part of the library: remove it with the
 benchmark's old-against-new rows once they are no longer wanted.
 
 Deterministic certificates by bound propagation (DESIGN.md section 3): interval bound
@@ -35,53 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustgate.models import MLP
+from robustgate.certify.bounds import feed_forward_layers, input_box, margin_specification
+from robustgate.certify.rules import ELEMENTWISE, MONOTONE
 from robustgate.models.normalize import Normalize
 from robustgate.threat import ThreatModel
 
 BOUND_METHODS = ("ibp", "crown", "ibp+crown")
-ELEMENTWISE = (Normalize, nn.BatchNorm1d, nn.BatchNorm2d)
-AFFINE = (nn.Linear, nn.Conv2d, nn.Flatten, nn.AvgPool2d, *ELEMENTWISE)
-MONOTONE = (nn.ReLU, nn.MaxPool2d)
-
-
-def feed_forward_layers(model: nn.Module) -> list[nn.Module]:
-    """The layers ``model`` applies in order; raises for a layer the bounds do not cover."""
-    if isinstance(model, nn.Sequential):
-        layers = list(model)
-    elif isinstance(getattr(model, "layers", None), nn.Sequential):
-        layers = [nn.Flatten(), *model.layers] if isinstance(model, MLP) else list(model.layers)
-    else:
-        raise ValueError(f"bound propagation covers feed-forward models (an nn.Sequential, or a "
-                         f"model whose forward is its `layers`), not {type(model).__name__}")
-    for layer in layers:
-        if not isinstance(layer, (*AFFINE, *MONOTONE)):
-            raise ValueError(f"bound propagation does not cover {type(layer).__name__} layers")
-        if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)) and (
-                layer.training or layer.running_var is None):
-            raise ValueError("batch normalization is bounded in eval mode, with running "
-                             "statistics, only")
-        if isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
-            raise ValueError(f"bound propagation covers zero-padded convolutions, not "
-                             f"padding_mode={layer.padding_mode!r}")
-    if not isinstance(layers[-1], nn.Linear):
-        raise ValueError("bound propagation needs a model that ends in a Linear layer")
-    return layers
-
-
-def margin_specification(predicted: torch.Tensor, num_classes: int,
-                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``C`` of shape ``(batch, K − 1, K)``: the rows ``e_ŷ − e_j`` for every ``j ≠ ŷ``."""
-    eye = torch.eye(num_classes, device=predicted.device, dtype=dtype)
-    others = torch.stack([torch.cat([torch.arange(j), torch.arange(j + 1, num_classes)])
-                          for j in range(num_classes)]).to(predicted.device)
-    return eye[predicted].unsqueeze(1) - eye[others[predicted]]
-
-
-def input_box(x: torch.Tensor, threat: ThreatModel) -> tuple[torch.Tensor, torch.Tensor]:
-    """The smallest box holding the threat ball around ``x`` intersected with the domain."""
-    return ((x - threat.eps).clamp(threat.low, threat.high),
-            (x + threat.eps).clamp(threat.low, threat.high))
 
 
 def _affine_abs(layer: nn.Module, radius: torch.Tensor) -> torch.Tensor:
