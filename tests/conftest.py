@@ -1,9 +1,17 @@
-"""Shared test helpers: linear classifiers, whose exact robustness radius is known."""
+"""Shared test helpers: linear classifiers, whose exact robustness radius is known; runs
+interrupted at a chosen point; a checkpoint's weights."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import pytest
 import torch
 from torch import nn
+
+from robustgate.models import load_checkpoint
+from robustgate.train import run as training_run
 
 
 class Linear(nn.Module):
@@ -41,3 +49,41 @@ def exact_radius(model: Linear, x: torch.Tensor, norm: str) -> torch.Tensor:
     ratios = margins / dual.clamp_min(1e-12)
     ratios[torch.arange(len(x)), predicted] = torch.inf
     return ratios.min(dim=1).values
+
+
+def interrupt_at_call(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, call: int
+                      ) -> list[Any]:
+    """Replace ``owner.name`` by a function that raises ``KeyboardInterrupt`` on its ``call``-th
+    call (1-based) and passes the others through; returns the first argument of every call."""
+    real = getattr(owner, name)
+    calls: list[Any] = []
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[0])
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, interrupted)
+    return calls
+
+
+def interrupt_training_after(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
+    """Make ``train_model``'s loop raise ``KeyboardInterrupt`` right after epoch ``epoch`` is
+    saved (its ``on_epoch_end``)."""
+    real_fit = training_run.fit
+
+    def interrupted_fit(*args: Any, on_epoch_end: Any, **kwargs: Any) -> Any:
+        def stop_after(done: int, entry: Any, optimizer: Any) -> None:
+            on_epoch_end(done, entry, optimizer)
+            if done == epoch:
+                raise KeyboardInterrupt
+        return real_fit(*args, on_epoch_end=stop_after, **kwargs)
+
+    monkeypatch.setattr(training_run, "fit", interrupted_fit)
+
+
+def checkpoint_weights(path: str | Path) -> torch.Tensor:
+    """Every parameter of a checkpoint's model, flattened into one vector."""
+    model, _ = load_checkpoint(path)
+    return torch.cat([p.flatten() for p in model.parameters()])

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import interrupt_at_call
 
 from robustgate.cli import main
 from robustgate.config import ExperimentConfig, demo_config, parse_config
@@ -109,20 +110,11 @@ def test_small_demo_writes_the_report_with_the_exact_count_and_the_regions(tmp_p
 
 def test_an_interrupted_demo_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
     straight = run_experiment(small_demo(), tmp_path / "straight", device="cpu", progress=False)
-    real = experiment.evaluate_or_resume
-    calls = []
-
-    def interrupted(*args, **kwargs):
-        calls.append(args[0])
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(experiment, "evaluate_or_resume", interrupted)
+    interrupt_at_call(monkeypatch, experiment, "evaluate_or_resume", 4)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(small_demo(), tmp_path / "resumed", device="cpu", progress=False)
     assert not (tmp_path / "resumed" / "metrics.json").exists()
-    monkeypatch.setattr(experiment, "evaluate_or_resume", real)
+    monkeypatch.undo()
     models = tmp_path / "resumed" / "models" / "era" / "best.safetensors"
     trained = models.stat().st_mtime_ns
     resumed = run_experiment(small_demo(), tmp_path / "resumed", device="cpu", progress=False)

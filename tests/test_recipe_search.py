@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import checkpoint_weights, interrupt_at_call, interrupt_training_after
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import binomtest
@@ -218,26 +219,14 @@ def test_augmentation_is_seeded_resumable_and_recorded(tmp_path, monkeypatch):
     straight = train_model(spec, images(), None, 2, tmp_path / "straight", progress=False)
     plain = train_model(parse_config({**IMAGES, "augmentation": None}, TrainSpec), images(), None,
                         2, tmp_path / "plain", progress=False)
-    from robustgate.train import run as training_run
-    real_fit = training_run.fit
-
-    def interrupted_fit(*args, on_epoch_end, **kwargs):
-        def stop_after_one(epoch, entry, optimizer):
-            on_epoch_end(epoch, entry, optimizer)
-            raise KeyboardInterrupt
-        return real_fit(*args, on_epoch_end=stop_after_one, **kwargs)
-
-    monkeypatch.setattr(training_run, "fit", interrupted_fit)
+    interrupt_training_after(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         train_model(spec, images(), None, 2, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(training_run, "fit", real_fit)
+    monkeypatch.undo()
     resumed = train_model(spec, images(), None, 2, tmp_path / "resumed", progress=False)
-
-    def weights(path):
-        return torch.cat([p.flatten() for p in load_checkpoint(path)[0].parameters()])
-
-    assert torch.equal(weights(straight), weights(resumed))
-    assert not torch.equal(weights(straight), weights(plain))  # augmentation changed training
+    assert torch.equal(checkpoint_weights(straight), checkpoint_weights(resumed))
+    # augmentation changed training
+    assert not torch.equal(checkpoint_weights(straight), checkpoint_weights(plain))
     metadata = load_checkpoint(straight)[1]
     assert metadata["augmentation"]["name"] == "affine"
     assert metadata["augmentation"]["degrees"] == 15
@@ -426,19 +415,10 @@ def test_a_sampled_search_resumes_its_optuna_study(tmp_path, monkeypatch):
             "grid": {"train.lr": [0.01, 0.03, 0.1], "loss.params.beta_trades": [1.0, 6.0]},
         }],
     }, ExperimentConfig)
-    real_train = search_module.train_model
-    calls = []
-
-    def interrupted(*args, **kwargs):
-        calls.append(args[4])
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_train(*args, **kwargs)
-
-    monkeypatch.setattr(search_module, "train_model", interrupted)
+    calls = interrupt_at_call(monkeypatch, search_module, "train_model", 2)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(config, tmp_path, device="cpu", progress=False)
-    monkeypatch.setattr(search_module, "train_model", real_train)
+    monkeypatch.undo()
     result = run_experiment(config, tmp_path, device="cpu", progress=False)["searches"]["sampled"]
     study = optuna.load_study(study_name="sampled",
                               storage=f"sqlite:///{tmp_path / 'searches/sampled/study.db'}")
@@ -447,6 +427,7 @@ def test_a_sampled_search_resumes_its_optuna_study(tmp_path, monkeypatch):
     sampled = {str(t.user_attrs["candidate"]) for t in complete}
     assert {c["name"] for c in result["candidates"]} == sampled
     assert result["grid_size"] == 6 and result["choice"]["tried"] == len(sampled)
-    # the candidate finished before the interruption was kept, not trained again
-    assert str(calls[0]).endswith("/model") and any(
-        str(calls[0]).endswith(f"candidates/{name}/model") for name in sampled)
+    # the trial finished before the interruption (train_model's first argument: its spec) is
+    # among the study's three
+    candidates = config.searches[0].candidates()
+    assert any(candidates[int(name)][1] == calls[0] for name in sampled)

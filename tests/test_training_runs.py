@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import checkpoint_weights, interrupt_training_after
 
 from robustgate.cli import main
 from robustgate.config import (
@@ -15,9 +16,8 @@ from robustgate.config import (
 )
 from robustgate.data import load_dataset
 from robustgate.evaluate import Records
-from robustgate.models import MLP, load_checkpoint, save_checkpoint
+from robustgate.models import MLP, save_checkpoint
 from robustgate.pipeline import run_experiment
-from robustgate.train import run as training_run
 from robustgate.train.run import initial_model, select_epoch, train_model
 
 SPEC = {
@@ -33,35 +33,21 @@ def data(split: str):
     return dataset.x, dataset.y
 
 
-def weights(path) -> torch.Tensor:
-    model, _ = load_checkpoint(path)
-    return torch.cat([p.flatten() for p in model.parameters()])
-
-
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, optimizer):
     """Adam's moment estimates resume with the weights, as SGD's momentum does."""
     spec = parse_config({**SPEC, "train": {**SPEC["train"], "optimizer": optimizer}}, TrainSpec)
     straight = train_model(spec, data("train"), data("validation"), 2, tmp_path / "straight",
                            progress=False)
-    real_fit = training_run.fit
-
-    def interrupted_fit(*args, on_epoch_end, **kwargs):
-        def stop_after_two(epoch, entry, optimizer):
-            on_epoch_end(epoch, entry, optimizer)
-            if epoch == 2:
-                raise KeyboardInterrupt
-        return real_fit(*args, on_epoch_end=stop_after_two, **kwargs)
-
-    monkeypatch.setattr(training_run, "fit", interrupted_fit)
+    interrupt_training_after(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         train_model(spec, data("train"), data("validation"), 2, tmp_path / "resumed",
                     progress=False)
     assert not (tmp_path / "resumed" / "best.safetensors").exists()
-    monkeypatch.setattr(training_run, "fit", real_fit)
+    monkeypatch.undo()
     resumed = train_model(spec, data("train"), data("validation"), 2, tmp_path / "resumed",
                           progress=False)
-    assert torch.equal(weights(straight), weights(resumed))
+    assert torch.equal(checkpoint_weights(straight), checkpoint_weights(resumed))
     log = [json.loads(line) for line in (tmp_path / "resumed" / "log.jsonl").read_text()
            .splitlines()]
     assert [entry["epoch"] for entry in log] == [1, 2, 3]
