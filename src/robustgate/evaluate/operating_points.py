@@ -49,6 +49,11 @@ def operating_curve(branch: Records, core: Records, eps: float, kappas: Sequence
     return curve
 
 
+def point_at(curve: Sequence[dict[str, Any]], kappa: float) -> dict[str, Any]:
+    """The point of ``curve`` at ``κ = kappa``."""
+    return next(point for point in curve if point["kappa"] == kappa)
+
+
 def within_accuracy_drop(natural_accuracy: float, core_accuracy: float,
                          max_accuracy_drop: float | None) -> bool:
     """Whether ``natural_accuracy`` is at most ``max_accuracy_drop`` below ``core_accuracy``
@@ -144,8 +149,7 @@ def choose_recipe(choosing: dict[str, Sequence[dict[str, float]]],
     pair_confidence = 1 - (1 - confidence) / max(1, len(shortlisted))
     candidates: dict[str, Any] = {}
     for name, point in points.items():
-        confirmation = next(entry for entry in confirming[name]
-                            if entry["kappa"] == point["kappa"])
+        confirmation = point_at(confirming[name], point["kappa"])
         bound = None
         if name in shortlisted:
             bound = accuracy_drop_upper_bound(confirmation["lost"], confirmation["gained"],

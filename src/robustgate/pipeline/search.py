@@ -39,6 +39,7 @@ from robustgate.evaluate.operating_points import (
     choose_operating_point,
     choose_recipe,
     operating_curve,
+    point_at,
 )
 from robustgate.evaluate.statistics import confirmation_size, mcnemar_p_value
 from robustgate.io import atomic_write_json, file_name, say
@@ -227,7 +228,7 @@ class SearchRunner:
         eps = self.evidence.eps
         name = choice["chosen"] if choice["chosen"] is not None else choice["closest"]
         kappa = choice["candidates"][name]["kappa"]
-        point = next(entry for entry in curves[name] if entry["kappa"] == kappa)
+        point = point_at(curves[name], kappa)
         branch, selection_at = tested[name]
         composed = compose_records(branch, core, selection_at(branch, eps, kappa))
         kind = "certified" if SELECTOR_KINDS[search.selector].certified else "composed"

@@ -20,7 +20,11 @@ import numpy as np
 
 from robustgate.config import CompositionSettings, ExperimentConfig, parse_config
 from robustgate.evaluate import Records, Routes, risk_coverage_curve
-from robustgate.evaluate.operating_points import robustness_given_up, within_accuracy_drop
+from robustgate.evaluate.operating_points import (
+    point_at,
+    robustness_given_up,
+    within_accuracy_drop,
+)
 from robustgate.evaluate.statistics import mcnemar_p_value
 from robustgate.io import atomic_write_text, file_name
 from robustgate.registry import SELECTOR_KINDS
@@ -401,8 +405,7 @@ def _search_sections(run: Run) -> list[Section]:
             name = candidate["name"]
             entry = choice["candidates"][name]
             choosing, confirming = entry["choosing"], entry["confirming"]
-            tested = next(point for point in result["curves"]["test"][name]
-                          if point["kappa"] == entry["kappa"])
+            tested = point_at(result["curves"]["test"][name], entry["kappa"])
             bound = confirming["drop_upper_bound"]
             verdict = ("chosen" if name == choice["chosen"] else "accepted"
                        if confirming["accepted"] else "rejected" if bound is not None
