@@ -53,19 +53,24 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from robustgate import distributed
     from robustgate.config import TrainRunConfig, load_config
-    from robustgate.device import resolve_device
     from robustgate.train.run import train_model, training_data
 
     given = _given_out(args.out)
     config = load_config(args.config, TrainRunConfig, args.set)
     out = given or check_output_directory(Path("runs") / config.name)
-    device = resolve_device(args.device)
+    device = distributed.rank_device(args.device)
     train, validation, num_classes, metadata = training_data(config.data, config.seed)
-    best = train_model(config, train, validation, num_classes, out, seed=config.seed,
-                       device=device, progress=not args.quiet,
-                       metadata=metadata)
-    print(f"best checkpoint: {best}")
+    process = distributed.start(device)
+    try:
+        best = train_model(config, train, validation, num_classes, out, seed=config.seed,
+                           device=device, progress=not args.quiet and process.is_main,
+                           metadata=metadata, process=process)
+    finally:
+        distributed.stop()
+    if process.is_main:
+        print(f"best checkpoint: {best}")
     return 0
 
 
@@ -128,6 +133,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from robustgate import distributed
     from robustgate.config import ExperimentConfig, load_config
     from robustgate.pipeline import run_experiment
     from robustgate.report import metrics_table
@@ -135,7 +141,15 @@ def _run(args: argparse.Namespace) -> int:
     given = _given_out(args.out)
     config = load_config(args.config, ExperimentConfig, args.set)
     out = given or check_output_directory(Path("runs") / config.name)
-    result = run_experiment(config, out, device=args.device, progress=not args.quiet)
+    device = distributed.rank_device(args.device)
+    process = distributed.start(device)
+    try:
+        result = run_experiment(config, out, device=device,
+                                progress=not args.quiet and process.is_main, process=process)
+    finally:
+        distributed.stop()
+    if not process.is_main:
+        return 0
     print(metrics_table(result["test"]))
     print(f"wrote {out}/report.md, report.html and metrics.json in "
           f"{result['wall_time_s']:.0f} s")

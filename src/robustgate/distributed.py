@@ -11,6 +11,7 @@ wraps the model in DistributedDataParallel (:func:`parallel`), averages what eac
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -35,6 +36,18 @@ class Process:
     def is_main(self) -> bool:
         """Rank 0: the one process that writes checkpoints, logs and reports."""
         return self.rank == 0
+
+
+# the one process of a run started without torchrun
+ALONE = Process()
+
+# DDP's switch that stops it broadcasting rank 0's buffers before every forward (buffers are
+# still made equal when the wrapper is built): ``forward_sync_buffers`` since torch 2.13, before
+# that ``broadcast_buffers``
+NO_FORWARD_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+    else {"broadcast_buffers": False})
 
 
 def _environment_int(name: str, default: int) -> int:
@@ -95,23 +108,34 @@ def stop() -> None:
         dist.destroy_process_group()
 
 
-def _joined() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+def _joined(process: Process | None) -> bool:
+    """Whether ``process`` (``None``: this process as torchrun started it) shares work with
+    other ranks; refuses a process of several whose group :func:`start` has not joined."""
+    world_size = current().world_size if process is None else process.world_size
+    if world_size == 1:
+        return False
+    if not dist.is_initialized():
+        raise RuntimeError(f"a process of {world_size} has not joined its process group; call "
+                           "robustgate.distributed.start(device) first")
+    return True
 
 
-def barrier() -> None:
-    """Wait until every process of the run arrives here; a no-op in one process."""
-    if _joined():
+def barrier(process: Process | None = None) -> None:
+    """Wait until every process of the run arrives here; a no-op in one process (and for a
+    ``process`` of one, such as :data:`ALONE`: work rank 0 does by itself under torchrun)."""
+    if _joined(process):
         dist.barrier()
 
 
-def mean_over_ranks(values: dict[str, float], count: int) -> dict[str, float]:
+def mean_over_ranks(values: dict[str, float], count: int, process: Process | None = None
+                    ) -> dict[str, float]:
     """The mean of per-sample means over all ranks: each rank's ``values`` measured on its
     ``count`` samples, weighted by that count, so that fractions (accuracies) come out as on
-    all samples at once. The same dict in one process. Every rank must give the same keys."""
-    if not _joined():
+    all samples at once. The same dict in one process (``process`` as in :func:`barrier`).
+    Every rank must give the same keys, in the same order."""
+    if not _joined(process):
         return dict(values)
-    names = sorted(values)
+    names = list(values)
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
         else torch.device("cpu")
     sums = torch.tensor([values[name] * count for name in names] + [count],
@@ -123,9 +147,10 @@ def mean_over_ranks(values: dict[str, float], count: int) -> dict[str, float]:
     return {name: float(sums[i]) / total for i, name in enumerate(names)}
 
 
-def sum_over_ranks(value: torch.Tensor) -> torch.Tensor:
-    """``value`` summed over all ranks (a new tensor); ``value`` itself in one process."""
-    if not _joined():
+def sum_over_ranks(value: torch.Tensor, process: Process | None = None) -> torch.Tensor:
+    """``value`` summed over all ranks (a new tensor); ``value`` itself in one process
+    (``process`` as in :func:`barrier`)."""
+    if not _joined(process):
         return value
     summed = value.detach().clone()
     dist.all_reduce(summed)
@@ -158,7 +183,7 @@ def parallel(model: nn.Module, process: Process) -> nn.Module:
     if device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
-                                   broadcast_buffers=False)
+                                   **NO_FORWARD_BUFFER_SYNC)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -169,10 +194,10 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def average_buffers(model: nn.Module) -> None:
+def average_buffers(model: nn.Module, process: Process | None = None) -> None:
     """Average the floating-point buffers of ``model`` (batch-norm running statistics) over the
-    ranks, in place; a no-op in one process."""
-    if not _joined():
+    ranks, in place; a no-op in one process (``process`` as in :func:`barrier`)."""
+    if not _joined(process):
         return
     world_size = dist.get_world_size()
     for buffer in unwrap(model).buffers():

@@ -26,6 +26,7 @@ from robustgate.attacks import build_attack, check_attack_applies, make_attack
 from robustgate.config import CompositionSettings, ExperimentConfig
 from robustgate.data import load_dataset
 from robustgate.device import resolve_device
+from robustgate.distributed import ALONE, Process, barrier
 from robustgate.evaluate import (
     Grid,
     Records,
@@ -86,9 +87,12 @@ def _check_model_references(config: ExperimentConfig) -> None:
 
 def run_experiment(
     config: ExperimentConfig, out: str | Path, device: str | torch.device = "auto",
-    progress: bool = True,
+    progress: bool = True, process: Process = ALONE,
 ) -> dict[str, Any]:
-    """Run the experiment into ``out`` (resuming what is there); returns the metrics."""
+    """Run the experiment into ``out`` (resuming what is there); returns the metrics. Under
+    torchrun (``process``) every rank trains the models together (``train.run``); rank 0 alone
+    then evaluates, composes and reports, and the other ranks return ``{}`` once the models are
+    trained."""
     out = Path(out)
     device = resolve_device(device)
     _check_model_references(config)
@@ -119,15 +123,19 @@ def run_experiment(
         check_attack_applies(build_attack(config.evaluation.attack, config.seed), num_classes)
     except ValueError as error:
         raise ValueError(f"evaluation.attack: {error}") from None
-    check_run_directory(out, json.loads(config.model_dump_json()), ExperimentConfig)
+    if process.is_main:
+        check_run_directory(out, json.loads(config.model_dump_json()), ExperimentConfig)
+    barrier(process)
     checkpoints: dict[str, Path] = {}
     for name, spec in config.models.items():
         say(f"[{name}] training ({spec.loss.name}, {spec.train.epochs} epochs)", progress)
         checkpoints[name] = train_model(
             spec, train, validation, num_classes, out / "models" / name, seed=config.seed,
             device=device, progress=progress, resolve=lambda ref: checkpoints[ref[1:]],
-            metadata=metadata,
+            metadata=metadata, process=process,
         )
+    if not process.is_main:
+        return {}
 
     settings = config.evaluation
     threat = settings.threat.build()
