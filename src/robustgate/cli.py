@@ -35,14 +35,15 @@ def _given_out(out: str | None) -> Path | None:
 
 def _demo(args: argparse.Namespace) -> int:
     from robustgate.config import demo_config
-    from robustgate.pipeline import run_experiment
     from robustgate.report import metrics_table
     from robustgate.report.tables import with_composition_forms
 
     check_output_directory(args.out)
     config = demo_config(dataset=args.dataset, seed=args.seed)
     started = time.perf_counter()
-    result = run_experiment(config, args.out, device=args.device, progress=not args.quiet)
+    result = _experiment(config, Path(args.out), args)
+    if result is None:
+        return 0
     threat = config.evaluation.threat
     for split in config.evaluation.splits:
         print(f"\n{split} points ({config.data.name}, {threat.norm} eps={threat.eps:g}):")
@@ -132,15 +133,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def _experiment(config: Any, out: Path, args: argparse.Namespace) -> dict[str, Any] | None:
+    """``run_experiment`` in this process, one of a torchrun run or the only one: the metrics
+    on rank 0, ``None`` on the other ranks (which end once the models are trained)."""
     from robustgate import distributed
-    from robustgate.config import ExperimentConfig, load_config
     from robustgate.pipeline import run_experiment
-    from robustgate.report import metrics_table
 
-    given = _given_out(args.out)
-    config = load_config(args.config, ExperimentConfig, args.set)
-    out = given or check_output_directory(Path("runs") / config.name)
     device = distributed.rank_device(args.device)
     process = distributed.start(device)
     try:
@@ -148,7 +146,18 @@ def _run(args: argparse.Namespace) -> int:
                                 progress=not args.quiet and process.is_main, process=process)
     finally:
         distributed.stop()
-    if not process.is_main:
+    return result if process.is_main else None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from robustgate.config import ExperimentConfig, load_config
+    from robustgate.report import metrics_table
+
+    given = _given_out(args.out)
+    config = load_config(args.config, ExperimentConfig, args.set)
+    out = given or check_output_directory(Path("runs") / config.name)
+    result = _experiment(config, out, args)
+    if result is None:
         return 0
     print(metrics_table(result["test"]))
     print(f"wrote {out}/report.md, report.html and metrics.json in "

@@ -190,7 +190,9 @@ def unwrap(model: nn.Module) -> nn.Module:
     """The model inside a ``DistributedDataParallel`` wrapper (``model`` itself otherwise): what
     attacks and bound propagation compute with, so that their forwards and input gradients
     involve no other rank; only the training loss's forwards go through the wrapper, whose
-    backward averages the gradients over ranks."""
+    backward averages the gradients over ranks. (With torch 2.13 and gloo, two ranks running 2
+    and 3 PGD steps through a default wrapper, or one with ``find_unused_parameters``, hang at
+    the first step where their forward counts differ.)"""
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 

@@ -62,8 +62,9 @@ def attack_point(attack: Attack, model: nn.Module, x: torch.Tensor, target: torc
                  threat: ThreatModel) -> torch.Tensor:
     """``attack``'s point against ``model`` in eval mode, computed with the model inside a
     DistributedDataParallel wrapper: its many forwards and input gradients are this rank's
-    alone (through the wrapper each forward would prepare a gradient reduction over ranks that
-    the input gradients never complete)."""
+    alone. A forward through the wrapper takes part in collective work (the buffer broadcast
+    DDP does by default, the reduction ``find_unused_parameters`` prepares), so ranks running
+    different numbers of attack forwards through it hang (``distributed.unwrap``)."""
     attacked = unwrap(model)
     with eval_mode(attacked):
         return attack(attacked, x, target, threat)
