@@ -208,6 +208,26 @@ def test_torchrun_environment_is_read_and_a_bad_one_refused(monkeypatch):
         distributed.current()
 
 
+def test_under_torchrun_cuda_means_the_rank_s_own_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.rank_device("cuda") == torch.device("cuda:1")
+    assert distributed.rank_device("auto") == torch.device("cuda:1")
+    assert distributed.rank_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="LOCAL_RANK 1, on cuda:1"):
+        distributed.rank_device("cuda:0")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(ValueError, match="LOCAL_RANK 2, but this machine has 2 GPUs"):
+        distributed.rank_device("cuda")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert distributed.rank_device("cuda:1") == torch.device("cuda:1")  # one process: as ever
+
+
 def test_shards_are_contiguous_disjoint_and_cover_every_index():
     for count in (0, 1, 7, 10):
         for world_size in (1, 2, 3):

@@ -86,6 +86,11 @@ def rank_device(device: str | torch.device | None = "auto") -> torch.device:
         raise ValueError(f"device={device!r} under torchrun: each process computes on its own "
                          f"GPU (this one, LOCAL_RANK {process.local_rank}, on "
                          f"cuda:{process.local_rank}); give cuda or auto")
+    if process.local_rank >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r} under torchrun: this process is LOCAL_RANK "
+                         f"{process.local_rank}, but this machine has "
+                         f"{torch.cuda.device_count()} GPUs; start one process per GPU "
+                         "(--nproc_per_node), or give cpu")
     return resolve_device(f"cuda:{process.local_rank}")
 
 
