@@ -103,14 +103,9 @@ def _compute(schema: Schema, compute: Compute, indices: np.ndarray, chunk: int,
             block = indices[begin : begin + chunk]
             parts.append(compute(block))
             if partial is not None:
-                _in_order(schema, parts, radii).write(partial)
+                concatenate(schema, parts, radii).write(partial)
             bar.update(len(block))
-    return _in_order(schema, parts, radii)
-
-
-def _in_order(schema: Schema, parts: list[Table], radii: Sequence[float]) -> Table:
-    joined = concatenate(schema, parts, radii)
-    return joined.rows(np.argsort(joined.index, kind="stable"))
+    return concatenate(schema, parts, radii)
 
 
 def _read_checked(path: Path, schema: Schema, check: Check | None, total: int) -> Table:
@@ -139,7 +134,7 @@ def _known_rows(path: Path, schema: Schema, check: Check | None, start: int, sto
         wanted = (table.index >= start) & (table.index < stop) & ~np.isin(table.index, seen)
         found.append(table.rows(wanted))
         seen = np.concatenate([seen, table.index[wanted]])
-    return _in_order(schema, found, radii)
+    return concatenate(schema, found, radii)
 
 
 def _merge(path: Path, schema: Schema, world_size: int, total: int,

@@ -145,8 +145,8 @@ class Table:
 
 
 def concatenate(schema: Schema, tables: Sequence[Table], radii: Sequence[float]) -> Table:
-    """The rows of ``tables`` one after the other (an empty table of ``radii`` where none);
-    their indices must keep increasing."""
+    """The rows of ``tables`` in index order (an empty table of ``radii`` where none); no index
+    may occur twice."""
     families = {family.name for family in schema.per_radius}
     if not tables:
         empty = np.empty(0)
@@ -157,11 +157,13 @@ def concatenate(schema: Schema, tables: Sequence[Table], radii: Sequence[float])
     for table in tables:
         if table.schema != schema:
             raise ValueError(f"cannot join {table.schema.what} to {schema.what}")
-    return Table(schema, np.concatenate([table.index for table in tables]),
-                 {name: np.concatenate([table.columns[name] for table in tables])
+    index = np.concatenate([table.index for table in tables])
+    order = np.argsort(index, kind="stable")
+    return Table(schema, index[order],
+                 {name: np.concatenate([table.columns[name] for table in tables])[order]
                   for name in tables[0].columns},
                  {name: {radius: np.concatenate([table.per_radius[name][radius]
-                                                 for table in tables])
+                                                 for table in tables])[order]
                          for radius in tables[0].per_radius[name]} for name in families})
 
 
