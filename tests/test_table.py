@@ -166,7 +166,7 @@ def test_shards_of_any_world_size_resume_into_one_table(tmp_path):
     expected = evaluate_model(model, x, y, THREAT, [0.1], random_pgd(), progress=False)
     path = tmp_path / "records.csv"
     for rank in range(2):
-        start, stop = shard_bounds(len(x), rank, 2)
+        start, stop = shard_bounds(len(x), 4, rank, 2)
         part = slice(start, start + 5)
         Records(expected.labels[part], expected.predictions[part],
                 {0.1: expected.robust_at(0.1)[part]}, np.arange(len(x))[part]
@@ -179,9 +179,8 @@ def test_shards_of_any_world_size_resume_into_one_table(tmp_path):
                               ).table().rows(indices)
 
     from robustgate.evaluate.records import RECORDS
-    table = run_per_sample(RECORDS, compute, len(x), 100, [0.1], path, progress=False)
-    assert np.array_equal(np.concatenate(computed),
-                          np.r_[5:shard_bounds(len(x), 1, 2)[0], shard_bounds(len(x), 1, 2)[0]
-                                + 5:len(x)])
+    table = run_per_sample(RECORDS, compute, len(x), 4, [0.1], path, progress=False)
+    second = shard_bounds(len(x), 4, 1, 2)[0]
+    assert np.array_equal(np.concatenate(computed), np.r_[5:second, second + 5:len(x)])
     assert np.array_equal(Records.from_table(table).robust_at(0.1), expected.robust_at(0.1))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["records.csv"]

@@ -2,13 +2,13 @@
 bound certificates): chunk by chunk, with progress, resumable from partial files, and sharded
 across the processes of a ``torchrun`` world.
 
-Rank ``r`` of ``w`` computes the contiguous slice ``[n·r/w, n·(r+1)/w)`` of the ``n`` samples
-and rewrites its shard file ``<name>.shard-<r>-of-<w>.partial.csv`` (``<name>.partial.csv`` in
-one process) after every chunk; once every shard is complete, rank 0 merges them into the
-complete table in sample order and removes the partial files while the others wait. A rerun
-picks up the rows of every partial file beside the table, whatever world size wrote it, so a run
-resumes also with another number of processes. Computations must draw their randomness per
-input (from a seed and the input's index) so that a row does not depend on its chunk or shard.
+Rank ``r`` of ``w`` computes a contiguous slice of the samples, whole chunks of one grid
+(``shard_bounds``), and rewrites its shard file ``<name>.shard-<r>-of-<w>.partial.csv``
+(``<name>.partial.csv`` in one process) after every chunk; once every shard is complete, rank 0
+merges them into the complete table in sample order and removes the partial files while the others
+wait. A rerun picks up the rows of every partial file beside the table, whatever world size wrote
+it, so a run resumes also with another number of processes. Computations must draw their randomness
+per input (from a seed and the input's index) so that a row does not depend on its chunk or shard.
 """
 
 from __future__ import annotations
@@ -28,12 +28,17 @@ Check = Callable[[Table, str], None]
 """``check(table, source)`` refuses, naming ``source``, rows of other data or settings."""
 
 
-def shard_bounds(total: int, rank: int, world_size: int) -> tuple[int, int]:
-    """The contiguous slice ``[start, stop)`` of ``total`` samples that ``rank`` computes."""
+def shard_bounds(total: int, chunk: int, rank: int, world_size: int) -> tuple[int, int]:
+    """The contiguous slice ``[start, stop)`` of ``total`` samples that ``rank`` computes: whole
+    chunks of the grid ``[k·chunk, (k+1)·chunk)``, so that every input is computed in the same
+    batch whatever the world size (the floating-point sums of a batched computation can depend
+    on the batch's size)."""
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need world_size >= 1 and 0 <= rank < world_size, got {rank=}, "
                          f"{world_size=}")
-    return total * rank // world_size, total * (rank + 1) // world_size
+    chunks = -(-total // chunk)
+    return (min(total, chunk * (chunks * rank // world_size)),
+            min(total, chunk * (chunks * (rank + 1) // world_size)))
 
 
 def shard_path(path: Path, rank: int, world_size: int) -> Path:
@@ -65,7 +70,7 @@ def run_per_sample(
     if total < 1 or chunk < 1:
         raise ValueError(f"need at least one sample and a chunk of at least one, got "
                          f"{total=}, {chunk=}")
-    start, stop = shard_bounds(total, rank, world_size)
+    start, stop = shard_bounds(total, chunk, rank, world_size)
     if path is None:
         if world_size > 1:
             raise ValueError("a sharded computation needs a path for its shards")
@@ -85,7 +90,7 @@ def run_per_sample(
         mine.write(shard_path(path, rank, world_size))
         barrier()
         if rank == 0:
-            _merge(path, schema, world_size, total, radii)
+            _merge(path, schema, world_size, total, chunk, radii)
         barrier()
     for partial in partial_paths(path) if rank == 0 else ():
         partial.unlink(missing_ok=True)
@@ -99,8 +104,8 @@ def _compute(schema: Schema, compute: Compute, indices: np.ndarray, chunk: int,
     done = len(known) if known is not None else 0
     with tqdm(total=done + len(indices), initial=done, desc=description, disable=not progress,
               leave=False, unit="sample", position=rank) as bar:
-        for begin in range(0, len(indices), chunk):
-            block = indices[begin : begin + chunk]
+        for grid_chunk in np.unique(indices // chunk):
+            block = indices[indices // chunk == grid_chunk]
             parts.append(compute(block))
             if partial is not None:
                 concatenate(schema, parts, radii).write(partial)
@@ -137,12 +142,12 @@ def _known_rows(path: Path, schema: Schema, check: Check | None, start: int, sto
     return concatenate(schema, found, radii)
 
 
-def _merge(path: Path, schema: Schema, world_size: int, total: int,
+def _merge(path: Path, schema: Schema, world_size: int, total: int, chunk: int,
            radii: Sequence[float]) -> None:
     shards = []
     for rank in range(world_size):
         shard = shard_path(path, rank, world_size)
-        start, stop = shard_bounds(total, rank, world_size)
+        start, stop = shard_bounds(total, chunk, rank, world_size)
         table = read_table(shard, schema, complete=False)
         if not np.array_equal(table.index, np.arange(start, stop)):
             raise ValueError(f"{shard} does not hold the rows {start} … {stop - 1} of its shard; "
