@@ -59,14 +59,14 @@ HEADER = "index,label,prediction,accurate,robust@0.1"
 
 
 @pytest.mark.parametrize("text, message", [
-    (f"{HEADER}\n1,0,0,1,1\n0,1,1,1,0\n", "row 2, column index: 1, expected 0"),
-    (f"{HEADER}\n0,0,0,1,1\n0,1,1,1,0\n", "row 3, column index: 0, expected 1"),
-    ("label,prediction,accurate,robust@0.1\n0,0,1,1\n", "its columns are"),
-    (f"{HEADER},extra\n0,0,0,1,1,2\n", "its columns are"),
-    (f"{HEADER}\n0,zero,0,1,1\n", "row 2, column label: 'zero' is not an integer"),
-    (f"{HEADER}\n0,0,0,1,yes\n", "row 2, column robust@0.1: 'yes' is not 0 or 1"),
-    (f"{HEADER}\n0,0,0,0,1\n", "row 2, column accurate: disagrees"),
-    (f"{HEADER}\n0,0,0,1\n", "row 2: 4 cells"),
+    (f"{HEADER}\n1,0,0,1,1\n0,1,1,1,0\n", "row 1, column index: 1, expected 0"),
+    (f"{HEADER}\n0,0,0,1,1\n0,1,1,1,0\n", "row 2, column index: 0, expected 1"),
+    ("label,prediction,accurate,robust@0.1\n0,0,1,1\n", r"lacks the column\(s\) \['index'\]"),
+    (f"{HEADER},extra\n0,0,0,1,1,2\n", r"unknown column\(s\) \['extra'\]"),
+    (f"{HEADER}\n0,zero,0,1,1\n", "row 1, column label: 'zero' is not an integer"),
+    (f"{HEADER}\n0,0,0,1,yes\n", "row 1, column robust@0.1: 'yes' is not 0 or 1"),
+    (f"{HEADER}\n0,0,0,0,1\n", "row 1, column accurate: disagrees"),
+    (f"{HEADER}\n0,0,0,1\n", "row 1: 4 cells"),
     (f"{HEADER}\n", "holds no rows"),
 ])
 def test_a_bad_records_table_is_refused_naming_file_row_and_column(tmp_path, text, message):
@@ -80,7 +80,7 @@ def test_a_bad_records_table_is_refused_naming_file_row_and_column(tmp_path, tex
 def test_non_finite_and_binary_certificates_are_refused(tmp_path):
     path = tmp_path / "c.csv"
     path.write_text("index,label,prediction,radius,p_lower,seconds\n0,1,1,nan,0.9,0.1\n")
-    with pytest.raises(ValueError, match=r"row 2, column radius: 'nan' is not finite"):
+    with pytest.raises(ValueError, match=r"row 1, column radius: 'nan' is not finite"):
         Certificates.read_csv(path)
     path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe")
     with pytest.raises(ValueError, match="not a text file"):

@@ -185,7 +185,8 @@ def read_table(path: str | Path, schema: Schema, complete: bool = True) -> Table
     """The table of ``schema`` at ``path``, read strictly: a file that is not text or not CSV,
     whose columns are not the schema's, whose cells are not integers, 0/1 flags or finite reals
     as their columns ask, or whose ``index`` is not ``0 … n−1`` in order (``complete``; else
-    increasing) is refused with an error naming the file, the row and the column."""
+    increasing) is refused with an error naming the file, the row (1: the first after the
+    header) and the column."""
     try:
         with open(path, newline="") as handle:
             text = handle.read()
@@ -205,15 +206,20 @@ def read_table(path: str | Path, schema: Schema, complete: bool = True) -> Table
     radii = _radii_of(path, header, schema)
     expected = schema.header(radii)
     if header != expected:
-        raise ValueError(f"{path} is not a table of {schema.what}: its columns are {header}, "
-                         f"expected {expected}")
+        missing = [name for name in expected if name not in header]
+        unknown = [name for name in header if name not in expected]
+        what = "; ".join([*([f"it lacks the column(s) {missing}"] if missing else []),
+                          *([f"it has the unknown column(s) {unknown}"] if unknown else [])]
+                         ) or "its columns are in another order"
+        raise ValueError(f"{path} is not a table of {schema.what}: {what}; its columns are "
+                         f"{header}, expected {expected}")
     if complete and not body:
         raise ValueError(f"{path} holds no rows")
     kinds = [Column("index", INTEGER),
              *schema.leading, *[family for family in schema.per_radius for _ in radii],
              *schema.trailing]
     cells = []
-    for number, line in enumerate(body, start=2):
+    for number, line in enumerate(body, start=1):
         if len(line) != len(header):
             raise ValueError(f"{path}, row {number}: {len(line)} cells, the header has "
                              f"{len(header)}")
@@ -224,14 +230,14 @@ def read_table(path: str | Path, schema: Schema, complete: bool = True) -> Table
     index = values["index"]
     order = np.arange(len(index)) if complete else None
     if order is not None and not np.array_equal(index, order):
-        row = int(np.argmax(index != order)) + 2
-        raise ValueError(f"{path}, row {row}, column index: {int(index[row - 2])}, expected "
-                         f"{row - 2}; the index column must be 0 … {len(index) - 1} in order "
-                         "(rows permuted, missing or repeated are matched to other inputs), so "
-                         "restore the order robustgate wrote")
+        row = int(np.argmax(index != order)) + 1
+        raise ValueError(f"{path}, row {row}, column index: {int(index[row - 1])}, expected "
+                         f"{row - 1}; the index column is not 0 … {len(index) - 1} in order "
+                         "(rows permuted, missing or repeated would be matched to other "
+                         "inputs): restore the order robustgate wrote")
     if order is None and len(index) and (index[0] < 0 or np.any(np.diff(index) <= 0)):
-        row = 2 if index[0] < 0 else int(np.argmax(np.diff(index) <= 0)) + 3
-        raise ValueError(f"{path}, row {row}, column index: {int(index[row - 2])} does not "
+        row = 1 if index[0] < 0 else int(np.argmax(np.diff(index) <= 0)) + 2
+        raise ValueError(f"{path}, row {row}, column index: {int(index[row - 1])} does not "
                          "follow the row before; the index must increase")
     return Table(schema, index,
                  {column.name: values[column.name]

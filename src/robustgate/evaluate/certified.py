@@ -150,7 +150,7 @@ class BoundCertificates:
         for radius, margin in table.per_radius["margin"].items():
             disagree = table.per_radius["certified"][radius] != (margin > 0)
             if disagree.any():
-                raise ValueError(f"{source}, row {int(np.argmax(disagree)) + 2}, column "
+                raise ValueError(f"{source}, row {int(np.argmax(disagree)) + 1}, column "
                                  f"{radius_column('certified', radius)}: disagrees with the "
                                  "margin")
         return cls(table.columns["label"], table.columns["prediction"],

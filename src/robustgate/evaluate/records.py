@@ -92,7 +92,7 @@ class Records:
                       table.per_radius["robust"], table.index)
         disagree = records.accurate != table.columns["accurate"]
         if disagree.any():
-            raise ValueError(f"{source}, row {int(np.argmax(disagree)) + 2}, column accurate: "
+            raise ValueError(f"{source}, row {int(np.argmax(disagree)) + 1}, column accurate: "
                              "disagrees with the label and the prediction")
         return records
 
