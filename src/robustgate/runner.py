@@ -28,6 +28,12 @@ Check = Callable[[Table, str], None]
 """``check(table, source)`` refuses, naming ``source``, rows of other data or settings."""
 
 
+def input_seed(seed: int, index: int, *more: int) -> int:
+    """The seed of the random choices a computation makes for the input ``index`` (and ``more``:
+    which of its draws), from ``seed``: the same whatever batch, chunk or shard holds it."""
+    return int(np.random.SeedSequence(seed, spawn_key=(index, *more)).generate_state(1)[0])
+
+
 def shard_bounds(total: int, chunk: int, rank: int, world_size: int) -> tuple[int, int]:
     """The contiguous slice ``[start, stop)`` of ``total`` samples that ``rank`` computes: whole
     chunks of the grid ``[k·chunk, (k+1)·chunk)``, so that every input is computed in the same

@@ -7,13 +7,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from robustgate.inputs import check_inputs, check_outputs
 from robustgate.models.modes import as_model_dtype
+from robustgate.runner import input_seed
 from robustgate.threat import ThreatModel
 
 OBJECTIVES = ("ce", "kl", "margin")
@@ -46,14 +46,6 @@ class PerInputAttack(Protocol):
         self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, threat: ThreatModel,
         indices: torch.Tensor | None = None,
     ) -> torch.Tensor: ...
-
-
-def input_generators(seed: int, indices: torch.Tensor | np.ndarray, run: int
-                     ) -> list[torch.Generator]:
-    """One generator per input for the random start of ``run``, seeded by ``seed``, the input's
-    index and ``run``."""
-    return [torch.Generator().manual_seed(int(np.random.SeedSequence(
-        seed, spawn_key=(int(index), run)).generate_state(1)[0])) for index in indices]
 
 
 class PGD:
@@ -187,9 +179,10 @@ class PGD:
             return origin
         if self.seed is None:
             return threat.random_start(origin)
-        generators = input_generators(self.seed, indices, run)
-        return torch.cat([threat.random_start(origin[position : position + 1], generator)
-                          for position, generator in enumerate(generators)])
+        return torch.cat([
+            threat.random_start(origin[position : position + 1], torch.Generator().manual_seed(
+                input_seed(self.seed, index, run)))
+            for position, index in enumerate(indices.tolist())])
 
     def _run(
         self,
