@@ -16,7 +16,7 @@ from robustgate.losses import make_loss, soft_smoothed_radius
 from robustgate.models import MLP
 from robustgate.pipeline import certify_command
 from robustgate.threat import ThreatModel
-from tests.conftest import Linear
+from tests.conftest import Linear, interrupt_at_call
 
 TRAIN = {
     "name": "smoothed", "data": {"name": "twogauss", "validation_size": 100},
@@ -76,7 +76,7 @@ def test_certify_command_summarizes_resumes_and_says_what_it_certified(
     def certify_again(*args, **kwargs):
         raise AssertionError("a finished run is read back, not certified again")
 
-    monkeypatch.setattr(certify_command, "certify_smoothed", certify_again)
+    monkeypatch.setattr(certify_command.Smooth, "certify", certify_again)
     assert main([*arguments, str(out)]) == 0
     assert json.loads((out / "summary.json").read_text())["metrics"] == summary["metrics"]
     assert main([*arguments[:5], "0.3", *arguments[6:], str(out)]) == 2
@@ -112,18 +112,22 @@ def test_certified_records_count_abstentions_as_inaccurate_and_uncertified():
     assert certified_metrics(records, 0.0)["certified_robust_inaccuracy"] == 0.25
 
 
-def test_certify_smoothed_resumes_to_the_same_certificates(tmp_path):
+def test_certify_smoothed_resumes_to_the_same_certificates(tmp_path, monkeypatch):
     model = Linear(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), torch.tensor([-0.5, 0.5]))
     x = torch.rand(25, 2, generator=torch.Generator().manual_seed(0))
     y = (x[:, 0] < 0.5).long()
     smooth = Smooth(model, 2, 0.1)
     whole = certify_smoothed(smooth, x, y, 10, 100, 0.01, chunk=10, progress=False)
-    partial = tmp_path / "partial.csv"
-    certify_smoothed(smooth, x[:10], y[:10], 10, 100, 0.01, chunk=10, partial=partial,
-                     progress=False)
-    resumed = certify_smoothed(smooth, x, y, 10, 100, 0.01, chunk=10, partial=partial,
+    path = tmp_path / "certificates.csv"
+    interrupt_at_call(monkeypatch, Smooth, "certify", 2)
+    with pytest.raises(KeyboardInterrupt):
+        certify_smoothed(smooth, x, y, 10, 100, 0.01, chunk=10, path=path, progress=False)
+    assert len(Certificates.read_csv(tmp_path / "certificates.partial.csv")) == 10
+    monkeypatch.undo()
+    resumed = certify_smoothed(smooth, x, y, 10, 100, 0.01, chunk=10, path=path,
                                progress=False)
     assert np.array_equal(resumed.radii, whole.radii)
+    assert not (tmp_path / "certificates.partial.csv").exists()
 
 
 def test_noise_losses():

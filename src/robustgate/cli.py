@@ -96,10 +96,18 @@ def _attack(args: argparse.Namespace) -> Any:
                                        target_classes=args.target_classes), args.seed)
 
 
+def _process_device(requested: str) -> tuple[Any, Any]:
+    """This process's place under ``torchrun`` (its process group started) and its device
+    (``distributed.rank_device``: the rank's own GPU where several processes share a machine)."""
+    from robustgate import distributed
+
+    device = distributed.rank_device(requested)
+    return distributed.start(device), device
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from robustgate.attacks import check_attack_applies
-    from robustgate.device import resolve_device
-    from robustgate.evaluate import evaluate_or_resume, robustness_metrics
+    from robustgate.evaluate import evaluate_model, robustness_metrics
     from robustgate.inputs import check_inputs
     from robustgate.io import atomic_write_json, record_settings
     from robustgate.models import load_checkpoint, predict_logits
@@ -107,7 +115,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from robustgate.threat import ThreatModel
 
     out = check_output_directory(args.out)
-    device = resolve_device(args.device)
+    process, device = _process_device(args.device)
     model, metadata = load_checkpoint(args.checkpoint, device)
     x, y = _split(args)
     threat = ThreatModel(args.norm, args.eps[0])
@@ -120,10 +128,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     settings = {"checkpoint": str(args.checkpoint), "data": args.data, "split": args.split,
                 "samples": len(y), "attack": repr(attack), "norm": args.norm,
                 "eps": sorted(set(args.eps))}
-    record_settings(out / "evaluate.json", settings, "records")
-    records = evaluate_or_resume(out / "records.csv", model, x, y, threat, args.eps, attack,
-                                 batch_size=args.batch_size, progress=not args.quiet,
-                                 description=args.attack)
+    if process.is_main:
+        record_settings(out / "evaluate.json", settings, "records")
+    records = evaluate_model(model, x, y, threat, args.eps, attack, batch_size=args.batch_size,
+                             progress=not args.quiet, description=args.attack,
+                             path=out / "records.csv", rank=process.rank,
+                             world_size=process.world_size)
+    if not process.is_main:
+        return 0
     summary = {f"eps={eps:g}": robustness_metrics(records.accurate, records.robust_at(eps))
                for eps in args.eps}
     atomic_write_json(out / "summary.json", {
@@ -241,7 +253,6 @@ def _compose(args: argparse.Namespace) -> int:
 
 def _certify(args: argparse.Namespace) -> int:
     from robustgate.config import parse_config
-    from robustgate.device import resolve_device
     from robustgate.pipeline.certify_command import certify_checkpoint
     from robustgate.report import metrics_table
     from robustgate.report.tables import CERTIFIED_COLUMNS, SMOOTHED_COLUMNS
@@ -258,10 +269,13 @@ def _certify(args: argparse.Namespace) -> int:
     elif args.sigma is not None:
         raise ValueError(f"--sigma is for --method smoothing, not {args.method}")
     x, y = _split(args)
+    process, device = _process_device(args.device)
     summary = certify_checkpoint(args.checkpoint, x, y, args.out, args.method, args.norm,
-                                 args.radii, smoothing, data=args.data,
-                                 device=resolve_device(args.device), batch_size=args.batch_size,
-                                 progress=not args.quiet)
+                                 args.radii, smoothing, data=args.data, device=device,
+                                 batch_size=args.batch_size, progress=not args.quiet,
+                                 process=process)
+    if not process.is_main:
+        return 0
     columns = SMOOTHED_COLUMNS if randomized else CERTIFIED_COLUMNS
     print(metrics_table(summary["metrics"], columns, first="radius"))
     if smoothing is not None:

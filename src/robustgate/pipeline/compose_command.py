@@ -142,9 +142,7 @@ def compose_from_checkpoints(
     if adaptive is not None:
         records = evaluate_model(composed, x, y, threat, [threat.eps], adaptive,
                                  batch_size=batch_size, progress=progress,
-                                 description="adaptive", partial=out / "adaptive.partial.csv")
-        records.to_csv(out / "adaptive.csv")
-        (out / "adaptive.partial.csv").unlink(missing_ok=True)
+                                 description="adaptive", path=out / "adaptive.csv")
         summary["adaptive"] = {"attack": repr(adaptive), **robustness_metrics(
             records.accurate, records.robust_at(threat.eps))}
         if sanity:
