@@ -46,7 +46,7 @@ def _demo(args: argparse.Namespace) -> int:
     threat = config.evaluation.threat
     for split in config.evaluation.splits:
         print(f"\n{split} points ({config.data.name}, {threat.norm} eps={threat.eps:g}):")
-        print(metrics_table(with_composition_forms(result[split])))
+        print(metrics_table(with_composition_forms(result.to_json()[split])))
     print(f"\nwrote {args.out}/report.md, report.html, metrics.json and decision_regions.png "
           f"in {time.perf_counter() - started:.0f} s")
     return 0
@@ -136,9 +136,9 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config, ExperimentConfig, args.set)
     out = given or check_output_directory(Path("runs") / config.name)
     result = run_experiment(config, out, device=args.device, progress=not args.quiet)
-    print(metrics_table(result["test"]))
+    print(metrics_table(result.to_json()["test"]))
     print(f"wrote {out}/report.md, report.html and metrics.json in "
-          f"{result['wall_time_s']:.0f} s")
+          f"{result.wall_time_s:.0f} s")
     return 0
 
 

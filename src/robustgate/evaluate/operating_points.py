@@ -21,6 +21,7 @@ from typing import Any
 
 from robustgate.evaluate.metrics import robustness_metrics
 from robustgate.evaluate.records import Records
+from robustgate.evaluate.results import OperatingPoint
 from robustgate.evaluate.sound_count import Selection, compose_records
 from robustgate.evaluate.statistics import accuracy_drop_upper_bound
 
@@ -105,12 +106,12 @@ def robustness_given_up(curve: list[dict[str, Any]], chosen: dict[str, Any]
 
 def choose_kappa(branch: Records, core: Records, eps: float, kappas: Sequence[float],
                  max_accuracy_drop: float | None,
-                 selection_at: SelectionAt = Selection.robustness) -> dict[str, Any]:
-    """``{"validation_curve", "chosen"}``: the curve on ``branch`` and ``core`` records (of
-    validation data) and the point :func:`choose_operating_point` picks on it."""
+                 selection_at: SelectionAt = Selection.robustness) -> OperatingPoint:
+    """The curve on ``branch`` and ``core`` records (of validation data) and the point
+    :func:`choose_operating_point` picks on it (its ``κ``: ``OperatingPoint.kappa``)."""
     curve = operating_curve(branch, core, eps, kappas, selection_at)
-    return {"validation_curve": curve, "chosen": choose_operating_point(
-        curve, float(core.accurate.mean()), max_accuracy_drop)}
+    return OperatingPoint(curve, choose_operating_point(curve, float(core.accurate.mean()),
+                                                        max_accuracy_drop))
 
 
 def choose_recipe(choosing: dict[str, Sequence[dict[str, float]]],

@@ -3,8 +3,6 @@ summarized, and a bounded model's by each bound method beside its attacked robus
 
 from __future__ import annotations
 
-from typing import Any
-
 from robustgate.certify import max_certifiable_radius
 from robustgate.config import SmoothingSettings
 from robustgate.evaluate import (
@@ -14,26 +12,33 @@ from robustgate.evaluate import (
     certified_metrics,
     smoothing_metrics,
 )
+from robustgate.evaluate.results import (
+    BoundFigures,
+    BoundResult,
+    SmoothedFigures,
+    SmoothedModelResult,
+)
 from robustgate.threat import ThreatModel
 
 
 def certified_model_metrics(certificates: Certificates, settings: SmoothingSettings,
                             threat: ThreatModel, radii: list[float], dimension: int,
-                            sigma_train: float | None) -> dict[str, Any]:
+                            sigma_train: float | None) -> SmoothedModelResult:
     """Certified metrics of one smoothed model at eps and at every radius of ``radii``."""
     records = certificates.records(threat, [threat.eps, *radii], dimension)
     largest = max_certifiable_radius(settings.sigma, settings.n, settings.alpha)
-    by_radius = {f"{eps:g}": smoothing_metrics(records, threat, eps, dimension, largest)
+    by_radius = {f"{eps:g}": SmoothedFigures(**smoothing_metrics(records, threat, eps, dimension,
+                                                                 largest))
                  for eps in sorted({threat.eps, *radii})}
-    return {**certified_metrics(records, threat.eps), "sigma": settings.sigma,
-            "sigma_train": sigma_train, "n": settings.n, "alpha": settings.alpha,
-            "samples": len(certificates), "max_certifiable_l2_radius": largest,
-            "mean_seconds_per_sample": float(certificates.seconds.mean()),
-            "by_radius": by_radius}
+    return SmoothedModelResult(
+        **certified_metrics(records, threat.eps), sigma=settings.sigma, sigma_train=sigma_train,
+        n=settings.n, alpha=settings.alpha, samples=len(certificates),
+        max_certifiable_l2_radius=largest,
+        mean_seconds_per_sample=float(certificates.seconds.mean()), by_radius=by_radius)
 
 
 def bound_model_metrics(certificates: dict[str, BoundCertificates], empirical: Records,
-                        radii: list[float]) -> dict[str, Any]:
+                        radii: list[float]) -> BoundResult:
     """Certified metrics by each method at each radius, beside the empirical robust accuracy at
     the radii the model was attacked at (on the same test points)."""
     samples = len(next(iter(certificates.values())))
@@ -43,11 +48,10 @@ def bound_model_metrics(certificates: dict[str, BoundCertificates], empirical: R
     for method, certified in certificates.items():
         records = certified.records()
         by_method[method] = {
-            f"{radius:g}": {**certified_metrics(records, radius),
-                            "empirical_robust_accuracy": (
-                                float((attacked.accurate & attacked.robust_at(radius)).mean())
-                                if attacked.has_radius(radius) else None)}
+            f"{radius:g}": BoundFigures(
+                **certified_metrics(records, radius), empirical_robust_accuracy=(
+                    float((attacked.accurate & attacked.robust_at(radius)).mean())
+                    if attacked.has_radius(radius) else None))
             for radius in radii}
-    return {"bounds": by_method, "bound_samples": samples,
-            "bound_seconds_per_sample": {method: float(c.seconds.mean())
-                                         for method, c in certificates.items()}}
+    return BoundResult(by_method, samples, {method: float(c.seconds.mean())
+                                            for method, c in certificates.items()})

@@ -33,6 +33,13 @@ from robustgate.evaluate import (
     robustness_metrics,
 )
 from robustgate.evaluate.certified import bound_certificates_or_resume, certify_or_resume
+from robustgate.evaluate.results import (
+    AutoAttackCheck,
+    CountedResult,
+    ExperimentResults,
+    ModelResult,
+    SplitResults,
+)
 from robustgate.evaluate.sound_count import composition_metrics
 from robustgate.io import atomic_write_json, say
 from robustgate.losses import make_loss
@@ -87,8 +94,9 @@ def _check_model_references(config: ExperimentConfig) -> None:
 def run_experiment(
     config: ExperimentConfig, out: str | Path, device: str | torch.device = "auto",
     progress: bool = True,
-) -> dict[str, Any]:
-    """Run the experiment into ``out`` (resuming what is there); returns the metrics."""
+) -> ExperimentResults:
+    """Run the experiment into ``out`` (resuming what is there); returns its results (written
+    as ``metrics.json``)."""
     out = Path(out)
     device = resolve_device(device)
     _check_model_references(config)
@@ -141,7 +149,7 @@ def run_experiment(
     models = {}
     run = CompositionRun(config, out, models, records, (x_test, y_test), validation, threat,
                          attack, device, progress)
-    metrics: dict[str, Any] = {}
+    results: SplitResults = {}
     x_certified, y_certified = run.certified_test
     dimension = x_test[0].numel()
     for name, path in checkpoints.items():
@@ -153,7 +161,7 @@ def run_experiment(
             run.certificates[name] = certify_or_resume(
                 out / "certificates" / "test" / f"{name}.csv", models[name], smoothing,
                 x_certified, y_certified, progress, name)
-            metrics[name] = certified_model_metrics(
+            results[name] = certified_model_metrics(
                 run.certificates[name], smoothing, threat, settings.certified_radii, dimension,
                 checkpoint_metadata.get("sigma_train"))
             continue
@@ -172,22 +180,23 @@ def run_experiment(
                 run.bound_methods(name), x_certified, y_certified, threat,
                 run.bound_radii(name), progress)
 
-    metrics.update({
-        name: robustness_metrics(r.accurate, r.robust_at(eps)) for name, r in records.items()
-    })
+    results.update(_model_results(records, eps))
     for name, by_method in run.bound_certificates.items():
-        metrics[name].update(bound_model_metrics(by_method, records[name],
-                                                 run.bound_radii(name)))
+        results[name].bounds = bound_model_metrics(by_method, records[name],
+                                                   run.bound_radii(name))
     for composition in config.compositions:
-        metrics[composition.label] = SELECTOR_KINDS[composition.selector].evaluate(
+        results[composition.label] = SELECTOR_KINDS[composition.selector].evaluate(
             run, composition)
+    # the κ each composition deploys, as its kind chose it
+    kappas = {c.label: results[c.label].kappa for c in config.compositions
+              if results[c.label].kappa is not None}
     searches = {}
     if config.searches:
         runner = SearchRunner(run, train, num_classes, metadata,
                               lambda ref: checkpoints[ref[1:]])
         searches = {search.name: runner.run(search) for search in config.searches}
     attacked = {name: model for name, model in models.items() if name in records}
-    splits: dict[str, dict[str, Any]] = {"test": metrics}
+    splits: dict[str, SplitResults] = {"test": results}
     data = {"test": (x_test, y_test)}
     split_records = {"test": records}
     if "train" in settings.splits:
@@ -196,26 +205,25 @@ def run_experiment(
             out / "records" / "train" / f"{name}.csv", models[name], *train, threat,
             radii[name], attack, batch_size=settings.batch_size, progress=progress,
             description=f"{name}/train") for name in records}
-        splits["train"] = _counted_from_records(config, split_records["train"], run.kappas,
-                                                eps)
-    deployed = _grid_compositions(config, run.kappas)
+        splits["train"] = _counted_from_records(config, split_records["train"], kappas, eps)
+    deployed = _grid_compositions(config, kappas)
     if settings.exact_grid is not None:
         say(f"exact robustness of the compositions on a grid of spacing "
             f"{settings.exact_grid:g}", progress)
         exact = exact_compositions(Grid(threat, settings.exact_grid), deployed, models, data)
         for split, by_label in exact.items():
             for label, values in by_label.items():
-                splits[split][label]["exact"] = values
+                splits[split][label].exact = values
     if two_dimensional and not (out / REGIONS_FILE).exists():
         shown = "train" if "train" in data else "test"
         say(f"plotting decision regions on the {shown} points", progress)
         draw_decision_regions(out, models, split_records[shown], deployed, *data[shown], threat,
                               attack, shown, num_classes, config.data.name)
     check = _autoattack_check(attacked, records, x_test, y_test, threat, config, out, progress)
-    result = {**splits, "autoattack_check": check, **({"searches": searches} if searches else {}),
-              "attack": settings.attack.name, "eps": eps,
-              "samples": len(y_test), "wall_time_s": round(time.perf_counter() - started, 1)}
-    atomic_write_json(out / "metrics.json", result)
+    result = ExperimentResults(
+        results, check, settings.attack.name, eps, len(y_test),
+        round(time.perf_counter() - started, 1), splits.get("train"), searches)
+    atomic_write_json(out / "metrics.json", result.to_json())
     write_reports(out)
     return result
 
@@ -228,12 +236,17 @@ def _grid_compositions(config: ExperimentConfig, kappas: dict[str, float]
             if SELECTOR_KINDS[c.selector].exact_on_grid and len(c.branches) == 1}
 
 
+def _model_results(records: dict[str, Records], eps: float) -> SplitResults:
+    """The attacked models' results from their ``records``."""
+    return {name: ModelResult(**robustness_metrics(r.accurate, r.robust_at(eps)))
+            for name, r in records.items()}
+
+
 def _counted_from_records(config: ExperimentConfig, records: dict[str, Records],
-                          kappas: dict[str, float], eps: float) -> dict[str, Any]:
-    """Metrics of the attacked models and of the compositions counted from attack records
-    alone (at the ``κ`` they deploy on the test split, ``kappas``) on another split."""
-    metrics: dict[str, Any] = {
-        name: robustness_metrics(r.accurate, r.robust_at(eps)) for name, r in records.items()}
+                          kappas: dict[str, float], eps: float) -> SplitResults:
+    """The attacked models and the compositions counted from attack records alone (at the
+    ``κ`` they deploy on the test split, ``kappas``) on another split."""
+    results = _model_results(records, eps)
     for composition in config.compositions:
         kappa = kappas.get(composition.label, 1.0)
         parts = [records[name] for name in composition.branches]
@@ -241,8 +254,8 @@ def _counted_from_records(config: ExperimentConfig, records: dict[str, Records],
         if selections is None:
             continue
         counted = composition_metrics(parts, records[composition.core], selections)[0]
-        metrics[composition.label] = {**counted, "kappa": kappa}
-    return metrics
+        results[composition.label] = CountedResult(**counted, kappa=kappa)
+    return results
 
 
 def _radii(config: ExperimentConfig, model: str, eps: float) -> list[float]:
@@ -256,7 +269,7 @@ def _radii(config: ExperimentConfig, model: str, eps: float) -> list[float]:
 def _autoattack_check(
     models: dict[str, Any], records: dict[str, Records], x: torch.Tensor, y: torch.Tensor,
     threat: Any, config: ExperimentConfig, out: Path, progress: bool,
-) -> dict[str, Any]:
+) -> dict[str, AutoAttackCheck]:
     """Robust accuracy by the evaluation attack and by full AutoAttack (standard version) on the
     first ``autoattack_check`` test points, per model, and the inputs where AutoAttack found a
     flip the evaluation attack missed (``missed_flips``: each a witness that the records' check
@@ -277,11 +290,8 @@ def _autoattack_check(
         evaluation = float((reference.accurate & reference.robust_at(threat.eps))[:count].mean())
         autoattack = float((strong.accurate & strong.robust_at(threat.eps)).mean())
         missed = reference.robust_at(threat.eps)[:count] & ~strong.robust_at(threat.eps)
-        check[name] = {
-            "missed_flips": np.flatnonzero(missed).tolist(),
-            config.evaluation.attack.name: evaluation,
-            "autoattack": autoattack,
-            "difference_points": round(100 * (evaluation - autoattack), 2),
-            "agree_within_1_point": abs(evaluation - autoattack) <= 0.01,
-        }
+        check[name] = AutoAttackCheck(
+            config.evaluation.attack.name, evaluation, autoattack,
+            round(100 * (evaluation - autoattack), 2), abs(evaluation - autoattack) <= 0.01,
+            np.flatnonzero(missed).tolist())
     return check
