@@ -16,7 +16,7 @@ from scipy.stats import binomtest
 
 from robustgate.config import ExperimentConfig, SearchSettings, TrainSpec, parse_config
 from robustgate.data import load_dataset
-from robustgate.evaluate.operating_points import choose_recipe
+from robustgate.evaluate.operating_points import choose_recipe, validation_parts
 from robustgate.evaluate.statistics import (
     accuracy_drop_upper_bound,
     confirmation_size,
@@ -24,7 +24,6 @@ from robustgate.evaluate.statistics import (
 )
 from robustgate.models import load_checkpoint
 from robustgate.pipeline import experiment, run_experiment
-from robustgate.pipeline.search import validation_parts
 from robustgate.train.augmentation import make_augmentation
 from robustgate.train.run import train_model
 

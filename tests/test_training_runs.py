@@ -330,7 +330,7 @@ def test_an_operating_point_without_validation_data_is_refused_before_training(t
 def test_a_run_written_by_an_earlier_release_resumes(tmp_path):
     """A stored config or spec without settings added since (their defaults) is the same run;
     a changed value is not."""
-    from robustgate.pipeline.run_directory import check_run_directory
+    from robustgate.run_directory import check_run_directory
 
     config = parse_config(EXPERIMENT, ExperimentConfig)
     resolved = json.loads(config.model_dump_json())

@@ -2,20 +2,33 @@
 attribute. ``metrics.json`` is their serialization (:meth:`ExperimentResults.to_json`), key for key
 as before they were objects, so that runs stay comparable (``benchmarks/compare_runs.py``).
 
-Each object names the figures the report reads; what only one selector kind adds (a threshold's
-calibration, a bound method, a guarantee's wording) rides along in ``extras`` and is written
-beside them. Figures that only some results carry are fields that default to ``None`` and are
-left out of the file where absent (:data:`OPTIONAL`), so that a result reads back as it was
-written.
+Each object names the figures the report reads, and is made from the run's evidence (records,
+certificates) by its ``of`` where the pipeline makes it; what only one selector kind adds (a
+threshold's calibration, a bound method, a guarantee's wording) rides along in ``extras`` and is
+written beside them. Figures that only some results carry are fields that default to ``None``
+and are left out of the file where absent (:data:`OPTIONAL`), so that a result reads back as it
+was written.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from robustgate.config import ExperimentConfig
+from robustgate.certify import max_certifiable_radius
+from robustgate.config import CompositionSettings, ExperimentConfig, SmoothingSettings
+from robustgate.evaluate.certified import (
+    BoundCertificates,
+    Certificates,
+    certified_metrics,
+    smoothing_metrics,
+)
+from robustgate.evaluate.metrics import robustness_metrics
+from robustgate.evaluate.records import Records
+from robustgate.evaluate.sound_count import composition_metrics
 from robustgate.registry import SELECTOR_KINDS
+from robustgate.threat import ThreatModel
 
 # a field with this metadata is left out of the file where it is ``None``
 OPTIONAL = {"optional": True}
@@ -109,6 +122,26 @@ class BoundResult(Result):
                 "bound_seconds_per_sample": self.seconds_per_sample}
 
     @classmethod
+    def of(cls, certificates: dict[str, BoundCertificates], empirical: Records,
+           radii: list[float]) -> BoundResult:
+        """Certified figures by each method at each radius, beside the empirical robust
+        accuracy at the radii the model was attacked at (``empirical``, on the same points)."""
+        samples = len(next(iter(certificates.values())))
+        attacked = Records(empirical.labels[:samples], empirical.predictions[:samples],
+                           {r: flags[:samples] for r, flags in empirical.robust.items()})
+        by_method = {}
+        for method, certified in certificates.items():
+            records = certified.records()
+            by_method[method] = {
+                f"{radius:g}": BoundFigures(
+                    **certified_metrics(records, radius), empirical_robust_accuracy=(
+                        float((attacked.accurate & attacked.robust_at(radius)).mean())
+                        if attacked.has_radius(radius) else None))
+                for radius in radii}
+        return cls(by_method, samples, {method: float(c.seconds.mean())
+                                        for method, c in certificates.items()})
+
+    @classmethod
     def from_json(cls, data: dict[str, Any]) -> BoundResult:
         return cls({method: {radius: BoundFigures.from_json(figures)
                              for radius, figures in by_radius.items()}
@@ -132,6 +165,10 @@ class ModelResult(Result):
     unattacked_robust_accuracy: ClassVar[None] = None
     routes: ClassVar[None] = None
     exact: ClassVar[None] = None
+
+    @classmethod
+    def of(cls, records: Records, eps: float) -> ModelResult:
+        return cls(**robustness_metrics(records.accurate, records.robust_at(eps)))
 
     def to_json(self) -> dict[str, Any]:
         data = {"natural_accuracy": self.natural_accuracy,
@@ -167,6 +204,22 @@ class SmoothedModelResult(Result):
     mean_seconds_per_sample: float
     by_radius: dict[str, SmoothedFigures]
     nested: ClassVar[dict[str, Any]] = {"by_radius": (SmoothedFigures,)}
+
+    @classmethod
+    def of(cls, certificates: Certificates, settings: SmoothingSettings, threat: ThreatModel,
+           radii: list[float], dimension: int, sigma_train: float | None
+           ) -> SmoothedModelResult:
+        """A smoothed model's figures at eps and at every radius of ``radii``."""
+        records = certificates.records(threat, [threat.eps, *radii], dimension)
+        largest = max_certifiable_radius(settings.sigma, settings.n, settings.alpha)
+        by_radius = {f"{eps:g}": SmoothedFigures(**smoothing_metrics(records, threat, eps,
+                                                                     dimension, largest))
+                     for eps in sorted({threat.eps, *radii})}
+        return cls(**certified_metrics(records, threat.eps), sigma=settings.sigma,
+                   sigma_train=sigma_train, n=settings.n, alpha=settings.alpha,
+                   samples=len(certificates), max_certifiable_l2_radius=largest,
+                   mean_seconds_per_sample=float(certificates.seconds.mean()),
+                   by_radius=by_radius)
 
 
 @dataclass
@@ -319,6 +372,24 @@ class AutoAttackCheck(Result):
 
 SplitResults = dict[str, Result]
 """One split's results, by model name and composition label, in the order they were made."""
+
+
+def counted_split(records: dict[str, Records], compositions: Sequence[CompositionSettings],
+                  kappas: dict[str, float], eps: float) -> SplitResults:
+    """The attacked models on a split other than the test split, from their ``records``, and the
+    compositions counted from those records alone (the kinds counted so:
+    ``SelectorKind.attacked_selections``), at the ``κ`` each deploys on the test split
+    (``kappas``; 1 where it has none)."""
+    results: SplitResults = {name: ModelResult.of(r, eps) for name, r in records.items()}
+    for composition in compositions:
+        kappa = kappas.get(composition.label, 1.0)
+        parts = [records[name] for name in composition.branches]
+        selections = SELECTOR_KINDS[composition.selector].attacked_selections(parts, eps, kappa)
+        if selections is None:
+            continue
+        counted = composition_metrics(parts, records[composition.core], selections)[0]
+        results[composition.label] = CountedResult(**counted, kappa=kappa)
+    return results
 
 
 @dataclass

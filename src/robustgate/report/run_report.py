@@ -517,7 +517,7 @@ def _matched_section(run: Run) -> Section | None:
 
 def _routes_section(run: Run) -> Section | None:
     rows = [[label, route, str(counts["correct"]), str(counts["wrong"])]
-            for label, values in run.metrics.items()
+            for label, values in run.empirical_metrics.items()
             for route, counts in (values.routes or {}).items()]
     if not rows:
         return None
