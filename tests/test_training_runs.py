@@ -130,8 +130,9 @@ EXPERIMENT = {
                          "attack": {"steps": 3}},
                 "train": {"epochs": 1, "batch_size": 50, "lr": 0.01}},
     },
-    "evaluation": {"attack": {"name": "apgd-ce", "steps": 10}, "threat": {"eps": 0.05},
-                   "limit": 60, "autoattack_check": 20},
+    # the cheaper check (APGD-CE as configured), cross-checked against AutoAttack
+    "evaluation": {"attack": {"name": "apgd-ce", "steps": 10}, "records_check": "attack",
+                   "threat": {"eps": 0.05}, "limit": 60, "autoattack_check": 20},
     "compositions": [{"branch": "era", "core": "core"}],
     "adaptive": {"limit": 20, "steps": 5},
 }
@@ -167,6 +168,12 @@ def test_a_small_experiment_end_to_end(tmp_path):
         strong = Records.read_csv(tmp_path / "autoattack" / f"{name}.csv")
         missed = evaluated.robust_at(0.05)[:20] & ~strong.robust_at(0.05)
         assert check.missed_flips == np.flatnonzero(missed).tolist()
+        # and at every radius of the records (the branch's stability radius among them)
+        radii = sorted(evaluated.robust)
+        assert list(check.missed_flips_by_radius) == [f"{r:g}" for r in radii]
+        for radius in radii:
+            missed = evaluated.robust_at(radius)[:20] & ~strong.robust_at(radius)
+            assert check.missed_flips_by_radius[f"{radius:g}"] == np.flatnonzero(missed).tolist()
     broken = adaptive.counted_but_broken_indices
     assert len(broken) == adaptive.counted_but_broken and broken == sorted(set(broken))
     sanity = adaptive.sanity

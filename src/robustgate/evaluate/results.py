@@ -348,9 +348,10 @@ class CertifiedCompositionResult(Result):
 
 @dataclass
 class AutoAttackCheck(Result):
-    """Robust accuracy by the evaluation attack (``attack``) and by full AutoAttack on the
-    first test points of one model, and the inputs where AutoAttack found a flip the evaluation
-    attack missed (each a witness that the records' check is weaker there)."""
+    """Robust accuracy at eps by the records' check (of the evaluation attack ``attack``) and by
+    full AutoAttack on the first test points of one model, and the inputs where AutoAttack found
+    a flip the records' check missed (each a witness that the check is weaker there): at eps
+    (``missed_flips``) and at every radius of the records (``missed_flips_by_radius``)."""
 
     attack: str
     evaluation: float
@@ -358,16 +359,20 @@ class AutoAttackCheck(Result):
     difference_points: float
     agree_within_1_point: bool
     missed_flips: list[int]
+    missed_flips_by_radius: dict[str, list[int]] | None = None
 
     def to_json(self) -> dict[str, Any]:
+        by_radius = ({} if self.missed_flips_by_radius is None
+                     else {"missed_flips_by_radius": self.missed_flips_by_radius})
         return {"missed_flips": self.missed_flips, self.attack: self.evaluation,
                 "autoattack": self.autoattack, "difference_points": self.difference_points,
-                "agree_within_1_point": self.agree_within_1_point, **self.extras}
+                "agree_within_1_point": self.agree_within_1_point, **by_radius, **self.extras}
 
     @classmethod
     def read(cls, data: dict[str, Any], attack: str) -> AutoAttackCheck:
         return cls(attack, data[attack], data["autoattack"], data["difference_points"],
-                   data["agree_within_1_point"], data.get("missed_flips", []))
+                   data["agree_within_1_point"], data.get("missed_flips", []),
+                   data.get("missed_flips_by_radius"))
 
 
 SplitResults = dict[str, Result]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from robustgate.attacks import build_attack, check_attack_applies
+from robustgate.attacks import build_attack, check_attack_applies, records_check
 from robustgate.config import CompositionSettings, ExperimentConfig, TrainSpec
 from robustgate.data import load_dataset
 from robustgate.device import resolve_device
@@ -124,7 +124,8 @@ def run_experiment(
         except ValueError as error:
             raise ValueError(f"{what}: {error}") from None
     try:
-        attack = build_attack(settings.attack, seed)
+        attack = build_attack(records_check(settings.attack, settings.records_check,
+                                            num_classes), seed)
         check_attack_applies(attack, num_classes)
     except ValueError as error:
         raise ValueError(f"evaluation.attack: {error}") from None

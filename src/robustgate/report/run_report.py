@@ -570,14 +570,24 @@ def _autoattack_section(run: Run) -> Section | None:
             lower = "AutoAttack" if values.autoattack < values.evaluation else attack
             notes.append(f"{name}: they differ by more than 1 point; {lower} gives the lower "
                          "robust accuracy, the figure to trust.")
-        missed = values.missed_flips
-        if missed:
-            notes.append(
-                f"{name}: AutoAttack flipped {len(missed)} inputs the evaluation attack held "
-                f"robust (test inputs {_indices(missed)}): each is a witness, not a sampling "
-                "error, that the records' check is weaker than AutoAttack on this model, and "
-                "every count that leans on its records may count inputs that are not robust.")
-    return Section("Robust accuracy: evaluation attack vs full AutoAttack",
+        by_radius = values.missed_flips_by_radius or {f"{run.results.eps:g}": values.missed_flips}
+        for radius, missed in by_radius.items():
+            if missed:
+                notes.append(
+                    f"{name}: at eps {radius}, AutoAttack flipped {len(missed)} inputs the "
+                    f"records' check held robust (test inputs {_indices(missed)}): each is a "
+                    "witness, not a sampling error, that the check is weaker than AutoAttack on "
+                    "this model, and every count that leans on its records at that radius may "
+                    "count inputs that are not robust.")
+    records_check = run.config.evaluation.records_check
+    notes.insert(0, (
+        f"The records were written by `{attack}` "
+        + ("raised to the strong check (margin PGD towards every class with restarts, or "
+           "AutoAttack's standard version: attacks.records_check)" if records_check == "strong"
+           else "as configured (evaluation.records_check: attack, the cheaper check)")
+        + f"; AutoAttack checked them on the first {run.config.evaluation.autoattack_check} "
+        "test points at every radius they hold."))
+    return Section("Robust accuracy: the records' check vs full AutoAttack",
                    ["model", attack, "AutoAttack (standard)", "difference (points)"], rows, notes)
 
 
