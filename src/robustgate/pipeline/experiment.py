@@ -1,15 +1,17 @@
 """``robustgate run CONFIG.yaml`` (and ``robustgate demo``, the config shipped with the
-package): train several models on one data set, evaluate them with one attack on the test split
-(and the training split where ``evaluation.splits`` asks), compose them, check the attack against
-full AutoAttack, and report.
+package): train several models on one data set, evaluate them with one check on the test split
+(the evaluation attack raised to the records' check, ``attacks.records_check``; on the training
+split too where ``evaluation.splits`` asks), cross-check the records against full AutoAttack,
+compose them, and report. The pipeline passes each callee the settings it needs; the results are
+objects (``evaluate.results``).
 
 The run directory holds ``config.json``, ``models/<name>/`` (training runs, resumable),
 ``records/<split>/<name>.csv`` (per-sample records, resumable), ``autoattack/<name>.csv`` (the
-AutoAttack check), the smoothed models' and the bounded models' certificates
-(``certificates/test/``), the compositions' files (each written by its selector kind:
-``selector_kinds.run``), on
-two-dimensional data ``decision_regions.png`` (``pipeline.regions``), ``metrics.json``, and
-``report.md`` and ``report.html`` (``report.run_report``).
+AutoAttack cross-check, ``evaluate.cross_check``), the smoothed models' and the bounded models'
+certificates (``certificates/test/``), the compositions' files (each written by its selector
+kind: ``selector_kinds.run``), on two-dimensional data ``decision_regions.png`` (panels from
+``evaluate.regions``, drawn by ``report.decision_regions``), ``metrics.json`` (the results'
+serialization), and ``report.md`` and ``report.html`` (``report.run_report``).
 """
 
 from __future__ import annotations
