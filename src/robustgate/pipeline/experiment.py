@@ -2,8 +2,7 @@
 package): train several models on one data set, evaluate them with one check on the test split
 (the evaluation attack raised to the records' check, ``attacks.records_check``; on the training
 split too where ``evaluation.splits`` asks), cross-check the records against full AutoAttack,
-compose them, and report. The pipeline passes each callee the settings it needs; the results are
-objects (``evaluate.results``).
+compose them, and report; the results are objects (``evaluate.results``).
 
 The run directory holds ``config.json``, ``models/<name>/`` (training runs, resumable),
 ``records/<split>/<name>.csv`` (per-sample records, resumable), ``autoattack/<name>.csv`` (the
