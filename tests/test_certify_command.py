@@ -198,15 +198,15 @@ def test_a_certified_experiment_end_to_end(tmp_path):
     from robustgate.pipeline import run_experiment
 
     config = parse_config(CERTIFIED_EXPERIMENT, ExperimentConfig)
-    result = run_experiment(config, tmp_path, device="cpu", progress=False)["test"]
+    result = run_experiment(config, tmp_path, device="cpu", progress=False).test
     noisy = result["noisy"]
-    assert noisy["samples"] == 40 and noisy["sigma_train"] == 0.1
-    assert set(noisy["by_radius"]) == {"0", "0.05", "0.1", "0.5"}
-    assert noisy["by_radius"]["0.5"]["above_max_certifiable"]
+    assert noisy.samples == 40 and noisy.sigma_train == 0.1
+    assert set(noisy.by_radius) == {"0", "0.05", "0.1", "0.5"}
+    assert noisy.by_radius["0.5"].above_max_certifiable
     composed = result["cra→core [smoothing, κ = 1.5]"]
-    assert composed["samples"] == 40 and composed["stable_l2_radius"] > 2.5 * 0.05
-    assert composed["certified_accuracy"] <= composed["certified_accuracy_if_selector_not_attacked"]
-    assert composed["certified_accuracy"] <= composed["stable_rate"]  # a standard core adds none
+    assert composed.samples == 40 and composed.extras["stable_l2_radius"] > 2.5 * 0.05
+    assert composed.certified_accuracy <= composed.certified_accuracy_if_selector_not_attacked
+    assert composed.certified_accuracy <= composed.stable_rate  # a standard core adds none
     report = (tmp_path / "report.md").read_text()
     assert "Certified compositions" in report
     assert "Certified models (randomized smoothing)" in report
@@ -272,26 +272,28 @@ def test_a_bound_certified_experiment_end_to_end(tmp_path):
              "operating_point": {"max_accuracy_drop": 0.0, "kappas": [1, 1.5, 2]}}],
         "adaptive": {"limit": 0},
     }, ExperimentConfig)
-    result = run_experiment(config, tmp_path, device="cpu", progress=False)["test"]
-    assert set(result["ibp"]["bounds"]) == {"ibp", "crown"}
-    assert set(result["ibp"]["bounds"]["ibp"]) == {"0.05", "0.075", "0.1", "0.125", "0.15"}
-    at_eps = result["ibp"]["bounds"]["ibp"]["0.05"]
-    assert at_eps["certified_accuracy"] <= at_eps["empirical_robust_accuracy"]
+    result = run_experiment(config, tmp_path, device="cpu", progress=False).test
+    bounds = result["ibp"].bounds.by_method
+    assert set(bounds) == {"ibp", "crown"}
+    assert set(bounds["ibp"]) == {"0.05", "0.075", "0.1", "0.125", "0.15"}
+    at_eps = bounds["ibp"]["0.05"]
+    assert at_eps.certified_accuracy <= at_eps.empirical_robust_accuracy
     composed = result["ibp→core [bounds: ibp, κ = 2]"]
-    assert composed["export"]["identical"] and composed["export"]["inputs"] == 1000
-    assert composed["certified_accuracy"] <= composed["stable_rate"]
+    export = composed.extras["export"]
+    assert export["identical"] and export["inputs"] == 1000
+    assert composed.certified_accuracy <= composed.stable_rate
     # the operating point: κ chosen on the validation points' certificates, the test curve
     # beside; the count at the chosen κ is the test curve's point
     chosen = result["ibp→core [bounds: ibp, operating point: accuracy ≥ core − 0 pt]"]
-    point = chosen["operating_point"]
-    assert [p["kappa"] for p in point["validation_curve"]] == [1, 1.5, 2]
-    kappa = point["chosen"]["kappa"]
-    assert chosen["kappa"] == kappa and chosen["export"]["identical"]
-    at_kappa, = (p for p in point["test_curve"] if p["kappa"] == kappa)
-    assert at_kappa["natural_accuracy"] == chosen["natural_accuracy"]
-    assert at_kappa["robust_accuracy"] == chosen["certified_accuracy"]
+    point = chosen.operating_point
+    assert [p["kappa"] for p in point.validation_curve] == [1, 1.5, 2]
+    kappa = point.kappa
+    assert chosen.kappa == kappa and chosen.extras["export"]["identical"]
+    at_kappa, = (p for p in point.test_curve if p["kappa"] == kappa)
+    assert at_kappa["natural_accuracy"] == chosen.natural_accuracy
+    assert at_kappa["robust_accuracy"] == chosen.certified_accuracy
     if kappa == 2:
-        assert chosen["certified_accuracy"] == composed["certified_accuracy"]
+        assert chosen.certified_accuracy == composed.certified_accuracy
     validation = BoundCertificates.read_csv(tmp_path / "certificates" / "validation"
                                             / "ibp.ibp.csv")
     assert len(validation) == 200 and sorted(validation.margins) == [0.05, 0.075, 0.1, 0.125,

@@ -14,6 +14,7 @@ PACKAGE = Path(robustgate.__file__).parent
 LAYERS = [
     {"threat", "inputs", "io", "device", "registry", "distributed", "table", "runner"},
     {"config"},
+    {"run_directory"},
     {"data"},
     {"models"},
     {"attacks"},

@@ -51,8 +51,8 @@ from robustgate.evaluate.statistics import mcnemar_p_value
 from robustgate.io import atomic_write_json, say
 from robustgate.losses import make_loss
 from robustgate.models import build_model, load_checkpoint, save_checkpoint
-from robustgate.pipeline.run_directory import check_run_directory
 from robustgate.report.noise_report import write_noise_report
+from robustgate.run_directory import check_run_directory
 from robustgate.train import fit
 
 # -- disks ---------------------------------------------------------------------------------------
