@@ -7,7 +7,9 @@ Model: an MLP 2→64→64→64→3 with random weights (the cost does not depend
 three-Gaussian test set. Certification: randomized smoothing, σ = 0.1, n0 = 100, n = 10,000, α =
 0.001, on 300 points; evaluation: the default PGD (50 steps, margin then targeted margin) at
 eps∞ 0.05 and 0.1 on 1,000 points, batches of 100. The speed-up of 2 processes over 1 is bounded
-by the cores free: the load average is printed before and after.
+by the cores free: the load average is printed before and after. The sharded runs are
+``torchrun --standalone --nproc_per_node 2 --no-python robustgate -- certify …``: without the
+``--``, torchrun's own option parser takes robustgate's ``--n`` for an abbreviation of its own.
 
     .venv/bin/python benchmarks/sharded.py
 """
@@ -41,11 +43,13 @@ LAUNCHES = {
 def launch(arguments: list[str], processes: int, threads: int, scratch: Path) -> None:
     """One run of ``robustgate ARGUMENTS`` in a fresh output directory."""
     out = tempfile.mkdtemp(dir=scratch)
-    prefix = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={processes}", "--no-python"] if processes > 1 else [])
+    command = [ROBUSTGATE, *arguments, "--out", out]
+    if processes > 1:  # torchrun; "--" keeps it from reading robustgate's --n as its own --n…
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc_per_node={processes}", "--no-python", ROBUSTGATE, "--",
+                   *command[1:]]
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    subprocess.run([*prefix, ROBUSTGATE, *arguments, "--out", out], check=True,
-                   env=environment, stdout=subprocess.DEVNULL)
+    subprocess.run(command, check=True, env=environment, stdout=subprocess.DEVNULL)
 
 
 def main() -> None:

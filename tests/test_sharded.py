@@ -15,7 +15,8 @@ import torch.distributed as dist
 import torch.multiprocessing as multiprocessing
 
 from robustgate.cli import main
-from robustgate.evaluate import BoundCertificates, Certificates
+from robustgate.data import load_dataset
+from robustgate.evaluate import BoundCertificates, Certificates, Records
 from robustgate.models import MLP, save_checkpoint
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
@@ -24,8 +25,15 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
+    """An MLP fitted briefly to the three Gaussians: some inputs robust, some not."""
     torch.manual_seed(0)
     model = MLP(2, 3, (16,))
+    data = load_dataset("threegauss")
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(50):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(data.x), data.y).backward()
+        optimizer.step()
     path = tmp_path_factory.mktemp("sharded") / "model.safetensors"
     save_checkpoint(path, model, "MLP", {"in_features": 2, "num_classes": 3, "hidden": [16]})
     return path
@@ -85,7 +93,7 @@ def without_seconds(path: Path) -> list[str]:
 def test_sharded_evaluation_and_certification_equal_one_process(checkpoint, tmp_path):
     commands = {
         "evaluate": ["evaluate", str(checkpoint), "--data", "threegauss", "--limit", "41",
-                     "--eps", "0.05", "0.1", "--steps", "5", "--restarts", "2",
+                     "--eps", "0.1", "0.3", "--steps", "5", "--restarts", "2",
                      "--batch-size", "8", "--quiet"],
         "smoothing": ["certify", str(checkpoint), "--data", "threegauss", "--limit", "41",
                       "--sigma", "0.1", "--n0", "10", "--n", "100", "--radii", "0.05",
@@ -102,7 +110,10 @@ def test_sharded_evaluation_and_certification_equal_one_process(checkpoint, tmp_
         assert without_seconds(two) == without_seconds(one), name
         assert sorted(path.name for path in two.parent.iterdir()) == sorted(
             path.name for path in one.parent.iterdir())
-    assert len(Certificates.read_csv(tmp_path / "two" / "smoothing" / "certificates.csv")) == 41
+    certificates = Certificates.read_csv(tmp_path / "two" / "smoothing" / "certificates.csv")
+    assert len(certificates) == 41 and certificates.radii.max() > 0
+    records = Records.read_csv(tmp_path / "two" / "evaluate" / "records.csv")
+    assert 0 < records.robust_at(0.3).sum() < len(records) and records.accurate.mean() > 0.5
 
 
 def test_a_sharded_run_killed_midway_resumes_with_another_world_size(checkpoint, tmp_path):

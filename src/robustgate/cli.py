@@ -133,8 +133,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     settings = {"checkpoint": str(args.checkpoint), "data": args.data, "split": args.split,
                 "samples": len(y), "attack": repr(attack), "norm": args.norm,
                 "eps": sorted(set(args.eps))}
-    if process.is_main:
-        record_settings(out / "evaluate.json", settings, "records")
+    record_settings(out / "evaluate.json", settings, "records")  # every rank refuses alike
     records = evaluate_model(model, x, y, threat, args.eps, attack, batch_size=args.batch_size,
                              progress=not args.quiet, description=args.attack,
                              path=out / "records.csv", rank=process.rank,

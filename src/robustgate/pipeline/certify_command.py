@@ -65,8 +65,7 @@ def certify_checkpoint(
                 "samples": len(y), "norm": norm, "radii": sorted(set(radii)),
                 **(smoothing.model_dump(exclude={"votes"}) if smoothing else {})}
     out = Path(out)
-    if process.is_main:
-        record_settings(out / "certify.json", settings, "certificates")
+    record_settings(out / "certify.json", settings, "certificates")  # every rank refuses alike
     started = time.perf_counter()
     summary: dict[str, Any] = {**settings}
     path = out / "certificates.csv"
