@@ -366,7 +366,7 @@ def test_a_search_for_the_smoothing_selector_counts_certificates(tmp_path):
                        "certify_limit": 60},
         "adaptive": {"limit": 0}, "searches": [search]}
     result = run_experiment(parse_config(experiment_config, ExperimentConfig), tmp_path,
-                            device="cpu", progress=False)["searches"]["smoothed"]
+                            device="cpu", progress=False).searches["smoothed"]
     for name in ("0", "1"):
         for split, size in (("choose", 100), ("confirm", 200), ("test", 60)):
             curve = result["curves"][split][name]
@@ -418,7 +418,7 @@ def test_a_sampled_search_resumes_its_optuna_study(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_experiment(config, tmp_path, device="cpu", progress=False)
     monkeypatch.undo()
-    result = run_experiment(config, tmp_path, device="cpu", progress=False)["searches"]["sampled"]
+    result = run_experiment(config, tmp_path, device="cpu", progress=False).searches["sampled"]
     study = optuna.load_study(study_name="sampled",
                               storage=f"sqlite:///{tmp_path / 'searches/sampled/study.db'}")
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

@@ -268,7 +268,7 @@ def test_a_smoothed_core_counts_only_where_its_vote_holds(tmp_path):
     run = CompositionRun(config, tmp_path, {}, {}, (torch.zeros(n, 2), torch.zeros(n)), None,
                          threat, None, torch.device("cpu"), False,
                          certificates={"b": branch, "c": core})
-    metrics = SMOOTHING.evaluate(run, config.compositions[0])
-    assert metrics["core_vote_l2_radius"] == voted > eps
-    assert metrics["certified_accuracy"] == pytest.approx(3 / n)  # radii >= voted, right
-    assert "deployed vote of 101" in metrics["guarantee"]
+    result = SMOOTHING.evaluate(run, config.compositions[0])
+    assert result.extras["core_vote_l2_radius"] == voted > eps
+    assert result.certified_accuracy == pytest.approx(3 / n)  # radii >= voted, right
+    assert "deployed vote of 101" in result.extras["guarantee"]

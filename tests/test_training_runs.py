@@ -211,7 +211,7 @@ def test_every_selector_in_an_experiment(tmp_path):
         assert point.chosen["natural_accuracy"] >= point.chosen["core_accuracy"] - 1e-9
     chain = result["era→core→core"]
     assert set(chain.routes) == {"branch 0", "branch 1", "core"}
-    assert sum(sum(route.values()) for route in chain["routes"].values()) == 60
+    assert sum(sum(route.values()) for route in chain.routes.values()) == 60
     selection = (tmp_path / "selection" / "era-core-softmax_response.csv").read_text()
     assert selection.startswith("index,score,route\n0,")
     (tmp_path / "report.html").unlink()

@@ -126,6 +126,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     threat = ThreatModel(args.norm, args.eps[0])
     for eps in args.eps:
         ThreatModel(args.norm, eps).check_dimension(x)
+    check_attack_applies(_attack(args), model.num_classes)  # as given, also where it is raised
     attack = _attack(args, model.num_classes)
     check_attack_applies(attack, model.num_classes)
     check_inputs(x, getattr(model, "input_shape", None))

@@ -23,6 +23,8 @@ THREE_CLASS_ATTACKS = ("apgd-ce", "fab-t", "square")
 # form the fourth-largest, and a targeted attack needs a class other than the runner-up
 MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4, "fab-t": 3}
 NORMS = {"linf": "Linf", "l2": "L2"}
+# pyautoattack's L2 Square tiles an image by fifths of its height: it cannot run on lower images
+SQUARE_L2_MIN_HEIGHT = 5
 
 
 class AutoAttackAdapter:
@@ -33,7 +35,8 @@ class AutoAttackAdapter:
     is APGD-CE, FAB-T and Square, and on two-class models APGD-CE, FAB and Square.
     ``iterations`` and ``restarts`` set APGD's budget, and ``iterations`` Square's queries, for a
     custom list and the ensembles of fewer classes (the standard version keeps the authors'
-    settings).
+    settings). Under the L2 norm, inputs lower than 5 pixels (non-image inputs are viewed as
+    ``1×1×features``) run without Square, whose L2 form cannot tile them.
     """
 
     def __init__(
@@ -113,6 +116,13 @@ class AutoAttackAdapter:
         adversary.apgd_targeted.n_target_classes = targets
         adversary.fab.n_target_classes = targets
         adversary.verbose = False
+        if threat.norm == "l2" and x.shape[2] < SQUARE_L2_MIN_HEIGHT:
+            adversary.attacks_to_run = [name for name in adversary.attacks_to_run
+                                        if name != "square"]
+            if not adversary.attacks_to_run:
+                raise ValueError(f"square cannot attack L2 inputs lower than "
+                                 f"{SQUARE_L2_MIN_HEIGHT} pixels (these are {x.shape[2]} high): "
+                                 "add apgd-ce or use autoattack")
         x_adv, _ = adversary.run_standard_evaluation(
             x.detach(), target.detach(), batch_size=len(x)
         )
