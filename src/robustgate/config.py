@@ -396,12 +396,18 @@ class CompositionSettings(_Strict):
     ``smoothing`` (a smoothed branch, certified on ``B(x', κ·eps)``, ``κ = kappa``) and
     ``bounds`` (the branch certified on ``B(x', κ·eps)`` by ``bound_method``, ``κ = kappa`` or
     chosen on validation data for an ``operating_point``; a branch with ``bounds`` settings) give
-    certified compositions, counted on the certified test points."""
+    certified compositions, counted on the certified test points. ``cascade`` (robustness): the
+    selector certifies the branch first (the bound stages that pay on the validation data) and
+    attacks only what they leave (``select.Cascade``). ``sequential`` (smoothing): the selector
+    draws noise in rounds and stops once a sequential test decides
+    (``certify.sequential_select``)."""
 
     branch: str | list[str]
     core: str
     selector: str = "robustness"
     bound_method: BoundMethod = "ibp"
+    cascade: bool = False
+    sequential: bool = False
     coverage: float | None = Field(None, gt=0, le=1)
     selective_accuracy: float | None = Field(None, gt=0, le=1)
     kappa: float = Field(1.0, ge=1)
