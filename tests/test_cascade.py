@@ -127,3 +127,5 @@ def test_the_cascade_form_runs_through_an_experiment_and_reports_its_stages(tmp_
     assert json.loads((tmp_path / "metrics.json").read_text())["test"][label]["cascade"]
     with pytest.raises(ValueError, match="cascade is the robustness selector's"):
         CompositionSettings(branch="a", core="b", selector="bounds", cascade=True)
+    with pytest.raises(ValueError, match="sequential is the smoothing selector's"):
+        CompositionSettings(branch="a", core="b", sequential=True)
