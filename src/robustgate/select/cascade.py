@@ -151,25 +151,14 @@ def choose_stages(model: nn.Module, x: torch.Tensor, threat: ThreatModel, attack
         predicted = predict_logits(model, x, batch_size).argmax(1)
         attack_seconds, _ = _timed(lambda: check_robustness(model, x, threat, attack,
                                                              batch_size))
-        mean_attack = attack_seconds / max(len(x), 1)
         stage_seconds: dict[str, float | None] = {}
         certified: dict[str, torch.Tensor] = {}
         for stage in CASCADE_STAGES:
-            try:
-                seconds, _ = _timed(lambda stage=stage: certified_by(
-                    model, x[:probe], predicted[:probe], threat, stage))
-            except ValueError:  # no bounds for this model
-                stage_seconds[stage] = None
-                continue
-            if seconds / max(min(probe, len(x)), 1) >= mean_attack:
-                stage_seconds[stage] = seconds / max(min(probe, len(x)), 1)
-                continue
-            seconds, masks = _timed(lambda stage=stage: [
-                certified_by(model, x[start:start + batch_size],
-                             predicted[start:start + batch_size], threat, stage).cpu()
-                for start in range(0, len(x), batch_size)])
-            stage_seconds[stage] = seconds / max(len(x), 1)
-            certified[stage] = torch.cat(masks) if masks else torch.zeros(0, dtype=torch.bool)
+            stage_seconds[stage], mask = _stage_cost(model, x, predicted, threat, stage,
+                                                     attack_seconds / max(len(x), 1),
+                                                     batch_size, probe)
+            if mask is not None:
+                certified[stage] = mask
         timed = list(certified)
         patterns = (torch.stack([certified[stage] for stage in timed], dim=1) if timed
                     else torch.zeros(len(x), 0, dtype=torch.bool))
@@ -178,18 +167,55 @@ def choose_stages(model: nn.Module, x: torch.Tensor, threat: ThreatModel, attack
             rows = (patterns == torch.tensor(pattern, dtype=torch.bool)).all(dim=1).to(x.device)
             attack_on[pattern], _ = _timed(lambda rows=rows: check_robustness(
                 model, x[rows], threat, attack, batch_size))
+    stages, estimated = cheapest_cascade(
+        {stage: stage_seconds[stage] or 0.0 for stage in timed}, certified, attack_on)
+    return StageChoice(stages, len(x), stage_seconds,
+                       {stage: int(mask.sum()) for stage, mask in certified.items()}, estimated)
+
+
+def cheapest_cascade(stage_seconds: dict[str, float], certified: dict[str, torch.Tensor],
+                     attack_on: dict[tuple[bool, ...], float]
+                     ) -> tuple[tuple[str, ...], dict[str, float]]:
+    """The cheapest cascade of the stages of ``stage_seconds`` (seconds per input; in that
+    order, each taken or left) and the estimated seconds of every one: a stage costs its
+    seconds per input times the inputs the earlier ones leave (``certified``: the inputs each
+    certifies), and the attack costs ``attack_on[pattern]`` for the inputs of each pattern of
+    certificates (a flag per stage) that no stage taken certifies. The attack alone is named
+    ``"attack"``; on a tie the fewer stages win."""
+    names = list(stage_seconds)
+    size = len(next(iter(certified.values()))) if certified else 0
     estimated = {}
-    for taken in itertools.product((False, True), repeat=len(timed)):
-        stages = [stage for stage, take in zip(timed, taken, strict=True) if take]
-        left = torch.ones(len(x), dtype=torch.bool)
-        seconds = 0.0
+    for taken in itertools.product((False, True), repeat=len(names)):
+        stages = [stage for stage, take in zip(names, taken, strict=True) if take]
+        left, seconds = torch.ones(size, dtype=torch.bool), 0.0
         for stage in stages:
-            seconds += (stage_seconds[stage] or 0.0) * int(left.sum())
+            seconds += stage_seconds[stage] * int(left.sum())
             left &= ~certified[stage]
         seconds += sum(cost for pattern, cost in attack_on.items()
-                       if not any(flag for flag, take in zip(pattern, taken, strict=True)
-                                  if take))
+                       if not any(flag and take
+                                  for flag, take in zip(pattern, taken, strict=True)))
         estimated["+".join(stages) or ATTACK] = seconds
-    best = min(estimated, key=estimated.__getitem__)
-    return StageChoice(tuple(best.split("+")) if best != ATTACK else (), len(x), stage_seconds,
-                       {stage: int(mask.sum()) for stage, mask in certified.items()}, estimated)
+    best = min(estimated, key=lambda name: (estimated[name], name.count("+")))
+    return (tuple(best.split("+")) if best != ATTACK else ()), estimated
+
+
+def _stage_cost(model: nn.Module, x: torch.Tensor, predicted: torch.Tensor,
+                threat: ThreatModel, stage: str, attack_per_input: float, batch_size: int,
+                probe: int) -> tuple[float | None, torch.Tensor | None]:
+    """A stage's seconds per input and the inputs it certifies (on the CPU): ``None`` seconds
+    where the model has no bounds, ``None`` inputs where the ``probe`` inputs cost more each
+    than the attack's mean (it cannot pay)."""
+    probed = x[:probe]
+    try:
+        seconds, _ = _timed(lambda: certified_by(model, probed, predicted[:probe], threat,
+                                                 stage))
+    except ValueError:  # bound propagation does not cover the model
+        return None, None
+    if seconds / max(len(probed), 1) >= attack_per_input:
+        return seconds / max(len(probed), 1), None
+    seconds, masks = _timed(lambda: [
+        certified_by(model, x[start:start + batch_size], predicted[start:start + batch_size],
+                     threat, stage).cpu()
+        for start in range(0, len(x), batch_size)])
+    return (seconds / max(len(x), 1),
+            torch.cat(masks) if masks else torch.zeros(0, dtype=torch.bool))
