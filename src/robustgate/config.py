@@ -123,6 +123,10 @@ class AttackSettings(_Strict):
 # and ``attacks.make_attack``: ten times the training attack's steps, each a tenth of eps (the
 # training attack, ``AttackSettings()``, takes ten steps of a quarter of eps).
 EVALUATION_ATTACK = AttackSettings(steps=100, relative_step=0.1)
+# measured defaults (benchmarks/defaults.py, one CPU thread; README): noisy inputs per forward
+# pass of a smoothed model, and inputs per batch of bound propagation
+NOISE_BATCH = 400
+BOUND_BATCH = 250
 
 
 
@@ -200,7 +204,7 @@ class SmoothingSettings(_Strict):
     n0: int = Field(100, ge=1)
     n: int = Field(10_000, ge=1)
     alpha: float = Field(0.001, gt=0, lt=1)
-    batch_size: int = Field(1000, ge=1)
+    batch_size: int = Field(NOISE_BATCH, ge=1)
     seed: int = 0
     votes: int = Field(1000, ge=1)
 
@@ -230,7 +234,7 @@ class BoundSettings(_Strict):
 
     methods: list[BoundMethod] = Field(
         default_factory=lambda: ["ibp"], min_length=1)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(BOUND_BATCH, ge=1)
 
     @field_validator("methods")
     @classmethod

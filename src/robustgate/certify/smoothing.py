@@ -34,7 +34,7 @@ from scipy.stats import beta as beta_distribution
 from scipy.stats import binom, binomtest, norm
 from torch import nn
 
-from robustgate.config import SmoothingSettings
+from robustgate.config import NOISE_BATCH, SmoothingSettings
 from robustgate.inputs import check_inputs, check_outputs
 from robustgate.models.modes import as_model_dtype, eval_mode, model_device
 from robustgate.threat import ThreatModel
@@ -266,7 +266,8 @@ class Smooth(nn.Module):
     ``batch_size`` caps the noisy inputs per forward pass of ``base``.
     """
 
-    def __init__(self, base: nn.Module, num_classes: int, sigma: float, batch_size: int = 1000,
+    def __init__(self, base: nn.Module, num_classes: int, sigma: float,
+                 batch_size: int = NOISE_BATCH,
                  votes: int = 1000, seed: int | None = None) -> None:
         super().__init__()
         _check_sigma(sigma)

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robustgate.certify import ABSTAIN, Smooth, certify_bounds, covering_l2_radius
-from robustgate.config import BoundSettings, SmoothingSettings
+from robustgate.config import BOUND_BATCH, BoundSettings, SmoothingSettings
 from robustgate.evaluate.records import Records
 from robustgate.inputs import check_labels
 from robustgate.io import atomic_write_text, complete_or_resume, say
@@ -166,7 +166,7 @@ class BoundCertificates:
 
 def certify_with_bounds(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
-    radii: Sequence[float], method: str = "ibp", batch_size: int = 256,
+    radii: Sequence[float], method: str = "ibp", batch_size: int = BOUND_BATCH,
     partial: str | Path | None = None, progress: bool = True, description: str = "certify",
 ) -> BoundCertificates:
     """Bound certificates of ``model`` on ``(x, y)`` at every radius of ``radii`` (norm and
