@@ -141,21 +141,22 @@ def choose_stages(model: nn.Module, x: torch.Tensor, threat: ThreatModel, attack
     The attack alone is timed on the inputs of each pattern of certificates (which stages
     certify them) separately, so that the attack's cost on what any cascade leaves is a sum of
     measured parts (robust inputs cost the attack more than those it breaks early). A stage
-    is first timed on ``probe`` inputs; one that costs more per input than the attack's mean
-    cannot pay (it could save at most the attack's whole cost) and is left out untimed further.
+    is first timed on the first ``probe`` inputs beside the attack there; one that costs more
+    per input than the attack does on them is left out untimed further (it could save at most
+    the attack's cost, were it to certify everything).
     Every ordered subset of the remaining stages is then estimated (a stage's cost per input
     times the inputs the earlier ones leave, plus the attack's on what all leave) and the
     cheapest chosen; the empty one, the attack alone, is among them."""
     x = x.to(model_device(model))
     with eval_mode(model):
         predicted = predict_logits(model, x, batch_size).argmax(1)
-        attack_seconds, _ = _timed(lambda: check_robustness(model, x, threat, attack,
-                                                             batch_size))
+        probed, _ = _timed(lambda: check_robustness(model, x[:probe], threat, attack,
+                                                     batch_size))
         stage_seconds: dict[str, float | None] = {}
         certified: dict[str, torch.Tensor] = {}
         for stage in CASCADE_STAGES:
             stage_seconds[stage], mask = _stage_cost(model, x, predicted, threat, stage,
-                                                     attack_seconds / max(len(x), 1),
+                                                     probed / max(len(x[:probe]), 1),
                                                      batch_size, probe)
             if mask is not None:
                 certified[stage] = mask
@@ -203,8 +204,8 @@ def _stage_cost(model: nn.Module, x: torch.Tensor, predicted: torch.Tensor,
                 threat: ThreatModel, stage: str, attack_per_input: float, batch_size: int,
                 probe: int) -> tuple[float | None, torch.Tensor | None]:
     """A stage's seconds per input and the inputs it certifies (on the CPU): ``None`` seconds
-    where the model has no bounds, ``None`` inputs where the ``probe`` inputs cost more each
-    than the attack's mean (it cannot pay)."""
+    where the model has no bounds, ``None`` inputs where the first ``probe`` inputs cost it more
+    each than ``attack_per_input``, the attack's on them."""
     probed = x[:probe]
     try:
         seconds, _ = _timed(lambda: certified_by(model, probed, predicted[:probe], threat,
