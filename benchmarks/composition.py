@@ -10,7 +10,7 @@ gate (a two-class StridedCNN 16/32/100, random weights: its cost does not depend
 the mixing baseline (weight 0.5); the ``ibp`` StridedCNN 32/64/200 branch under the bound
 selector by each method; the ``gauss_050`` SmallCNN under the smoothing selector (σ = 0.5, L2
 eps = 0.5, n0 = 100, N = 10,000, α = 0.001, noise batch 400) and its sequential form (N_max =
-10,000). Images per pair: 500 for the forward-only selectors, 200 for the attack, 20 for CROWN,
+10,000). Images per pair: 500 for the forward-only selectors, 50 for the attack, 20 for CROWN,
 5 for smoothing (the first MNIST test images). Batch: all images of a pair at once. One thread.
 
     .venv/bin/python benchmarks/composition.py
@@ -72,8 +72,8 @@ def cases() -> dict[str, tuple[int, Callable[[torch.Tensor], object]]]:
         "bounds: crown-ibp": (500, composed(ibp, BoundSelector(ibp, threat, "crown-ibp"))),
         "bounds: crown": (20, composed(ibp, BoundSelector(ibp, threat, "crown"))),
         "bounds: ibp+crown": (20, composed(ibp, BoundSelector(ibp, threat, "ibp+crown"))),
-        "robustness": (200, composed(trades, RobustnessSelector(trades, threat, attack))),
-        f"robustness: cascade {list(stages)}": (200, composed(trades, RobustnessSelector(
+        "robustness": (50, composed(trades, RobustnessSelector(trades, threat, attack))),
+        f"robustness: cascade {list(stages)}": (50, composed(trades, RobustnessSelector(
             trades, threat, Cascade(attack, stages)))),
         "smoothing": (5, smoothing(False)),
         "smoothing: sequential": (5, smoothing(True)),

@@ -380,11 +380,14 @@ def _selector_kind(name: str) -> str:
 
 def _check_options(settings: BaseModel, kind: Any) -> None:
     """Refuse a setting that another selector kind owns (``SelectorKind.options``), given away
-    from its default."""
+    from its default; settings without that field (a search has no deployed form) pass."""
+    fields = type(settings).model_fields
     for other in SELECTOR_KINDS.values():
         for option in other.options:
+            if option not in fields:
+                continue
             given = getattr(settings, option)
-            if option not in kind.options and given != type(settings).model_fields[option].default:
+            if option not in kind.options and given != fields[option].default:
                 owners = _names(k.name for k in SELECTOR_KINDS.values() if option in k.options)
                 raise ValueError(f"{option} is the {owners} selector's")
 
