@@ -133,11 +133,11 @@ def test_the_cascade_form_runs_through_an_experiment_and_reports_its_stages(tmp_
     config = parse_config(values, type(config))
     label = "era→standard [cascade]"
     assert [c.label for c in config.compositions][1] == label
-    result = run_experiment(config, tmp_path, device="cpu", progress=False)
-    cascade = result["test"][label]["cascade"]["era"]
+    result = run_experiment(config, tmp_path, device="cpu", progress=False).test
+    cascade = result[label].extras["cascade"]["era"]
     assert sum(cascade["decided"].values()) == 100
-    plain = result["test"]["era→standard"]
-    assert abs(result["test"][label]["selection_rate"] - plain["selection_rate"]) <= (
+    plain = result["era→standard"]
+    assert abs(result[label].selection_rate - plain.selection_rate) <= (
         cascade["differing_decisions"] / 100)
     assert (tmp_path / "records" / "cascade").is_dir()
     assert json.loads((tmp_path / "metrics.json").read_text())["test"][label]["cascade"]

@@ -31,6 +31,7 @@ from robustgate.attacks import Attack
 from robustgate.config import CompositionSettings, SearchSettings, TrainSpec
 from robustgate.evaluate import Records, Selection, evaluate_or_resume
 from robustgate.evaluate.operating_points import SelectionAt, choose_kappa, operating_curve
+from robustgate.evaluate.results import CompositionResult, OperatingPoint
 from robustgate.io import file_name
 from robustgate.select import Cascade, RobustnessSelector, Selector, choose_stages
 from robustgate.selector_kinds.base import SelectorKind
@@ -87,45 +88,46 @@ class RobustnessKind(SelectorKind):
                             ) -> list[Selection]:
         return [Selection.robustness(branch, eps, kappa) for branch in branches]
 
-    def _kappa(self, run: CompositionRun, composition: CompositionSettings
-               ) -> tuple[float, dict[str, Any]]:
-        """``κ`` as configured, or chosen on the calibration data for the operating point."""
-        point = composition.operating_point
-        if point is None:
-            return composition.kappa, {"kappa": composition.kappa}
-        choice = choose_kappa(run.validation_records(composition.branches[0]),
-                              run.validation_records(composition.core), run.eps,
-                              point.kappas, point.max_accuracy_drop)
-        chosen = choice["chosen"]
-        run.say(f"[{composition.label}] kappa {chosen['kappa']:g} chosen on the validation "
-                "points" + ("" if chosen["meets_target"] else " (no kappa meets the target)"))
-        return chosen["kappa"], {"kappa": chosen["kappa"], "operating_point": choice}
+    def _operating_point(self, run: CompositionRun, composition: CompositionSettings
+                         ) -> OperatingPoint | None:
+        """``κ`` chosen on the calibration data for the operating point (``None``: configured)."""
+        settings = composition.operating_point
+        if settings is None:
+            return None
+        point = choose_kappa(run.validation_records(composition.branches[0]),
+                             run.validation_records(composition.core), run.eps,
+                             settings.kappas, settings.max_accuracy_drop)
+        run.say(f"[{composition.label}] kappa {point.kappa:g} chosen on the validation points"
+                + ("" if point.chosen["meets_target"] else " (no kappa meets the target)"))
+        return point
 
-    def evaluate(self, run: CompositionRun, composition: CompositionSettings) -> dict[str, Any]:
-        kappa, info = self._kappa(run, composition)
-        run.deploy_at(composition, kappa)
+    def evaluate(self, run: CompositionRun, composition: CompositionSettings
+                 ) -> CompositionResult:
+        point = self._operating_point(run, composition)
+        kappa = composition.kappa if point is None else point.kappa
         parts = [run.records[name] for name in composition.branches]
         selections = self.attacked_selections(parts, run.eps, kappa)
         checks: list[Attack] = [run.attack] * len(parts)
-        if composition.cascade:
-            cascades = [self._cascade(run, composition, name, kappa)
-                        for name in composition.branches]
+        cascades = ([self._cascade(run, composition, name, kappa)
+                     for name in composition.branches] if composition.cascade else [])
+        if cascades:
             checks = [cascade for cascade, _, _ in cascades]
             selections = [replace(selection, selected=selected)
                           for selection, (_, selected, _) in zip(selections, cascades,
                                                                  strict=True)]
-            info["cascade"] = {name: details for name, (_, _, details)
-                               in zip(composition.branches, cascades, strict=True)}
         selectors = [RobustnessSelector(run.models[name], run.threat, check, kappa,
                                         run.config.evaluation.batch_size)
                      for name, check in zip(composition.branches, checks, strict=True)]
-        counted = run.count(composition, selections, selectors)
-        metrics = {**counted, **info}
-        if composition.operating_point is not None:
-            metrics["operating_point"]["test_curve"] = operating_curve(
-                parts[0], run.records[composition.core], run.eps,
-                composition.operating_point.kappas)
-        return metrics
+        result = run.count(composition, selections, selectors)
+        result.kappa = kappa
+        if cascades:
+            result.extras["cascade"] = {name: details for name, (_, _, details)
+                                        in zip(composition.branches, cascades, strict=True)}
+        if point is not None:
+            point.test_curve = operating_curve(parts[0], run.records[composition.core], run.eps,
+                                               composition.kappas)
+            result.operating_point = point
+        return result
 
     def _cascade(self, run: CompositionRun, composition: CompositionSettings, name: str,
                  kappa: float) -> tuple[Cascade, np.ndarray, dict[str, Any]]:
