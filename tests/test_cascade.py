@@ -70,6 +70,20 @@ def test_the_cascade_certifies_most_inputs_of_a_trained_model_and_attacks_the_re
     assert torch.equal(selector.select(x), robust)
 
 
+
+def test_an_attack_seeded_per_input_gets_each_inputs_own_index_and_decides_alike(trained):
+    model, x = trained
+    threat = ThreatModel("linf", 0.15)
+    attack = PGD(steps=5, relative_step=0.1, restarts=2, seed=3, objective="margin")
+    indices = torch.arange(1000, 1000 + len(x))
+    alone = check_robustness(model, x, threat, attack, indices=indices)[1]
+    cascade = Cascade(attack, ["ibp"])
+    assert torch.equal(check_robustness(model, x, threat, cascade, indices=indices)[1], alone)
+    assert torch.equal(check_robustness(model, x, threat, cascade)[1],
+                       check_robustness(model, x, threat, attack)[1])
+    assert 0 < cascade.decided["ibp"] < 2 * len(x)
+
+
 def test_a_certificate_covers_the_attacks_ball_tolerance_and_a_margin_above_float_error():
     model = nn.Sequential(random_linear(3, dim=4, seed=2).linear)
     x = 0.3 + 0.4 * torch.rand(2000, 4, generator=torch.Generator().manual_seed(3))

@@ -18,9 +18,10 @@ Two allowances make "certified ⇒ the attack finds no flip" hold in floating po
 - the margin: float32 bounds are not rigorous at a margin of 0 (rounding in every layer), so an
   input counts as certified only where the certified margin exceeds ``MARGIN_TOLERANCE``.
 
-The cascade then decides like the attack alone except where the attack itself errs: on an input
-the attack may or may not break depending on its random start (the cascade runs it on other
-batches, so with other starts).
+The cascade then decides like the attack alone except where the attack itself errs. An attack
+seeded per input (``attacks.PerInputAttack``, robustgate's PGD) gets each remaining input's
+own index, so it starts from the same points as alone and the decisions are the same; another
+attack runs on other batches, and may break an input from one start and miss it from another.
 
 Which stages pay is measured (:func:`choose_stages`): on validation inputs, each stage's cost
 per input and the inputs it certifies, and the attack's cost on the inputs of each pattern of
@@ -42,6 +43,7 @@ import torch
 from torch import nn
 
 from robustgate.attacks import Attack, check_robustness
+from robustgate.attacks.pgd import PerInputAttack
 from robustgate.attacks.robustness import BALL_TOLERANCE
 from robustgate.certify import certify_bounds
 from robustgate.models.modes import eval_mode, model_device, predict_logits
@@ -75,7 +77,10 @@ class Cascade:
     """An attack that first certifies: inputs whose prediction ``target`` one of ``stages``
     certifies on the threat ball are returned unmoved (the check counts them robust), the rest
     go to ``attack``. ``decided`` counts the inputs decided at each stage (``"attack"``: those
-    left to the attack, whichever way it decides), over every call."""
+    left to the attack, whichever way it decides), over every call. It passes the inputs'
+    ``indices`` (their positions in the batch without them) on to an attack seeded per input."""
+
+    seeded_per_input = True
 
     def __init__(self, attack: Attack, stages: Sequence[str] = CASCADE_STAGES) -> None:
         unknown = [stage for stage in stages if stage not in CASCADE_STAGES]
@@ -90,7 +95,7 @@ class Cascade:
         return f"Cascade(stages={list(self.stages)}, attack={self.attack!r})"
 
     def __call__(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor,
-                 threat: ThreatModel) -> torch.Tensor:
+                 threat: ThreatModel, indices: torch.Tensor | None = None) -> torch.Tensor:
         remaining = torch.arange(len(x), device=x.device)
         with torch.no_grad():
             for stage in self.stages:
@@ -103,7 +108,12 @@ class Cascade:
         if not len(remaining):
             return x
         x_adv = x.clone()
-        x_adv[remaining] = self.attack(model, x[remaining], target[remaining], threat)
+        if isinstance(self.attack, PerInputAttack):
+            positions = torch.arange(len(x)) if indices is None else indices.cpu()
+            x_adv[remaining] = self.attack(model, x[remaining], target[remaining], threat,
+                                           indices=positions[remaining.cpu()])
+        else:
+            x_adv[remaining] = self.attack(model, x[remaining], target[remaining], threat)
         return x_adv
 
 
