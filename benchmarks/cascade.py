@@ -12,6 +12,7 @@ were trained on. One thread.
 
     .venv/bin/python benchmarks/cascade.py            # reduced: 300 test images
     ROBUSTGATE_CASCADE_IMAGES=2000 .venv/bin/python benchmarks/cascade.py   # the 2,000
+    ROBUSTGATE_CASCADE_BRANCHES=ibp .venv/bin/python benchmarks/cascade.py  # one branch
 
 A differing decision is one where the attack alone and the attack after the stages (the same
 attack, on other batches, so from other random starts) disagree; the cascade never certifies an
@@ -33,6 +34,7 @@ from robustgate.select import Cascade, choose_stages
 from robustgate.threat import ThreatModel
 
 IMAGES = int(os.environ.get("ROBUSTGATE_CASCADE_IMAGES", "300"))
+BRANCHES = os.environ.get("ROBUSTGATE_CASCADE_BRANCHES", "ibp,trades,era").split(",")
 EPS, BATCH, MEASURED = 0.1, 500, 256
 
 
@@ -44,7 +46,7 @@ def main() -> None:
     threat = ThreatModel("linf", EPS)
     attack = build_attack(EVALUATION_ATTACK, seed=0)
     print(f"{len(x)} images of {source}, eps {EPS} (linf), batch {BATCH}, attack {attack!r}")
-    for name in ("ibp", "trades", "era"):
+    for name in BRANCHES:
         compare(name, x, validation, threat, attack)
 
 
