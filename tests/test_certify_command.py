@@ -197,8 +197,15 @@ def test_a_certified_experiment_end_to_end(tmp_path):
     from robustgate.config import ExperimentConfig, parse_config
     from robustgate.pipeline import run_experiment
 
-    config = parse_config(CERTIFIED_EXPERIMENT, ExperimentConfig)
+    sequential = {"branch": "noisy", "core": "core", "selector": "smoothing", "sequential": True}
+    config = parse_config({**CERTIFIED_EXPERIMENT, "compositions": [
+        *CERTIFIED_EXPERIMENT["compositions"], sequential]}, ExperimentConfig)
     result = run_experiment(config, tmp_path, device="cpu", progress=False).test
+    plain, deployed = result["noisy→core [smoothing]"], result["noisy→core [smoothing: sequential]"]
+    assert deployed.extras["sequential"]["model_evaluations_per_input"] <= 210
+    assert deployed.extras["stable_l2_radius"] >= plain.extras["stable_l2_radius"]
+    assert abs(deployed.selection_rate - plain.selection_rate) <= (
+        deployed.extras["sequential"]["differing_selections"] / 40)
     noisy = result["noisy"]
     assert noisy.samples == 40 and noisy.sigma_train == 0.1
     assert set(noisy.by_radius) == {"0", "0.05", "0.1", "0.5"}

@@ -272,3 +272,80 @@ def test_a_smoothed_core_counts_only_where_its_vote_holds(tmp_path):
     assert result.extras["core_vote_l2_radius"] == voted > eps
     assert result.certified_accuracy == pytest.approx(3 / n)  # radii >= voted, right
     assert "deployed vote of 101" in result.extras["guarantee"]
+
+
+def test_the_look_schedule_and_its_errors():
+    from robustgate.certify import look_schedule
+
+    assert look_schedule(100_000) == (100, 1_000, 10_000, 100_000)
+    assert look_schedule(2_500, first=100, ratio=5) == (100, 500, 2_500)
+    assert look_schedule(50) == (50,)
+    with pytest.raises(ValueError, match="ratio"):
+        look_schedule(1000, ratio=1)
+
+
+def test_the_sequential_decision_stops_early_where_the_radius_is_clear_and_decides_rightly():
+    """On the smoothed hyperplane (``p = Φ(d/σ)`` at distance ``d``): far beyond the selector's
+    radius it selects at the first look, far below it abstains there, and near it draws on."""
+    from robustgate.certify import look_schedule
+
+    radius, looks = SIGMA, look_schedule(10_000)
+    smooth = Smooth(hyperplane(), 2, SIGMA, batch_size=20_000)
+    distances = SIGMA * torch.tensor([3.0, 2.0, 0.0, -0.2, 1.3])
+    selected, classes, draws = smooth.decide(at_distance(distances), radius, 100, looks, 0.001)
+    assert selected.tolist() == [True, True, False, False, True]
+    assert classes[:2].tolist() == [0, 0] and (classes[2:4] == ABSTAIN).all()
+    assert draws[:4].tolist() == [200, 200, 200, 200] and draws[4] > 200
+    with pytest.raises(ValueError, match="looks"):
+        smooth.decide(at_distance([0.1]), radius, 10, [100, 100], 0.01)
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.2])
+def test_a_sequential_selection_at_the_boundary_occurs_at_rate_at_most_alpha(alpha):
+    """Where the exact radius is the selector's radius (``p = θ``), a selection is an error: over
+    2000 decisions its rate is within sampling error of at most ``α``, the errors of the looks
+    summed."""
+    radius, trials = 0.5 * SIGMA, 2000
+    smooth = Smooth(hyperplane(), 2, SIGMA, batch_size=100_000)
+    selected, _, _ = smooth.decide(at_distance([radius] * trials), radius, 10, (30, 100, 300),
+                                   alpha, seed=3)
+    rate = float(selected.float().mean())
+    assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / trials)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.floats(0.05, 1.0), st.floats(0.0, 1.0), st.floats(0.0, 1.0))
+def test_the_sequential_stable_radius_covers_radius_and_distance_and_the_fixed_rules(sigma,
+                                                                                   radius,
+                                                                                   distance):
+    from robustgate.certify import look_schedule, sequential_stable_radius
+
+    looks = look_schedule(10_000)
+    sequential = sequential_stable_radius(sigma, radius * sigma, distance * sigma, 100, looks,
+                                          0.001)
+    assert sequential > radius * sigma + distance * sigma
+    # its last look alone is the fixed rule at a level split K ways, and more ways to miss
+    fixed = stable_radius(sigma, radius * sigma, distance * sigma, 100, looks[-1],
+                          0.001 / len(looks), failure=0.001)
+    assert sequential >= fixed - 1e-9
+
+
+def test_the_sequential_selector_at_a_reachable_input_selects_with_the_promised_probability():
+    """The closed form of the smoothed hyperplane gives the exact radius at ``x``: at
+    ``sequential_stable_radius`` the sequential decision at the worst reachable input (moved
+    ``distance`` towards the boundary) selects at least ``1 − failure`` of the time, a quarter
+    sigma closer less often."""
+    from robustgate.certify import sequential_stable_radius
+
+    n0, looks, alpha, failure = 10, (30, 100, 400), 0.05, 0.2
+    deployed, distance, trials = 0.5 * SIGMA, 0.5 * SIGMA, 2000
+    stable = sequential_stable_radius(SIGMA, deployed, distance, n0, looks, alpha, failure)
+    smooth = Smooth(hyperplane(), 2, SIGMA, batch_size=100_000)
+
+    def selection_rate(radius_at_x: float) -> float:
+        selected, classes, _ = smooth.decide(at_distance([radius_at_x - distance] * trials),
+                                             deployed, n0, looks, alpha, seed=7)
+        return float((selected & (classes == 0)).float().mean())
+
+    assert selection_rate(stable) >= 1 - failure - 3 * math.sqrt(failure * (1 - failure) / trials)
+    assert selection_rate(stable - 0.25 * SIGMA) < 1 - failure

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from robustgate.config import (
+    BOUND_BATCH,
     DEFAULT_KAPPAS,
     EVALUATION_ATTACK,
     SmoothingSettings,
@@ -568,8 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
     certify.add_argument("--noise-batch", type=COUNT, default=smoothing["batch_size"].default,
                          help="noisy inputs per forward pass (default "
                          f"{smoothing['batch_size'].default})")
-    certify.add_argument("--batch-size", type=COUNT, default=256,
-                         help="bound propagation: inputs per batch (default 256)")
+    certify.add_argument("--batch-size", type=COUNT, default=BOUND_BATCH,
+                         help=f"bound propagation: inputs per batch (default {BOUND_BATCH})")
     certify.add_argument("--norm", default=NORM, choices=["linf", "l2"],
                          help=f"norm of --radii (default {NORM}, as everywhere); smoothing "
                          "certifies linf radii through the L2 ball that covers them (eps·sqrt(d))")

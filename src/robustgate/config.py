@@ -123,6 +123,10 @@ class AttackSettings(_Strict):
 # and ``attacks.make_attack``: ten times the training attack's steps, each a tenth of eps (the
 # training attack, ``AttackSettings()``, takes ten steps of a quarter of eps).
 EVALUATION_ATTACK = AttackSettings(steps=100, relative_step=0.1)
+# measured defaults (benchmarks/defaults.py, one CPU thread; README): noisy inputs per forward
+# pass of a smoothed model, and inputs per batch of bound propagation
+NOISE_BATCH = 400
+BOUND_BATCH = 250
 
 
 
@@ -200,7 +204,7 @@ class SmoothingSettings(_Strict):
     n0: int = Field(100, ge=1)
     n: int = Field(10_000, ge=1)
     alpha: float = Field(0.001, gt=0, lt=1)
-    batch_size: int = Field(1000, ge=1)
+    batch_size: int = Field(NOISE_BATCH, ge=1)
     seed: int = 0
     votes: int = Field(1000, ge=1)
 
@@ -230,7 +234,7 @@ class BoundSettings(_Strict):
 
     methods: list[BoundMethod] = Field(
         default_factory=lambda: ["ibp"], min_length=1)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(BOUND_BATCH, ge=1)
 
     @field_validator("methods")
     @classmethod
@@ -382,11 +386,14 @@ def _selector_kind(name: str) -> str:
 
 def _check_options(settings: BaseModel, kind: Any) -> None:
     """Refuse a setting that another selector kind owns (``SelectorKind.options``), given away
-    from its default."""
+    from its default; settings without that field (a search has no deployed form) pass."""
+    fields = type(settings).model_fields
     for other in SELECTOR_KINDS.values():
         for option in other.options:
+            if option not in fields:
+                continue
             given = getattr(settings, option)
-            if option not in kind.options and given != type(settings).model_fields[option].default:
+            if option not in kind.options and given != fields[option].default:
                 owners = _names(k.name for k in SELECTOR_KINDS.values() if option in k.options)
                 raise ValueError(f"{option} is the {owners} selector's")
 
@@ -402,12 +409,18 @@ class CompositionSettings(_Strict):
     ``smoothing`` (a smoothed branch, certified on ``B(x', κ·eps)``, ``κ = kappa``) and
     ``bounds`` (the branch certified on ``B(x', κ·eps)`` by ``bound_method``, ``κ = kappa`` or
     chosen on validation data for an ``operating_point``; a branch with ``bounds`` settings) give
-    certified compositions, counted on the certified test points."""
+    certified compositions, counted on the certified test points. ``cascade`` (robustness): the
+    selector certifies the branch first (the bound stages that pay on the validation data) and
+    attacks only what they leave (``select.Cascade``). ``sequential`` (smoothing): the selector
+    draws noise in rounds and stops once a sequential test decides
+    (``certify.sequential_select``)."""
 
     branch: str | list[str]
     core: str
     selector: str = "robustness"
     bound_method: BoundMethod = "ibp"
+    cascade: bool = False
+    sequential: bool = False
     coverage: float | None = Field(None, gt=0, le=1)
     selective_accuracy: float | None = Field(None, gt=0, le=1)
     kappa: float = Field(1.0, ge=1)

@@ -12,6 +12,9 @@ Where the top class has probability ``p_A > 1/2``, ``g`` is constant on the L2 b
   probability by the one-sided Clopper–Pearson lower bound ``p_A`` at level ``1 − α``; abstain
   where ``p_A ≤ 1/2``, else certify the L2 radius ``σ · Φ⁻¹(p_A)``. With probability at least
   ``1 − α`` a certified class is ``g(x)`` and ``g`` is constant on that ball.
+- ``decide``: whether CERTIFY's radius reaches a given radius, by a sequential test on a fixed
+  schedule of looks (``look_schedule``) that stops drawing as soon as it decides either way; the
+  selector's question at a fraction of the draws. The fixed-``n`` CERTIFY stays the reference.
 
 The base classifier sees ``x + δ`` unclamped (the guarantee is stated for Gaussian noise itself);
 noise is drawn for many inputs per forward pass, at most ``batch_size`` noisy inputs at a time,
@@ -21,7 +24,9 @@ each input from its own generator seeded by the call's seed and its index: the s
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +34,7 @@ from scipy.stats import beta as beta_distribution
 from scipy.stats import binom, binomtest, norm
 from torch import nn
 
-from robustgate.config import SmoothingSettings
+from robustgate.config import NOISE_BATCH, SmoothingSettings
 from robustgate.inputs import check_inputs, check_outputs
 from robustgate.models.modes import as_model_dtype, eval_mode, model_device
 from robustgate.runner import input_seed
@@ -77,28 +82,140 @@ def stable_radius(sigma: float, radius: float, distance: float, n0: int, n: int,
     its ``n`` estimation draws clear ``Φ(radius/σ)`` with probability ``1 − failure`` together
     (a union bound). ``inf`` where no probability below 1 is enough."""
     _check_settings(sigma, n0, n, alpha)
-    failure = alpha if failure is None else failure
+    failure = _check_margin(radius, distance, alpha if failure is None else failure)
+    threshold = norm.cdf(radius / sigma)
+    needed = _least_clearing_count(n, alpha, threshold)
+    if needed is None:
+        return math.inf
+    return _stable_at(sigma, distance, max(threshold, 0.5), failure, lambda q: float(
+        binom.cdf(needed - 1, n, q) + _selection_misses(n0, q)))
+
+
+def selector_stable_radius(settings: SmoothingSettings, radius: float, distance: float,
+                           sequential: bool = False) -> float:
+    """The stability margin of a smoothing selector deployed at ``radius`` with ``settings``:
+    :func:`stable_radius` for CERTIFY with ``n`` draws, :func:`sequential_stable_radius` for the
+    sequential decision up to ``n`` draws on :func:`look_schedule` (``sequential``)."""
+    if sequential:
+        return sequential_stable_radius(settings.sigma, radius, distance, settings.n0,
+                                        look_schedule(settings.n), settings.alpha)
+    return stable_radius(settings.sigma, radius, distance, settings.n0, settings.n,
+                         settings.alpha)
+
+
+def _check_margin(radius: float, distance: float, failure: float) -> float:
     if not 0 < failure < 1:
         raise ValueError(f"failure must be in (0, 1), got {failure}")
     if not (radius >= 0 and distance >= 0):
         raise ValueError(f"radius and distance must be >= 0, got {radius=}, {distance=}")
-    threshold = norm.cdf(radius / sigma)
+    return failure
+
+
+def _least_clearing_count(n: int, alpha: float, threshold: float) -> int | None:
+    """The fewest top-class draws of ``n`` whose Clopper–Pearson lower bound at level ``α``
+    exceeds ``threshold`` (``None``: no count does)."""
     counts = np.arange(n + 1)
     clearing = counts[clopper_pearson_lower(counts, n, alpha) > threshold]
-    if len(clearing) == 0:
-        return math.inf
-    needed = int(clearing[0])
+    return int(clearing[0]) if len(clearing) else None
 
-    def misses(q: float) -> float:
-        return float(binom.cdf(needed - 1, n, q) + binom.cdf(n0 // 2, n0, q))
 
-    low, high = max(threshold, 0.5), 1.0
+def _selection_misses(n0: int, q: float) -> float:
+    """The chance that ``n0`` selection draws fail to pick a class of probability ``q`` by a
+    majority."""
+    return float(binom.cdf(n0 // 2, n0, q))
+
+
+def _stable_at(sigma: float, distance: float, low: float, failure: float,
+               misses: Callable[[float], float]) -> float:
+    """``σ·Φ⁻¹(q) + distance`` for the smallest top-class probability ``q`` above ``low`` at
+    which a deployed decision ``misses`` the class with probability at most ``failure``
+    (``misses`` falls as ``q`` grows; bisection); ``inf`` where no ``q`` below 1 is enough."""
     if misses(np.nextafter(1.0, 0.0)) > failure:
         return math.inf
+    high = 1.0
     for _ in range(60):
         middle = (low + high) / 2
         low, high = (middle, high) if misses(middle) > failure else (low, middle)
     return float(sigma * norm.ppf(high) + distance)
+
+
+def look_schedule(n_max: int, first: int = 100, ratio: int = 10) -> tuple[int, ...]:
+    """The fixed looks of a sequential decision: cumulative draws ``n_max / ratio^j`` (rounded
+    up) from the first at least ``first`` up to ``n_max`` itself."""
+    if not (isinstance(n_max, int) and n_max >= 1 and first >= 1 and ratio >= 2):
+        raise ValueError(f"need n_max >= 1, first >= 1 and ratio >= 2, got {n_max=}, "
+                         f"{first=}, {ratio=}")
+    looks = [n_max]
+    while looks[-1] // ratio >= first:
+        looks.append(-(-looks[-1] // ratio))
+    return tuple(reversed(looks))
+
+
+def sequential_stable_radius(sigma: float, radius: float, distance: float, n0: int,
+                             looks: Sequence[int], alpha: float, failure: float | None = None
+                             ) -> float:
+    """:func:`stable_radius` for the sequential selector (:meth:`Smooth.decide`): the certified
+    radius at ``x`` from which ``decide(x', radius, n0, looks, α)`` selects every ``x'`` within
+    L2 ``distance`` of ``x``, each with probability at least ``1 − failure`` (``α`` by default),
+    with the class certified at ``x``.
+
+    Derivation. As for the fixed-``n`` rule, ``p(x') ≥ q`` on the ball wherever the radius
+    certified at ``x`` reaches ``σ·Φ⁻¹(q) + distance``, so it suffices that at a true top-class
+    probability ``q`` the sequential decision misses with probability at most ``failure``.
+    Let ``θ = Φ(radius/σ)``, ``K`` looks at cumulative draws ``n_1 < … < n_K`` and per look the
+    level ``α/K``. The decision fails to select only if (a) the ``n0`` selection draws pick
+    another class, which needs them not to give the class a majority:
+    ``P ≤ F(⌊n0/2⌋; n0, q)``; or (b) it abstains early at some look ``k < K``, which needs
+    the Clopper–Pearson upper bound of ``c_k`` below ``θ``, i.e. ``c_k ≤ m_k`` (``m_k`` the
+    largest such count): ``P ≤ F(m_k; n_k, q)`` each; or (c) it reaches the last look without
+    selecting, which needs ``c_K`` below the fewest count clearing ``θ`` at ``n_K``:
+    ``P ≤ F(needed_K − 1; n_K, q)`` (reaching any earlier look with ``c_k`` clearing ``θ``
+    selects at once; a path that neither abstains early nor has ``c_K ≥ needed_K`` is the only
+    other way not to select). A union bound over (a), (b) for every early look and (c) is
+    ``misses(q)``, exact binomial tails, falling in ``q``; the smallest ``q`` with
+    ``misses(q) ≤ failure`` gives the margin. The early abstentions' error is in (b); the
+    selection's own error (selecting where ``p(x') ≤ θ``) is at most ``Σ_k α/K = α`` and
+    enters the consistency of a selection, as for the fixed-``n`` rule. So each input counted
+    stable holds with probability at least ``1 − 2α``: the certificate at ``x`` (level α) and
+    the deployed decision at ``x'`` (at most ``failure = α``), a union bound."""
+    looks = _check_looks(looks)
+    _check_settings(sigma, n0, looks[-1], alpha)
+    failure = _check_margin(radius, distance, alpha if failure is None else failure)
+    threshold = norm.cdf(radius / sigma)
+    level = alpha / len(looks)
+    needed = _least_clearing_count(looks[-1], level, threshold)
+    if needed is None:
+        return math.inf
+    abstaining = [_most_abstaining_count(look, level, threshold) for look in looks[:-1]]
+
+    def misses(q: float) -> float:
+        early = sum(float(binom.cdf(most, look, q))
+                    for most, look in zip(abstaining, looks, strict=False) if most >= 0)
+        return float(binom.cdf(needed - 1, looks[-1], q)) + early + _selection_misses(n0, q)
+
+    return _stable_at(sigma, distance, max(threshold, 0.5), failure, misses)
+
+
+def _most_abstaining_count(n: int, level: float, threshold: float) -> int:
+    """The most top-class draws of ``n`` whose Clopper–Pearson upper bound at ``level`` lies
+    below ``threshold`` (−1: none)."""
+    counts = np.arange(n + 1)
+    below = counts[clopper_pearson_upper(counts, n, level) < threshold]
+    return int(below[-1]) if len(below) else -1
+
+
+def clopper_pearson_upper(successes: np.ndarray | int, trials: int, alpha: float) -> np.ndarray:
+    """The one-sided ``1 − α`` Clopper–Pearson upper bound: one minus the lower bound of the
+    failures."""
+    return 1.0 - clopper_pearson_lower(trials - np.asarray(successes), trials, alpha)
+
+
+def _check_looks(looks: Sequence[int]) -> tuple[int, ...]:
+    looks = tuple(looks)
+    if not looks or any(not (isinstance(look, int) and look >= 1) for look in looks) or any(
+            later <= earlier for earlier, later in itertools.pairwise(looks)):
+        raise ValueError(f"looks are increasing draw counts >= 1, got {list(looks)}")
+    return looks
 
 
 def vote_radius(sigma: float, distance: float, votes: int, failure: float) -> float:
@@ -119,16 +236,8 @@ def vote_radius(sigma: float, distance: float, votes: int, failure: float) -> fl
     if not distance >= 0:
         raise ValueError(f"distance must be >= 0, got {distance}")
 
-    def misses(q: float) -> float:
-        return float(binom.cdf(votes // 2, votes, q))
-
-    if misses(np.nextafter(1.0, 0.0)) > failure:
-        return math.inf
-    low, high = 0.5, 1.0
-    for _ in range(60):
-        middle = (low + high) / 2
-        low, high = (middle, high) if misses(middle) > failure else (low, middle)
-    return float(sigma * norm.ppf(high) + distance)
+    return _stable_at(sigma, distance, 0.5, failure,
+                      lambda q: float(binom.cdf(votes // 2, votes, q)))
 
 
 def _check_sigma(sigma: float) -> None:
@@ -158,7 +267,8 @@ class Smooth(nn.Module):
     ``batch_size`` caps the noisy inputs per forward pass of ``base``.
     """
 
-    def __init__(self, base: nn.Module, num_classes: int, sigma: float, batch_size: int = 1000,
+    def __init__(self, base: nn.Module, num_classes: int, sigma: float,
+                 batch_size: int = NOISE_BATCH,
                  votes: int = 1000, seed: int | None = None) -> None:
         super().__init__()
         _check_sigma(sigma)
@@ -217,6 +327,46 @@ class Smooth(nn.Module):
         radii = np.where(certified, self.sigma * norm.ppf(np.clip(p_lower, 0.5, 1.0)), 0.0)
         predictions = torch.where(torch.from_numpy(certified), selected, ABSTAIN)
         return predictions, torch.from_numpy(radii), torch.from_numpy(p_lower)
+
+    def decide(self, x: torch.Tensor, radius: float, n0: int, looks: Sequence[int],
+               alpha: float, seed: int = 0, offset: int = 0,
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The sequential decision of whether CERTIFY's radius reaches ``radius`` (Horváth et
+        al., ICLR 2022): ``n0`` draws select the class ``ĉ``, as in :meth:`certify`; fresh draws
+        then come in rounds up to the cumulative counts ``looks``, and at each look the count of
+        ``ĉ`` is tested against ``θ = Φ(radius/σ)`` at level ``α/K`` (``K`` looks, the error split
+        over them): selected once the Clopper–Pearson lower bound exceeds ``θ``, abstained once
+        the upper bound falls below it (the last look abstains otherwise). Inputs decided leave
+        the rounds. With probability at least ``1 − α`` a selected input's smoothed class is
+        ``ĉ`` and is certified on the ball of ``radius`` (the lower bounds' errors sum to α);
+        the margin at which it selects every reachable input is
+        :func:`sequential_stable_radius`.
+
+        Per input: selected (bool), the class selected (``ABSTAIN`` elsewhere) and the draws
+        spent (``n0`` plus the last look reached); all on the CPU."""
+        looks = _check_looks(looks)
+        _check_settings(self.sigma, n0, looks[-1], alpha)
+        if not radius >= 0:
+            raise ValueError(f"radius must be >= 0, got {radius}")
+        threshold, level = norm.cdf(radius / self.sigma), alpha / len(looks)
+        generators = self._generators(x, seed, offset)
+        classes = self._counts(x, n0, generators).argmax(dim=1).cpu()
+        counts = np.zeros(len(x), dtype=np.int64)
+        selected = np.zeros(len(x), dtype=bool)
+        draws = np.full(len(x), n0, dtype=np.int64)
+        open_, drawn = np.arange(len(x)), 0
+        for look in looks:
+            if not len(open_):
+                break
+            new = self._counts(x[open_], look - drawn, [generators[i] for i in open_]).cpu()
+            counts[open_] += new.gather(1, classes[open_].view(-1, 1)).squeeze(1).numpy()
+            drawn, draws[open_] = look, n0 + look
+            clears = clopper_pearson_lower(counts[open_], look, level) > threshold
+            falls = clopper_pearson_upper(counts[open_], look, level) < threshold
+            selected[open_[clears]] = True
+            open_ = open_[~(clears | falls)]
+        chosen = torch.from_numpy(selected)
+        return chosen, torch.where(chosen, classes, ABSTAIN), torch.from_numpy(draws)
 
     def counts(self, x: torch.Tensor, num: int, seed: int = 0, offset: int = 0) -> torch.Tensor:
         """How often ``base`` gives each class on ``num`` noisy copies of each input."""

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from robustgate.certify import ABSTAIN, Smooth, certify_bounds, covering_l2_radius
-from robustgate.config import BoundSettings, SmoothingSettings
+from robustgate.config import BOUND_BATCH, BoundSettings, SmoothingSettings
 from robustgate.evaluate.records import Records, same_labels
 from robustgate.inputs import check_labels
 from robustgate.io import say
@@ -169,7 +169,7 @@ class BoundCertificates:
 
 def certify_with_bounds(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
-    radii: Sequence[float], method: str = "ibp", batch_size: int = 256,
+    radii: Sequence[float], method: str = "ibp", batch_size: int = BOUND_BATCH,
     path: str | Path | None = None, progress: bool = True, description: str = "certify",
     rank: int = 0, world_size: int = 1,
 ) -> BoundCertificates:

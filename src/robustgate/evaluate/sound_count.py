@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from robustgate.certify import stable_radius
+from robustgate.certify import selector_stable_radius
 from robustgate.config import SmoothingSettings
 from robustgate.evaluate.certified import Certificates
 from robustgate.evaluate.metrics import robustness_metrics, selection_metrics
@@ -114,13 +114,15 @@ class Selection:
 
     @classmethod
     def smoothing(cls, branch: Certificates, eps: float, l2_radius: float,
-                  settings: SmoothingSettings, kappa: float = 1.0) -> Selection:
+                  settings: SmoothingSettings, kappa: float = 1.0,
+                  sequential: bool = False) -> Selection:
         """The smoothing selector deployed at ``κ·eps`` with the branch's smoothing ``settings``
         (σ, ``n0``, ``n``, α: those the certificates were made with): it selects ``x'`` where
         ``certify(x', n0, n, α)`` certifies the branch's smoothed class on the L2 ball of
         ``κ·l2_radius`` (``l2_radius`` covers the threat ball of ``eps``).
 
-        - Stable where the certified radius at ``x`` reaches ``certify.stable_radius``: then the
+        - Stable where the certified radius at ``x`` reaches ``certify.stable_radius`` (for the
+          sequential selector, ``sequential``: ``certify.sequential_stable_radius``): then the
           deployed selector selects every reachable ``x'``, with the class certified at ``x``,
           with probability at least ``1 − α`` each. A Monte-Carlo radius at ``x'`` can fall below
           ``κ·l2_radius`` where the exact one clears it, so ``(κ+1)·l2_radius`` alone would not do.
@@ -133,8 +135,8 @@ class Selection:
         if not kappa >= 1:
             raise ValueError(f"the smoothing selector's kappa must be >= 1, got {kappa}")
         selected = branch.certified_at(kappa * l2_radius)
-        stable = branch.certified_at(stable_radius(
-            settings.sigma, kappa * l2_radius, l2_radius, settings.n0, settings.n, settings.alpha))
+        stable = branch.certified_at(selector_stable_radius(settings, kappa * l2_radius,
+                                                            l2_radius, sequential))
         none = np.zeros(len(branch), bool)
         return cls(eps, selected, stable, ~none, none)
 

@@ -15,7 +15,7 @@ from robustgate.certify import (
     feed_forward_layers,
     max_certifiable_radius,
 )
-from robustgate.config import SmoothingSettings
+from robustgate.config import BOUND_BATCH, SmoothingSettings
 from robustgate.distributed import Process
 from robustgate.evaluate import (
     BoundCertificates,
@@ -35,7 +35,7 @@ from robustgate.threat import ThreatModel
 def certify_checkpoint(
     checkpoint: str | Path, x: torch.Tensor, y: torch.Tensor, out: str | Path, method: str,
     norm: str, radii: Sequence[float], smoothing: SmoothingSettings | None = None,
-    data: str = "", device: torch.device | str = "cpu", batch_size: int = 256,
+    data: str = "", device: torch.device | str = "cpu", batch_size: int = BOUND_BATCH,
     chunk: int = 100, progress: bool = True, process: Process | None = None,
 ) -> dict[str, Any]:
     """Certify ``checkpoint`` on ``(x, y)`` into ``out`` by ``method`` (of

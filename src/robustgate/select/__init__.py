@@ -8,12 +8,17 @@ from robustgate.select.calibration import (
     threshold_for_coverage,
     threshold_for_selective_accuracy,
 )
+from robustgate.select.cascade import CASCADE_STAGES, Cascade, StageChoice, choose_stages
 from robustgate.select.confidence import MEASURES, ConfidenceSelector, confidence
 from robustgate.select.gate import GateSelector
 from robustgate.select.robustness import RobustnessSelector, logit_margin
 from robustgate.select.smoothing import SmoothingSelector
 
 __all__ = [
+    "CASCADE_STAGES",
+    "Cascade",
+    "StageChoice",
+    "choose_stages",
     "MEASURES",
     "BoundSelector",
     "ConfidenceSelector",

@@ -5,13 +5,25 @@ Counted from the branch's attack records (``Selection.robustness``): selected at
 at ``(κ+1)·eps``, unreachable where not robust at ``(κ−1)·eps``. Its knob ``κ`` is configured, or
 chosen on validation data for an operating point (``evaluate.operating_points``). It composes
 chains, and is the composition the calibrated selectors match.
+
+Its cascade form (``cascade: true``) deploys the same check through ``select.Cascade``: the
+bound stages of the branch that pay on the validation data (``select.choose_stages``), then the
+attack on what they leave. A certified input is one the attack cannot break, so the cascade
+selects like the attack alone but where the attack errs; the evaluation deploys it on the test
+points, counts its selection, and reports the inputs each stage decided and the decisions that
+differ from the attack records'. Its stability and the core's route are read from the attack
+records at ``(κ+1)·eps`` and ``eps`` as for the plain form: a stable selection needs the branch
+robust on the larger ball, which no cascade decision at ``κ·eps`` changes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -20,7 +32,8 @@ from robustgate.config import CompositionSettings, SearchSettings, TrainSpec
 from robustgate.evaluate import Records, Selection, evaluate_or_resume
 from robustgate.evaluate.operating_points import SelectionAt, choose_kappa, operating_curve
 from robustgate.evaluate.results import CompositionResult, OperatingPoint
-from robustgate.select import RobustnessSelector, Selector
+from robustgate.io import file_name
+from robustgate.select import Cascade, RobustnessSelector, Selector, choose_stages
 from robustgate.selector_kinds.base import SelectorKind
 from robustgate.selector_kinds.run import CompositionRun
 from robustgate.threat import ThreatModel
@@ -45,6 +58,10 @@ def sweep_radii(eps: float, kappas: Sequence[float]) -> list[float]:
     return sorted(round(radius, 12) for radius in radii)
 
 
+CASCADE_MEASURED = 256
+"""The calibration points on which a cascade's stages are chosen (``select.choose_stages``)."""
+
+
 class RobustnessKind(SelectorKind):
     name = "robustness"
     marker = "o"
@@ -53,9 +70,10 @@ class RobustnessKind(SelectorKind):
     chains = True
     calibration_reference = True
     exact_on_grid = True
+    options = ("cascade",)
 
     def label(self, composition: CompositionSettings) -> str | None:
-        return None
+        return "cascade" if composition.cascade else None
 
     def selection_radii(self, eps: float, kappa: float) -> set[float]:
         return robustness_radii(eps, kappa)
@@ -88,17 +106,53 @@ class RobustnessKind(SelectorKind):
         point = self._operating_point(run, composition)
         kappa = composition.kappa if point is None else point.kappa
         parts = [run.records[name] for name in composition.branches]
-        selectors = [RobustnessSelector(run.models[name], run.threat, run.attack, kappa,
+        selections = self.attacked_selections(parts, run.eps, kappa)
+        checks: list[Attack] = [run.attack] * len(parts)
+        cascades = ([self._cascade(run, composition, name, kappa)
+                     for name in composition.branches] if composition.cascade else [])
+        if cascades:
+            checks = [cascade for cascade, _, _ in cascades]
+            selections = [replace(selection, selected=selected)
+                          for selection, (_, selected, _) in zip(selections, cascades,
+                                                                 strict=True)]
+        selectors = [RobustnessSelector(run.models[name], run.threat, check, kappa,
                                         run.config.evaluation.batch_size)
-                     for name in composition.branches]
-        result = run.count(composition, self.attacked_selections(parts, run.eps, kappa),
-                           selectors)
+                     for name, check in zip(composition.branches, checks, strict=True)]
+        result = run.count(composition, selections, selectors)
         result.kappa = kappa
+        if cascades:
+            result.extras["cascade"] = {name: details for name, (_, _, details)
+                                        in zip(composition.branches, cascades, strict=True)}
         if point is not None:
             point.test_curve = operating_curve(parts[0], run.records[composition.core], run.eps,
                                                composition.kappas)
             result.operating_point = point
         return result
+
+    def _cascade(self, run: CompositionRun, composition: CompositionSettings, name: str,
+                 kappa: float) -> tuple[Cascade, np.ndarray, dict[str, Any]]:
+        """The cascade of branch ``name`` at ``κ·eps``, its stages chosen on (at most
+        ``CASCADE_MEASURED`` of) the calibration points; its selection on the test points, and
+        what it measured, the inputs each stage decided there and the decisions that differ
+        from the attack records'."""
+        model, selector_threat = run.models[name], run.threat.scaled(kappa)
+        choice = choose_stages(model, run.calibration()[0][:CASCADE_MEASURED], selector_threat,
+                               run.attack, run.config.evaluation.batch_size)
+        cascade = Cascade(run.attack, choice.stages)
+        selected = RobustnessSelector(model, run.threat, cascade, kappa,
+                                      run.config.evaluation.batch_size).select(run.test[0])
+        selected = selected.numpy()
+        records = run.records[name]
+        Records(records.labels, records.predictions, {kappa * run.eps: selected}).to_csv(
+            run.out / "records" / "cascade" / f"{file_name(composition.label)}.{name}.csv")
+        differing = np.flatnonzero(selected != records.robust_at(kappa * run.eps))
+        run.say(f"[{composition.label}] {name}: cascade {' → '.join([*choice.stages, 'attack'])}"
+                f", inputs decided per stage {dict(cascade.decided)}, {len(differing)} "
+                "decisions differ from the attack's")
+        return Cascade(run.attack, choice.stages), selected, {
+            "choice": choice.as_dict(), "decided": dict(cascade.decided),
+            "selected": int(selected.sum()), "differing_decisions": len(differing),
+            "differing_indices": differing.tolist()}
 
     def deploy(self, branch: torch.nn.Module, threat: ThreatModel, attack: Attack,
                threshold: float | None, coverage: float | None,

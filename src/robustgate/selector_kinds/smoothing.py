@@ -7,31 +7,42 @@ radius certified at ``x`` reaches ``certify.stable_radius``, the margin of the d
 Monte-Carlo decision. The core counts only through a certificate of its own: a smoothed core,
 deployed as a majority vote of its ``votes`` draws, where its certified radius reaches
 ``certify.vote_radius``.
+
+Its sequential form (``sequential: true``) deploys the selector as a sequential test
+(``Smooth.decide`` up to the settings' ``n`` draws, ``certify.look_schedule``): the evaluation
+deploys it on the certified test points, counts its selection, and reports the model
+evaluations it spent beside CERTIFY's ``n0 + n``; its stability is counted at
+``certify.sequential_stable_radius``.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from robustgate.certify import covering_l2_radius, stable_radius, vote_radius
+from robustgate.certify import Smooth, covering_l2_radius, selector_stable_radius, vote_radius
 from robustgate.config import CompositionSettings, SearchSettings, SmoothingSettings, TrainSpec
 from robustgate.evaluate import Certificates, Records, Selection
 from robustgate.evaluate.certified import certify_or_resume
 from robustgate.evaluate.operating_points import SelectionAt
 from robustgate.evaluate.results import CertifiedCompositionResult
+from robustgate.select import SmoothingSelector
 from robustgate.selector_kinds.base import SelectorKind
 from robustgate.selector_kinds.run import CompositionRun, uncertified
 
 
 def smoothing_selection(certificates: Certificates, settings: SmoothingSettings,
-                        l2_radius: float) -> SelectionAt:
+                        l2_radius: float, sequential: bool = False) -> SelectionAt:
     """The smoothing selector at ``(eps, κ)`` counted from the branch's ``certificates``, made
-    with the same settings as the selector deployed (``l2_radius`` covers the threat ball)."""
+    with the same settings as the selector deployed (``l2_radius`` covers the threat ball;
+    ``sequential``: its sequential form)."""
     return lambda _, eps, kappa: Selection.smoothing(certificates, eps, l2_radius, settings,
-                                                     kappa)
+                                                     kappa, sequential)
 
 
 class SmoothingKind(SelectorKind):
@@ -40,6 +51,10 @@ class SmoothingKind(SelectorKind):
     takes_kappa = True
     smoothed_branches = True
     result_type = CertifiedCompositionResult
+    options = ("sequential",)
+
+    def label(self, composition: CompositionSettings) -> str | None:
+        return "smoothing: sequential" if composition.sequential else self.name
 
     def evaluate(self, run: CompositionRun, composition: CompositionSettings
                  ) -> CertifiedCompositionResult:
@@ -51,7 +66,11 @@ class SmoothingKind(SelectorKind):
         dimension = run.test[0][0].numel()
         l2 = covering_l2_radius(run.threat, dimension)
         records = branch.records(run.threat, [eps], dimension)
-        selection = smoothing_selection(branch, settings, l2)(records, eps, kappa)
+        sequential = composition.sequential
+        selection = smoothing_selection(branch, settings, l2, sequential)(records, eps, kappa)
+        extra: dict[str, Any] = {}
+        if sequential:
+            selection, extra = self._sequential(run, composition, selection, kappa * l2)
         core = run.certificates.get(composition.core)
         core_settings = run.config.models[composition.core].smoothing
         if core is not None:
@@ -62,8 +81,7 @@ class SmoothingKind(SelectorKind):
         else:
             core_records = uncertified(run.records[composition.core], len(branch), eps)
         result = run.certified_count(composition, records, core_records, selection, kappa)
-        stability = stable_radius(settings.sigma, kappa * l2, l2, settings.n0, settings.n,
-                                  settings.alpha)
+        stability = selector_stable_radius(settings, kappa * l2, l2, sequential)
         run.say(f"[{composition.label}] certified {100 * result.certified_accuracy:.1f}% of "
                 f"{len(branch)} (stable where the certified L2 radius is at least "
                 f"{stability:.3g})")
@@ -72,14 +90,36 @@ class SmoothingKind(SelectorKind):
             guarantee = (f"per input with probability >= {1 - failure:g} (the branch's "
                          "certificate and its deployed selector, the core's certificate and its "
                          f"deployed vote of {core_settings.votes}, a union bound)")
-            extra = {"core_vote_l2_radius": voted}
+            extra["core_vote_l2_radius"] = voted
         else:
             guarantee = (f"per input with probability >= {1 - 2 * settings.alpha:g} (2 "
                          f"certificates at alpha {settings.alpha:g}, a union bound)")
-            extra = {}
         result.extras.update({"selector_l2_radius": kappa * l2, "stable_l2_radius": stability,
                               **extra, "guarantee": guarantee})
         return result
+
+    def _sequential(self, run: CompositionRun, composition: CompositionSettings,
+                    selection: Selection, radius: float) -> tuple[Selection, dict[str, Any]]:
+        """The sequential selector deployed at the L2 ``radius`` on the certified test points
+        (seeded by the run's seed and each input's index): its selection replaces the one read
+        from the certificates, and the model evaluations it spent are reported beside
+        CERTIFY's, with the selections that differ."""
+        name = composition.branches[0]
+        settings = run.config.models[name].smoothing
+        assert settings is not None
+        x = run.certified_test[0]
+        selector = SmoothingSelector(Smooth.from_settings(run.models[name], settings), radius,
+                                     settings, seed=run.config.seed, sequential=True)
+        selected, _, evaluations = selector.decide(x)
+        deployed = selected.numpy()
+        differing = np.flatnonzero(deployed != selection.selected)
+        run.say(f"[{composition.label}] sequential selector: "
+                f"{float(evaluations.double().mean()):.0f} model evaluations per input "
+                f"(CERTIFY {settings.n0 + settings.n}), {len(differing)} selections differ")
+        return replace(selection, selected=deployed), {"sequential": {
+            "model_evaluations_per_input": float(evaluations.double().mean()),
+            "certify_evaluations_per_input": settings.n0 + settings.n,
+            "differing_selections": len(differing), "differing_indices": differing.tolist()}}
 
     def search_branch(self, run: CompositionRun, search: SearchSettings, model: nn.Module,
                       spec: TrainSpec, directory: Path, split: str, x: torch.Tensor,
@@ -100,7 +140,17 @@ class SmoothingKind(SelectorKind):
                 f"{extras['selector_l2_radius']:.3g} around the input it sees; a selection "
                 f"counts as stable where the certified radius at the clean input reaches "
                 f"{extras['stable_l2_radius']:.3g}, the margin that makes the deployed "
-                f"Monte-Carlo selector select every reachable input; {extras['guarantee']}.")
+                f"Monte-Carlo selector select every reachable input; {extras['guarantee']}."
+                + _sequential_note(extras.get("sequential")))
+
+
+def _sequential_note(sequential: dict[str, Any] | None) -> str:
+    if sequential is None:
+        return ""
+    return (f" Deployed as a sequential test: {sequential['model_evaluations_per_input']:.0f} "
+            f"model evaluations per input against CERTIFY's "
+            f"{sequential['certify_evaluations_per_input']}, "
+            f"{sequential['differing_selections']} selections differing from CERTIFY's.")
 
 
 SMOOTHING = SmoothingKind()
