@@ -6,12 +6,12 @@ from robustgate.certify.bounds import (
     INTERVAL_METHODS,
     certify_bounds,
     crown_bounds,
-    feed_forward_layers,
     interval_bounds,
     interval_certificates,
     margin_specification,
     pair_specification,
     preactivation_bounds,
+    traced,
 )
 from robustgate.certify.smoothing import (
     ABSTAIN,
@@ -32,7 +32,6 @@ __all__ = [
     "clopper_pearson_lower",
     "covering_l2_radius",
     "crown_bounds",
-    "feed_forward_layers",
     "interval_bounds",
     "interval_certificates",
     "margin_specification",
@@ -40,5 +39,6 @@ __all__ = [
     "pair_specification",
     "preactivation_bounds",
     "stable_radius",
+    "traced",
     "vote_radius",
 ]

@@ -12,7 +12,7 @@ import torch
 
 from robustgate.certify import (
     Smooth,
-    feed_forward_layers,
+    traced,
     max_certifiable_radius,
 )
 from robustgate.config import SmoothingSettings
@@ -56,7 +56,7 @@ def certify_checkpoint(
     check_inputs(x, getattr(model, "input_shape", None))
     predict_logits(model, x)  # a diverged model is refused before anything is written
     if bound_propagation:
-        feed_forward_layers(model)
+        traced(model)  # an operation without a rule is refused by name
     dimension = x[0].numel()
     settings = {"checkpoint": str(checkpoint), "method": method, "data": data,
                 "samples": len(y), "norm": norm, "radii": sorted(set(radii)),
