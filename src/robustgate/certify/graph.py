@@ -250,7 +250,7 @@ def _operation(node: fx.Node, modules: dict[str, nn.Module], index: dict[fx.Node
 
         def reshape(centres: list[torch.Tensor]) -> Rule:
             arguments = fx.node.map_arg(node.args[1:], lambda argument: _evaluate(
-                argument, centres[0], node, constants, shapes))
+                argument, centres[0], node, index, constants, shapes))
             function = getattr(torch.Tensor, target) if isinstance(target, str) else target
             out = function(centres[0], *arguments, **node.kwargs)
             if out.shape[0] != centres[0].shape[0]:
@@ -281,18 +281,19 @@ def _is_tensor_pair(node: fx.Node, index: dict[fx.Node, int]) -> bool:
 
 
 def _evaluate(argument: fx.Node, centre: torch.Tensor, node: fx.Node,
-              constants: dict[fx.Node, Any], shapes: set[fx.Node]) -> Any:
-    """The value of a shape computation (``x.size(0)``, ...) in the trace: its tensor operands
-    (of the same batch as ``node``'s operand) taken as ``centre``."""
+              index: dict[fx.Node, int], constants: dict[fx.Node, Any],
+              shapes: set[fx.Node]) -> Any:
+    """The value of a shape computation (``x.size(0)``, ...) in the trace: its tensor operand
+    (``node``'s own, under any of its names) taken as ``centre``."""
     if argument in constants:
         return constants[argument]
     if argument not in shapes:
-        if argument is node.args[0]:
+        if index.get(argument, -1) == index[node.args[0]]:
             return centre
         raise ValueError(f"bound propagation: {_describe(node)} takes its shape from another "
                          f"tensor than its operand")
     values = fx.node.map_arg((argument.args, argument.kwargs), lambda operand: _evaluate(
-        operand, centre, node, constants, shapes))
+        operand, centre, node, index, constants, shapes))
     args, kwargs = values
     if argument.op == "call_method":
         return getattr(args[0], argument.target)(*args[1:], **kwargs)
@@ -313,7 +314,7 @@ def _scaling(node: fx.Node, target: Any, index: dict[fx.Node, int],
     position = positions[0]
     operand = index[arguments[position]]
     others = [constants.get(argument, argument) for argument in arguments]
-    if any(isinstance(other, fx.Node) for other in others):
+    if any(isinstance(other, fx.Node) for spot, other in enumerate(others) if spot != position):
         raise ValueError(f"bound propagation: {_describe(node)} needs a constant operand")
     value = others[1 - position] if target is not operator.neg else None
 
@@ -327,7 +328,7 @@ def _scaling(node: fx.Node, target: Any, index: dict[fx.Node, int],
         if target in _PRODUCTS:
             return ElementwiseRule(constant, zero)
         if target in _QUOTIENTS:
-            if position == 1:
+            if position == 0:
                 return ElementwiseRule(1 / constant, zero)
             raise ValueError(f"bound propagation: {_describe(node)} divides by a computed tensor")
         sign = _SUMS[target]
