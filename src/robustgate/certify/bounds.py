@@ -1,21 +1,25 @@
 """Deterministic certificates by bound propagation (DESIGN.md section 3): interval bound
 propagation (IBP; Gowal et al., 2018), backward linear bounds (CROWN; Zhang et al., 2018) and
-CROWN-IBP (Zhang et al., 2020) for feed-forward networks, walking the per-operation rules of
-``certify.rules`` along the layers.
+CROWN-IBP (Zhang et al., 2020) over a model's traced forward (``certify.graph``: feed-forward and
+residual networks alike), walking the per-operation rules of ``certify.rules`` along the graph.
 
 Each bounds the logit differences ``f_ŷ − f_j`` (the specification ``C``, one row per ``j ≠ ŷ``)
 over the threat ball intersected with the domain; a sample is certified when every lower bound
 is positive. Bounding the differences, not the logits one by one, folds ``C`` into the last
 linear layer (IBP) or starts the backward pass from it (CROWN).
 
-- IBP pushes boxes in centre/radius form through the rules. Over an L2 ball, the first
+- IBP pushes boxes in centre/radius form through the rules, operation by operation in the
+  trace's order (a residual sum adds its operands' boxes). Over an L2 ball, the first
   Linear/Conv2d layer (after elementwise scalings such as ``Normalize``) is bounded exactly by
   its rows' L2 norms, intersected with the box the domain gives.
 - CROWN bounds ``C·f(x) ≥ Λ·x + β`` by passing linear coefficients backwards through the rules'
-  backward rules (explicit transposed operations; no autograd). At the input, ``Λ·x`` is
-  minimized over the box (Linf) or the L2 ball. The pre-activation bounds of every ReLU are
-  IBP's, tightened by CROWN on the layers before it where that pays (:func:`preactivation_bounds`);
-  CROWN-IBP keeps IBP's.
+  backward rules (explicit transposed operations; no autograd), in reverse trace order: an
+  operation read by several others (the input of a residual block) takes the sum of their
+  coefficients. At the input, ``Λ·x`` is minimized over the box (Linf) or the L2 ball.
+- Intermediate bounds, on feed-forward and residual networks alike: the pre-activation bounds
+  of every ReLU are IBP's, tightened by CROWN through every operation before it (both branches
+  of each residual block) where that pays (:func:`preactivation_bounds`); CROWN-IBP keeps IBP's.
+  The last layer's class pairs are bounded again by intervals from the tightened ReLU bounds.
 - Memory is bounded by chunking: coefficients of at most ``CHUNK_ELEMENTS`` numbers are alive at
   a time, so the cost per input does not grow with the batch.
 

@@ -3,8 +3,10 @@
 from robustgate.models.checkpoint import (
     ARCHITECTURES,
     build_model,
+    is_import_path,
     load_checkpoint,
     load_state_dict_file,
+    resolve_architecture,
     save_checkpoint,
 )
 from robustgate.models.cnn import SmallCNN, StridedCNN
@@ -27,6 +29,7 @@ __all__ = [
     "StridedCNN",
     "WideResNet",
     "build_model",
+    "is_import_path",
     "choose_mixing_weight",
     "eval_mode",
     "load_checkpoint",
@@ -34,5 +37,6 @@ __all__ = [
     "mix",
     "model_device",
     "predict_logits",
+    "resolve_architecture",
     "save_checkpoint",
 ]

@@ -1,14 +1,21 @@
 """Checkpoints: the weights in a safetensors file whose header says how to rebuild the model.
 
 The header's metadata holds one entry, ``"robustgate"``: a JSON object with the
-``format_version``, the ``architecture`` (a name in ``ARCHITECTURES``), its constructor
-``arguments`` and the caller's free-form ``metadata`` (data set, classes, normalization,
-training recipe, metrics, ...). Plain PyTorch state dicts saved elsewhere load with
-``load_state_dict_file`` once the architecture is named.
+``format_version``, the ``architecture``, its constructor ``arguments`` and the caller's
+free-form ``metadata`` (data set, classes, normalization, training recipe, metrics, ...). Plain
+PyTorch state dicts saved elsewhere load with ``load_state_dict_file`` once the architecture is
+named.
+
+An architecture is a name in ``ARCHITECTURES`` or an import path ``"package.module:Name"`` of an
+``nn.Module`` subclass in the user's own code (:func:`resolve_architecture`). Importing runs that
+code: a config or a caller naming the path has chosen to; a checkpoint naming one is loaded only
+with ``trust_code=True`` (``--trust-code`` on the command line), as ``trust_remote_code`` is
+elsewhere.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import pickle
 from collections.abc import Mapping
@@ -39,11 +46,39 @@ FORMAT_VERSION = 1
 DATA_PARALLEL_PREFIX = "module."
 
 
-def build_model(architecture: str, arguments: Mapping[str, Any]) -> nn.Module:
-    """A freshly initialized ``ARCHITECTURES[architecture](**arguments)``."""
-    _check_architecture(architecture)
+def is_import_path(architecture: str) -> bool:
+    """Whether ``architecture`` names a class in the user's code (``"package.module:Name"``)."""
+    return ":" in architecture
+
+
+def resolve_architecture(architecture: str) -> type[nn.Module]:
+    """The class an architecture names: ``ARCHITECTURES[architecture]``, or the ``nn.Module``
+    subclass ``Name`` imported from ``package.module`` for ``"package.module:Name"`` (which runs
+    the module's code). Raises a ``ValueError`` saying what failed."""
+    if not is_import_path(architecture):
+        _check_architecture(architecture)
+        return ARCHITECTURES[architecture]
+    module_name, _, name = architecture.partition(":")
+    if not module_name or not name or ":" in name:
+        raise ValueError(f"architecture {architecture!r}: an import path is "
+                         f"'package.module:ClassName'")
     try:
-        return ARCHITECTURES[architecture](**arguments)
+        module = importlib.import_module(module_name)
+    except Exception as error:  # noqa: BLE001 - any error of the user's module is reported
+        raise ValueError(f"architecture {architecture!r}: importing {module_name!r} failed: "
+                         f"{type(error).__name__}: {error}") from None
+    found = getattr(module, name, None)
+    if not (isinstance(found, type) and issubclass(found, nn.Module)):
+        raise ValueError(f"architecture {architecture!r}: {module_name!r} has no nn.Module "
+                         f"subclass named {name!r}")
+    return found
+
+
+def build_model(architecture: str, arguments: Mapping[str, Any]) -> nn.Module:
+    """A freshly initialized ``architecture(**arguments)`` (:func:`resolve_architecture`)."""
+    cls = resolve_architecture(architecture)
+    try:
+        return cls(**arguments)
     except TypeError as error:
         raise ValueError(f"bad arguments for {architecture}: {error}") from None
 
@@ -55,7 +90,7 @@ def save_checkpoint(
     """Write ``model``'s weights to the safetensors file ``path`` (atomically), with the
     architecture, its constructor arguments and ``metadata`` (all JSON-serializable) in the
     header."""
-    _check_architecture(architecture)
+    resolve_architecture(architecture)
     header = {
         "format_version": FORMAT_VERSION,
         "architecture": architecture,
@@ -77,11 +112,13 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: str | Path, device: torch.device | str = "cpu"
+    path: str | Path, device: torch.device | str = "cpu", trust_code: bool = False
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model of a checkpoint written by ``save_checkpoint``; returns it on
     ``device`` in eval mode, and the free-form metadata it was saved with. A device that is not
-    available here (``"cuda"`` without CUDA) is refused before the file is read."""
+    available here (``"cuda"`` without CUDA) is refused before the file is read. A checkpoint
+    whose architecture is an import path is refused unless ``trust_code`` (importing runs the
+    code it names)."""
     path = Path(path)
     device = resolve_device(device)
     tensors, text = _read_safetensors(path, "robustgate checkpoint")
@@ -101,6 +138,11 @@ def load_checkpoint(
         raise ValueError(
             f"{path} has checkpoint format version {version!r}; this robustgate reads "
             f"version {FORMAT_VERSION}"
+        )
+    if isinstance(architecture, str) and is_import_path(architecture) and not trust_code:
+        raise ValueError(
+            f"{path} names the architecture {architecture!r} from outside robustgate; loading "
+            f"it imports and runs that code: pass trust_code=True (--trust-code) if you trust it"
         )
     return _rebuild(path, architecture, arguments, tensors, device), metadata
 

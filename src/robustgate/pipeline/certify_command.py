@@ -35,7 +35,7 @@ def certify_checkpoint(
     checkpoint: str | Path, x: torch.Tensor, y: torch.Tensor, out: str | Path, method: str,
     norm: str, radii: Sequence[float], smoothing: SmoothingSettings | None = None,
     data: str = "", device: torch.device | str = "cpu", batch_size: int = 256,
-    chunk: int = 100, progress: bool = True,
+    chunk: int = 100, progress: bool = True, trust_code: bool = False,
 ) -> dict[str, Any]:
     """Certify ``checkpoint`` on ``(x, y)`` into ``out`` by ``method`` (of
     ``registry.CERTIFICATE_METHODS``: randomized smoothing, with its ``smoothing`` settings, or
@@ -52,7 +52,7 @@ def certify_checkpoint(
     if not threats:
         raise ValueError("give at least one radius to summarize (--radii)")
     check_inputs(x)
-    model, metadata = load_checkpoint(checkpoint, device)
+    model, metadata = load_checkpoint(checkpoint, device, trust_code)
     check_inputs(x, getattr(model, "input_shape", None))
     predict_logits(model, x)  # a diverged model is refused before anything is written
     if bound_propagation:
