@@ -121,10 +121,11 @@ def _exact_minimum(model: TinyResidual, x: np.ndarray, eps: float, row: np.ndarr
         rows.append(line), lower.append(b2[unit]), upper.append(b2[unit])
         for inner, out, indicator, (low, high) in (("h", "r", "zr", bounds[0]),
                                                     ("s", "t", "zt", bounds[1])):
-            l, u = float(low[unit]), float(high[unit])
+            bottom, top = float(low[unit]), float(high[unit])
             constraint({out: 1.0, inner: -1.0}, 0.0, np.inf, unit)  # out >= inner
-            constraint({out: 1.0, indicator: -u}, -np.inf, 0.0, unit)  # out <= u z
-            constraint({out: 1.0, inner: -1.0, indicator: -l}, -np.inf, -l, unit)
+            constraint({out: 1.0, indicator: -top}, -np.inf, 0.0, unit)  # out <= u z
+            # out <= inner - l (1 - z)
+            constraint({out: 1.0, inner: -1.0, indicator: -bottom}, -np.inf, -bottom, unit)
     objective = np.zeros(count)
     weight = row @ w3
     objective[offsets["t"]:offsets["t"] + k] = weight[:k]
@@ -203,7 +204,7 @@ def test_residual_networks_bounds_hold_sampled_points_and_no_certified_input_fli
     margins = {method: certify_bounds(model, x, threat, method)
                for method in ("ibp", "crown-ibp", "crown", "ibp+crown")}
     predicted = margins["ibp"][0]
-    for method, (answers, margin) in margins.items():
+    for method, (answers, _) in margins.items():
         assert torch.equal(answers, predicted), method
     assert (margins["ibp+crown"][1] >= margins["ibp"][1] - 1e-6).all()
     assert (margins["crown"][1] >= margins["ibp"][1]).float().mean() > 0.5

@@ -34,8 +34,8 @@ from robustgate.certify.rules import (
     ConcatRule,
     ElementwiseRule,
     IdentityRule,
-    ReshapeRule,
     ReLURule,
+    ReshapeRule,
     Rule,
     SumRule,
     rule_for,
@@ -143,7 +143,8 @@ def _trace(model: nn.Module) -> BoundGraph:
         raise ValueError("bound propagation needs a model whose forward ends in a Linear layer")
     used = _used(operations)
     if not all(used[1:]):
-        unused = [operation.name for operation, read in zip(operations, used) if not read]
+        unused = [operation.name for operation, read in zip(operations, used, strict=True)
+                  if not read]
         raise ValueError(f"bound propagation covers forwards whose every operation reaches the "
                          f"output; {', '.join(unused[1:])} do not")
     return BoundGraph(operations, layer, dropouts)

@@ -14,6 +14,7 @@ from robustgate.models.mixing import MixedClassifier, choose_mixing_weight, mix
 from robustgate.models.mlp import MLP
 from robustgate.models.modes import eval_mode, model_device, predict_logits
 from robustgate.models.normalize import Normalize
+from robustgate.models.preact_resnet import PreActResNet
 from robustgate.models.resnet import CIFAR10_MEAN, CIFAR10_STD, ResNet
 from robustgate.models.wideresnet import WideResNet
 
@@ -24,6 +25,7 @@ __all__ = [
     "MLP",
     "MixedClassifier",
     "Normalize",
+    "PreActResNet",
     "ResNet",
     "SmallCNN",
     "StridedCNN",

@@ -31,8 +31,10 @@ from robustgate.device import resolve_device
 from robustgate.io import atomic_write
 from robustgate.models.cnn import SmallCNN, StridedCNN
 from robustgate.models.mlp import MLP
+from robustgate.models.preact_resnet import PreActResNet
 from robustgate.models.resnet import ResNet
 from robustgate.models.wideresnet import WideResNet
+from robustgate.models.zoo import KEY_FORMATS, robustbench_state_dict
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "MLP": MLP,
@@ -40,6 +42,7 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "StridedCNN": StridedCNN,
     "ResNet": ResNet,
     "WideResNet": WideResNet,
+    "PreActResNet": PreActResNet,
 }
 HEADER_KEY = "robustgate"
 FORMAT_VERSION = 1
@@ -149,22 +152,29 @@ def load_checkpoint(
 
 def load_state_dict_file(
     path: str | Path, architecture: str, arguments: Mapping[str, Any],
-    device: torch.device | str = "cpu",
+    device: torch.device | str = "cpu", key_format: str = "robustgate",
 ) -> nn.Module:
     """Build ``architecture(**arguments)`` and load weights saved elsewhere into it; returns it
     on ``device`` (refused where it is not available here) in eval mode.
 
     ``path`` is a ``.safetensors`` file (any header is ignored), or a ``torch.save`` file of a
     state dict or of a dict holding one under ``"state_dict"`` or ``"model"``. A leading
-    ``"module."`` (from ``DataParallel``) is stripped from the weight names.
+    ``"module."`` (from ``DataParallel``) is stripped from the weight names. ``key_format``
+    ``"robustbench"`` maps RobustBench's key names first (``models.zoo``).
     """
+    if key_format not in KEY_FORMATS:
+        raise ValueError(f"key_format must be one of {KEY_FORMATS}, got {key_format!r}")
     path = Path(path)
     device = resolve_device(device)
     if path.suffix == ".safetensors":
         state_dict, _ = _read_safetensors(path, "safetensors weights file")
     else:
         state_dict = _read_torch_state_dict(path)
-    return _rebuild(path, architecture, arguments, state_dict, device)
+    file_names: dict[str, str] = {}
+    if key_format == "robustbench":
+        state_dict, file_names = robustbench_state_dict(architecture, {
+            name.removeprefix(DATA_PARALLEL_PREFIX): value for name, value in state_dict.items()})
+    return _rebuild(path, architecture, arguments, state_dict, device, file_names)
 
 
 def _check_architecture(architecture: str) -> None:
@@ -215,10 +225,15 @@ def _read_torch_state_dict(path: Path) -> dict[str, Any]:
 
 def _rebuild(
     path: Path, architecture: str, arguments: Mapping[str, Any], state_dict: Mapping[str, Any],
-    device: torch.device | str,
+    device: torch.device | str, file_names: Mapping[str, str] | None = None,
 ) -> nn.Module:
     """``architecture(**arguments)`` with the weights of ``state_dict`` (read from ``path``),
-    on ``device``, in eval mode; a ``ValueError`` naming ``path`` if they do not fit."""
+    on ``device``, in eval mode; a ``ValueError`` naming ``path`` if they do not fit, and the
+    keys that do not (with their names in the file, ``file_names``, where they were mapped)."""
+    file_names = file_names or {}
+
+    def named(name: str) -> str:
+        return f"{name} (the file's {file_names[name]})" if name in file_names else name
     try:
         model = build_model(architecture, arguments)
     except ValueError as error:
@@ -230,10 +245,10 @@ def _rebuild(
         name for name in expected
         if name not in weights and not name.endswith("num_batches_tracked")
     ]
-    unexpected = [name for name in weights if name not in expected]
-    not_tensors = [name for name in weights if not isinstance(weights[name], torch.Tensor)]
+    unexpected = [named(name) for name in weights if name not in expected]
+    not_tensors = [named(name) for name in weights if not isinstance(weights[name], torch.Tensor)]
     wrong_shape = [
-        f"{name} {tuple(weights[name].shape)} instead of {tuple(value.shape)}"
+        f"{named(name)} {tuple(weights[name].shape)} instead of {tuple(value.shape)}"
         for name, value in expected.items()
         if isinstance(weights.get(name), torch.Tensor) and weights[name].shape != value.shape
     ]

@@ -12,8 +12,8 @@ import torch
 
 from robustgate.certify import (
     Smooth,
-    traced,
     max_certifiable_radius,
+    traced,
 )
 from robustgate.config import SmoothingSettings
 from robustgate.evaluate import (

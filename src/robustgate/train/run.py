@@ -64,7 +64,11 @@ def initial_model(
             model, _ = load_checkpoint(
                 path, device, trust_code=is_import_path(spec.model.architecture))
         except ValueError:  # not a robustgate checkpoint: a plain state dict of this architecture
-            model = load_state_dict_file(path, spec.model.architecture, arguments, device)
+            model = load_state_dict_file(path, spec.model.architecture, arguments, device,
+                                         spec.model.init_keys)
+            if spec.model.init_keys == "robustbench":  # the normalization the weights expect
+                arguments |= {name: getattr(model.normalize, name).flatten().tolist()
+                              for name in ("mean", "std")}
         if type(model) is not resolve_architecture(spec.model.architecture):
             raise ValueError(
                 f"{path} holds a {type(model).__name__}, the config asks for "
