@@ -58,9 +58,10 @@ def test_traced_bounds_equal_the_layer_walks_on_feed_forward_models(network, nor
     layers = reference_bounds.reference_layers(model)
     specification = margin_specification(predicted, model(x).shape[1], torch.float64)
     with torch.no_grad():
-        assert torch.allclose(interval_bounds(model, x, threat, specification)[0],
-                              reference_bounds.interval_bounds(layers, x, threat,
-                                                               specification)[0], atol=1e-6)
+        traced_low = interval_bounds(model, x, threat, specification)[0]
+        assert torch.allclose(traced_low, reference_bounds.interval_bounds(
+            layers, x, threat, specification)[0], atol=1e-6)
+        assert torch.equal(traced_low, interval_bounds(layers, x, threat, specification)[0])
         if crown:
             assert torch.allclose(crown_bounds(model, x, threat, specification, 100_000),
                                   reference_bounds.crown_bounds(layers, x, threat,
