@@ -72,8 +72,8 @@ def resnet20(images: int) -> None:
     print(f"forward: {1e3 * forward / images:.2f} ms per image (batch {images})")
     for method, neurons, count in (("ibp", 0, images), ("crown-ibp", 0, images),
                                    ("crown", 2048, images), ("crown", 4096, FULL_CROWN)):
-        (_, margin), seconds = timed(
-            lambda: certify_bounds(model, x[:count], threat, method, neurons))
+        (_, margin), seconds = timed(lambda method=method, neurons=neurons, count=count: (
+            certify_bounds(model, x[:count], threat, method, neurons)))
         print(f"{method} (crown_neurons {neurons}) on {count} image(s): "
               f"{1e3 * seconds / count:.1f} ms per image "
               f"({seconds / count / (forward / images):.0f}x the forward pass), median margin "
