@@ -305,6 +305,19 @@ def test_an_operation_without_a_rule_is_refused_by_name_before_any_bound(activat
         certify_bounds(model, torch.rand(2, 3), ThreatModel("linf", 0.1))
 
 
+def test_a_model_whose_layer_was_replaced_is_traced_again():
+    torch.manual_seed(6)
+    model = MLP(4, 3, (8,)).eval()
+    x, threat = torch.rand(5, 4), ThreatModel("linf", 0.05)
+    before = interval_bounds(model, x, threat)[0]
+    model.layers[2] = nn.Linear(8, 3)
+    with torch.no_grad():
+        after = interval_bounds(model, x, threat)[0]
+        assert not torch.allclose(before, after)
+        assert (model(x) >= after - 1e-6).all()
+    assert traced(model).last_layer is model.layers[2]
+
+
 def test_batch_norm_in_train_mode_is_bounded_by_batch_statistics_for_training_only():
     torch.manual_seed(5)
     model = ResNet(depth=8, width=2, input_size=8, num_classes=4).train()

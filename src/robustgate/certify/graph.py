@@ -70,11 +70,18 @@ class Operation:
 @dataclass(frozen=True)
 class BoundGraph:
     """A traced forward: ``operations[0]`` is the input, ``operations[-1]`` the output (a
-    ``nn.Linear``, ``last_layer``); ``dropouts`` are refused in train mode with ``p > 0``."""
+    ``nn.Linear``, ``last_layer``); ``dropouts`` are refused in train mode with ``p > 0``;
+    ``modules`` are the modules the forward calls, by their names in the model."""
 
     operations: list[Operation]
     last_layer: nn.Linear
     dropouts: list[nn.Dropout]
+    modules: tuple[tuple[str, nn.Module], ...]
+
+    def calls_the_modules_of(self, model: nn.Module) -> bool:
+        """Whether ``model`` still holds the modules the trace calls, under the same names."""
+        current = dict(model.named_modules())
+        return all(current.get(name) is module for name, module in self.modules)
 
     def check_state(self) -> None:
         """Refuse a state of the model the graph's rules do not cover."""
@@ -92,17 +99,18 @@ _GRAPHS: weakref.WeakKeyDictionary[nn.Module, BoundGraph] = weakref.WeakKeyDicti
 
 
 def bound_graph(model: nn.Module) -> BoundGraph:
-    """The traced graph of ``model`` (traced once per model and kept while the model lives);
-    raises a ``ValueError`` naming the first operation without a rule."""
+    """The traced graph of ``model``, kept while the model lives and traced again where a module
+    it calls was replaced since; raises a ``ValueError`` naming the first operation without a
+    rule. (A forward whose Python code reads other attributes is traced as it ran the first
+    time.)"""
     graph = _GRAPHS.get(model)
-    if graph is None:
+    if graph is None or not graph.calls_the_modules_of(model):
         graph = _GRAPHS[model] = _trace(model)
     return graph
 
 
-def _trace(model: nn.Module) -> BoundGraph:
-    if isinstance(model, LEAF_MODULES):
-        model = nn.Sequential(model)
+def _trace(original: nn.Module) -> BoundGraph:
+    model = nn.Sequential(original) if isinstance(original, LEAF_MODULES) else original
     try:
         traced = _Tracer().trace(model)
     except Exception as error:  # noqa: BLE001 - torch.fx raises many kinds on untraceable code
@@ -147,7 +155,10 @@ def _trace(model: nn.Module) -> BoundGraph:
                   if not read]
         raise ValueError(f"bound propagation covers forwards whose every operation reaches the "
                          f"output; {', '.join(unused[1:])} do not")
-    return BoundGraph(operations, layer, dropouts)
+    names = {id(module): name for name, module in original.named_modules()}
+    called = tuple((names[id(modules[node.target])], modules[node.target])
+                   for node in traced.nodes if node.op == "call_module")
+    return BoundGraph(operations, layer, dropouts, called)
 
 
 def _used(operations: list[Operation]) -> list[bool]:
