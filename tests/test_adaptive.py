@@ -147,7 +147,7 @@ def test_adaptive_records_resume_and_stay_in_the_ball(tmp_path):
     done[0] = not done[0]
     Records(records.labels[:20], records.predictions[:20], {0.1: done}).to_csv(partial)
     resumed = evaluate_model(composed, x, y, THREAT, [0.1], attack, batch_size=10,
-                             progress=False, partial=partial)
+                             progress=False, path=tmp_path / "adaptive.csv")
     assert resumed.robust_at(0.1)[0] == done[0]
     assert np.array_equal(resumed.robust_at(0.1)[1:], records.robust_at(0.1)[1:])
     with pytest.raises(ValueError, match="target_classes"):

@@ -4,7 +4,15 @@ import pytest
 import torch
 from conftest import Linear, exact_radius, random_linear
 
-from robustgate.attacks import PGD, AutoAttackAdapter, check_robustness, make_attack
+from robustgate.attacks import (
+    PGD,
+    AutoAttackAdapter,
+    build_attack,
+    check_robustness,
+    make_attack,
+    records_check,
+)
+from robustgate.config import AttackSettings
 from robustgate.threat import ThreatModel
 
 EPS = 0.1
@@ -231,3 +239,37 @@ def test_each_attack_parameter_has_one_default_wherever_it_is_set():
     adaptive = _defaults(AdaptiveAttack)
     for name, value in AdaptiveSettings().attack_options().items():
         assert adaptive[name] == (tuple(value) if isinstance(value, list) else value), name
+
+
+def test_the_records_check_is_raised_to_the_strong_rule_by_default():
+    cheaper = AttackSettings(name="pgd", steps=10, relative_step=0.1, objective="ce",
+                             target_classes=2)
+    strong = records_check(cheaper, "strong", 10)
+    assert (strong.objective, strong.restarts, strong.target_classes, strong.steps) == (
+        "margin", 2, 9, 20)  # every other class, 2 restarts, enough steps to cross the ball
+    assert records_check(cheaper, "attack", 10) == cheaper  # the cheaper check, kept
+    assert records_check(AttackSettings(name="apgd-ce"), "strong", 10).name == "autoattack"
+    autoattack = AttackSettings(name="autoattack")
+    assert records_check(autoattack, "strong", 10) == autoattack
+    with pytest.raises(ValueError, match="unknown records check 'weak'"):
+        records_check(cheaper, "weak", 10)
+
+
+def test_the_strong_check_finds_the_flips_towards_an_unlikely_class_the_cheaper_one_misses():
+    """Class 3 is the least likely at x yet the only one reachable in the ball, along a direction
+    that every likelier class's gradient points away from: the margin run led by the runner-up
+    and the targeted runs towards the 2 likeliest classes miss it; a targeted run towards every
+    class finds it on every input."""
+    model = torch.nn.Linear(2, 4)
+    weight = torch.tensor([[0.0, 0.0], [-1.0, 1.0], [-0.9, 0.9], [25.0, -25.0]])
+    with torch.no_grad():
+        model.weight.copy_(weight)
+        model.bias.copy_(torch.tensor([0.0, -0.5, -0.6, -2.0]) - weight @ torch.tensor([0.5, 0.5]))
+    x = torch.full((200, 2), 0.5)
+    threat = ThreatModel("linf", 0.1)
+    cheaper = AttackSettings(name="pgd", steps=50, relative_step=0.1, target_classes=2)
+    _, weak = check_robustness(model, x, threat, build_attack(cheaper, seed=0))
+    _, strong = check_robustness(model, x, threat,
+                                 build_attack(records_check(cheaper, "strong", 4), seed=0))
+    assert not strong.any()
+    assert weak.float().mean() > 0.3

@@ -243,7 +243,7 @@ def test_records_that_are_not_robustgate_tables_are_refused_by_name(files, tmp_p
                           lambda lines: [lines[0], lines[1][:-1] + "7", *lines[2:]])
     for path, expected in [(no_label, "lacks the column(s) ['label']"),
                            (binary, "is not a text file"),
-                           (bad_flag, "row 1: robust@0.2 is '7', not 0 or 1")]:
+                           (bad_flag, "row 1, column robust@0.2: '7' is not 0 or 1")]:
         _refused(["compose", "--branch", str(path), "--core", records, "--eps", "0.1", "--out",
                   str(out)], capsys, str(path), expected, out=out)
 

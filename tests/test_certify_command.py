@@ -16,7 +16,7 @@ from robustgate.losses import make_loss, soft_smoothed_radius
 from robustgate.models import MLP
 from robustgate.pipeline import certify_command
 from robustgate.threat import ThreatModel
-from tests.conftest import Linear
+from tests.conftest import Linear, interrupt_at_call
 
 TRAIN = {
     "name": "smoothed", "data": {"name": "twogauss", "validation_size": 100},
@@ -76,7 +76,7 @@ def test_certify_command_summarizes_resumes_and_says_what_it_certified(
     def certify_again(*args, **kwargs):
         raise AssertionError("a finished run is read back, not certified again")
 
-    monkeypatch.setattr(certify_command, "certify_smoothed", certify_again)
+    monkeypatch.setattr(certify_command.Smooth, "certify", certify_again)
     assert main([*arguments, str(out)]) == 0
     assert json.loads((out / "summary.json").read_text())["metrics"] == summary["metrics"]
     assert main([*arguments[:5], "0.3", *arguments[6:], str(out)]) == 2
@@ -112,18 +112,22 @@ def test_certified_records_count_abstentions_as_inaccurate_and_uncertified():
     assert certified_metrics(records, 0.0)["certified_robust_inaccuracy"] == 0.25
 
 
-def test_certify_smoothed_resumes_to_the_same_certificates(tmp_path):
+def test_certify_smoothed_resumes_to_the_same_certificates(tmp_path, monkeypatch):
     model = Linear(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), torch.tensor([-0.5, 0.5]))
     x = torch.rand(25, 2, generator=torch.Generator().manual_seed(0))
     y = (x[:, 0] < 0.5).long()
     smooth = Smooth(model, 2, 0.1)
     whole = certify_smoothed(smooth, x, y, 10, 100, 0.01, chunk=10, progress=False)
-    partial = tmp_path / "partial.csv"
-    certify_smoothed(smooth, x[:10], y[:10], 10, 100, 0.01, chunk=10, partial=partial,
-                     progress=False)
-    resumed = certify_smoothed(smooth, x, y, 10, 100, 0.01, chunk=10, partial=partial,
+    path = tmp_path / "certificates.csv"
+    interrupt_at_call(monkeypatch, Smooth, "certify", 2)
+    with pytest.raises(KeyboardInterrupt):
+        certify_smoothed(smooth, x, y, 10, 100, 0.01, chunk=10, path=path, progress=False)
+    assert len(Certificates.read_csv(tmp_path / "certificates.partial.csv")) == 10
+    monkeypatch.undo()
+    resumed = certify_smoothed(smooth, x, y, 10, 100, 0.01, chunk=10, path=path,
                                progress=False)
     assert np.array_equal(resumed.radii, whole.radii)
+    assert not (tmp_path / "certificates.partial.csv").exists()
 
 
 def test_noise_losses():
@@ -194,15 +198,15 @@ def test_a_certified_experiment_end_to_end(tmp_path):
     from robustgate.pipeline import run_experiment
 
     config = parse_config(CERTIFIED_EXPERIMENT, ExperimentConfig)
-    result = run_experiment(config, tmp_path, device="cpu", progress=False)["test"]
+    result = run_experiment(config, tmp_path, device="cpu", progress=False).test
     noisy = result["noisy"]
-    assert noisy["samples"] == 40 and noisy["sigma_train"] == 0.1
-    assert set(noisy["by_radius"]) == {"0", "0.05", "0.1", "0.5"}
-    assert noisy["by_radius"]["0.5"]["above_max_certifiable"]
+    assert noisy.samples == 40 and noisy.sigma_train == 0.1
+    assert set(noisy.by_radius) == {"0", "0.05", "0.1", "0.5"}
+    assert noisy.by_radius["0.5"].above_max_certifiable
     composed = result["cra→core [smoothing, κ = 1.5]"]
-    assert composed["samples"] == 40 and composed["stable_l2_radius"] > 2.5 * 0.05
-    assert composed["certified_accuracy"] <= composed["certified_accuracy_if_selector_not_attacked"]
-    assert composed["certified_accuracy"] <= composed["stable_rate"]  # a standard core adds none
+    assert composed.samples == 40 and composed.extras["stable_l2_radius"] > 2.5 * 0.05
+    assert composed.certified_accuracy <= composed.certified_accuracy_if_selector_not_attacked
+    assert composed.certified_accuracy <= composed.stable_rate  # a standard core adds none
     report = (tmp_path / "report.md").read_text()
     assert "Certified compositions" in report
     assert "Certified models (randomized smoothing)" in report
@@ -268,26 +272,28 @@ def test_a_bound_certified_experiment_end_to_end(tmp_path):
              "operating_point": {"max_accuracy_drop": 0.0, "kappas": [1, 1.5, 2]}}],
         "adaptive": {"limit": 0},
     }, ExperimentConfig)
-    result = run_experiment(config, tmp_path, device="cpu", progress=False)["test"]
-    assert set(result["ibp"]["bounds"]) == {"ibp", "crown"}
-    assert set(result["ibp"]["bounds"]["ibp"]) == {"0.05", "0.075", "0.1", "0.125", "0.15"}
-    at_eps = result["ibp"]["bounds"]["ibp"]["0.05"]
-    assert at_eps["certified_accuracy"] <= at_eps["empirical_robust_accuracy"]
+    result = run_experiment(config, tmp_path, device="cpu", progress=False).test
+    bounds = result["ibp"].bounds.by_method
+    assert set(bounds) == {"ibp", "crown"}
+    assert set(bounds["ibp"]) == {"0.05", "0.075", "0.1", "0.125", "0.15"}
+    at_eps = bounds["ibp"]["0.05"]
+    assert at_eps.certified_accuracy <= at_eps.empirical_robust_accuracy
     composed = result["ibp→core [bounds: ibp, κ = 2]"]
-    assert composed["export"]["identical"] and composed["export"]["inputs"] == 1000
-    assert composed["certified_accuracy"] <= composed["stable_rate"]
+    export = composed.extras["export"]
+    assert export["identical"] and export["inputs"] == 1000
+    assert composed.certified_accuracy <= composed.stable_rate
     # the operating point: κ chosen on the validation points' certificates, the test curve
     # beside; the count at the chosen κ is the test curve's point
     chosen = result["ibp→core [bounds: ibp, operating point: accuracy ≥ core − 0 pt]"]
-    point = chosen["operating_point"]
-    assert [p["kappa"] for p in point["validation_curve"]] == [1, 1.5, 2]
-    kappa = point["chosen"]["kappa"]
-    assert chosen["kappa"] == kappa and chosen["export"]["identical"]
-    at_kappa, = (p for p in point["test_curve"] if p["kappa"] == kappa)
-    assert at_kappa["natural_accuracy"] == chosen["natural_accuracy"]
-    assert at_kappa["robust_accuracy"] == chosen["certified_accuracy"]
+    point = chosen.operating_point
+    assert [p["kappa"] for p in point.validation_curve] == [1, 1.5, 2]
+    kappa = point.kappa
+    assert chosen.kappa == kappa and chosen.extras["export"]["identical"]
+    at_kappa, = (p for p in point.test_curve if p["kappa"] == kappa)
+    assert at_kappa["natural_accuracy"] == chosen.natural_accuracy
+    assert at_kappa["robust_accuracy"] == chosen.certified_accuracy
     if kappa == 2:
-        assert chosen["certified_accuracy"] == composed["certified_accuracy"]
+        assert chosen.certified_accuracy == composed.certified_accuracy
     validation = BoundCertificates.read_csv(tmp_path / "certificates" / "validation"
                                             / "ibp.ibp.csv")
     assert len(validation) == 200 and sorted(validation.margins) == [0.05, 0.075, 0.1, 0.125,

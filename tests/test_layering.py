@@ -12,8 +12,9 @@ PACKAGE = Path(robustgate.__file__).parent
 
 # lowest first; the modules of one layer may import one another
 LAYERS = [
-    {"threat", "inputs", "io", "device", "registry"},
+    {"threat", "inputs", "io", "device", "registry", "distributed", "table", "runner"},
     {"config"},
+    {"run_directory"},
     {"data"},
     {"models"},
     {"attacks"},

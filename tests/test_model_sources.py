@@ -74,7 +74,7 @@ def test_a_model_from_the_users_package_is_trained_certified_composed_and_report
         "adaptive": {"limit": 0},
     }, ExperimentConfig)
     out = tmp_path / "run"
-    result = run_experiment(config, out, device="cpu", progress=False)
+    result = run_experiment(config, out, device="cpu", progress=False).to_json()
     composed = result["test"]["mine→core [bounds: ibp]"]
     assert 0 <= composed["selection_rate"] <= 1
     assert composed["export"]["agreeing"] == composed["export"]["inputs"]
@@ -136,7 +136,7 @@ def test_the_cifar10_config_runs_end_to_end_on_generated_data_with_tiny_widths(t
     values["compositions"].append(
         {"branch": "certified_era", "core": "standard", "selector": "bounds"})
     result = run_experiment(parse_config(values, ExperimentConfig), tmp_path / "run",
-                            device="cpu", progress=False)
+                            device="cpu", progress=False).to_json()
     bounds = "certified_era→standard [bounds: ibp]"
     assert {"standard", "era", "era→standard", bounds} <= set(result["test"])
     export = result["test"][bounds]["export"]

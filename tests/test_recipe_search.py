@@ -16,7 +16,7 @@ from scipy.stats import binomtest
 
 from robustgate.config import ExperimentConfig, SearchSettings, TrainSpec, parse_config
 from robustgate.data import load_dataset
-from robustgate.evaluate.operating_points import choose_recipe
+from robustgate.evaluate.operating_points import choose_recipe, validation_parts
 from robustgate.evaluate.statistics import (
     accuracy_drop_upper_bound,
     confirmation_size,
@@ -24,7 +24,6 @@ from robustgate.evaluate.statistics import (
 )
 from robustgate.models import load_checkpoint
 from robustgate.pipeline import experiment, run_experiment
-from robustgate.pipeline.search import validation_parts
 from robustgate.train.augmentation import make_augmentation
 from robustgate.train.run import train_model
 
@@ -263,7 +262,7 @@ def test_the_search_picks_the_recipe_without_robust_inaccurate_inputs(tmp_path, 
     it."""
     config = parse_config(EXPERIMENT, ExperimentConfig)
     result = run_experiment(config, tmp_path / "run", device="cpu", progress=False)
-    search = result["searches"]["recipe"]
+    search = result.searches["recipe"]
     choice = search["choice"]
     assert [c["overrides"]["loss"]["name"] for c in search["candidates"]] == ["trades", "era"]
     assert choice["chosen"] == "1" and choice["tried"] == 2 and choice["pairs"] == 4
@@ -299,7 +298,7 @@ def test_the_search_picks_the_recipe_without_robust_inaccurate_inputs(tmp_path, 
         return dataset
 
     monkeypatch.setattr(experiment, "load_dataset", scrambled_test)
-    rerun = run_experiment(config, again, device="cpu", progress=False)["searches"]["recipe"]
+    rerun = run_experiment(config, again, device="cpu", progress=False).searches["recipe"]
     assert rerun["choice"] == choice
     assert rerun["test"]["natural_accuracy"] != test["natural_accuracy"]
 
@@ -326,7 +325,7 @@ def test_a_search_for_the_bound_selector_counts_certificates(tmp_path):
         }],
     }, ExperimentConfig)
     result = run_experiment(config, tmp_path, device="cpu", progress=False)
-    search = result["searches"]["certified"]
+    search = result.searches["certified"]
     assert search["selector"] == "bounds"
     for name in ("0", "1"):
         for split, size in (("choose", 100), ("confirm", 200), ("test", 80)):

@@ -13,6 +13,7 @@ from test_pipeline import small_demo
 import robustgate
 from robustgate.config import CompositionSettings, parse_config
 from robustgate.evaluate import Records, Selection
+from robustgate.evaluate.results import CompositionResult
 from robustgate.io import file_name
 from robustgate.pipeline import run_experiment
 from robustgate.registry import SELECTOR_KINDS, Registry
@@ -38,7 +39,8 @@ class BranchAloneKind(SelectorKind):
     name = "branch_alone"
     marker = "*"
 
-    def evaluate(self, run: CompositionRun, composition: CompositionSettings) -> dict:
+    def evaluate(self, run: CompositionRun, composition: CompositionSettings
+                 ) -> CompositionResult:
         branch = run.records[composition.branches[0]]
         robust = branch.robust_at(run.eps)
         everything = np.ones(len(branch), bool)
@@ -61,16 +63,16 @@ def test_a_kind_named_nowhere_but_here_runs_through_a_whole_experiment(branch_al
     assert [c.label for c in config.compositions] == ["era→standard", label]
     result = run_experiment(config, tmp_path, device="cpu", progress=False)
     branch = Records.read_csv(tmp_path / "records" / "test" / "era.csv")
-    counted = result["test"][label]
-    assert counted["selection_rate"] == 1.0
-    assert counted["natural_accuracy"] == result["test"]["era"]["natural_accuracy"]
-    assert counted["robust_accuracy"] == result["test"]["era"]["robust_accuracy"]
+    counted = result.test[label]
+    assert counted.selection_rate == 1.0
+    assert counted.natural_accuracy == result.test["era"].natural_accuracy
+    assert counted.robust_accuracy == result.test["era"].robust_accuracy
     composed = Records.read_csv(tmp_path / "records" / "composed" / f"{file_name(label)}.csv")
     assert np.array_equal(composed.predictions, branch.predictions)
-    assert label not in result["train"]  # counted from test records only: no other split
+    assert label not in result.split("train")  # counted from test records only: no other split
     report = (tmp_path / "report.md").read_text()
     assert f"| {label} | branch_alone |" in report  # matched against the robustness selector
-    assert json.loads((tmp_path / "metrics.json").read_text())["test"][label] == counted
+    assert json.loads((tmp_path / "metrics.json").read_text())["test"][label] == counted.to_json()
 
 
 def test_an_unregistered_kind_is_refused_with_the_kinds_there_are():

@@ -130,8 +130,9 @@ EXPERIMENT = {
                          "attack": {"steps": 3}},
                 "train": {"epochs": 1, "batch_size": 50, "lr": 0.01}},
     },
-    "evaluation": {"attack": {"name": "apgd-ce", "steps": 10}, "threat": {"eps": 0.05},
-                   "limit": 60, "autoattack_check": 20},
+    # the cheaper check (APGD-CE as configured), cross-checked against AutoAttack
+    "evaluation": {"attack": {"name": "apgd-ce", "steps": 10}, "records_check": "attack",
+                   "threat": {"eps": 0.05}, "limit": 60, "autoattack_check": 20},
     "compositions": [{"branch": "era", "core": "core"}],
     "adaptive": {"limit": 20, "steps": 5},
 }
@@ -152,24 +153,30 @@ def test_a_small_experiment_end_to_end(tmp_path):
     config = parse_config({**EXPERIMENT, "adaptive": {**EXPERIMENT["adaptive"], "sanity": 10,
                                                       "square_queries": 20}}, ExperimentConfig)
     result = run_experiment(config, tmp_path, device="cpu", progress=False)
-    assert set(result["test"]) == {"core", "era", "era→core"}
-    composed = result["test"]["era→core"]
-    assert 0 <= composed["selection_rate"] <= 1
-    adaptive = composed["adaptive"]
-    assert adaptive["samples"] == 20 and adaptive["natural_agrees_with_count"]
-    low, high = adaptive["robust_accuracy_interval"]
-    assert low <= adaptive["robust_accuracy"] <= high
-    assert adaptive["robust_accuracy"] <= composed["natural_accuracy"] + 0.2
-    assert set(result["autoattack_check"]) == {"core", "era"}
-    for name, check in result["autoattack_check"].items():
-        assert check["autoattack"] <= check["apgd-ce"] + 0.05
+    assert set(result.test) == {"core", "era", "era→core"}
+    composed = result.test["era→core"]
+    assert 0 <= composed.selection_rate <= 1
+    adaptive = composed.adaptive
+    assert adaptive.samples == 20 and adaptive.natural_agrees_with_count
+    low, high = adaptive.robust_accuracy_interval
+    assert low <= adaptive.robust_accuracy <= high
+    assert adaptive.robust_accuracy <= composed.natural_accuracy + 0.2
+    assert set(result.autoattack_check) == {"core", "era"}
+    for name, check in result.autoattack_check.items():
+        assert check.attack == "apgd-ce" and check.autoattack <= check.evaluation + 0.05
         evaluated = Records.read_csv(tmp_path / "records" / "test" / f"{name}.csv")
         strong = Records.read_csv(tmp_path / "autoattack" / f"{name}.csv")
         missed = evaluated.robust_at(0.05)[:20] & ~strong.robust_at(0.05)
-        assert check["missed_flips"] == np.flatnonzero(missed).tolist()
-    broken = adaptive["counted_but_broken_indices"]
-    assert len(broken) == adaptive["counted_but_broken"] and broken == sorted(set(broken))
-    sanity = adaptive["sanity"]
+        assert check.missed_flips == np.flatnonzero(missed).tolist()
+        # and at every radius of the records (the branch's stability radius among them)
+        radii = sorted(evaluated.robust)
+        assert list(check.missed_flips_by_radius) == [f"{r:g}" for r in radii]
+        for radius in radii:
+            missed = evaluated.robust_at(radius)[:20] & ~strong.robust_at(radius)
+            assert check.missed_flips_by_radius[f"{radius:g}"] == np.flatnonzero(missed).tolist()
+    broken = adaptive.counted_but_broken_indices
+    assert len(broken) == adaptive.counted_but_broken and broken == sorted(set(broken))
+    sanity = adaptive.sanity
     assert sanity["samples"] == 10
     assert set(sanity["robust_accuracy_by_eps"]) == {"0.1", "0.2", "0.4"}
     assert "AutoAttack" in (tmp_path / "report.md").read_text()
@@ -177,7 +184,7 @@ def test_a_small_experiment_end_to_end(tmp_path):
     records = (tmp_path / "records" / "test" / "era.csv").read_text().splitlines()
     assert records[0].endswith("robust@0.05,robust@0.1") and len(records) == 61
     again = run_experiment(config, tmp_path, device="cpu", progress=False)
-    assert again["test"] == result["test"]
+    assert again.test == result.test
 
 
 def test_every_selector_in_an_experiment(tmp_path):
@@ -186,23 +193,24 @@ def test_every_selector_in_an_experiment(tmp_path):
                            "evaluation": {**EXPERIMENT["evaluation"], "autoattack_check": 0,
                                           "threat": {"eps": 0.2}}},
                           ExperimentConfig)
-    result = run_experiment(config, tmp_path, device="cpu", progress=False)["test"]
+    result = run_experiment(config, tmp_path, device="cpu", progress=False).test
     response = result["era→core [softmax_response]"]
-    (rule, target), = response["calibrated_for"].items()
+    (rule, target), = response.extras["calibrated_for"].items()
     assert rule == "composed_accuracy" and 0 < target <= 1
-    assert 0 <= response["aurc"] <= 1 and response["adaptive"]["samples"] == 20
-    assert result["era→core [entropy]"]["calibrated_for"] == {"coverage": 0.8}
-    assert result["era→core [gate]"]["calibrated_for"] == {"selective_accuracy": 0.9}
+    assert 0 <= response.aurc <= 1 and response.adaptive.samples == 20
+    assert result["era→core [entropy]"].extras["calibrated_for"] == {"coverage": 0.8}
+    assert result["era→core [gate]"].extras["calibrated_for"] == {"selective_accuracy": 0.9}
     assert (tmp_path / "models" / "gates" / "era.safetensors").exists()
-    assert 0 <= result["era→core [mixing]"]["weight"] <= 1
-    assert result["era→core [κ = 2]"]["adaptive"]["samples"] == 20
-    point = result["era→core [operating point: accuracy ≥ core − 0 pt]"]["operating_point"]
-    assert [p["kappa"] for p in point["validation_curve"]] == [1, 1.5, 2]
-    assert point["chosen"]["kappa"] in (1, 1.5, 2) and len(point["test_curve"]) == 3
-    if point["chosen"]["meets_target"]:
-        assert point["chosen"]["natural_accuracy"] >= point["chosen"]["core_accuracy"] - 1e-9
+    assert 0 <= result["era→core [mixing]"].extras["weight"] <= 1
+    assert result["era→core [κ = 2]"].adaptive.samples == 20
+    chosen = result["era→core [operating point: accuracy ≥ core − 0 pt]"]
+    point = chosen.operating_point
+    assert [p["kappa"] for p in point.validation_curve] == [1, 1.5, 2]
+    assert chosen.kappa == point.kappa in (1, 1.5, 2) and len(point.test_curve) == 3
+    if point.chosen["meets_target"]:
+        assert point.chosen["natural_accuracy"] >= point.chosen["core_accuracy"] - 1e-9
     chain = result["era→core→core"]
-    assert set(chain["routes"]) == {"branch 0", "branch 1", "core"}
+    assert set(chain.routes) == {"branch 0", "branch 1", "core"}
     assert sum(sum(route.values()) for route in chain["routes"].values()) == 60
     selection = (tmp_path / "selection" / "era-core-softmax_response.csv").read_text()
     assert selection.startswith("index,score,route\n0,")
@@ -329,7 +337,7 @@ def test_an_operating_point_without_validation_data_is_refused_before_training(t
 def test_a_run_written_by_an_earlier_release_resumes(tmp_path):
     """A stored config or spec without settings added since (their defaults) is the same run;
     a changed value is not."""
-    from robustgate.pipeline.run_directory import check_run_directory
+    from robustgate.run_directory import check_run_directory
 
     config = parse_config(EXPERIMENT, ExperimentConfig)
     resolved = json.loads(config.model_dump_json())

@@ -35,37 +35,43 @@ def _given_out(out: str | None) -> Path | None:
 
 def _demo(args: argparse.Namespace) -> int:
     from robustgate.config import demo_config
-    from robustgate.pipeline import run_experiment
     from robustgate.report import metrics_table
     from robustgate.report.tables import with_composition_forms
 
     check_output_directory(args.out)
     config = demo_config(dataset=args.dataset, seed=args.seed)
     started = time.perf_counter()
-    result = run_experiment(config, args.out, device=args.device, progress=not args.quiet)
+    result = _experiment(config, Path(args.out), args)
+    if result is None:
+        return 0
     threat = config.evaluation.threat
     for split in config.evaluation.splits:
         print(f"\n{split} points ({config.data.name}, {threat.norm} eps={threat.eps:g}):")
-        print(metrics_table(with_composition_forms(result[split])))
+        print(metrics_table(with_composition_forms(result.to_json()[split])))
     print(f"\nwrote {args.out}/report.md, report.html, metrics.json and decision_regions.png "
           f"in {time.perf_counter() - started:.0f} s")
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
+    from robustgate import distributed
     from robustgate.config import TrainRunConfig, load_config
-    from robustgate.device import resolve_device
     from robustgate.train.run import train_model, training_data
 
     given = _given_out(args.out)
     config = load_config(args.config, TrainRunConfig, args.set)
     out = given or check_output_directory(Path("runs") / config.name)
-    device = resolve_device(args.device)
+    device = distributed.rank_device(args.device)
     train, validation, num_classes, metadata = training_data(config.data, config.seed)
-    best = train_model(config, train, validation, num_classes, out, seed=config.seed,
-                       device=device, progress=not args.quiet,
-                       metadata=metadata)
-    print(f"best checkpoint: {best}")
+    process = distributed.start(device)
+    try:
+        best = train_model(config, train, validation, num_classes, out, seed=config.seed,
+                           device=device, progress=not args.quiet and process.is_main,
+                           metadata=metadata, process=process)
+    finally:
+        distributed.stop()
+    if process.is_main:
+        print(f"best checkpoint: {best}")
     return 0
 
 
@@ -81,19 +87,32 @@ def _split(args: argparse.Namespace, split: str | None = None) -> tuple[Any, Any
     return data.x[:limit], data.y[:limit]
 
 
-def _attack(args: argparse.Namespace) -> Any:
-    from robustgate.attacks import build_attack
+def _attack(args: argparse.Namespace, num_classes: int | None = None) -> Any:
+    """The attack the options give; for records (``num_classes`` given), raised to the check
+    ``--records-check`` names (``attacks.records_check``)."""
+    from robustgate.attacks import build_attack, records_check
     from robustgate.config import AttackSettings
 
-    return build_attack(AttackSettings(name=args.attack, steps=args.steps, restarts=args.restarts,
-                                       relative_step=args.relative_step,
-                                       target_classes=args.target_classes), args.seed)
+    settings = AttackSettings(name=args.attack, steps=args.steps, restarts=args.restarts,
+                              relative_step=args.relative_step,
+                              target_classes=args.target_classes)
+    if num_classes is not None:
+        settings = records_check(settings, args.records_check, num_classes)
+    return build_attack(settings, args.seed)
+
+
+def _process_device(requested: str) -> tuple[Any, Any]:
+    """This process's place under ``torchrun`` (its process group started) and its device
+    (``distributed.rank_device``: the rank's own GPU where several processes share a machine)."""
+    from robustgate import distributed
+
+    device = distributed.rank_device(requested)
+    return distributed.start(device), device
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from robustgate.attacks import check_attack_applies
-    from robustgate.device import resolve_device
-    from robustgate.evaluate import evaluate_or_resume, robustness_metrics
+    from robustgate.evaluate import evaluate_model, robustness_metrics
     from robustgate.inputs import check_inputs
     from robustgate.io import atomic_write_json, record_settings
     from robustgate.models import load_checkpoint, predict_logits
@@ -101,23 +120,27 @@ def _evaluate(args: argparse.Namespace) -> int:
     from robustgate.threat import ThreatModel
 
     out = check_output_directory(args.out)
-    device = resolve_device(args.device)
+    process, device = _process_device(args.device)
     model, metadata = load_checkpoint(args.checkpoint, device, args.trust_code)
     x, y = _split(args)
     threat = ThreatModel(args.norm, args.eps[0])
     for eps in args.eps:
         ThreatModel(args.norm, eps).check_dimension(x)
-    attack = _attack(args)
+    attack = _attack(args, model.num_classes)
     check_attack_applies(attack, model.num_classes)
     check_inputs(x, getattr(model, "input_shape", None))
     predict_logits(model, x)  # refuses a diverged model before anything is written
     settings = {"checkpoint": str(args.checkpoint), "data": args.data, "split": args.split,
                 "samples": len(y), "attack": repr(attack), "norm": args.norm,
                 "eps": sorted(set(args.eps))}
-    record_settings(out / "evaluate.json", settings, "records")
-    records = evaluate_or_resume(out / "records.csv", model, x, y, threat, args.eps, attack,
-                                 batch_size=args.batch_size, progress=not args.quiet,
-                                 description=args.attack)
+    if process.is_main:
+        record_settings(out / "evaluate.json", settings, "records")
+    records = evaluate_model(model, x, y, threat, args.eps, attack, batch_size=args.batch_size,
+                             progress=not args.quiet, description=args.attack,
+                             path=out / "records.csv", rank=process.rank,
+                             world_size=process.world_size)
+    if not process.is_main:
+        return 0
     summary = {f"eps={eps:g}": robustness_metrics(records.accurate, records.robust_at(eps))
                for eps in args.eps}
     atomic_write_json(out / "summary.json", {
@@ -127,18 +150,35 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment(config: Any, out: Path, args: argparse.Namespace) -> Any:
+    """``run_experiment`` in this process, one of a torchrun run or the only one: the results
+    on rank 0, ``None`` on the other ranks (which end once the models are trained)."""
+    from robustgate import distributed
+    from robustgate.pipeline import run_experiment
+
+    device = distributed.rank_device(args.device)
+    process = distributed.start(device)
+    try:
+        result = run_experiment(config, out, device=device,
+                                progress=not args.quiet and process.is_main, process=process)
+    finally:
+        distributed.stop()
+    return result if process.is_main else None
+
+
 def _run(args: argparse.Namespace) -> int:
     from robustgate.config import ExperimentConfig, load_config
-    from robustgate.pipeline import run_experiment
     from robustgate.report import metrics_table
 
     given = _given_out(args.out)
     config = load_config(args.config, ExperimentConfig, args.set)
     out = given or check_output_directory(Path("runs") / config.name)
-    result = run_experiment(config, out, device=args.device, progress=not args.quiet)
-    print(metrics_table(result["test"]))
+    result = _experiment(config, out, args)
+    if result is None:
+        return 0
+    print(metrics_table(result.to_json()["test"]))
     print(f"wrote {out}/report.md, report.html and metrics.json in "
-          f"{result['wall_time_s']:.0f} s")
+          f"{result.wall_time_s:.0f} s")
     return 0
 
 
@@ -218,7 +258,6 @@ def _compose(args: argparse.Namespace) -> int:
 
 def _certify(args: argparse.Namespace) -> int:
     from robustgate.config import parse_config
-    from robustgate.device import resolve_device
     from robustgate.pipeline.certify_command import certify_checkpoint
     from robustgate.report import metrics_table
     from robustgate.report.tables import CERTIFIED_COLUMNS, SMOOTHED_COLUMNS
@@ -235,10 +274,13 @@ def _certify(args: argparse.Namespace) -> int:
     elif args.sigma is not None:
         raise ValueError(f"--sigma is for --method smoothing, not {args.method}")
     x, y = _split(args)
+    process, device = _process_device(args.device)
     summary = certify_checkpoint(args.checkpoint, x, y, args.out, args.method, args.norm,
-                                 args.radii, smoothing, data=args.data,
-                                 device=resolve_device(args.device), batch_size=args.batch_size,
-                                 progress=not args.quiet, trust_code=args.trust_code)
+                                 args.radii, smoothing, data=args.data, device=device,
+                                 batch_size=args.batch_size, progress=not args.quiet,
+                                 process=process, trust_code=args.trust_code)
+    if not process.is_main:
+        return 0
     columns = SMOOTHED_COLUMNS if randomized else CERTIFIED_COLUMNS
     print(metrics_table(summary["metrics"], columns, first="radius"))
     if smoothing is not None:
@@ -446,12 +488,18 @@ def build_parser() -> argparse.ArgumentParser:
     _common(train)
     train.set_defaults(handler=_train)
 
+    from robustgate.attacks import RECORDS_CHECKS
+
     evaluate = commands.add_parser(
         "evaluate", help="per-sample accuracy and robustness records of a checkpoint")
     evaluate.add_argument("checkpoint", help="a robustgate .safetensors checkpoint")
     _data_options(evaluate)
     _attack_options(evaluate)
     evaluate.add_argument("--eps", type=RADIUS, nargs="+", required=True, help="radii to check")
+    evaluate.add_argument("--records-check", default="strong", choices=RECORDS_CHECKS,
+                          help="strong (default): the attack raised to margin PGD towards every "
+                          "class with restarts, or AutoAttack's standard version, as the records "
+                          "a count leans on need; attack: as given (cheaper)")
     evaluate.add_argument("--out", required=True, help="directory for records and summary")
     _common(evaluate)
     _trust_code(evaluate)

@@ -309,10 +309,16 @@ class TrainRunConfig(TrainSpec):
 
 class EvaluationSettings(_Strict):
     attack: AttackSettings = Field(default_factory=EVALUATION_ATTACK.model_copy)
+    # the check behind the records a count leans on (``attacks.records_check``): ``strong``
+    # raises ``attack`` to margin PGD towards every class with restarts (or AutoAttack's
+    # standard version); ``attack`` keeps it as configured (cheaper)
+    records_check: Literal["strong", "attack"] = "strong"
     threat: ThreatSettings = Field(default_factory=ThreatSettings)
     limit: int | None = Field(None, ge=1)
     batch_size: int = Field(500, ge=1)
-    autoattack_check: int = Field(0, ge=0)
+    # the records cross-checked against AutoAttack's standard version on the first
+    # ``autoattack_check`` test points, at every radius they hold (``evaluate.cross_check``)
+    autoattack_check: int = Field(100, ge=0)
     # smoothed models are certified on the first ``certify_limit`` test points, summarized at
     # ``certified_radii`` (in the threat's norm; Linf through the covering L2 radius) and eps
     certify_limit: int | None = Field(500, ge=1)

@@ -1,5 +1,5 @@
-"""Atomic writes (a temporary file beside the target, then a rename), per-sample files that
-resume, and progress lines."""
+"""Atomic writes (a temporary file beside the target, then a rename), output checks, and progress
+lines."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -77,28 +77,6 @@ def record_settings(path: str | Path, settings: dict[str, Any], what: str) -> No
 def file_name(label: str) -> str:
     """A label as a file name: ``era→core [gate]`` → ``era-core-gate``."""
     return re.sub(r"[^A-Za-z0-9_.]+", "-", label).strip("-")
-
-
-class PerSample(Protocol):
-    def to_csv(self, path: str | Path) -> None: ...
-
-
-Result = TypeVar("Result", bound=PerSample)
-
-
-def complete_or_resume(path: str | Path, read: Callable[[Path], Result],
-                       compute: Callable[[Path], Result]) -> Result:
-    """The per-sample file at ``path`` if it is complete there (``read``); else
-    ``compute(partial)``, which resumes from and appends to ``<path>.partial.csv``, then the
-    complete file is written and the partial one removed."""
-    path = Path(path)
-    if path.exists():
-        return read(path)
-    partial = path.with_suffix(".partial.csv")
-    result = compute(partial)
-    result.to_csv(path)
-    partial.unlink(missing_ok=True)
-    return result
 
 
 def say(message: str, progress: bool) -> None:

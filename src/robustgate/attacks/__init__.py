@@ -3,8 +3,9 @@ prediction away from ``target``. Evaluation is separate (``check_robustness``)."
 
 from robustgate.attacks.autoattack import AutoAttackAdapter
 from robustgate.attacks.pgd import PGD, Attack
+from robustgate.attacks.records_check import RECORDS_CHECKS, records_check
 from robustgate.attacks.registry import ATTACKS, build_attack, check_attack_applies, make_attack
 from robustgate.attacks.robustness import check_robustness
 
-__all__ = ["ATTACKS", "PGD", "Attack", "AutoAttackAdapter", "build_attack", "check_attack_applies",
-           "check_robustness", "make_attack"]
+__all__ = ["ATTACKS", "PGD", "RECORDS_CHECKS", "Attack", "AutoAttackAdapter", "build_attack",
+           "check_attack_applies", "check_robustness", "make_attack", "records_check"]

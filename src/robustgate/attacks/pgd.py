@@ -5,7 +5,7 @@ projection onto the ball and clamp to the domain after every step."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +13,7 @@ from torch import nn
 
 from robustgate.inputs import check_inputs, check_outputs
 from robustgate.models.modes import as_model_dtype
+from robustgate.runner import input_seed
 from robustgate.threat import ThreatModel
 
 OBJECTIVES = ("ce", "kl", "margin")
@@ -31,6 +32,19 @@ def logit_margin_from(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
 class Attack(Protocol):
     def __call__(
         self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, threat: ThreatModel
+    ) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class PerInputAttack(Protocol):
+    """An attack whose random choices are seeded per input: it takes the inputs' indices in
+    their data set, and each input's answer depends on neither its batch nor its neighbours."""
+
+    seeded_per_input: bool
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, threat: ThreatModel,
+        indices: torch.Tensor | None = None,
     ) -> torch.Tensor: ...
 
 
@@ -56,9 +70,13 @@ class PGD:
     early_exit: for robustness checks: a sample leaves the batch as soon as its prediction
         differs from ``target``, and the first such point is returned. Without it (training) the
         point of highest objective over the restarts is returned.
-    seed: seed of the random starts, drawn afresh on every call, so that the same batch always
-        gets the same answer (``None``: PyTorch's global generator).
+    seed: seed of the random starts: each input's start in each run is drawn from the seed, the
+        input's index in its data set (``indices`` of a call; its position in the batch without
+        them) and the run, so that an input gets the same answer in any batch (``None``:
+        PyTorch's global generator, one draw for the batch).
     """
+
+    seeded_per_input = True
 
     def __init__(
         self,
@@ -121,9 +139,12 @@ class PGD:
         ).sum(dim=1)
 
     def __call__(
-        self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, threat: ThreatModel
+        self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, threat: ThreatModel,
+        indices: torch.Tensor | None = None,
     ) -> torch.Tensor:
         x = as_model_dtype(x, model)
+        if indices is not None and len(indices) != len(x):
+            raise ValueError(f"{len(indices)} indices for {len(x)} inputs")
         check_inputs(x, getattr(model, "input_shape", None), threat.low, threat.high)
         threat.check_dimension(x)
         x = x.detach()
@@ -138,17 +159,30 @@ class PGD:
             count = min(self.target_classes, clean_logits.shape[1] - 1)
             towards = others.topk(count, dim=1).indices.T
         runs = [None] * self.restarts + ([] if towards is None else list(towards))
-        generator = None if self.seed is None else torch.Generator().manual_seed(self.seed)
+        indices = torch.arange(len(x)) if indices is None else indices.cpu()
         best = x.clone()
         best_loss = torch.full((len(x),), -torch.inf, device=x.device)
         fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        for toward in runs:
+        for run, toward in enumerate(runs):
             active = (~fooled).nonzero().flatten()
             if len(active) == 0 or threat.eps == 0:
                 break
             self._run(model, x, target, threat, active, clean_log_probs, toward, best, best_loss,
-                      fooled, generator)
+                      fooled, indices[active.cpu()], run)
         return best
+
+    def _start(self, origin: torch.Tensor, threat: ThreatModel, indices: torch.Tensor, run: int
+               ) -> torch.Tensor:
+        """The starting points of ``run``: ``origin`` itself, or random in the ball, each
+        input's drawn from its own generator where the attack is seeded."""
+        if not self.random_start:
+            return origin
+        if self.seed is None:
+            return threat.random_start(origin)
+        return torch.cat([
+            threat.random_start(origin[position : position + 1], torch.Generator().manual_seed(
+                input_seed(self.seed, index, run)))
+            for position, index in enumerate(indices.tolist())])
 
     def _run(
         self,
@@ -162,14 +196,15 @@ class PGD:
         best: torch.Tensor,
         best_loss: torch.Tensor,
         fooled: torch.Tensor,
-        generator: torch.Generator | None,
+        indices: torch.Tensor,
+        run: int,
     ) -> None:
         """One run on the samples ``active`` (targeted at ``toward`` where given); updates
         ``best``, ``best_loss``, ``fooled``."""
         origin, aim = x[active], target[active]
         clean = None if clean_log_probs is None else clean_log_probs[active]
         toward = None if toward is None else toward[active]
-        x_adv = threat.random_start(origin, generator) if self.random_start else origin
+        x_adv = self._start(origin, threat, indices, run)
         step_size = self.relative_step * threat.eps
         for step in range(self.steps + 1):
             last = step == self.steps

@@ -12,7 +12,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from robustgate.attacks.pgd import Attack
+from robustgate.attacks.pgd import Attack, PerInputAttack
 from robustgate.inputs import check_inputs, check_outputs
 from robustgate.models.modes import as_model_dtype, eval_mode, model_device
 from robustgate.threat import ThreatModel
@@ -32,6 +32,7 @@ def check_robustness(
     threat: ThreatModel,
     attack: Attack,
     batch_size: int = 1000,
+    indices: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Predictions ``ŷ(x)`` and the robustness indicator ``rob_eps(x)`` for every input.
 
@@ -40,7 +41,9 @@ def check_robustness(
     where the attack found ``x'`` in the threat ball with ``ŷ(x') != ŷ(x)``; a point the attack
     did not move keeps its prediction. An attack that returns a point outside the ball is a bug
     and raises. Non-finite logits are refused; inputs of another floating dtype than the model's
-    are converted, with a warning.
+    are converted, with a warning. ``indices`` (the inputs' indices in their data set) go to an
+    attack that seeds its randomness per input (``PerInputAttack``: its answer for an input then
+    depends on neither the batch nor the other inputs).
     """
     if isinstance(predictor, nn.Module):
         x = as_model_dtype(x, predictor)
@@ -62,7 +65,10 @@ def check_robustness(
         for start in range(0, len(x), batch_size):
             batch = x[start : start + batch_size].to(device)
             predicted = labels(batch)
-            x_adv = attack(predictor, batch, predicted, threat)
+            x_adv = (attack(predictor, batch, predicted, threat,
+                            indices=indices[start : start + batch_size])
+                     if indices is not None and isinstance(attack, PerInputAttack)
+                     else attack(predictor, batch, predicted, threat))
             distance = threat.norm_of(x_adv - batch)
             if bool((distance > threat.eps + BALL_TOLERANCE).any()):
                 raise RuntimeError(

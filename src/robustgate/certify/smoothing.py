@@ -32,6 +32,7 @@ from torch import nn
 from robustgate.config import SmoothingSettings
 from robustgate.inputs import check_inputs, check_outputs
 from robustgate.models.modes import as_model_dtype, eval_mode, model_device
+from robustgate.runner import input_seed
 from robustgate.threat import ThreatModel
 
 ABSTAIN = -1
@@ -226,9 +227,8 @@ class Smooth(nn.Module):
         data set: the noise an input gets depends on neither its batch nor its neighbours."""
         check_inputs(x, self.input_shape)
         device = model_device(self.base)
-        states = (np.random.SeedSequence(seed, spawn_key=(offset + i,)) for i in range(len(x)))
-        return [torch.Generator(device=device).manual_seed(int(state.generate_state(1)[0]))
-                for state in states]
+        return [torch.Generator(device=device).manual_seed(input_seed(seed, offset + i))
+                for i in range(len(x))]
 
     def _base_labels(self, batch: torch.Tensor) -> torch.Tensor:
         """The base model's classes on a noisy batch; its outputs must be finite logits of

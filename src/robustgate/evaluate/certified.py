@@ -12,8 +12,6 @@ through the same arithmetic (``evaluate.sound_count``).
 
 from __future__ import annotations
 
-import csv
-import io
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,40 +21,46 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from robustgate.certify import ABSTAIN, Smooth, certify_bounds, covering_l2_radius
 from robustgate.config import BoundSettings, SmoothingSettings
-from robustgate.evaluate.records import Records
+from robustgate.evaluate.records import Records, same_labels
 from robustgate.inputs import check_labels
-from robustgate.io import atomic_write_text, complete_or_resume, say
+from robustgate.io import say
 from robustgate.models.modes import eval_mode, model_device
+from robustgate.runner import run_per_sample
+from robustgate.table import FLAG, INTEGER, REAL, Column, Schema, Table, radius_column, read_table
 from robustgate.threat import ThreatModel
 
-FIELDS = ("index", "label", "prediction", "radius", "p_lower", "seconds")
+SECONDS = Column("seconds", REAL, ".4g")
+SMOOTHING_CERTIFICATES = Schema(
+    "smoothing certificates",
+    leading=(Column("label", INTEGER), Column("prediction", INTEGER), Column("radius", REAL),
+             Column("p_lower", REAL)),
+    trailing=(SECONDS,))
+BOUND_CERTIFICATES = Schema(
+    "bound certificates", leading=(Column("label", INTEGER), Column("prediction", INTEGER)),
+    per_radius=(Column("certified", FLAG), Column("margin", REAL)), trailing=(SECONDS,))
 
 
 @dataclass
 class Certificates:
     """Per-sample smoothing certificates: labels, predictions (``-1`` abstain), certified L2
-    radii, the lower bounds ``p_A``, and the seconds each took."""
+    radii, the lower bounds ``p_A``, the seconds each took, and the inputs' indices."""
 
     labels: np.ndarray
     predictions: np.ndarray
     radii: np.ndarray
     p_lower: np.ndarray
     seconds: np.ndarray
+    index: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        self.labels = np.asarray(self.labels, dtype=np.int64)
-        self.predictions = np.asarray(self.predictions, dtype=np.int64)
-        self.radii = np.asarray(self.radii, dtype=np.float64)
-        self.p_lower = np.asarray(self.p_lower, dtype=np.float64)
-        self.seconds = np.asarray(self.seconds, dtype=np.float64)
-        lengths = {len(self.labels), len(self.predictions), len(self.radii), len(self.p_lower),
-                   len(self.seconds)}
-        if len(lengths) != 1:
-            raise ValueError(f"certificates of unequal lengths {sorted(lengths)}")
+        table = self.table()
+        self.labels, self.predictions, self.radii, self.p_lower, self.seconds = (
+            table.columns[name] for name in ("label", "prediction", "radius", "p_lower",
+                                             "seconds"))
+        self.index = table.index
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -75,53 +79,49 @@ class Certificates:
         robust = {float(eps): self.certified_at(covering_l2_radius(
                       ThreatModel(threat.norm, eps, threat.low, threat.high), dimension))
                   for eps in {0.0, *radii}}
-        return Records(self.labels, self.predictions, robust)
+        return Records(self.labels, self.predictions, robust, self.index)
 
-    def concatenate(self, other: Certificates) -> Certificates:
-        return Certificates(*(np.concatenate([getattr(self, name), getattr(other, name)])
-                              for name in ("labels", "predictions", "radii", "p_lower",
-                                           "seconds")))
+    def table(self) -> Table:
+        """The certificates as a per-sample table: index, label, prediction, radius, p_lower,
+        seconds."""
+        index = np.arange(len(self.labels)) if self.index is None else self.index
+        return Table(SMOOTHING_CERTIFICATES, index, {
+            "label": self.labels, "prediction": self.predictions, "radius": self.radii,
+            "p_lower": self.p_lower, "seconds": self.seconds})
+
+    @classmethod
+    def from_table(cls, table: Table) -> Certificates:
+        return cls(*(table.columns[name] for name in ("label", "prediction", "radius",
+                                                      "p_lower", "seconds")), table.index)
 
     def to_csv(self, path: str | Path) -> None:
         """One row per sample (atomically): index, label, prediction, radius, p_lower, seconds."""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(FIELDS)
-        for i in range(len(self)):
-            writer.writerow([i, self.labels[i], self.predictions[i], f"{self.radii[i]:.17g}",
-                             f"{self.p_lower[i]:.17g}", f"{self.seconds[i]:.4g}"])
-        atomic_write_text(path, buffer.getvalue())
+        self.table().write(path)
 
     @classmethod
     def read_csv(cls, path: str | Path) -> Certificates:
-        with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        if rows and tuple(rows[0]) != FIELDS:
-            raise ValueError(f"{path} is not a certificate file (columns {list(rows[0])})")
-        columns = {name: [row[name] for row in rows] for name in FIELDS[1:]}
-        return cls(np.array(columns["label"], dtype=np.int64),
-                   np.array(columns["prediction"], dtype=np.int64),
-                   np.array(columns["radius"], dtype=np.float64),
-                   np.array(columns["p_lower"], dtype=np.float64),
-                   np.array(columns["seconds"], dtype=np.float64))
+        """The certificates written by :meth:`to_csv`, read strictly (``table.read_table``)."""
+        return cls.from_table(read_table(path, SMOOTHING_CERTIFICATES))
 
 
 @dataclass
 class BoundCertificates:
     """Per-sample certificates by bound propagation: labels, clean predictions, and at each
     radius (in the threat's norm) the certified margin, the lower bound of
-    ``min_{j≠ŷ} (f_ŷ − f_j)`` over the ball (certified where positive); seconds per sample."""
+    ``min_{j≠ŷ} (f_ŷ − f_j)`` over the ball (certified where positive); seconds per sample; the
+    inputs' indices."""
 
     labels: np.ndarray
     predictions: np.ndarray
     margins: dict[float, np.ndarray]
     seconds: np.ndarray
+    index: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        self.labels = np.asarray(self.labels, dtype=np.int64)
-        self.predictions = np.asarray(self.predictions, dtype=np.int64)
-        self.margins = {float(r): np.asarray(m, dtype=np.float64) for r, m in self.margins.items()}
-        self.seconds = np.asarray(self.seconds, dtype=np.float64)
+        table = self.table()
+        self.labels, self.predictions, self.seconds = (
+            table.columns[name] for name in ("label", "prediction", "seconds"))
+        self.margins, self.index = table.per_radius["margin"], table.index
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -129,77 +129,76 @@ class BoundCertificates:
     def records(self) -> Records:
         """Records whose ``robust`` at each radius is the certified flag."""
         return Records(self.labels, self.predictions,
-                       {radius: margin > 0 for radius, margin in self.margins.items()})
+                       {radius: margin > 0 for radius, margin in self.margins.items()},
+                       self.index)
 
-    def concatenate(self, other: BoundCertificates) -> BoundCertificates:
-        return BoundCertificates(
-            np.concatenate([self.labels, other.labels]),
-            np.concatenate([self.predictions, other.predictions]),
-            {r: np.concatenate([self.margins[r], other.margins[r]]) for r in other.margins},
-            np.concatenate([self.seconds, other.seconds]))
+    def table(self) -> Table:
+        """The certificates as a per-sample table: index, label, prediction, certified@r and
+        margin@r for every radius, seconds."""
+        index = np.arange(len(self.labels)) if self.index is None else self.index
+        return Table(BOUND_CERTIFICATES, index,
+                     {"label": self.labels, "prediction": self.predictions,
+                      "seconds": self.seconds},
+                     {"certified": {radius: np.asarray(margin) > 0
+                                    for radius, margin in self.margins.items()},
+                      "margin": self.margins})
+
+    @classmethod
+    def from_table(cls, table: Table, source: str = "bound certificates") -> BoundCertificates:
+        """The certificates of a table of ``BOUND_CERTIFICATES``; its ``certified`` flags must
+        agree with its margins (``source`` names the table in the error)."""
+        for radius, margin in table.per_radius["margin"].items():
+            disagree = table.per_radius["certified"][radius] != (margin > 0)
+            if disagree.any():
+                raise ValueError(f"{source}, row {int(np.argmax(disagree)) + 1}, column "
+                                 f"{radius_column('certified', radius)}: disagrees with the "
+                                 "margin")
+        return cls(table.columns["label"], table.columns["prediction"],
+                   table.per_radius["margin"], table.columns["seconds"], table.index)
 
     def to_csv(self, path: str | Path) -> None:
         """One row per sample (atomically): index, label, prediction, certified@r and margin@r
         for every radius, seconds."""
-        radii = sorted(self.margins)
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["index", "label", "prediction", *[f"certified@{r:.10g}" for r in radii],
-                         *[f"margin@{r:.10g}" for r in radii], "seconds"])
-        for i in range(len(self)):
-            writer.writerow([i, self.labels[i], self.predictions[i],
-                             *[int(self.margins[r][i] > 0) for r in radii],
-                             *[f"{self.margins[r][i]:.17g}" for r in radii],
-                             f"{self.seconds[i]:.4g}"])
-        atomic_write_text(path, buffer.getvalue())
+        self.table().write(path)
 
     @classmethod
     def read_csv(cls, path: str | Path) -> BoundCertificates:
-        with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        keys = list(rows[0]) if rows else []
-        radii = [key.split("@", 1)[1] for key in keys if key.startswith("margin@")]
-        return cls([int(row["label"]) for row in rows], [int(row["prediction"]) for row in rows],
-                   {float(r): [float(row[f"margin@{r}"]) for row in rows] for r in radii},
-                   [float(row["seconds"]) for row in rows])
+        """The certificates written by :meth:`to_csv`, read strictly (``table.read_table``)."""
+        return cls.from_table(read_table(path, BOUND_CERTIFICATES), str(path))
 
 
 def certify_with_bounds(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
     radii: Sequence[float], method: str = "ibp", batch_size: int = 256,
-    partial: str | Path | None = None, progress: bool = True, description: str = "certify",
+    path: str | Path | None = None, progress: bool = True, description: str = "certify",
+    rank: int = 0, world_size: int = 1,
 ) -> BoundCertificates:
     """Bound certificates of ``model`` on ``(x, y)`` at every radius of ``radii`` (norm and
     domain from ``threat``) by ``method`` (``certify.BOUND_METHODS``), ``batch_size`` inputs at a
-    time; resumable from ``partial`` like :func:`certify_smoothed`."""
+    time; with ``path``, written there by the resumable, sharded runner like
+    :func:`certify_smoothed`."""
     check_labels(y, len(x), getattr(model, "num_classes", None))
     radii = sorted({float(r) for r in radii})
     threats = [ThreatModel(threat.norm, r, threat.low, threat.high) for r in radii]
-    done = BoundCertificates([], [], {r: [] for r in radii}, [])
-    if partial is not None and Path(partial).exists():
-        done = BoundCertificates.read_csv(partial)
-        if (sorted(done.margins) != radii or len(done) > len(y)
-                or not np.array_equal(done.labels, y[: len(done)].cpu().numpy())):
-            raise ValueError(f"{partial} holds certificates of other data or radii; remove it "
-                             "to start over")
+    labels = y.cpu().numpy()
     device = model_device(model)
-    with eval_mode(model), tqdm(total=len(x), initial=len(done), desc=description,
-                                disable=not progress, leave=False, unit="sample") as bar:
-        for start in range(len(done), len(x), batch_size):
-            began = time.perf_counter()
-            batch = x[start : start + batch_size].to(device)
-            margins = {}
-            for radius, ball in zip(radii, threats, strict=True):
-                predicted, margin = certify_bounds(model, batch, ball, method)
-                margins[radius] = margin.cpu().numpy()
-            seconds = np.full(len(batch), (time.perf_counter() - began) / len(batch))
-            done = done.concatenate(BoundCertificates(
-                y[start : start + batch_size].cpu().numpy(), predicted.cpu().numpy(), margins,
-                seconds))
-            if partial is not None:
-                done.to_csv(partial)
-            bar.update(len(batch))
-    return done
+
+    def compute(indices: np.ndarray) -> Table:
+        began = time.perf_counter()
+        batch = x[torch.from_numpy(indices)].to(device)
+        margins = {}
+        for radius, ball in zip(radii, threats, strict=True):
+            predicted, margin = certify_bounds(model, batch, ball, method)
+            margins[radius] = margin.cpu().numpy()
+        seconds = np.full(len(batch), (time.perf_counter() - began) / len(batch))
+        return BoundCertificates(labels[indices], predicted.cpu().numpy(), margins, seconds,
+                                 indices).table()
+
+    with eval_mode(model):
+        table = run_per_sample(BOUND_CERTIFICATES, compute, len(x), batch_size, radii, path,
+                               same_labels(labels, "certificates"), progress, description,
+                               rank, world_size)
+    return BoundCertificates.from_table(table)
 
 
 def certified_metrics(records: Records, eps: float) -> dict[str, float]:
@@ -227,39 +226,30 @@ def smoothing_metrics(records: Records, threat: ThreatModel, eps: float, dimensi
 
 def certify_smoothed(
     smooth: Smooth, x: torch.Tensor, y: torch.Tensor, n0: int, n: int, alpha: float,
-    seed: int = 0, chunk: int = 100, partial: str | Path | None = None, progress: bool = True,
-    description: str = "certify",
+    seed: int = 0, chunk: int = 100, path: str | Path | None = None, progress: bool = True,
+    description: str = "certify", rank: int = 0, world_size: int = 1,
 ) -> Certificates:
     """Certificates of ``smooth`` on ``(x, y)``, ``chunk`` inputs at a time; sample ``i`` draws
-    its noise from ``seed`` and ``i``, so a run resumed from ``partial`` (the certificates so far,
-    rewritten after every chunk) ends as an uninterrupted one."""
+    its noise from ``seed`` and ``i``, so that neither its chunk nor its shard changes it. With
+    ``path``, written there by the resumable runner (``runner``): an interrupted run resumes
+    from its partial files and ends as an uninterrupted one, and ``rank`` of ``world_size``
+    processes computes its shard."""
     check_labels(y, len(x), smooth.num_classes)
-    done = _read_partial(partial, y)
-    with tqdm(total=len(x), initial=len(done), desc=description, disable=not progress,
-              leave=False, unit="sample") as bar:
-        for start in range(len(done), len(x), chunk):
-            began = time.perf_counter()
-            batch = x[start : start + chunk]
-            predictions, radii, p_lower = smooth.certify(batch, n0, n, alpha, seed=seed,
-                                                         offset=start)
-            seconds = np.full(len(batch), (time.perf_counter() - began) / len(batch))
-            done = done.concatenate(Certificates(y[start : start + chunk].cpu().numpy(),
-                                                 predictions.numpy(), radii.numpy(),
-                                                 p_lower.numpy(), seconds))
-            if partial is not None:
-                done.to_csv(partial)
-            bar.update(len(batch))
-    return done
+    labels = y.cpu().numpy()
 
+    def compute(indices: np.ndarray) -> Table:
+        began = time.perf_counter()
+        runs = np.split(indices, np.flatnonzero(np.diff(indices) != 1) + 1)  # contiguous runs
+        predictions, radii, p_lower = (torch.cat(parts) for parts in zip(*(
+            smooth.certify(x[run[0] : run[-1] + 1], n0, n, alpha, seed=seed, offset=int(run[0]))
+            for run in runs), strict=True))
+        seconds = np.full(len(indices), (time.perf_counter() - began) / len(indices))
+        return Certificates(labels[indices], predictions.numpy(), radii.numpy(),
+                            p_lower.numpy(), seconds, indices).table()
 
-def _read_partial(partial: str | Path | None, y: torch.Tensor) -> Certificates:
-    empty = Certificates(*([] for _ in range(5)))
-    if partial is None or not Path(partial).exists():
-        return empty
-    done = Certificates.read_csv(partial)
-    if len(done) > len(y) or not np.array_equal(done.labels, y[: len(done)].cpu().numpy()):
-        raise ValueError(f"{partial} holds certificates of other data; remove it to start over")
-    return done
+    return Certificates.from_table(run_per_sample(
+        SMOOTHING_CERTIFICATES, compute, len(x), chunk, (), path,
+        same_labels(labels, "certificates"), progress, description, rank, world_size))
 
 
 def certify_or_resume(path: Path, model: nn.Module, settings: SmoothingSettings,
@@ -268,9 +258,9 @@ def certify_or_resume(path: Path, model: nn.Module, settings: SmoothingSettings,
     """The smoothing certificates at ``path`` if complete there, else certify by ``settings``
     (resuming a partial file)."""
     smooth = Smooth.from_settings(model, settings)
-    return complete_or_resume(path, Certificates.read_csv, lambda partial: certify_smoothed(
-        smooth, x, y, settings.n0, settings.n, settings.alpha, settings.seed, partial=partial,
-        progress=progress, description=description))
+    return certify_smoothed(smooth, x, y, settings.n0, settings.n, settings.alpha,
+                            settings.seed, path=path, progress=progress,
+                            description=description)
 
 
 def bound_certificates_or_resume(
@@ -285,8 +275,7 @@ def bound_certificates_or_resume(
         if not path.exists():
             say(f"[{name}] certifying by {method} at " + ", ".join(f"{r:g}" for r in radii),
                 progress)
-        certificates[method] = complete_or_resume(
-            path, BoundCertificates.read_csv, lambda partial, method=method: certify_with_bounds(
-                model, x, y, threat, radii, method, batch_size=settings.batch_size,
-                partial=partial, progress=progress, description=f"{name}/{method}"))
+        certificates[method] = certify_with_bounds(
+            model, x, y, threat, radii, method, batch_size=settings.batch_size, path=path,
+            progress=progress, description=f"{name}/{method}")
     return certificates

@@ -20,6 +20,8 @@ import torch
 from scipy.ndimage import maximum_filter
 from torch import nn
 
+from robustgate.config import CompositionSettings
+from robustgate.evaluate.metrics import robustness_metrics
 from robustgate.evaluate.records import Records
 from robustgate.models.modes import predict_logits
 from robustgate.threat import ThreatModel
@@ -88,6 +90,23 @@ class Grid:
         rows, columns = self.index(x)
         robust = self.constant(labels, self.threat.eps if radius is None else radius)
         return labels[rows, columns], robust[rows, columns]
+
+    def exact_compositions(self, compositions: dict[str, tuple[CompositionSettings, float]],
+                           models: dict[str, nn.Module],
+                           data: dict[str, tuple[torch.Tensor, torch.Tensor]]
+                           ) -> dict[str, dict[str, dict[str, float]]]:
+        """``{split: {composition: metrics}}``: the exact natural and robust accuracy of every
+        one-branch robustness-selector composition (by label: its settings and deployed ``κ``),
+        on the grid points nearest each split's data."""
+        exact: dict[str, dict[str, dict[str, float]]] = {split: {} for split in data}
+        for composition, kappa in compositions.values():
+            labels = self.composition(models[composition.branches[0]],
+                                      models[composition.core], kappa)
+            for split, (x, y) in data.items():
+                predictions, robust = self.robustness(labels, x)
+                exact[split][composition.label] = robustness_metrics(predictions == y.numpy(),
+                                                                     robust)
+        return exact
 
     def records(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 radii: Sequence[float]) -> Records:

@@ -19,10 +19,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
+
+from robustgate.config import SearchSettings
 from robustgate.evaluate.metrics import robustness_metrics
 from robustgate.evaluate.records import Records
+from robustgate.evaluate.results import OperatingPoint
 from robustgate.evaluate.sound_count import Selection, compose_records
-from robustgate.evaluate.statistics import accuracy_drop_upper_bound
+from robustgate.evaluate.statistics import accuracy_drop_upper_bound, confirmation_size
+
+Data = tuple[torch.Tensor, torch.Tensor]
 
 SelectionAt = Callable[[Records, float, float], Selection]
 """A selector's counted decisions from the branch's records, ``eps`` and ``κ``."""
@@ -105,12 +111,40 @@ def robustness_given_up(curve: list[dict[str, Any]], chosen: dict[str, Any]
 
 def choose_kappa(branch: Records, core: Records, eps: float, kappas: Sequence[float],
                  max_accuracy_drop: float | None,
-                 selection_at: SelectionAt = Selection.robustness) -> dict[str, Any]:
-    """``{"validation_curve", "chosen"}``: the curve on ``branch`` and ``core`` records (of
-    validation data) and the point :func:`choose_operating_point` picks on it."""
+                 selection_at: SelectionAt = Selection.robustness) -> OperatingPoint:
+    """The curve on ``branch`` and ``core`` records (of validation data) and the point
+    :func:`choose_operating_point` picks on it (its ``κ``: ``OperatingPoint.kappa``)."""
     curve = operating_curve(branch, core, eps, kappas, selection_at)
-    return {"validation_curve": curve, "chosen": choose_operating_point(
-        curve, float(core.accurate.mean()), max_accuracy_drop)}
+    return OperatingPoint(curve, choose_operating_point(curve, float(core.accurate.mean()),
+                                                        max_accuracy_drop))
+
+
+def validation_parts(search: SearchSettings, validation: Data | None, seed: int
+                     ) -> tuple[Data, Data]:
+    """The choosing and the confirming part of the validation split: disjoint, drawn at random
+    with ``seed`` (a validation split may be ordered by class), each in the split's order;
+    refused where the split is missing or too small to confirm the search's target."""
+    if validation is None:
+        raise ValueError(f"search {search.name!r} chooses on validation data: set "
+                         "data.validation_size")
+    x, y = validation
+    choose = search.choose_size
+    confirm = len(y) - choose if search.confirm_size is None else search.confirm_size
+    if confirm < 1 or choose + confirm > len(y):
+        raise ValueError(f"search {search.name!r}: choose_size {choose} and confirm_size "
+                         f"{search.confirm_size} need {choose + max(confirm, 1)} validation "
+                         f"points; the validation split has {len(y)}")
+    needed = confirmation_size(search.max_accuracy_drop, search.confidence)
+    if confirm < needed:
+        raise ValueError(
+            f"search {search.name!r}: {confirm} confirming points cannot confirm an accuracy "
+            f"drop of at most {search.max_accuracy_drop:g} at confidence {search.confidence:g} "
+            f"(a one-sided bound needs at least {needed}, even for a composition that never "
+            f"differs from its core): raise data.validation_size to at least {choose + needed}, "
+            "lower choose_size, or allow a larger max_accuracy_drop")
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    parts = order[:choose].sort().values, order[choose : choose + confirm].sort().values
+    return (x[parts[0]], y[parts[0]]), (x[parts[1]], y[parts[1]])
 
 
 def choose_recipe(choosing: dict[str, Sequence[dict[str, float]]],

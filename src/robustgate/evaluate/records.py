@@ -12,13 +12,19 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from robustgate.attacks import Attack, check_robustness
 from robustgate.compose import ComposedClassifier
 from robustgate.inputs import check_labels
-from robustgate.io import atomic_write_text, complete_or_resume
+from robustgate.io import atomic_write_text
+from robustgate.runner import Check, run_per_sample
+from robustgate.table import FLAG, INTEGER, Column, Schema, Table, read_table
 from robustgate.threat import ThreatModel
+
+RECORDS = Schema(
+    "attack records",
+    leading=(Column("label", INTEGER), Column("prediction", INTEGER), Column("accurate", FLAG)),
+    per_radius=(Column("robust", FLAG),))
 
 
 @dataclass
@@ -26,17 +32,22 @@ class Records:
     """Per-sample indicators, the atoms of every metric.
 
     ``robust[eps]`` is ``rob_eps``: the prediction is constant on the ball of radius ``eps``.
+    ``index`` holds the inputs' indices in their data set (``0 … n−1`` unless given).
     """
 
     labels: np.ndarray
     predictions: np.ndarray
     robust: dict[float, np.ndarray]
+    index: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
         self.predictions = np.asarray(self.predictions, dtype=np.int64)
         self.robust = {float(eps): np.asarray(r, dtype=bool) for eps, r in self.robust.items()}
-        lengths = {len(self.labels), len(self.predictions), *map(len, self.robust.values())}
+        self.index = (np.arange(len(self.labels)) if self.index is None
+                      else np.asarray(self.index, dtype=np.int64))
+        lengths = {len(self.labels), len(self.predictions), len(self.index),
+                   *map(len, self.robust.values())}
         if len(lengths) != 1:
             raise ValueError(f"records of unequal lengths {sorted(lengths)}")
 
@@ -67,88 +78,32 @@ class Records:
             raise KeyError(f"no robustness evaluated at eps={eps}; have {sorted(self.robust)}")
         return indicator
 
+    def table(self) -> Table:
+        """The records as a per-sample table: index, label, prediction, accurate, robust@eps."""
+        return Table(RECORDS, self.index, {"label": self.labels, "prediction": self.predictions,
+                                           "accurate": self.accurate},
+                     {"robust": self.robust})
+
+    @classmethod
+    def from_table(cls, table: Table, source: str = "records") -> Records:
+        """The records of a table of ``RECORDS``; its ``accurate`` column must agree with its
+        labels and predictions (``source`` names the table in the error)."""
+        records = cls(table.columns["label"], table.columns["prediction"],
+                      table.per_radius["robust"], table.index)
+        disagree = records.accurate != table.columns["accurate"]
+        if disagree.any():
+            raise ValueError(f"{source}, row {int(np.argmax(disagree)) + 1}, column accurate: "
+                             "disagrees with the label and the prediction")
+        return records
+
     def to_csv(self, path: str | Path) -> None:
         """Write one row per sample (atomically): index, label, prediction, accurate, robust@eps."""
-        radii = sorted(self.robust)
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(
-            ["index", "label", "prediction", "accurate", *[f"robust@{r:.10g}" for r in radii]]
-        )
-        accurate = self.accurate
-        for i in range(len(self)):
-            writer.writerow(
-                [i, self.labels[i], self.predictions[i], int(accurate[i]),
-                 *[int(self.robust[r][i]) for r in radii]]
-            )
-        atomic_write_text(path, buffer.getvalue())
+        self.table().write(path)
 
     @classmethod
     def read_csv(cls, path: str | Path) -> Records:
-        """The records written by :meth:`to_csv`. A file that is not such a table (not text, a
-        column missing, a value that is not a count or a 0/1 flag) or whose ``index`` column is
-        not ``0 … n−1`` in order (rows permuted or missing: their indicators would be matched
-        to other inputs) is refused with an error naming the file."""
-        rows = read_table(path, ("index", "label", "prediction"))
-        radii = [key for key in rows[0] if key.startswith("robust@")]
-        try:
-            radius_of = {key: float(key.split("@", 1)[1]) for key in radii}
-        except ValueError:
-            raise ValueError(f"{path}: a robustness column is named robust@<radius>, got "
-                             f"{radii}") from None
-        return cls(
-            labels=integer_column(path, rows, "label"),
-            predictions=integer_column(path, rows, "prediction"),
-            robust={radius_of[key]: flag_column(path, rows, key) for key in radii},
-        )
-
-
-def read_table(path: str | Path, required: Sequence[str]) -> list[dict[str, str]]:
-    """The rows of the per-sample CSV table at ``path``, which must be text, hold at least one
-    row, have the columns ``required`` and an ``index`` column ``0 … n−1`` in order."""
-    try:
-        with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except UnicodeDecodeError:
-        raise ValueError(f"{path} is not a text file; give a per-sample CSV table written by "
-                         "robustgate") from None
-    except csv.Error as error:
-        raise ValueError(f"{path} is not a CSV table: {error}") from None
-    if not rows:
-        raise ValueError(f"{path} holds no records")
-    missing = [column for column in required if column not in rows[0]]
-    if missing:
-        raise ValueError(f"{path} lacks the column(s) {missing}; its columns are "
-                         f"{list(rows[0])}, a robustgate per-sample table has "
-                         f"{list(required)} and more")
-    if integer_column(path, rows, "index") != list(range(len(rows))):
-        raise ValueError(f"{path}: the index column is not 0 … {len(rows) - 1} in order (rows "
-                         "permuted, missing or repeated); per-sample tables are matched by row, "
-                         "so restore the order robustgate wrote")
-    return rows
-
-
-def integer_column(path: str | Path, rows: list[dict[str, str]], column: str) -> list[int]:
-    """The integers of ``column``; a value that is not one is an error naming file and row."""
-    values = []
-    for number, row in enumerate(rows):
-        try:
-            values.append(int(row[column]))
-        except (TypeError, ValueError):
-            raise ValueError(f"{path}, row {number + 1}: {column} is {row[column]!r}, not an "
-                             "integer") from None
-    return values
-
-
-def flag_column(path: str | Path, rows: list[dict[str, str]], column: str) -> list[bool]:
-    """The 0/1 flags of ``column``; anything else is an error naming file and row."""
-    flags = []
-    for number, row in enumerate(rows):
-        if row[column] not in ("0", "1"):
-            raise ValueError(f"{path}, row {number + 1}: {column} is {row[column]!r}, not 0 or "
-                             "1")
-        flags.append(row[column] == "1")
-    return flags
+        """The records written by :meth:`to_csv`, read strictly (``table.read_table``)."""
+        return cls.from_table(read_table(path, RECORDS), str(path))
 
 
 @dataclass
@@ -195,15 +150,18 @@ def evaluate_model(
     batch_size: int = 1000,
     progress: bool = True,
     description: str = "evaluate",
-    partial: str | Path | None = None,
+    path: str | Path | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Records:
     """Records of ``model`` on ``(x, y)``, with robustness checked by ``attack`` at every radius
-    of ``radii`` (norm and domain from ``threat``).
+    of ``radii`` (norm and domain from ``threat``), ``batch_size`` inputs at a time.
 
-    With ``partial``, the records of the samples done so far are written there (atomically)
-    after every batch, and an earlier partial file is picked up: an interrupted evaluation
-    resumes where it stopped. ``model`` is a model or a composed classifier
-    (``attacks.check_robustness`` takes either).
+    With ``path``, the records are written there by the resumable runner (``runner``): an
+    interrupted evaluation resumes from its partial files, and ``rank`` of ``world_size``
+    processes computes its shard of the samples. The attack gets every input's index, so that
+    an attack seeded per input gives each input the same answer in any batch. ``model`` is a
+    model or a composed classifier (``attacks.check_robustness`` takes either).
     """
     check_labels(y, len(x), getattr(model, "num_classes", None))
     if batch_size < 1:
@@ -212,27 +170,24 @@ def evaluate_model(
         raise ValueError("radii must name at least one eps")
     radii = sorted({float(eps) for eps in radii})
     threats = [ThreatModel(threat.norm, eps, threat.low, threat.high) for eps in radii]
-    done = _read_partial(partial, y, radii)
     labels = y.cpu().numpy()
-    predictions = list(done.predictions) if done else []
-    robust = {eps: list(done.robust_at(eps)) if done else [] for eps in radii}
-    with tqdm(total=len(x), initial=len(predictions), desc=description, disable=not progress,
-              leave=False, unit="sample") as bar:
-        for start in range(len(predictions), len(x), batch_size):
-            batch = x[start : start + batch_size]
-            predicted, largest = _bisect_radii(model, batch, threats, attack, batch_size)
-            for index, eps in enumerate(radii):
-                robust[eps] += (largest >= index).tolist()
-            predictions += predicted.tolist()
-            if partial is not None:
-                Records(labels[: len(predictions)], predictions, robust).to_csv(partial)
-            bar.update(len(batch))
-    return Records(labels, predictions, robust)
+
+    def compute(indices: np.ndarray) -> Table:
+        rows = torch.from_numpy(indices)
+        predicted, largest = _bisect_radii(model, x[rows], threats, attack, batch_size, rows)
+        return Records(labels[indices], predicted.numpy(),
+                       {eps: (largest >= position).numpy() for position, eps in enumerate(radii)},
+                       indices).table()
+
+    table = run_per_sample(RECORDS, compute, len(x), batch_size, radii, path,
+                           same_labels(labels, "records"), progress, description, rank,
+                           world_size)
+    return Records.from_table(table, str(path or description))
 
 
 def _bisect_radii(
     model: nn.Module | ComposedClassifier, x: torch.Tensor, threats: Sequence[ThreatModel],
-    attack: Attack, batch_size: int,
+    attack: Attack, batch_size: int, indices: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Predictions and, per input, the index of the largest radius of ``threats`` (sorted) at
     which it is robust (−1: none), found by bisection: robustness on a ball implies it on every
@@ -246,7 +201,7 @@ def _bisect_radii(
         for index in middle[open_].unique().tolist():
             rows = (open_ & (middle == index)).nonzero().flatten()
             labels, robust = check_robustness(model, x[rows], threats[index], attack,
-                                             batch_size=batch_size)
+                                             batch_size=batch_size, indices=indices[rows])
             if predicted is None:
                 predicted = torch.empty(len(x), dtype=labels.dtype)
             predicted[rows] = labels.cpu()
@@ -254,8 +209,8 @@ def _bisect_radii(
             robust_below[rows[robust]] = index
             flipped_from[rows[~robust]] = index
     if predicted is None:
-        predicted = check_robustness(model, x, threats[0], attack,
-                                     batch_size=batch_size)[0].cpu()
+        predicted = check_robustness(model, x, threats[0], attack, batch_size=batch_size,
+                                     indices=indices)[0].cpu()
     return predicted, robust_below
 
 
@@ -263,19 +218,16 @@ def evaluate_or_resume(
     path: str | Path, model: nn.Module | ComposedClassifier, x: torch.Tensor, y: torch.Tensor,
     threat: ThreatModel, radii: Sequence[float], attack: Attack, **options: Any,
 ) -> Records:
-    """The records at ``path`` if they are complete there; else :func:`evaluate_model` (same
-    ``options``), resuming from and writing to ``<path>.partial.csv``, then the complete file."""
-    return complete_or_resume(path, Records.read_csv, lambda partial: evaluate_model(
-        model, x, y, threat, radii, attack, partial=partial, **options))
+    """:func:`evaluate_model` (same ``options``) into the records file ``path``: read back
+    where complete there, else computed (resuming its partial files) and written."""
+    return evaluate_model(model, x, y, threat, radii, attack, path=path, **options)
 
 
-def _read_partial(partial: str | Path | None, y: torch.Tensor, radii: Sequence[float]
-                  ) -> Records | None:
-    if partial is None or not Path(partial).exists():
-        return None
-    done = Records.read_csv(partial)
-    for eps in radii:
-        done.robust_at(eps)
-    if len(done) > len(y) or not np.array_equal(done.labels, y[: len(done)].cpu().numpy()):
-        raise ValueError(f"{partial} holds records of other data; remove it to start over")
-    return done
+def same_labels(labels: np.ndarray, what: str) -> Check:
+    """A runner's check that a table's rows are of the inputs labelled ``labels``."""
+    def check(table: Table, source: str) -> None:
+        if len(table) and (table.index[-1] >= len(labels)
+                           or not np.array_equal(table.columns["label"],
+                                                 labels[table.index])):
+            raise ValueError(f"{source} holds {what} of other data; remove it to start over")
+    return check

@@ -39,6 +39,7 @@ from robustgate.evaluate.certified import Certificates
 from robustgate.evaluate.metrics import robustness_metrics, selection_metrics
 from robustgate.evaluate.records import Records
 from robustgate.evaluate.statistics import clopper_pearson
+from robustgate.table import check_same_index
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,7 @@ def compose_records(branch: Records, core: Records, selection: Selection) -> Rec
             f"branch, core and selector cover different numbers of samples: "
             f"{len(branch)}, {len(core)}, {len(selection)}"
         )
+    check_same_index([branch, core], "composing branch and core records")
     if not np.array_equal(branch.labels, core.labels):
         raise ValueError("branch and core records are for different labels (not the same data)")
     agree = branch.predictions == core.predictions

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustgate.certify import interval_bounds, margin_specification
+from robustgate.distributed import unwrap
 from robustgate.threat import ThreatModel
 
 
@@ -46,7 +47,10 @@ class _Scheduled:
     def lower_bounds(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
                      fraction: float = 1.0) -> torch.Tensor:
         """IBP lower bounds of ``f_label − f_j`` (every ``j ≠ label``) over the current ball,
-        its radius scaled by ``fraction``."""
+        its radius scaled by ``fraction``; propagated through the model inside a
+        DistributedDataParallel wrapper (its gradients reach the same parameters, which the
+        wrapper's backward averages over ranks together with those of the loss forward)."""
+        model = unwrap(model)
         ball = self.threat.scaled(self.ramp * fraction)
         specification = margin_specification(labels, model.num_classes, x.dtype)
         return interval_bounds(model, x, ball, specification)[0]

@@ -2,7 +2,9 @@
 
 Let ``p(x) = softmax(f(x))``, ``ŷ`` the natural prediction and ``x_adv`` an attack point in
 ``B(x, eps)``. Attack points are computed in eval mode and the loss forwards run in the model's
-own mode; gradients flow only through the loss forwards.
+own mode; gradients flow only through the loss forwards. Under torchrun the model given is
+wrapped in DistributedDataParallel: attack points are computed against the model inside it
+(:func:`attack_point`), so that only the loss forwards go through the wrapper.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 
 from robustgate.attacks.pgd import PGD, Attack
 from robustgate.config import AttackSettings
+from robustgate.distributed import unwrap
 from robustgate.models.modes import eval_mode
 from robustgate.threat import ThreatModel
 
@@ -55,6 +58,18 @@ def training_attack(objective: str = "ce", settings: AttackSettings | None = Non
                restarts=settings.restarts, objective=objective, seed=seed)
 
 
+def attack_point(attack: Attack, model: nn.Module, x: torch.Tensor, target: torch.Tensor,
+                 threat: ThreatModel) -> torch.Tensor:
+    """``attack``'s point against ``model`` in eval mode, computed with the model inside a
+    DistributedDataParallel wrapper: its many forwards and input gradients are this rank's
+    alone. A forward through the wrapper takes part in collective work (the buffer broadcast
+    DDP does by default, the reduction ``find_unused_parameters`` prepares), so ranks running
+    different numbers of attack forwards through it hang (``distributed.unwrap``)."""
+    attacked = unwrap(model)
+    with eval_mode(attacked):
+        return attack(attacked, x, target, threat)
+
+
 class Standard:
     """``CE(f(x), y)``."""
 
@@ -74,8 +89,7 @@ class PGDAT:
         self.attack = attack or training_attack("ce")
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with eval_mode(model):
-            x_adv = self.attack(model, x, y, self.threat)
+        x_adv = attack_point(self.attack, model, x, y, self.threat)
         return F.cross_entropy(model(x_adv), y, reduction="none")
 
 
@@ -95,8 +109,7 @@ class TRADES:
         self.attack = attack or training_attack("kl")
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with eval_mode(model):
-            x_adv = self.attack(model, x, y, self.threat)
+        x_adv = attack_point(self.attack, model, x, y, self.threat)
         return trades_term(model(x), model(x_adv), y, self.beta_trades)
 
 
@@ -128,10 +141,10 @@ class _AbstainObjective:
         raise NotImplementedError
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with eval_mode(model):
-            with torch.no_grad():
-                predicted = model(x).argmax(dim=1)
-            x_adv = self.attack(model, x, predicted, self.threat)
+        attacked = unwrap(model)
+        with eval_mode(attacked), torch.no_grad():
+            predicted = attacked(x).argmax(dim=1)
+        x_adv = attack_point(self.attack, model, x, predicted, self.threat)
         logits, logits_adv = model(x), model(x_adv)
         abstain_target = runner_up(logits_adv, predicted)
         return self.abstain_term(

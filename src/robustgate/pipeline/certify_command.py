@@ -16,6 +16,7 @@ from robustgate.certify import (
     traced,
 )
 from robustgate.config import SmoothingSettings
+from robustgate.distributed import Process
 from robustgate.evaluate import (
     BoundCertificates,
     Certificates,
@@ -25,7 +26,7 @@ from robustgate.evaluate import (
     smoothing_metrics,
 )
 from robustgate.inputs import check_inputs
-from robustgate.io import atomic_write_json, complete_or_resume, record_settings
+from robustgate.io import atomic_write_json, record_settings
 from robustgate.models import load_checkpoint, predict_logits
 from robustgate.registry import CERTIFICATE_METHODS
 from robustgate.threat import ThreatModel
@@ -35,7 +36,8 @@ def certify_checkpoint(
     checkpoint: str | Path, x: torch.Tensor, y: torch.Tensor, out: str | Path, method: str,
     norm: str, radii: Sequence[float], smoothing: SmoothingSettings | None = None,
     data: str = "", device: torch.device | str = "cpu", batch_size: int = 256,
-    chunk: int = 100, progress: bool = True, trust_code: bool = False,
+    chunk: int = 100, progress: bool = True, process: Process | None = None,
+    trust_code: bool = False,
 ) -> dict[str, Any]:
     """Certify ``checkpoint`` on ``(x, y)`` into ``out`` by ``method`` (of
     ``registry.CERTIFICATE_METHODS``: randomized smoothing, with its ``smoothing`` settings, or
@@ -43,7 +45,9 @@ def certify_checkpoint(
     ``certificates.csv`` (one row per sample) and ``summary.json`` (certified metrics at each
     radius of ``radii`` in ``norm``; smoothing certifies Linf radii through the covering L2
     radius). Everything is checked before anything is written; an interrupted run resumes from
-    ``certificates.partial.csv``."""
+    its partial files. Under ``torchrun`` each ``process`` certifies its shard of the samples,
+    and the main process alone writes the merged certificates' summary."""
+    process = process or Process()
     bound_propagation = CERTIFICATE_METHODS[method].bound_propagation
     if bound_propagation == (smoothing is not None):
         raise ValueError("smoothing settings (sigma, n0, n, alpha) go with --method smoothing "
@@ -62,16 +66,17 @@ def certify_checkpoint(
                 "samples": len(y), "norm": norm, "radii": sorted(set(radii)),
                 **(smoothing.model_dump(exclude={"votes"}) if smoothing else {})}
     out = Path(out)
-    record_settings(out / "certify.json", settings, "certificates")
+    if process.is_main:
+        record_settings(out / "certify.json", settings, "certificates")
     started = time.perf_counter()
     summary: dict[str, Any] = {**settings}
     path = out / "certificates.csv"
     if smoothing is not None:
         smooth = Smooth.from_settings(model, smoothing)
-        certificates: Certificates | BoundCertificates = complete_or_resume(
-            path, Certificates.read_csv, lambda partial: certify_smoothed(
-                smooth, x, y, smoothing.n0, smoothing.n, smoothing.alpha, smoothing.seed,
-                chunk=chunk, partial=partial, progress=progress))
+        certificates: Certificates | BoundCertificates = certify_smoothed(
+            smooth, x, y, smoothing.n0, smoothing.n, smoothing.alpha, smoothing.seed,
+            chunk=chunk, path=path, progress=progress, rank=process.rank,
+            world_size=process.world_size)
         records = certificates.records(threats[0], radii, dimension)
         largest = max_certifiable_radius(smoothing.sigma, smoothing.n, smoothing.alpha)
         sigma_train = metadata.get("sigma_train")
@@ -81,10 +86,9 @@ def certify_checkpoint(
                                             and sigma_train != smoothing.sigma),
             "max_certifiable_l2_radius": largest, "l2_covering": norm == "linf"})
     else:
-        certificates = complete_or_resume(
-            path, BoundCertificates.read_csv, lambda partial: certify_with_bounds(
-                model, x, y, threats[0], radii, method, batch_size=batch_size,
-                partial=partial, progress=progress))
+        certificates = certify_with_bounds(
+            model, x, y, threats[0], radii, method, batch_size=batch_size, path=path,
+            progress=progress, rank=process.rank, world_size=process.world_size)
         records = certificates.records()
     by_radius = {
         f"{norm} {threat.eps:g}": (
@@ -95,5 +99,6 @@ def certify_checkpoint(
     summary.update({
         "mean_seconds_per_sample": float(certificates.seconds.mean()) if len(y) else 0.0,
         "wall_time_s": time.perf_counter() - started, "metrics": by_radius})
-    atomic_write_json(out / "summary.json", summary)
+    if process.is_main:
+        atomic_write_json(out / "summary.json", summary)
     return summary

@@ -63,9 +63,9 @@ def compose_from_records(
                      sorted({r for k in kappas for r in (k * eps, (k + 1) * eps)}),
                      f"choosing among kappas {', '.join(f'{k:g}' for k in kappas)}")
         _check_radii(validation[1], core_validation, [eps], "the core at eps")
-        summary["operating_point"] = choose_kappa(branch_validation, core_validation, eps, kappas,
-                                                  max_accuracy_drop)
-        kappa = summary["operating_point"]["chosen"]["kappa"]
+        point = choose_kappa(branch_validation, core_validation, eps, kappas, max_accuracy_drop)
+        summary["operating_point"] = point.to_json()
+        kappa = point.kappa
     for path, part in zip(branches, parts, strict=True):
         _check_radii(path, part, [kappa * eps, (kappa + 1) * eps],
                      f"a branch selected at kappa {kappa:g} (kappa·eps, and (kappa+1)·eps where "
@@ -142,9 +142,7 @@ def compose_from_checkpoints(
     if adaptive is not None:
         records = evaluate_model(composed, x, y, threat, [threat.eps], adaptive,
                                  batch_size=batch_size, progress=progress,
-                                 description="adaptive", partial=out / "adaptive.partial.csv")
-        records.to_csv(out / "adaptive.csv")
-        (out / "adaptive.partial.csv").unlink(missing_ok=True)
+                                 description="adaptive", path=out / "adaptive.csv")
         summary["adaptive"] = {"attack": repr(adaptive), **robustness_metrics(
             records.accurate, records.robust_at(threat.eps))}
         if sanity:

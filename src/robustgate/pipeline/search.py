@@ -40,8 +40,9 @@ from robustgate.evaluate.operating_points import (
     choose_recipe,
     operating_curve,
     point_at,
+    validation_parts,
 )
-from robustgate.evaluate.statistics import confirmation_size, mcnemar_p_value
+from robustgate.evaluate.statistics import mcnemar_p_value
 from robustgate.io import atomic_write_json, file_name, say
 from robustgate.models import load_checkpoint
 from robustgate.models.modes import predict_logits
@@ -51,34 +52,6 @@ from robustgate.train.run import train_model
 
 Data = tuple[torch.Tensor, torch.Tensor]
 SPLITS = ("choose", "confirm", "test")
-
-
-def validation_parts(search: SearchSettings, validation: Data | None, seed: int
-                     ) -> tuple[Data, Data]:
-    """The choosing and the confirming part of the validation split: disjoint, drawn at random
-    with ``seed`` (a validation split may be ordered by class), each in the split's order;
-    refused where the split is missing or too small to confirm the search's target."""
-    if validation is None:
-        raise ValueError(f"search {search.name!r} chooses on validation data: set "
-                         "data.validation_size")
-    x, y = validation
-    choose = search.choose_size
-    confirm = len(y) - choose if search.confirm_size is None else search.confirm_size
-    if confirm < 1 or choose + confirm > len(y):
-        raise ValueError(f"search {search.name!r}: choose_size {choose} and confirm_size "
-                         f"{search.confirm_size} need {choose + max(confirm, 1)} validation "
-                         f"points; the validation split has {len(y)}")
-    needed = confirmation_size(search.max_accuracy_drop, search.confidence)
-    if confirm < needed:
-        raise ValueError(
-            f"search {search.name!r}: {confirm} confirming points cannot confirm an accuracy "
-            f"drop of at most {search.max_accuracy_drop:g} at confidence {search.confidence:g} "
-            f"(a one-sided bound needs at least {needed}, even for a composition that never "
-            f"differs from its core): raise data.validation_size to at least {choose + needed}, "
-            "lower choose_size, or allow a larger max_accuracy_drop")
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    parts = order[:choose].sort().values, order[choose : choose + confirm].sort().values
-    return (x[parts[0]], y[parts[0]]), (x[parts[1]], y[parts[1]])
 
 
 @dataclass
@@ -106,12 +79,13 @@ class SearchRunner:
         Optuna), count each with the core on every split, choose; the result is also written to
         ``searches/<search>/result.json``."""
         base = self.evidence.out / "searches" / search.name
+        test = self._test_points(search)
         choose, confirm = validation_parts(search, self.evidence.validation, self.config.seed)
+        data = {"choose": choose, "confirm": confirm, "test": test}
         candidates = search.candidates()
         atomic_write_json(base / "candidates.json", [overrides for overrides, _ in candidates])
         eps = self.evidence.eps
         kind = SELECTOR_KINDS[search.selector]
-        data = {"choose": choose, "confirm": confirm, "test": self._test_points(search)}
         cores = {split: self._core(search, base / "core", split, *data[split])
                  for split in SPLITS}
         core_accuracy = float(cores["choose"].accurate.mean())

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib
@@ -14,6 +13,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
+from robustgate.evaluate.regions import Panel  # noqa: E402
 from robustgate.io import atomic_write  # noqa: E402
 
 # the plot's file in a run directory (drawn by the pipeline, shown by the run report)
@@ -21,15 +21,6 @@ FILE = "decision_regions.png"
 # grid points per axis of a panel
 RESOLUTION = 200
 PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
-
-
-@dataclass
-class Panel:
-    """One classifier to draw: ``predict(grid) -> (labels, abstained)`` (``abstained`` may be
-    ``None``), and the per-point indicator of robust inaccuracy on the shown data."""
-
-    predict: Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray | None]]
-    robust_inaccurate: np.ndarray
 
 
 def plot_decision_regions(

@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from robustgate.config import CompositionSettings, ExperimentConfig  # noqa: E402
+from robustgate.evaluate.results import SplitResults  # noqa: E402
 from robustgate.registry import SELECTOR_KINDS  # noqa: E402
 
 
@@ -37,7 +38,7 @@ def _label(ax: Any, xlabel: str, ylabel: str, heading: str, **legend: Any) -> No
         ax.legend(**{"fontsize": 7, **legend})
 
 
-def robust_vs_inaccuracy(metrics: dict[str, dict[str, Any]], config: ExperimentConfig) -> str:
+def robust_vs_inaccuracy(metrics: SplitResults, config: ExperimentConfig) -> str:
     """Robust accuracy against robust inaccuracy, one point per robust model; models trained
     with the same loss are joined (a sweep, e.g. of the ERA weight β or the training eps)."""
     figure, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -46,7 +47,7 @@ def robust_vs_inaccuracy(metrics: dict[str, dict[str, Any]], config: ExperimentC
         if spec.loss.name == "standard" or name not in metrics:
             continue
         values = metrics[name]
-        point = (100 * values["robust_inaccuracy"], 100 * values["robust_accuracy"], name)
+        point = (100 * values.robust_inaccuracy, 100 * values.robust_accuracy, name)
         by_loss.setdefault(spec.loss.name, []).append(point)
     for loss, points in by_loss.items():
         points.sort()
@@ -89,7 +90,7 @@ def noise_effects(rows: list[dict[str, Any]]) -> str:
     return png(figure)
 
 
-def composed_accuracies(metrics: dict[str, dict[str, Any]],
+def composed_accuracies(metrics: SplitResults,
                         compositions: Sequence[CompositionSettings]) -> str:
     """Composed natural against composed robust accuracy for each composition: filled under
     the attack on the whole system, hollow as counted (the sound form, a lower bound); the core
@@ -99,10 +100,10 @@ def composed_accuracies(metrics: dict[str, dict[str, Any]],
     for name in sorted(references):
         if name in metrics:
             values = metrics[name]
-            ax.scatter(100 * values["natural_accuracy"], 100 * values["robust_accuracy"],
+            ax.scatter(100 * values.natural_accuracy, 100 * values.robust_accuracy,
                        marker="x", color="black")
-            ax.annotate(f"{name} alone", (100 * values["natural_accuracy"],
-                                          100 * values["robust_accuracy"]),
+            ax.annotate(f"{name} alone", (100 * values.natural_accuracy,
+                                          100 * values.robust_accuracy),
                         textcoords="offset points", xytext=(5, -10), fontsize=8)
     for index, composition in enumerate(compositions):
         values = metrics.get(composition.label)
@@ -110,10 +111,10 @@ def composed_accuracies(metrics: dict[str, dict[str, Any]],
             continue
         colour = f"C{index % 10}"
         marker = SELECTOR_KINDS[composition.selector].marker
-        natural = 100 * values["natural_accuracy"]
-        adaptive = (values.get("adaptive") or {}).get("robust_accuracy")
-        if values.get("selection_rate") is not None:
-            ax.scatter(natural, 100 * values["robust_accuracy"], marker=marker,
+        natural = 100 * values.natural_accuracy
+        adaptive = None if values.adaptive is None else values.adaptive.robust_accuracy
+        if values.selection_rate is not None:
+            ax.scatter(natural, 100 * values.robust_accuracy, marker=marker,
                        facecolors="none", edgecolors=colour)
         if adaptive is not None:
             ax.scatter(natural, 100 * adaptive, marker=marker, color=colour,

@@ -1,7 +1,8 @@
 """The report of an experiment's run directory: ``report.md`` (tables) and ``report.html`` (one
 file, the same tables and the plots embedded).
 
-It reads what the run wrote: ``config.json``, ``metrics.json``, ``records/test/<model>.csv``,
+It reads what the run wrote: ``config.json``, ``metrics.json`` (the results,
+``evaluate.results``, read by attribute), ``records/test/<model>.csv``,
 ``records/composed/<composition>.csv`` (sound form), ``records/adaptive/<composition>.csv``
 and ``selection/<composition>.csv`` (scores and routes); smoothed models and certified
 compositions from ``metrics.json``.
@@ -14,7 +15,6 @@ import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from robustgate.evaluate.operating_points import (
     robustness_given_up,
     within_accuracy_drop,
 )
+from robustgate.evaluate.results import ExperimentResults, SplitResults
 from robustgate.evaluate.statistics import mcnemar_p_value
 from robustgate.io import atomic_write_text, file_name
 from robustgate.registry import SELECTOR_KINDS
@@ -52,7 +53,7 @@ class Run:
 
     directory: Path
     config: ExperimentConfig
-    result: dict[str, Any]
+    results: ExperimentResults
     read_records: dict[tuple[str, str], Records | None] = field(default_factory=dict)
 
     @classmethod
@@ -64,11 +65,13 @@ class Run:
                                         "(run `robustgate run CONFIG.yaml` first)")
         config = parse_config(json.loads((directory / "config.json").read_text()),
                               ExperimentConfig, str(directory / "config.json"))
-        return cls(directory, config, json.loads((directory / "metrics.json").read_text()))
+        return cls(directory, config, ExperimentResults.from_json(
+            json.loads((directory / "metrics.json").read_text()), config))
 
     @property
-    def metrics(self) -> dict[str, dict[str, Any]]:
-        return self.result["test"]
+    def metrics(self) -> SplitResults:
+        """The results on the test points."""
+        return self.results.test
 
     @property
     def compositions(self) -> list[CompositionSettings]:
@@ -88,7 +91,7 @@ class Run:
         return [name for name, spec in self.config.models.items() if spec.smoothing is not None]
 
     @property
-    def empirical_metrics(self) -> dict[str, dict[str, Any]]:
+    def empirical_metrics(self) -> SplitResults:
         """Metrics of the models attacked and of the empirical compositions."""
         certified = {*self.smoothed_models, *(c.label for c in self.certified_compositions)}
         return {name: values for name, values in self.metrics.items() if name not in certified}
@@ -113,15 +116,15 @@ SPLIT_NAMES = {"test": "test points", "train": "training points"}
 
 
 def _model_section(run: Run, split: str = "test") -> Section:
-    metrics = (run.empirical_metrics if split == "test" else run.result[split])
-    exact = any("exact" in values for values in metrics.values())
+    metrics = (run.empirical_metrics if split == "test" else run.results.split(split))
+    exact = any(values.exact is not None for values in metrics.values())
     columns = ["model", "natural", "robust", "robust inaccuracy", "non-robust", "selection rate",
                "accuracy on selected", "if the selector were not attacked",
                *(["robust (exact)"] if exact else [])]
     keys = ["natural_accuracy", "robust_accuracy", "robust_inaccuracy", "non_robust",
             "selection_rate", "selected_accuracy", "unattacked_robust_accuracy"]
-    rows = [[name, *[_percent(values.get(key)) for key in keys],
-             *([_percent(values.get("exact", {}).get("robust_accuracy"))] if exact else [])]
+    rows = [[name, *[_percent(getattr(values, key)) for key in keys],
+             *([_percent((values.exact or {}).get("robust_accuracy"))] if exact else [])]
             for name, values in metrics.items()]
     if split != "test":
         return Section(f"Models and compositions on the {SPLIT_NAMES[split]}", columns, rows,
@@ -130,9 +133,9 @@ def _model_section(run: Run, split: str = "test") -> Section:
                         "the κ they deploy on the test points)."])
     evaluation = run.config.evaluation
     notes = [
-        f"{run.result['samples']} test points of `{run.config.data.name}`; robustness checked "
-        f"by `{run.result['attack']}` ({evaluation.attack.steps} iterations) at "
-        f"{evaluation.threat.norm} eps = {run.result['eps']:g}. Compositions are named "
+        f"{run.results.samples} test points of `{run.config.data.name}`; robustness checked "
+        f"by `{run.results.attack}` ({evaluation.attack.steps} iterations) at "
+        f"{evaluation.threat.norm} eps = {run.results.eps:g}. Compositions are named "
         "branch→core, with the selector in brackets unless it is the robustness selector "
         "(with κ where it checks B(x', κ·eps) around the input it sees). A composition's robust "
         "accuracy is the sound form of DESIGN.md section 1: for the robustness selector, the "
@@ -142,7 +145,7 @@ def _model_section(run: Run, split: str = "test") -> Section:
         "records are exact (the deployed robustness selector uses the same attack). The column "
         "'if the selector were not attacked' takes the selection on the clean input (the "
         "paper's Figure 1): not a robust accuracy. The mixing baseline's robust figures are on "
-        f"the adaptive subset. Wall time {run.result['wall_time_s']:.0f} s."]
+        f"the adaptive subset. Wall time {run.results.wall_time_s:.0f} s."]
     if exact:
         notes.append(
             "'robust (exact)' is the truth for the deployed composition (its selector with an "
@@ -174,17 +177,17 @@ def _certified_models_section(run: Run) -> Section | None:
     rows, notes = [], []
     for name in run.smoothed_models:
         values = run.metrics[name]
-        train = "–" if values["sigma_train"] is None else f"{values['sigma_train']:g}"
-        for radius, at in values["by_radius"].items():
-            flag = " (above the largest certifiable)" if at["above_max_certifiable"] else ""
-            rows.append([name, f"{values['sigma']:g} ({train})", radius,
-                         f"{at['l2_radius']:.3g}{flag}", _percent(at["natural_accuracy"]),
-                         _percent(at["certified_accuracy"]),
-                         _percent(at["certified_robust_inaccuracy"]),
-                         _percent(at["abstain_rate"]), f"{values['mean_seconds_per_sample']:.3g}"])
-        notes.append(f"{name}: smoothed at σ = {values['sigma']:g}, N = {values['n']}, α = "
-                     f"{values['alpha']:g} on {values['samples']} test points; no L2 radius "
-                     f"above {values['max_certifiable_l2_radius']:.3g} can be certified there.")
+        train = "–" if values.sigma_train is None else f"{values.sigma_train:g}"
+        for radius, at in values.by_radius.items():
+            flag = " (above the largest certifiable)" if at.above_max_certifiable else ""
+            rows.append([name, f"{values.sigma:g} ({train})", radius,
+                         f"{at.l2_radius:.3g}{flag}", _percent(at.natural_accuracy),
+                         _percent(at.certified_accuracy),
+                         _percent(at.certified_robust_inaccuracy),
+                         _percent(at.abstain_rate), f"{values.mean_seconds_per_sample:.3g}"])
+        notes.append(f"{name}: smoothed at σ = {values.sigma:g}, N = {values.n}, α = "
+                     f"{values.alpha:g} on {values.samples} test points; no L2 radius "
+                     f"above {values.max_certifiable_l2_radius:.3g} can be certified there.")
     norm = run.config.evaluation.threat.norm
     if norm == "linf":
         notes.append("Linf radii are certified through the L2 ball that covers them "
@@ -192,9 +195,9 @@ def _certified_models_section(run: Run) -> Section | None:
     notes.append("Certified: the smoothed prediction is right and certified at the radius; "
                  "certified robust inaccuracy: certified and wrong; an abstention counts as "
                  "wrong and certifies nothing.")
-    curves = {f"{name} (σ = {run.metrics[name]['sigma']:g})": [
-        (float(radius), at["certified_accuracy"], at["certified_robust_inaccuracy"])
-        for radius, at in run.metrics[name]["by_radius"].items()] for name in run.smoothed_models}
+    curves = {f"{name} (σ = {run.metrics[name].sigma:g})": [
+        (float(radius), at.certified_accuracy, at.certified_robust_inaccuracy)
+        for radius, at in run.metrics[name].by_radius.items()] for name in run.smoothed_models}
     return Section("Certified models (randomized smoothing)", columns, rows, notes,
                    plots.certified_curves(curves))
 
@@ -208,18 +211,19 @@ def _bounded_models_section(run: Run) -> Section | None:
                "inaccuracy", "robust (attacked)", "s per input"]
     rows = []
     curves: dict[str, list[tuple[float, float, float]]] = {}
+    samples = 0
     for name in run.bounded_models:
-        values = run.metrics[name]
-        for method, by_radius in values["bounds"].items():
-            seconds = values["bound_seconds_per_sample"][method]
+        bounds = run.metrics[name].bounds
+        for method, by_radius in bounds.by_method.items():
+            seconds = bounds.seconds_per_sample[method]
             for radius, at in by_radius.items():
-                rows.append([name, method, radius, _percent(at["natural_accuracy"]),
-                             _percent(at["certified_accuracy"]),
-                             _percent(at["certified_robust_inaccuracy"]),
-                             _percent(at["empirical_robust_accuracy"]), f"{seconds:.3g}"])
+                rows.append([name, method, radius, _percent(at.natural_accuracy),
+                             _percent(at.certified_accuracy),
+                             _percent(at.certified_robust_inaccuracy),
+                             _percent(at.empirical_robust_accuracy), f"{seconds:.3g}"])
                 curves.setdefault(f"{name} ({method})", []).append(
-                    (float(radius), at["certified_accuracy"], at["certified_robust_inaccuracy"]))
-    samples = run.metrics[run.bounded_models[0]]["bound_samples"]
+                    (float(radius), at.certified_accuracy, at.certified_robust_inaccuracy))
+        samples = samples or bounds.samples
     notes = [f"Bound propagation on the first {samples} test points: certified where the lower "
              "bound of every logit difference f_ŷ − f_j over the ball (with the domain) is "
              "positive. The attacked robust accuracy is an upper bound, the certified one a "
@@ -239,13 +243,13 @@ def _certified_compositions_section(run: Run) -> Section | None:
     rows, notes = [], []
     for composition in run.certified_compositions:
         values = run.metrics[composition.label]
-        rows.append([composition.label, _percent(values["natural_accuracy"]),
-                     _percent(values["core_natural_accuracy"]),
-                     _percent(values["certified_accuracy"]),
-                     _interval(values["certified_accuracy_interval"]),
-                     _percent(values["certified_robust_inaccuracy"]),
-                     _percent(values["selection_rate"]), _percent(values["stable_rate"]),
-                     _percent(values["certified_accuracy_if_selector_not_attacked"])])
+        rows.append([composition.label, _percent(values.natural_accuracy),
+                     _percent(values.core_natural_accuracy),
+                     _percent(values.certified_accuracy),
+                     _interval(values.certified_accuracy_interval),
+                     _percent(values.certified_robust_inaccuracy),
+                     _percent(values.selection_rate), _percent(values.stable_rate),
+                     _percent(values.certified_accuracy_if_selector_not_attacked)])
         note = SELECTOR_KINDS[composition.selector].report_note(composition.label, values)
         if note is not None:
             notes.append(note)
@@ -272,36 +276,35 @@ def _adaptive_section(run: Run) -> Section:
     rows, notes = [], []
     for composition in run.compositions:
         label = composition.label
-        values = run.metrics.get(label, {})
-        adaptive = values.get("adaptive")
-        if not adaptive:
+        values = run.metrics.get(label)
+        adaptive = None if values is None else values.adaptive
+        if adaptive is None:
             continue
-        counted, samples = adaptive.get("counted_robust_accuracy"), adaptive["samples"]
-        broken = adaptive.get("counted_but_broken")
-        rows.append([label, _percent(values["natural_accuracy"]), _percent(counted),
-                     _interval(adaptive.get("counted_robust_accuracy_interval")),
-                     _percent(adaptive["robust_accuracy"]),
-                     _interval(adaptive.get("robust_accuracy_interval")),
+        counted, samples = adaptive.counted_robust_accuracy, adaptive.samples
+        broken = adaptive.counted_but_broken
+        rows.append([label, _percent(values.natural_accuracy), _percent(counted),
+                     _interval(adaptive.counted_robust_accuracy_interval),
+                     _percent(adaptive.robust_accuracy),
+                     _interval(adaptive.robust_accuracy_interval),
                      "–" if broken is None else str(broken), str(samples)])
         if counted is None:
             continue
-        gap = 100 * (adaptive["robust_accuracy"] - counted)
-        p_value = mcnemar_p_value(adaptive.get("held_but_not_counted", 0), broken or 0,
-                                  "greater")
+        gap = 100 * (adaptive.robust_accuracy - counted)
+        p_value = mcnemar_p_value(adaptive.held_but_not_counted or 0, broken or 0, "greater")
         verdict = (f"{'beyond' if p_value < 0.05 else 'within'} the sampling error: exact "
                    "McNemar test on the inputs only one of them holds, one-sided (the count is a "
                    f"lower bound and the attack an upper one by construction), p = {p_value:.3g}")
         notes.append(f"{label}: the attack holds {gap:+.1f} points against the count "
                      f"({verdict}).")
         if broken:
-            indices = adaptive.get("counted_but_broken_indices")
+            indices = adaptive.counted_but_broken_indices
             which = "" if indices is None else f" (test inputs {_indices(indices)})"
             notes.append(
                 f"{label}: the attack broke {broken} inputs the count holds robust and "
                 f"accurate{which}: there, the robustness checks behind the records missed what "
                 "the adaptive attack found, and the count is not a lower bound until they are "
                 "made stronger.")
-        sanity = adaptive.get("sanity")
+        sanity = adaptive.sanity
         if sanity:
             by_eps = ", ".join(f"{100 * value:.1f}% at {eps}"
                                for eps, value in sanity["robust_accuracy_by_eps"].items())
@@ -315,7 +318,7 @@ def _adaptive_section(run: Run) -> Section:
                 + f"; at larger eps the adaptive attack holds {by_eps or 'nothing was checked'}"
                 + ("" if sanity["falls_as_eps_grows"] else " (it does not fall as eps grows: "
                    "suspect the attack)") + ".")
-        candidates = adaptive.get("candidates")
+        candidates = adaptive.candidates
         if candidates:
             found = ", ".join(f"{name}: {count}" for name, count in candidates.items() if count)
             notes.append(f"{label}: inputs broken first by each candidate: {found or 'none'}.")
@@ -333,34 +336,33 @@ def _adaptive_section(run: Run) -> Section:
 
 def _operating_point_section(run: Run) -> Section | None:
     rows, notes, curves = [], [], []
-    core_accuracy = {name: values["natural_accuracy"] for name, values in run.metrics.items()}
     for composition in run.config.compositions:
-        values = run.metrics.get(composition.label, {})
-        point = values.get("operating_point")
-        if not point:
+        values = run.metrics.get(composition.label)
+        point = None if values is None else values.operating_point
+        if point is None:
             continue
-        chosen, core = point["chosen"], composition.core
+        chosen = point.chosen
         certified = SELECTOR_KINDS[composition.selector].certified
-        counted = values["certified_accuracy" if certified else "robust_accuracy"]
+        counted = values.certified_accuracy if certified else values.robust_accuracy
         # a certified composition's core accuracy is on the certified test points
-        core_natural = values.get("core_natural_accuracy", core_accuracy[core])
+        core_natural = (values.core_natural_accuracy if certified
+                        else run.metrics[composition.core].natural_accuracy)
         drop = chosen["max_accuracy_drop"]
-        for kind in ("validation", "test"):
-            for entry in point[f"{kind}_curve"]:
+        for kind, curve in (("validation", point.validation_curve), ("test", point.test_curve)):
+            for entry in curve:
                 rows.append([composition.label, kind, f"{entry['kappa']:g}",
                              _percent(entry["natural_accuracy"]),
                              _percent(entry["robust_accuracy"]),
                              _percent(entry["selection_rate"]),
                              "chosen" if entry["kappa"] == chosen["kappa"] else ""])
         target = core_natural - (drop or 0.0)
-        curves.append((composition.label, {"validation": point["validation_curve"],
-                                           "test": point["test_curve"]}, chosen["kappa"],
-                       target))
-        shortfall = 100 * (core_natural - values["natural_accuracy"])
+        curves.append((composition.label, {"validation": point.validation_curve,
+                                           "test": point.test_curve}, point.kappa, target))
+        shortfall = 100 * (core_natural - values.natural_accuracy)
         if not chosen["meets_target"]:
             notes.append(f"{composition.label}: no κ meets the target on validation data; the "
                          f"most accurate, κ = {chosen['kappa']:g}, was chosen.")
-        given_up = robustness_given_up(point["validation_curve"], chosen)
+        given_up = robustness_given_up(point.validation_curve, chosen)
         if given_up is not None:
             notes.append(
                 f"{composition.label}: warning: κ = {chosen['kappa']:g} keeps the accuracy "
@@ -369,13 +371,13 @@ def _operating_point_section(run: Run) -> Section | None:
                 f"robust accuracy, {100 * given_up['share_kept']:.0f}% of the "
                 f"{100 * given_up['robust_accuracy']:.1f}% at κ = {given_up['kappa']:g}; allow a "
                 "larger accuracy drop or make the branch more accurate.")
-        if not within_accuracy_drop(values["natural_accuracy"], core_natural, drop):
+        if not within_accuracy_drop(values.natural_accuracy, core_natural, drop):
             notes.append(f"{composition.label}: on the test set the composition is "
                          f"{shortfall:.2f} points less accurate than its core, more than the "
                          f"{100 * drop:g} points allowed.")
         else:
             notes.append(f"{composition.label}: κ = {chosen['kappa']:g}; test natural accuracy "
-                         f"{100 * values['natural_accuracy']:.2f}% (core "
+                         f"{100 * values.natural_accuracy:.2f}% (core "
                          f"{100 * core_natural:.2f}%), "
                          f"{'certified' if certified else 'sound robust'} accuracy "
                          f"{100 * counted:.2f}%.")
@@ -395,7 +397,7 @@ def _search_sections(run: Run) -> list[Section]:
     confirming and test points, the choice, and the frontier."""
     sections = []
     for search in run.config.searches:
-        result = run.result.get("searches", {}).get(search.name)
+        result = run.results.searches.get(search.name)
         if result is None:
             continue
         choice, test = result["choice"], result["test"]
@@ -479,7 +481,7 @@ def _search_sections(run: Run) -> list[Section]:
 def _matched_section(run: Run) -> Section | None:
     """The selectors of each single branch, against its robustness selector's natural
     accuracy."""
-    reference = {composition.branches[0]: run.metrics[composition.label]["natural_accuracy"]
+    reference = {composition.branches[0]: run.metrics[composition.label].natural_accuracy
                  for composition in run.compositions
                  if SELECTOR_KINDS[composition.selector].calibration_reference
                  and len(composition.branches) == 1
@@ -492,12 +494,11 @@ def _matched_section(run: Run) -> Section | None:
         branch = composition.branches[0]
         if values is None or len(composition.branches) > 1 or branch not in reference:
             continue
-        adaptive = values.get("adaptive") or {}
-        gap = 100 * (values["natural_accuracy"] - reference[branch])
+        gap = 100 * (values.natural_accuracy - reference[branch])
         rows.append([composition.label, composition.selector,
-                     _percent(values["natural_accuracy"]), f"{gap:+.2f}",
-                     _percent(adaptive.get("robust_accuracy")),
-                     _percent(values.get("selection_rate")),
+                     _percent(values.natural_accuracy), f"{gap:+.2f}",
+                     _percent(None if values.adaptive is None else values.adaptive.robust_accuracy),
+                     _percent(values.selection_rate),
                      "matched" if abs(gap) <= tolerance
                      else f"not matched (> {tolerance:g} points)"])
     if all(SELECTOR_KINDS[row[1]].calibration_reference for row in rows):  # nothing matched
@@ -516,8 +517,8 @@ def _matched_section(run: Run) -> Section | None:
 
 def _routes_section(run: Run) -> Section | None:
     rows = [[label, route, str(counts["correct"]), str(counts["wrong"])]
-            for label, values in run.metrics.items()
-            for route, counts in (values.get("routes") or {}).items()]
+            for label, values in run.empirical_metrics.items()
+            for route, counts in (values.routes or {}).items()]
     if not rows:
         return None
     return Section("Per-route confusion counts (clean test inputs)",
@@ -529,15 +530,14 @@ def _selective_section(run: Run) -> tuple[Section | None, list[tuple[str, np.nda
     rows, curves = [], []
     for composition in run.compositions:
         label = composition.label
-        values = run.metrics.get(label, {})
+        values = run.metrics.get(label)
         selection = run.selection(label)
-        if selection is None or "selection_rate" not in values:
+        if selection is None or values is None or values.selection_rate is None:
             continue
         accurate = run.records("test", composition.branches[0]).accurate
-        risk = None if values.get("selected_accuracy") is None else 1 - values[
-            "selected_accuracy"]
-        aurc = values.get("aurc")
-        rows.append([label, _percent(values["selection_rate"]), _percent(risk),
+        risk = None if values.selected_accuracy is None else 1 - values.selected_accuracy
+        aurc = values.aurc
+        rows.append([label, _percent(values.selection_rate), _percent(risk),
                      "–" if aurc is None else f"{aurc:.4f}"])
         if selection.scores is not None:
             curves.append((label, *risk_coverage_curve(selection.scores, accurate)))
@@ -556,28 +556,38 @@ def _selective_section(run: Run) -> tuple[Section | None, list[tuple[str, np.nda
 
 
 def _autoattack_section(run: Run) -> Section | None:
-    check = run.result.get("autoattack_check") or {}
+    check = run.results.autoattack_check
     if not check:
         return None
-    attack = run.result["attack"]
+    attack = run.results.attack
     rows, notes = [], []
     for name, values in check.items():
-        rows.append([name, _percent(values[attack]), _percent(values["autoattack"]),
-                     f"{values['difference_points']:+.2f}"])
-        if values["agree_within_1_point"]:
+        rows.append([name, _percent(values.evaluation), _percent(values.autoattack),
+                     f"{values.difference_points:+.2f}"])
+        if values.agree_within_1_point:
             notes.append(f"{name}: the two agree within 1 point.")
         else:
-            lower = "AutoAttack" if values["autoattack"] < values[attack] else attack
+            lower = "AutoAttack" if values.autoattack < values.evaluation else attack
             notes.append(f"{name}: they differ by more than 1 point; {lower} gives the lower "
                          "robust accuracy, the figure to trust.")
-        missed = values.get("missed_flips")
-        if missed:
-            notes.append(
-                f"{name}: AutoAttack flipped {len(missed)} inputs the evaluation attack held "
-                f"robust (test inputs {_indices(missed)}): each is a witness, not a sampling "
-                "error, that the records' check is weaker than AutoAttack on this model, and "
-                "every count that leans on its records may count inputs that are not robust.")
-    return Section("Robust accuracy: evaluation attack vs full AutoAttack",
+        by_radius = values.missed_flips_by_radius or {f"{run.results.eps:g}": values.missed_flips}
+        for radius, missed in by_radius.items():
+            if missed:
+                notes.append(
+                    f"{name}: at eps {radius}, AutoAttack flipped {len(missed)} inputs the "
+                    f"records' check held robust (test inputs {_indices(missed)}): each is a "
+                    "witness, not a sampling error, that the check is weaker than AutoAttack on "
+                    "this model, and every count that leans on its records at that radius may "
+                    "count inputs that are not robust.")
+    records_check = run.config.evaluation.records_check
+    notes.insert(0, (
+        f"The records were written by `{attack}` "
+        + ("raised to the strong check (margin PGD towards every class with restarts, or "
+           "AutoAttack's standard version: attacks.records_check)" if records_check == "strong"
+           else "as configured (evaluation.records_check: attack, the cheaper check)")
+        + f"; AutoAttack checked them on the first {run.config.evaluation.autoattack_check} "
+        "test points at every radius they hold."))
+    return Section("Robust accuracy: the records' check vs full AutoAttack",
                    ["model", attack, "AutoAttack (standard)", "difference (points)"], rows, notes)
 
 
@@ -607,11 +617,12 @@ def _threshold_section(run: Run) -> Section | None:
     for composition in run.compositions:
         label = composition.label
         selection = run.selection(label)
-        values = run.metrics.get(label, {})
-        if selection is None or selection.scores is None or "threshold" not in values:
+        values = run.metrics.get(label)
+        if (selection is None or selection.scores is None or values is None
+                or values.threshold is None):
             continue
         accurate = run.records("test", composition.branches[0]).accurate
-        sweeps.append((label, selection.scores, accurate, values["threshold"]))
+        sweeps.append((label, selection.scores, accurate, values.threshold))
     if not sweeps:
         return None
     return Section("Selection rate and accuracy on the selected inputs against the threshold",

@@ -19,6 +19,7 @@ from robustgate.attacks import Attack
 from robustgate.config import CompositionSettings, SearchSettings, TrainSpec
 from robustgate.evaluate import Records, Selection
 from robustgate.evaluate.operating_points import SelectionAt
+from robustgate.evaluate.results import CompositionResult, Result
 from robustgate.registry import SELECTOR_KINDS
 from robustgate.select import Selector
 from robustgate.selector_kinds.run import CompositionRun
@@ -47,6 +48,8 @@ class SelectorKind:
     exact_on_grid: bool = False
     # settings of ``config.CompositionSettings`` only this kind reads
     options: tuple[str, ...] = ()
+    # what :meth:`evaluate` returns, and ``metrics.json`` reads back into
+    result_type: type[Result] = CompositionResult
 
     def register(self) -> SelectorKind:
         SELECTOR_KINDS.register(self.name, self)
@@ -116,8 +119,9 @@ class SelectorKind:
 
     # -- deployed and counted --------------------------------------------------------------------
 
-    def evaluate(self, run: CompositionRun, composition: CompositionSettings) -> dict[str, Any]:
-        """The composition's metrics, counted from ``run``'s evidence; writes its files."""
+    def evaluate(self, run: CompositionRun, composition: CompositionSettings) -> Result:
+        """The composition's results (of :attr:`result_type`), counted from ``run``'s evidence,
+        with the ``κ`` it deploys; writes its files."""
         raise NotImplementedError
 
     def deploy(self, branch: torch.nn.Module, threat: ThreatModel, attack: Attack,
@@ -133,6 +137,6 @@ class SelectorKind:
 
     # -- the report ------------------------------------------------------------------------------
 
-    def report_note(self, label: str, values: dict[str, Any]) -> str | None:
+    def report_note(self, label: str, result: Any) -> str | None:
         """The report's line on a certified composition of this kind."""
         return None

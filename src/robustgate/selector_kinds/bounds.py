@@ -22,6 +22,7 @@ from robustgate.config import CompositionSettings, SearchSettings, TrainSpec
 from robustgate.evaluate import BoundCertificates, Records, Selection
 from robustgate.evaluate.certified import bound_certificates_or_resume
 from robustgate.evaluate.operating_points import SelectionAt, choose_kappa, operating_curve
+from robustgate.evaluate.results import CertifiedCompositionResult, OperatingPoint
 from robustgate.io import file_name
 from robustgate.models.modes import model_device, predict_logits
 from robustgate.registry import CERTIFICATE_METHODS
@@ -45,6 +46,7 @@ class BoundsKind(SelectorKind):
     takes_kappa = True
     chooses_operating_point = True
     options = ("bound_method",)
+    result_type = CertifiedCompositionResult
 
     def label(self, composition: CompositionSettings) -> str | None:
         return f"bounds: {composition.bound_method}"
@@ -71,7 +73,7 @@ class BoundsKind(SelectorKind):
         return set().union(*(self.selection_radii(eps, kappa) for kappa in composition.kappas))
 
     def _operating_point(self, run: CompositionRun, composition: CompositionSettings
-                         ) -> dict[str, Any]:
+                         ) -> OperatingPoint:
         """``κ`` chosen on the calibration points (``evaluate.operating_points`` on certified
         records): the branch and a core with bound settings certified there (resumable files
         in ``certificates/validation``), a core without them by its answers."""
@@ -100,32 +102,33 @@ class BoundsKind(SelectorKind):
                             run.eps, point.kappas, point.max_accuracy_drop,
                             bound_selection_at(branch, composition.bound_method))
 
-    def evaluate(self, run: CompositionRun, composition: CompositionSettings) -> dict[str, Any]:
+    def evaluate(self, run: CompositionRun, composition: CompositionSettings
+                 ) -> CertifiedCompositionResult:
         """Counted from the certificates, the core counting only where it is certified itself
         (by any of its methods); with an IBP selector, the composition is exported as one
         program and its answers compared with the Python object's on the whole test set."""
         point = (None if composition.operating_point is None
                  else self._operating_point(run, composition))
         eps = run.eps
-        kappa = run.deploy_at(composition, composition.kappa if point is None
-                              else point["chosen"]["kappa"])
+        kappa = composition.kappa if point is None else point.kappa
         branch = run.bound_certificates[composition.branches[0]]
         deployed = branch[composition.bound_method].records()
         selection_at = bound_selection_at(branch, composition.bound_method)
         core_part = certified_core_part(run.bound_certificates.get(composition.core),
                                         run.records[composition.core], len(deployed), eps)
-        metrics = {**run.certified_count(composition, deployed, core_part,
-                                         selection_at(deployed, eps, kappa), kappa),
-                   "bound_method": composition.bound_method,
-                   "guarantee": "deterministic (bound propagation)"}
+        result = run.certified_count(composition, deployed, core_part,
+                                     selection_at(deployed, eps, kappa), kappa)
+        result.extras.update({"bound_method": composition.bound_method,
+                              "guarantee": "deterministic (bound propagation)"})
         if point is not None:
-            metrics["operating_point"] = {**point, "test_curve": operating_curve(
-                deployed, core_part, eps, composition.kappas, selection_at)}
-        run.say(f"[{composition.label}] certified {100 * metrics['certified_accuracy']:.1f}% of "
+            point.test_curve = operating_curve(deployed, core_part, eps, composition.kappas,
+                                               selection_at)
+            result.operating_point = point
+        run.say(f"[{composition.label}] certified {100 * result.certified_accuracy:.1f}% of "
                 f"{len(deployed)}" + ("" if point is None else f" at kappa {kappa:g}"))
         if composition.bound_method == "ibp":
-            metrics["export"] = _export_check(run, composition, kappa)
-        return metrics
+            result.extras["export"] = _export_check(run, composition, kappa)
+        return result
 
     def search_branch(self, run: CompositionRun, search: SearchSettings, model: nn.Module,
                       spec: TrainSpec, directory: Path, split: str, x: torch.Tensor,
@@ -139,14 +142,14 @@ class BoundsKind(SelectorKind):
         return (certificates[search.bound_method].records(),
                 bound_selection_at(certificates, search.bound_method))
 
-    def report_note(self, label: str, values: dict[str, Any]) -> str | None:
-        export = values.get("export")
+    def report_note(self, label: str, result: CertifiedCompositionResult) -> str | None:
+        export = result.extras.get("export")
         exported = "" if export is None else (
             f" Exported as one program ({export['path']}): it answers like the Python "
             f"object on {export['agreeing']} of {export['inputs']} test inputs.")
-        return (f"{label}: the selector certifies the branch by {values['bound_method']} on "
-                f"B(x', {values['kappa']:g}·eps) around the input it sees; a selection counts "
-                f"as stable where IBP certifies B(x, {values['kappa'] + 1:g}·eps) (interval "
+        return (f"{label}: the selector certifies the branch by {result.extras['bound_method']} on "
+                f"B(x', {result.kappa:g}·eps) around the input it sees; a selection counts "
+                f"as stable where IBP certifies B(x, {result.kappa + 1:g}·eps) (interval "
                 f"bounds are monotone under inclusion); deterministic.{exported}")
 
 

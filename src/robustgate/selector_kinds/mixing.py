@@ -5,10 +5,9 @@ mixed model is attacked whole with the evaluation attack on the adaptive subset.
 
 from __future__ import annotations
 
-from typing import Any
-
 from robustgate.config import CompositionSettings
 from robustgate.evaluate import robustness_metrics
+from robustgate.evaluate.results import AttackComparison, MixingResult
 from robustgate.evaluate.sound_count import compare_with_attack
 from robustgate.models import MixedClassifier, choose_mixing_weight, predict_logits
 from robustgate.selector_kinds.base import SelectorKind
@@ -17,9 +16,10 @@ from robustgate.selector_kinds.run import CompositionRun
 
 class MixingKind(SelectorKind):
     name = "mixing"
+    result_type = MixingResult
     marker = "P"
 
-    def evaluate(self, run: CompositionRun, composition: CompositionSettings) -> dict[str, Any]:
+    def evaluate(self, run: CompositionRun, composition: CompositionSettings) -> MixingResult:
         if composition.coverage or composition.selective_accuracy:
             raise ValueError(f"composition {composition.label!r}: mixing takes one branch and "
                              "never abstains (no coverage or selective accuracy)")
@@ -37,14 +37,17 @@ class MixingKind(SelectorKind):
                                 settings.power, settings.shift)
         natural = (predict_logits(mixed, run.test[0]).argmax(1) == run.test[1]).numpy()
         attacked = run.attacked(composition.label, mixed, run.attack)
-        metrics: dict[str, Any] = {"natural_accuracy": float(natural.mean()), "weight": weight,
-                                   "calibrated_for": {"composed_accuracy": target}}
+        result = MixingResult(float(natural.mean()), extras={
+            "weight": weight, "calibrated_for": {"composed_accuracy": target}})
         if attacked is not None:
             partition = robustness_metrics(attacked.accurate, attacked.robust_at(run.eps))
-            del partition["natural_accuracy"]  # of the attacked subset; the test set's is above
-            metrics.update({**partition, "adaptive": {
-                **compare_with_attack(attacked, None, run.eps), "attack": repr(run.attack)}})
-        return metrics
+            result.robust_accuracy = partition["robust_accuracy"]
+            result.robust_inaccuracy = partition["robust_inaccuracy"]
+            result.non_robust = partition["non_robust"]
+            # its natural accuracy is the test set's, not the attacked subset's
+            result.adaptive = AttackComparison(**compare_with_attack(attacked, None, run.eps),
+                                               attack=repr(run.attack))
+        return result
 
 
 MIXING = MixingKind()

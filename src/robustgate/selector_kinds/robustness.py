@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -20,6 +19,7 @@ from robustgate.attacks import Attack
 from robustgate.config import CompositionSettings, SearchSettings, TrainSpec
 from robustgate.evaluate import Records, Selection, evaluate_or_resume
 from robustgate.evaluate.operating_points import SelectionAt, choose_kappa, operating_curve
+from robustgate.evaluate.results import CompositionResult, OperatingPoint
 from robustgate.select import RobustnessSelector, Selector
 from robustgate.selector_kinds.base import SelectorKind
 from robustgate.selector_kinds.run import CompositionRun
@@ -70,35 +70,35 @@ class RobustnessKind(SelectorKind):
                             ) -> list[Selection]:
         return [Selection.robustness(branch, eps, kappa) for branch in branches]
 
-    def _kappa(self, run: CompositionRun, composition: CompositionSettings
-               ) -> tuple[float, dict[str, Any]]:
-        """``κ`` as configured, or chosen on the calibration data for the operating point."""
-        point = composition.operating_point
-        if point is None:
-            return composition.kappa, {"kappa": composition.kappa}
-        choice = choose_kappa(run.validation_records(composition.branches[0]),
-                              run.validation_records(composition.core), run.eps,
-                              point.kappas, point.max_accuracy_drop)
-        chosen = choice["chosen"]
-        run.say(f"[{composition.label}] kappa {chosen['kappa']:g} chosen on the validation "
-                "points" + ("" if chosen["meets_target"] else " (no kappa meets the target)"))
-        return chosen["kappa"], {"kappa": chosen["kappa"], "operating_point": choice}
+    def _operating_point(self, run: CompositionRun, composition: CompositionSettings
+                         ) -> OperatingPoint | None:
+        """``κ`` chosen on the calibration data for the operating point (``None``: configured)."""
+        settings = composition.operating_point
+        if settings is None:
+            return None
+        point = choose_kappa(run.validation_records(composition.branches[0]),
+                             run.validation_records(composition.core), run.eps,
+                             settings.kappas, settings.max_accuracy_drop)
+        run.say(f"[{composition.label}] kappa {point.kappa:g} chosen on the validation points"
+                + ("" if point.chosen["meets_target"] else " (no kappa meets the target)"))
+        return point
 
-    def evaluate(self, run: CompositionRun, composition: CompositionSettings) -> dict[str, Any]:
-        kappa, info = self._kappa(run, composition)
-        run.deploy_at(composition, kappa)
+    def evaluate(self, run: CompositionRun, composition: CompositionSettings
+                 ) -> CompositionResult:
+        point = self._operating_point(run, composition)
+        kappa = composition.kappa if point is None else point.kappa
         parts = [run.records[name] for name in composition.branches]
         selectors = [RobustnessSelector(run.models[name], run.threat, run.attack, kappa,
                                         run.config.evaluation.batch_size)
                      for name in composition.branches]
-        counted = run.count(composition, self.attacked_selections(parts, run.eps, kappa),
-                            selectors)
-        metrics = {**counted, **info}
-        if composition.operating_point is not None:
-            metrics["operating_point"]["test_curve"] = operating_curve(
-                parts[0], run.records[composition.core], run.eps,
-                composition.operating_point.kappas)
-        return metrics
+        result = run.count(composition, self.attacked_selections(parts, run.eps, kappa),
+                           selectors)
+        result.kappa = kappa
+        if point is not None:
+            point.test_curve = operating_curve(parts[0], run.records[composition.core], run.eps,
+                                               composition.kappas)
+            result.operating_point = point
+        return result
 
     def deploy(self, branch: torch.nn.Module, threat: ThreatModel, attack: Attack,
                threshold: float | None, coverage: float | None,

@@ -37,6 +37,11 @@ from robustgate.evaluate import (
     evaluate_or_resume,
     selection_metrics,
 )
+from robustgate.evaluate.results import (
+    AdaptiveComparison,
+    CertifiedCompositionResult,
+    CompositionResult,
+)
 from robustgate.evaluate.sanity import sanity_checks
 from robustgate.evaluate.sound_count import compare_with_attack, composition_metrics
 from robustgate.evaluate.statistics import clopper_pearson
@@ -86,17 +91,9 @@ class CompositionRun:
     progress: bool = True
     certificates: dict[str, Certificates] = field(default_factory=dict)
     bound_certificates: dict[str, dict[str, BoundCertificates]] = field(default_factory=dict)
-    # the κ each composition with a knob deploys, by label, as its kind chose it
-    kappas: dict[str, float] = field(default_factory=dict)
 
     def say(self, message: str) -> None:
         say(message, self.progress)
-
-    def deploy_at(self, composition: CompositionSettings, kappa: float) -> float:
-        """Record that ``composition`` is deployed at ``κ = kappa`` (configured, or chosen for
-        its operating point); returns it."""
-        self.kappas[composition.label] = kappa
-        return kappa
 
     @property
     def eps(self) -> float:
@@ -176,7 +173,8 @@ class CompositionRun:
     # -- counting ------------------------------------------------------------------------------
 
     def count(self, composition: CompositionSettings, selections: Sequence[Selection],
-              selectors: Sequence[Any], scores: np.ndarray | None = None) -> dict[str, Any]:
+              selectors: Sequence[Any], scores: np.ndarray | None = None
+              ) -> CompositionResult:
         """An attacked composition counted in the sound form on the test points from its
         branches' ``selections``; writes its routes and records, and attacks the composition
         deployed with ``selectors`` end to end (``adaptive``)."""
@@ -190,11 +188,11 @@ class CompositionRun:
             [(self.models[branch], selector)
              for branch, selector in zip(composition.branches, selectors, strict=True)],
             self.models[composition.core])
-        return {**counted, "adaptive": self.adaptive(composition.label, composed,
-                                                     composed_records)}
+        return CompositionResult(**counted, adaptive=self.adaptive(composition.label, composed,
+                                                                   composed_records))
 
     def certified_count(self, composition: CompositionSettings, branch: Records, core: Records,
-                        selection: Selection, kappa: float) -> dict[str, Any]:
+                        selection: Selection, kappa: float) -> CertifiedCompositionResult:
         """A certified composition's records (written beside the run) and metrics: composed
         natural and certified accuracy (with its 95% interval), certified robust inaccuracy,
         selection and stability rates, and the selection taken on the clean input beside
@@ -206,18 +204,16 @@ class CompositionRun:
         certified = composed.accurate & composed.robust_at(eps)
         low, high = clopper_pearson(int(certified.sum()), len(certified))
         unattacked = selection.selected & branch.accurate & branch.robust_at(eps)
-        return {
-            "natural_accuracy": float(composed.accurate.mean()),
-            "core_natural_accuracy": float(core.accurate.mean()),
-            "certified_accuracy": float(certified.mean()),
-            "certified_accuracy_interval": [low, high],
-            "certified_robust_inaccuracy": float((~composed.accurate
-                                                  & composed.robust_at(eps)).mean()),
-            "certified_accuracy_if_selector_not_attacked": float(unattacked.mean()),
+        return CertifiedCompositionResult(
+            natural_accuracy=float(composed.accurate.mean()),
+            core_natural_accuracy=float(core.accurate.mean()),
+            certified_accuracy=float(certified.mean()),
+            certified_accuracy_interval=[low, high],
+            certified_robust_inaccuracy=float((~composed.accurate
+                                               & composed.robust_at(eps)).mean()),
+            certified_accuracy_if_selector_not_attacked=float(unattacked.mean()),
             **selection_metrics(branch.accurate, selection.selected),
-            "stable_rate": float(selection.stable.mean()), "kappa": kappa,
-            "samples": len(certified), "certified": True,
-        }
+            stable_rate=float(selection.stable.mean()), kappa=kappa, samples=len(certified))
 
     # -- attacks on the whole system -----------------------------------------------------------
 
@@ -236,7 +232,7 @@ class CompositionRun:
                                   progress=self.progress, description=f"{label}/adaptive")
 
     def adaptive(self, label: str, composed: ComposedClassifier, counted: Records
-                 ) -> dict[str, Any] | None:
+                 ) -> AdaptiveComparison | None:
         """The composition under the adaptive attack against its count."""
         attack = AdaptiveAttack(**self.config.adaptive.attack_options(), seed=self.config.seed)
         attacked = self.attacked(label, composed, attack)
@@ -245,13 +241,11 @@ class CompositionRun:
         candidates_path = self.out / "records" / "adaptive" / f"{file_name(label)}.candidates.json"
         if not candidates_path.exists():
             atomic_write_json(candidates_path, attack.candidate_counts)
-        return {
-            **compare_with_attack(attacked, counted, self.eps),
-            "attack": repr(attack),
+        return AdaptiveComparison(
+            **compare_with_attack(attacked, counted, self.eps), attack=repr(attack),
             # which candidate broke each input first (of the attacks that wrote the records)
-            "candidates": json.loads(candidates_path.read_text()),
-            "sanity": self._sanity(label, composed, attack),
-        }
+            candidates=json.loads(candidates_path.read_text()),
+            sanity=self._sanity(label, composed, attack))
 
     def _sanity(self, label: str, composed: ComposedClassifier, attack: AdaptiveAttack
                 ) -> dict[str, Any] | None:

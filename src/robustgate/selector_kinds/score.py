@@ -12,6 +12,7 @@ from typing import Any
 
 from robustgate.config import CompositionSettings
 from robustgate.evaluate import Selection, area_under_risk_coverage
+from robustgate.evaluate.results import CompositionResult
 from robustgate.select import ThresholdSelector
 from robustgate.selector_kinds.base import SelectorKind
 from robustgate.selector_kinds.run import CompositionRun
@@ -41,10 +42,14 @@ class ScoreKind(SelectorKind):
                 composed_accuracy=run.matching_accuracy(branch, core))
         return selector, info
 
-    def evaluate(self, run: CompositionRun, composition: CompositionSettings) -> dict[str, Any]:
+    def evaluate(self, run: CompositionRun, composition: CompositionSettings
+                 ) -> CompositionResult:
         selector, info = self.calibrated(run, composition)
         branch = run.records[composition.branches[0]]
         scores = selector.scores(run.test[0]).numpy()
         selection = Selection.scores(branch, scores >= selector.threshold, run.eps)
-        counted = run.count(composition, [selection], [selector], scores)
-        return {**counted, **info, "aurc": area_under_risk_coverage(scores, branch.accurate)}
+        result = run.count(composition, [selection], [selector], scores)
+        result.threshold = info.pop("threshold")
+        result.aurc = area_under_risk_coverage(scores, branch.accurate)
+        result.extras.update(info)
+        return result

@@ -12,7 +12,6 @@ deployed as a majority vote of its ``votes`` draws, where its certified radius r
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -22,6 +21,7 @@ from robustgate.config import CompositionSettings, SearchSettings, SmoothingSett
 from robustgate.evaluate import Certificates, Records, Selection
 from robustgate.evaluate.certified import certify_or_resume
 from robustgate.evaluate.operating_points import SelectionAt
+from robustgate.evaluate.results import CertifiedCompositionResult
 from robustgate.selector_kinds.base import SelectorKind
 from robustgate.selector_kinds.run import CompositionRun, uncertified
 
@@ -39,13 +39,15 @@ class SmoothingKind(SelectorKind):
     certified = True
     takes_kappa = True
     smoothed_branches = True
+    result_type = CertifiedCompositionResult
 
-    def evaluate(self, run: CompositionRun, composition: CompositionSettings) -> dict[str, Any]:
+    def evaluate(self, run: CompositionRun, composition: CompositionSettings
+                 ) -> CertifiedCompositionResult:
         branch_name = composition.branches[0]
         branch = run.certificates[branch_name]
         settings = run.config.models[branch_name].smoothing
         assert settings is not None
-        eps, kappa = run.eps, run.deploy_at(composition, composition.kappa)
+        eps, kappa = run.eps, composition.kappa
         dimension = run.test[0][0].numel()
         l2 = covering_l2_radius(run.threat, dimension)
         records = branch.records(run.threat, [eps], dimension)
@@ -59,10 +61,10 @@ class SmoothingKind(SelectorKind):
                                    {eps: core.certified_at(voted)})
         else:
             core_records = uncertified(run.records[composition.core], len(branch), eps)
-        metrics = run.certified_count(composition, records, core_records, selection, kappa)
+        result = run.certified_count(composition, records, core_records, selection, kappa)
         stability = stable_radius(settings.sigma, kappa * l2, l2, settings.n0, settings.n,
                                   settings.alpha)
-        run.say(f"[{composition.label}] certified {100 * metrics['certified_accuracy']:.1f}% of "
+        run.say(f"[{composition.label}] certified {100 * result.certified_accuracy:.1f}% of "
                 f"{len(branch)} (stable where the certified L2 radius is at least "
                 f"{stability:.3g})")
         if core is not None:
@@ -75,8 +77,9 @@ class SmoothingKind(SelectorKind):
             guarantee = (f"per input with probability >= {1 - 2 * settings.alpha:g} (2 "
                          f"certificates at alpha {settings.alpha:g}, a union bound)")
             extra = {}
-        return {**metrics, "selector_l2_radius": kappa * l2, "stable_l2_radius": stability,
-                **extra, "guarantee": guarantee}
+        result.extras.update({"selector_l2_radius": kappa * l2, "stable_l2_radius": stability,
+                              **extra, "guarantee": guarantee})
+        return result
 
     def search_branch(self, run: CompositionRun, search: SearchSettings, model: nn.Module,
                       spec: TrainSpec, directory: Path, split: str, x: torch.Tensor,
@@ -91,12 +94,13 @@ class SmoothingKind(SelectorKind):
                 smoothing_selection(certificates, spec.smoothing,
                                     covering_l2_radius(run.threat, dimension)))
 
-    def report_note(self, label: str, values: dict[str, Any]) -> str | None:
+    def report_note(self, label: str, result: CertifiedCompositionResult) -> str | None:
+        extras = result.extras
         return (f"{label}: the selector certifies the branch on the L2 ball of "
-                f"{values['selector_l2_radius']:.3g} around the input it sees; a selection "
+                f"{extras['selector_l2_radius']:.3g} around the input it sees; a selection "
                 f"counts as stable where the certified radius at the clean input reaches "
-                f"{values['stable_l2_radius']:.3g}, the margin that makes the deployed "
-                f"Monte-Carlo selector select every reachable input; {values['guarantee']}.")
+                f"{extras['stable_l2_radius']:.3g}, the margin that makes the deployed "
+                f"Monte-Carlo selector select every reachable input; {extras['guarantee']}.")
 
 
 SMOOTHING = SmoothingKind()

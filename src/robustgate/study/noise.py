@@ -51,8 +51,8 @@ from robustgate.evaluate.statistics import mcnemar_p_value
 from robustgate.io import atomic_write_json, say
 from robustgate.losses import make_loss
 from robustgate.models import build_model, load_checkpoint, save_checkpoint
-from robustgate.pipeline.run_directory import check_run_directory
 from robustgate.report.noise_report import write_noise_report
+from robustgate.run_directory import check_run_directory
 from robustgate.train import fit
 
 # -- disks ---------------------------------------------------------------------------------------
@@ -248,12 +248,13 @@ def _run_mnist(config: NoiseStudyConfig, out: Path, results: dict[str, Any],
             correct = vote_correct(model, x_test, y_test, sigma, settings.votes, config.seed, 10)
             smooth = Smooth(model, 10, sigma, batch_size=400)
             count = settings.certify_limit
-            # certified in chunks, each written to a partial file: an interrupted cell resumes
-            partial = (out / "certificates" / "mnist"
-                       / f"sigma-{sigma:g}-sigma_train-{sigma_train:g}.partial.csv")
+            # certified in chunks, each written to a partial file: an interrupted cell resumes;
+            # once the cell is in the results, its certificates file goes
+            path = (out / "certificates" / "mnist"
+                    / f"sigma-{sigma:g}-sigma_train-{sigma_train:g}.csv")
             certificates = certify_smoothed(smooth, x_test[:count], y_test[:count], 100,
                                             settings.n, settings.alpha, seed=config.seed,
-                                            chunk=20, partial=partial, progress=progress,
+                                            chunk=20, path=path, progress=progress,
                                             description=f"certify {key}")
             certified = ((certificates.predictions == certificates.labels)
                          & (certificates.radii >= settings.radius))
@@ -262,7 +263,7 @@ def _run_mnist(config: NoiseStudyConfig, out: Path, results: dict[str, Any],
                             "correct": correct.astype(int).tolist(),
                             "certified_accuracy": float(certified.mean())}
             save()
-            partial.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             say(f"[mnist] sigma {sigma:g}, sigma_train {sigma_train:g}: error "
                 f"{100 * (1 - correct.mean()):.2f}%", progress)
 

@@ -6,6 +6,13 @@ every epoch), ``epochs/epoch-K.safetensors`` for validated epochs, and at the en
 ``last.safetensors``, ``best.safetensors`` and ``summary.json``. Started again on the same
 directory, a run continues from its last finished epoch and ends with the same weights as an
 uninterrupted run (every epoch's randomness is seeded from the seed and the epoch).
+
+Under torchrun every rank trains (``train.loop``) and validates its own slice of the validation
+split, the metrics averaged over ranks; rank 0 alone writes the directory, the other ranks wait
+for it at a barrier after every epoch and at the end. The directory must be one that every rank
+reads (one machine, or a file system the machines share). A run resumes from ``state.pt`` with
+any number of processes: the state holds the weights, the optimizer and the epochs done, none of
+which depends on the number of ranks.
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ from torch import nn
 
 from robustgate.attacks import build_attack
 from robustgate.certify import Smooth
-from robustgate.config import DataSettings, SelectionSettings, TrainSpec
+from robustgate.config import DataSettings, SelectionSettings, TrainSpec, ValidationSettings
 from robustgate.data import load_dataset
+from robustgate.distributed import ALONE, Process, barrier, mean_over_ranks, shard
 from robustgate.evaluate import (
     certified_metrics,
     certify_smoothed,
@@ -136,8 +144,11 @@ def train_model(
     progress: bool = True,
     metadata: dict[str, Any] | None = None,
     resolve: Callable[[str], Path] | None = None,
+    process: Process = ALONE,
 ) -> Path:
-    """Train (or resume training) one model into ``out``; returns the best checkpoint's path."""
+    """Train (or resume training) one model into ``out``; returns the best checkpoint's path.
+    ``process`` is this rank of a torchrun run (the module docstring); every rank of the run
+    calls this with the same arguments."""
     out = Path(out)
     best_path = out / "best.safetensors"
     # what is trained: how the model is deployed and certified afterwards is not part of it
@@ -161,7 +172,7 @@ def train_model(
     augment = None if spec.augmentation is None else make_augmentation(
         spec.augmentation, train[0].shape[1:])
     optimizer = make_optimizer(model, config)
-    if not (out / "spec.json").exists():
+    if process.is_main and not (out / "spec.json").exists():
         atomic_write_json(out / "spec.json", {"spec": spec_json, "seed": seed})
     history: list[dict[str, Any]] = []
     state_path = out / "state.pt"
@@ -184,50 +195,80 @@ def train_model(
             epoch % spec.validation.every == 0 or epoch == config.epochs
         )
         if validated and validation is not None:
-            entry["validation"] = validate(model, validation, spec, threat, seed, progress)
-            save(out / "epochs" / f"epoch-{epoch}.safetensors", epoch,
-                 {"validation": entry["validation"]})
+            entry["validation"] = validate(model, validation, spec, threat, seed, progress,
+                                           process)
+            if process.is_main:
+                save(out / "epochs" / f"epoch-{epoch}.safetensors", epoch,
+                     {"validation": entry["validation"]})
         history.append(entry)
-        atomic_write_text(out / "log.jsonl", "".join(json.dumps(e, allow_nan=False) + "\n"
-                                                     for e in history))
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "history": json.dumps(history)}
-        atomic_write(state_path, lambda temporary: torch.save(state, temporary))
+        if process.is_main:
+            atomic_write_text(out / "log.jsonl", "".join(json.dumps(e, allow_nan=False) + "\n"
+                                                         for e in history))
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "history": json.dumps(history)}
+            atomic_write(state_path, lambda temporary: torch.save(state, temporary))
+        barrier(process)
 
     try:
         fit(model, loss, *train, config, progress=progress, description=out.name,
             optimizer=optimizer, start_epoch=len(history), on_epoch_end=on_epoch_end,
-            augment=augment)
+            augment=augment, process=process)
     except DivergedError as error:
         kept = (f"{state_path} keeps epoch {len(history)}, the last good one" if history
                 else "no epoch finished")
         raise DivergedError(f"{out}: {error}; {kept}") from None
-    save(out / "last.safetensors", config.epochs)
+    if process.is_main:
+        finish(out, spec, history, config.epochs, lambda path: save(path, config.epochs))
+    barrier(process)
+    return best_path
+
+
+def finish(out: Path, spec: TrainSpec, history: list[dict[str, Any]], epochs: int,
+           save_last: Callable[[Path], None]) -> None:
+    """Write ``last.safetensors``, ``summary.json`` and, last, ``best.safetensors`` (the epoch
+    the validation rule chooses, else the last)."""
+    best_path = out / "best.safetensors"
+    save_last(out / "last.safetensors")
     chosen = None if spec.validation is None else select_epoch(history, spec.validation.select)
     if chosen is None:
         shutil.copyfile(out / "last.safetensors", out / "best.tmp")
     else:
         shutil.copyfile(out / "epochs" / f"epoch-{chosen}.safetensors", out / "best.tmp")
     atomic_write_json(out / "summary.json", {
-        "best_epoch": chosen or config.epochs,
+        "best_epoch": chosen or epochs,
         "validation": next((e.get("validation") for e in history if e["epoch"] == chosen), None),
-        "epochs": config.epochs,
+        "epochs": epochs,
     })
     (out / "best.tmp").replace(best_path)
-    return best_path
 
 
 def validate(
     model: nn.Module, validation: Data, spec: TrainSpec, threat: ThreatModel, seed: int,
-    progress: bool,
+    progress: bool, process: Process = ALONE,
 ) -> dict[str, float]:
     """Natural and robust metrics on (up to ``limit`` samples of) the validation split: by the
-    validation attack, or certified metrics of the smoothed model where ``smoothing`` is set."""
+    validation attack, or certified metrics of the smoothed model where ``smoothing`` is set.
+    Under torchrun each rank measures its slice (``distributed.shard``) and the metrics, all
+    fractions of the samples, are averaged over ranks weighted by the slices' sizes."""
     settings = spec.validation
     assert settings is not None
     x, y = validation
     if settings.limit is not None:
         x, y = x[: settings.limit], y[: settings.limit]
+    if len(y) < process.world_size:
+        raise ValueError(f"{len(y)} validation samples cannot be shared by "
+                         f"{process.world_size} processes; give more (validation.limit, "
+                         "data.validation_size)")
+    part = shard(len(y), process)
+    metrics = _validation_metrics(model, x[part.start:part.stop], y[part.start:part.stop],
+                                  settings, threat, seed, progress)
+    return mean_over_ranks(metrics, len(part), process)
+
+
+def _validation_metrics(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: ValidationSettings,
+    threat: ThreatModel, seed: int, progress: bool,
+) -> dict[str, float]:
     eps = threat.eps if settings.eps is None else settings.eps
     threat = ThreatModel(settings.norm or threat.norm, eps, threat.low, threat.high)
     if settings.smoothing is not None:

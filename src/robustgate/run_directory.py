@@ -1,5 +1,5 @@
-"""What every run of the pipeline shares: its run directory, which holds the resolved config and
-refuses another."""
+"""A run directory: it holds the resolved config of its run and refuses another (what every run
+of the pipeline and every study shares; above the config schemas, below everything that runs)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,213 @@
+"""One process of a ``torch.distributed`` run started by ``torchrun``, or the only one.
+
+``torchrun --nproc_per_node N`` (``--nnodes`` for several machines) starts N processes per
+machine and tells each its place through the environment (``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``). :func:`current` reads it (a lone process is
+rank 0 of 1), :func:`start` joins the process group (NCCL for CUDA devices, gloo otherwise), and
+the helpers here are no-ops in one process, so that the same code runs either way: training
+wraps the model in DistributedDataParallel (:func:`parallel`), averages what each rank measured
+(:func:`mean_over_ranks`) and lets rank 0 alone write while the others wait (:func:`barrier`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from robustgate.device import resolve_device
+
+
+@dataclass(frozen=True)
+class Process:
+    """This process's place: ``rank`` among ``world_size`` processes, ``local_rank`` on its
+    machine."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that writes checkpoints, logs and reports."""
+        return self.rank == 0
+
+
+# the one process of a run started without torchrun
+ALONE = Process()
+
+# DDP's switch that stops it broadcasting rank 0's buffers before every forward (buffers are
+# still made equal when the wrapper is built): ``forward_sync_buffers`` since torch 2.13, before
+# that ``broadcast_buffers``
+NO_FORWARD_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+    else {"broadcast_buffers": False})
+
+
+def _environment_int(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={text!r} is not an integer (torchrun "
+                         "sets it; unset it to run in one process)") from None
+
+
+def current() -> Process:
+    """This process's place from torchrun's ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; a
+    process started without torchrun is ``Process()`` (rank 0 of 1)."""
+    world_size = _environment_int("WORLD_SIZE", 1)
+    rank = _environment_int("RANK", 0)
+    local_rank = _environment_int("LOCAL_RANK", 0)
+    if world_size < 1 or not 0 <= rank < world_size or local_rank < 0:
+        raise ValueError(f"RANK={rank}, WORLD_SIZE={world_size}, LOCAL_RANK={local_rank} do not "
+                         "describe a process of a distributed run (0 <= RANK < WORLD_SIZE)")
+    return Process(rank, world_size, local_rank)
+
+
+def rank_device(device: str | torch.device | None = "auto") -> torch.device:
+    """The device this process computes on: ``device`` as ``device.resolve_device`` reads it,
+    except that under torchrun with several processes ``cuda`` (or ``auto`` on a machine with
+    CUDA) means this rank's GPU, ``cuda:LOCAL_RANK``; a ``cuda:N`` naming another GPU is
+    refused."""
+    resolved = resolve_device(device)
+    process = current()
+    if resolved.type != "cuda" or process.world_size == 1:
+        return resolved
+    if resolved.index is not None and resolved.index != process.local_rank:
+        raise ValueError(f"device={device!r} under torchrun: each process computes on its own "
+                         f"GPU (this one, LOCAL_RANK {process.local_rank}, on "
+                         f"cuda:{process.local_rank}); give cuda or auto")
+    if process.local_rank >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r} under torchrun: this process is LOCAL_RANK "
+                         f"{process.local_rank}, but this machine has "
+                         f"{torch.cuda.device_count()} GPUs; start one process per GPU "
+                         "(--nproc_per_node), or give cpu")
+    return resolve_device(f"cuda:{process.local_rank}")
+
+
+def start(device: str | torch.device | None = "auto") -> Process:
+    """Join the process group of a torchrun run (NCCL where ``device`` is CUDA, gloo otherwise)
+    when there are several processes and it is not joined yet; returns :func:`current`. In one
+    process nothing happens."""
+    process = current()
+    if process.world_size > 1 and not dist.is_initialized():
+        resolved = rank_device(device)
+        if resolved.type == "cuda":
+            torch.cuda.set_device(resolved)
+        dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo")
+    return process
+
+
+def stop() -> None:
+    """Leave the process group (where :func:`start` joined one)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _joined(process: Process | None) -> bool:
+    """Whether ``process`` (``None``: this process as torchrun started it) shares work with
+    other ranks; refuses a process of several whose group :func:`start` has not joined."""
+    world_size = current().world_size if process is None else process.world_size
+    if world_size == 1:
+        return False
+    if not dist.is_initialized():
+        raise RuntimeError(f"a process of {world_size} has not joined its process group; call "
+                           "robustgate.distributed.start(device) first")
+    return True
+
+
+def barrier(process: Process | None = None) -> None:
+    """Wait until every process of the run arrives here; a no-op in one process (and for a
+    ``process`` of one, such as :data:`ALONE`: work rank 0 does by itself under torchrun)."""
+    if _joined(process):
+        dist.barrier()
+
+
+def mean_over_ranks(values: dict[str, float], count: int, process: Process | None = None
+                    ) -> dict[str, float]:
+    """The mean of per-sample means over all ranks: each rank's ``values`` measured on its
+    ``count`` samples, weighted by that count, so that fractions (accuracies) come out as on
+    all samples at once. The same dict in one process (``process`` as in :func:`barrier`).
+    Every rank must give the same keys, in the same order."""
+    if not _joined(process):
+        return dict(values)
+    names = list(values)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
+        else torch.device("cpu")
+    sums = torch.tensor([values[name] * count for name in names] + [count],
+                        dtype=torch.float64, device=device)
+    dist.all_reduce(sums)
+    total = float(sums[-1])
+    if total == 0:
+        raise ValueError("mean_over_ranks: no rank measured any sample")
+    return {name: float(sums[i]) / total for i, name in enumerate(names)}
+
+
+def sum_over_ranks(value: torch.Tensor, process: Process | None = None) -> torch.Tensor:
+    """``value`` summed over all ranks (a new tensor); ``value`` itself in one process
+    (``process`` as in :func:`barrier`)."""
+    if not _joined(process):
+        return value
+    summed = value.detach().clone()
+    dist.all_reduce(summed)
+    return summed
+
+
+def shard(count: int, process: Process) -> range:
+    """The indices among ``count`` that ``process`` takes: contiguous slices, in rank order,
+    whose lengths differ by at most one (all of them in one process)."""
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    base, extra = divmod(count, process.world_size)
+    start = process.rank * base + min(process.rank, extra)
+    return range(start, start + base + (process.rank < extra))
+
+
+def parallel(model: nn.Module, process: Process) -> nn.Module:
+    """``model`` as it trains on ``process``: itself in one process; under torchrun wrapped in
+    ``DistributedDataParallel`` (gradients averaged over ranks in the backward pass), its batch
+    normalization layers turned into ``SyncBatchNorm`` on CUDA (batch statistics over the global
+    batch; same parameters, buffers and state-dict keys). On CPU (gloo) ``SyncBatchNorm`` does
+    not run: each rank normalizes by its own part of the batch, and :func:`average_buffers`
+    averages the running statistics over ranks. Buffers are not broadcast at every forward, so
+    that ranks may run different numbers of forwards through the unwrapped model (attacks).
+    The model must already be on the rank's device."""
+    if process.world_size == 1:
+        return model
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    if device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                   **NO_FORWARD_BUFFER_SYNC)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a ``DistributedDataParallel`` wrapper (``model`` itself otherwise): what
+    attacks and bound propagation compute with, so that their forwards and input gradients
+    involve no other rank; only the training loss's forwards go through the wrapper, whose
+    backward averages the gradients over ranks. (With torch 2.13 and gloo, two ranks running 2
+    and 3 PGD steps through a default wrapper, or one with ``find_unused_parameters``, hang at
+    the first step where their forward counts differ.)"""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def average_buffers(model: nn.Module, process: Process | None = None) -> None:
+    """Average the floating-point buffers of ``model`` (batch-norm running statistics) over the
+    ranks, in place; a no-op in one process (``process`` as in :func:`barrier`)."""
+    if not _joined(process):
+        return
+    world_size = dist.get_world_size()
+    for buffer in unwrap(model).buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer)
+            buffer.div_(world_size)
