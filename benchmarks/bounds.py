@@ -31,7 +31,6 @@ from support.harness import (
 from robustgate.certify import bounds as new_bounds
 from robustgate.certify import (
     certify_bounds,
-    feed_forward_layers,
     margin_specification,
     preactivation_bounds,
 )
@@ -61,7 +60,6 @@ def cases(model: torch.nn.Module, images: torch.Tensor, old_largest: int,
     CROWN new at each batch size of ``sizes`` (on that many images), old up to
     ``old_largest``."""
     sizes = sizes or SIZES
-    layers = feed_forward_layers(model)
     x = images[:sizes[100]]
     with torch.no_grad():
         specification = margin_specification(model(x).argmax(dim=1), 10)
@@ -72,7 +70,8 @@ def cases(model: torch.nn.Module, images: torch.Tensor, old_largest: int,
 
     def intervals(module: object = None):
         with torch.no_grad():
-            return (module or new_bounds).interval_bounds(layers, x, THREAT, specification)
+            bounded = model if module is None else old.reference_layers(model)
+            return (module or new_bounds).interval_bounds(bounded, x, THREAT, specification)
 
     def certify(method: str, module: object = None, size: int = 100, **settings: int):
         def run() -> None:
@@ -107,9 +106,8 @@ def agreement(model: torch.nn.Module, images: torch.Tensor, old_largest: int) ->
 
 
 def unstable_units(model: torch.nn.Module, x: torch.Tensor) -> str:
-    layers = feed_forward_layers(model)
     with torch.no_grad():
-        walk, bounds = preactivation_bounds(layers, x, THREAT, crown_neurons=0)
+        walk, bounds = preactivation_bounds(model, x, THREAT, crown_neurons=0)
     return ", ".join(
         f"layer {index}: {float(((low < 0) & (high > 0)).flatten(1).sum(1).float().mean()):.0f}"
         f" of {low[0].numel()}" for index, (low, high) in bounds.items())

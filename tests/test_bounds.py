@@ -18,7 +18,6 @@ from robustgate.certify import (
     bounds,
     certify_bounds,
     crown_bounds,
-    feed_forward_layers,
     interval_bounds,
     interval_certificates,
     margin_specification,
@@ -128,7 +127,7 @@ def test_on_tiny_relu_networks_ibp_and_crown_lie_below_the_lp_and_the_exact_boun
         model = MLP(3, 3, (5, 5)).double().eval()
         x = torch.rand(1, 3, dtype=torch.float64)
         threat = ThreatModel("linf", 0.1)
-        layers = feed_forward_layers(model)
+        layers = model
         specification = margin_specification(model(x).argmax(dim=1), 3).double()
         with torch.no_grad():
             ibp = interval_bounds(layers, x, threat, specification)[0][0]
@@ -153,7 +152,7 @@ def test_bounds_hold_the_outputs_of_sampled_points_and_no_attacked_flip_is_certi
     model = MLP(4, 3, (8, 8)).eval()
     x = torch.rand(16, 4)
     threat = ThreatModel(norm, eps)
-    layers = feed_forward_layers(model)
+    layers = model
     with torch.no_grad():
         predicted = model(x).argmax(dim=1)
         specification = margin_specification(predicted, 3)
@@ -388,7 +387,7 @@ def test_convolutional_bounds_hold_the_outputs_of_sampled_points(seed, norm, eps
                                                           input_size=12).eval()
     x = torch.rand(6, 1, 12, 12)
     threat = ThreatModel(norm, eps if norm == "linf" else 5 * eps)
-    layers = feed_forward_layers(model)
+    layers = model
     with torch.no_grad():
         predicted = model(x).argmax(dim=1)
         specification = margin_specification(predicted, 5 if seed % 2 else 10)

@@ -43,7 +43,8 @@ def _small(key: str) -> torch.nn.Module:
 
 
 def test_registry_names():
-    assert set(ARCHITECTURES) == {"MLP", "SmallCNN", "StridedCNN", "ResNet", "WideResNet"}
+    assert set(ARCHITECTURES) == {"MLP", "SmallCNN", "StridedCNN", "ResNet", "WideResNet",
+                                  "PreActResNet"}
 
 
 @pytest.mark.parametrize(

@@ -37,12 +37,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustgate.certify.bounds import feed_forward_layers, input_box, margin_specification
+from robustgate.certify.bounds import input_box, margin_specification
 from robustgate.certify.rules import ELEMENTWISE, MONOTONE
+from robustgate.models import MLP
 from robustgate.models.normalize import Normalize
 from robustgate.threat import ThreatModel
 
 BOUND_METHODS = ("ibp", "crown", "ibp+crown")
+
+
+def reference_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers of a feed-forward model in order: an ``nn.Sequential``'s, or the ``layers`` of
+    robustgate's feed-forward architectures (an MLP's after flattening); the library itself
+    bounds the traced forward (``certify.graph``)."""
+    if isinstance(model, nn.Sequential):
+        return list(model)
+    return [nn.Flatten(), *model.layers] if isinstance(model, MLP) else list(model.layers)
 
 
 def _affine_abs(layer: nn.Module, radius: torch.Tensor) -> torch.Tensor:
@@ -244,7 +254,7 @@ def certify_bounds(model: nn.Module, x: torch.Tensor, threat: ThreatModel,
     ``ibp+crown``, the larger of the two). A sample is certified where the margin is positive."""
     if method not in BOUND_METHODS:
         raise ValueError(f"method must be one of {BOUND_METHODS}, got {method!r}")
-    layers = feed_forward_layers(model)
+    layers = reference_layers(model)
     with torch.no_grad():
         logits = model(x)
         predicted = logits.argmax(dim=1)

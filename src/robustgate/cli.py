@@ -122,7 +122,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     out = check_output_directory(args.out)
     process, device = _process_device(args.device)
-    model, metadata = load_checkpoint(args.checkpoint, device)
+    model, metadata = load_checkpoint(args.checkpoint, device, args.trust_code)
     x, y = _split(args)
     threat = ThreatModel(args.norm, args.eps[0])
     for eps in args.eps:
@@ -232,7 +232,7 @@ def _compose(args: argparse.Namespace) -> int:
         args.branch, args.core, x, y, threat, _attack(args), args.out, selector=args.selector,
         threshold=args.threshold, coverage=args.coverage,
         calibration=calibration, kappa=args.kappa, sanity=args.sanity,
-        square_queries=args.square_queries,
+        square_queries=args.square_queries, trust_code=args.trust_code,
         adaptive=(AdaptiveAttack(steps=args.steps, relative_step=args.relative_step,
                                  restarts=args.restarts, target_classes=args.target_classes,
                                  seed=args.seed)
@@ -279,7 +279,7 @@ def _certify(args: argparse.Namespace) -> int:
     summary = certify_checkpoint(args.checkpoint, x, y, args.out, args.method, args.norm,
                                  args.radii, smoothing, data=args.data, device=device,
                                  batch_size=args.batch_size, progress=not args.quiet,
-                                 process=process)
+                                 process=process, trust_code=args.trust_code)
     if not process.is_main:
         return 0
     columns = SMOOTHED_COLUMNS if randomized else CERTIFIED_COLUMNS
@@ -461,6 +461,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
+def _trust_code(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-code", action="store_true",
+                        help="load checkpoints whose architecture is an import path "
+                        "(package.module:Name): importing it runs that code")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="robustgate",
@@ -497,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "a count leans on need; attack: as given (cheaper)")
     evaluate.add_argument("--out", required=True, help="directory for records and summary")
     _common(evaluate)
+    _trust_code(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
     run = commands.add_parser(
@@ -545,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     _attack_options(compose)
     compose.add_argument("--out", required=True, help="directory for the results")
     _common(compose)
+    _trust_code(compose)
     compose.set_defaults(handler=_compose)
 
     certify = commands.add_parser(
@@ -580,6 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_options(certify)
     certify.add_argument("--out", required=True, help="directory for certificates and summary")
     _common(certify)
+    _trust_code(certify)
     certify.set_defaults(handler=_certify)
 
     study = commands.add_parser(

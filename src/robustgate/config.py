@@ -147,12 +147,16 @@ class DataSettings(_Strict):
 
 
 class ModelSettings(_Strict):
-    """``init`` names a checkpoint to fine-tune (a robustgate checkpoint, or a plain state dict
-    of this architecture), or ``@name`` for another model of the same experiment."""
+    """``architecture`` names one of robustgate's (``models.ARCHITECTURES``) or an ``nn.Module``
+    subclass in the user's code, ``"package.module:Name"`` (imported: naming it in a config
+    trusts it). ``init`` names a checkpoint to fine-tune (a robustgate checkpoint, or a plain
+    state dict of this architecture, with ``init_keys: robustbench`` one with RobustBench's key
+    names, ``models.zoo``), or ``@name`` for another model of the same experiment."""
 
     architecture: str
     arguments: dict[str, Any] = Field(default_factory=dict)
     init: str | None = None
+    init_keys: Literal["robustgate", "robustbench"] = "robustgate"
     last_layer_only: bool = False
 
 

@@ -6,12 +6,12 @@ from robustgate.certify.bounds import (
     INTERVAL_METHODS,
     certify_bounds,
     crown_bounds,
-    feed_forward_layers,
     interval_bounds,
     interval_certificates,
     margin_specification,
     pair_specification,
     preactivation_bounds,
+    traced,
 )
 from robustgate.certify.smoothing import (
     ABSTAIN,
@@ -37,7 +37,6 @@ __all__ = [
     "clopper_pearson_upper",
     "covering_l2_radius",
     "crown_bounds",
-    "feed_forward_layers",
     "interval_bounds",
     "interval_certificates",
     "look_schedule",
@@ -48,5 +47,6 @@ __all__ = [
     "selector_stable_radius",
     "sequential_stable_radius",
     "stable_radius",
+    "traced",
     "vote_radius",
 ]

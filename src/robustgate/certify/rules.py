@@ -1,5 +1,5 @@
-"""Per-operation rules of bound propagation: one small object per layer, independent of how the
-layers are walked (a ``Sequential`` today, a traced graph next).
+"""Per-operation rules of bound propagation: one small object per operation of a traced graph
+(``certify.graph``), independent of how the graph is walked.
 
 Every rule has an interval rule in centre/radius form, ``interval(centre, radius)``: an affine
 layer takes the centre through itself and the radius through its absolute values, so a run of
@@ -12,6 +12,17 @@ returns ``Λ·M`` of shape ``(batch, rows, *in)`` (by the explicit transposed op
 ``Λ·W`` for a linear layer, ``conv_transpose2d`` for a convolution) and the constant ``Λ·b`` of
 shape ``(batch, rows)``. ``batch`` may be 1 for coefficients shared by every input. The ReLU
 rule's backward takes the pre-activation bounds too (:meth:`ReLURule.backward`).
+
+The rules of two operands and more (:class:`SumRule`, :class:`ConcatRule`) take a list of
+centres and a list of radii, and their backward rule hands back one coefficient tensor per
+operand.
+
+Batch normalization in eval mode is the per-feature affine map of its running statistics. In
+train mode (certified training only; a certificate refuses it), it is the affine map of the
+mean and biased variance over the batch of the interval centres at its input
+(:class:`BatchStatisticsRule`): the statistics the clean pass would use on the clean inputs,
+taken on the centres of the boxes, as CROWN-IBP's training takes them on the batch; the bound
+pass leaves the running statistics alone (the clean forward pass updates them).
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ from torch import nn
 from robustgate.models.normalize import Normalize
 
 ELEMENTWISE = (Normalize, nn.BatchNorm1d, nn.BatchNorm2d)
-AFFINE = (nn.Linear, nn.Conv2d, nn.Flatten, nn.AvgPool2d, *ELEMENTWISE)
+AFFINE = (nn.Linear, nn.Conv2d, nn.Flatten, nn.AvgPool2d, nn.AdaptiveAvgPool2d, *ELEMENTWISE)
 MONOTONE = (nn.ReLU, nn.MaxPool2d)
 
 
@@ -82,21 +93,12 @@ def _output_padding(size: tuple[int, ...], kernel: tuple[int, ...], stride: tupl
 
 
 class ElementwiseRule:
-    """``Normalize`` and batch normalization in eval mode: ``s ⊙ z + t`` per feature."""
+    """``s ⊙ z + t`` per feature: ``Normalize``, batch normalization in eval mode, and the
+    scalings and shifts by constants of a traced forward (``scale`` and ``shift`` broadcast onto
+    one input, without its batch dimension)."""
 
-    def __init__(self, layer: nn.Module, input_shape: torch.Size) -> None:
-        if isinstance(layer, Normalize):
-            scale = 1 / layer.std.flatten()
-            shift = -layer.mean.flatten() * scale
-        else:
-            scale = 1 / torch.sqrt(layer.running_var + layer.eps)
-            if layer.weight is not None:
-                scale = layer.weight * scale
-            shift = -layer.running_mean * scale
-            if layer.bias is not None:
-                shift = shift + layer.bias
-        view = (-1, *([1] * (len(input_shape) - 1)))
-        self.scale, self.shift = scale.view(view), shift.view(view)
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        self.scale, self.shift = scale, shift
 
     def interval(self, centre: torch.Tensor, radius: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,21 +109,115 @@ class ElementwiseRule:
         return coefficients * self.scale, constant
 
 
-class FlattenRule:
-    """``nn.Flatten`` (of everything after the batch dimension)."""
+def elementwise_rule(layer: nn.Module, input_shape: torch.Size) -> ElementwiseRule:
+    """The rule of ``Normalize`` or of batch normalization in eval mode (running statistics)."""
+    if isinstance(layer, Normalize):
+        scale = 1 / layer.std.flatten()
+        shift = -layer.mean.flatten() * scale
+    else:
+        scale = 1 / torch.sqrt(layer.running_var + layer.eps)
+        if layer.weight is not None:
+            scale = layer.weight * scale
+        shift = -layer.running_mean * scale
+        if layer.bias is not None:
+            shift = shift + layer.bias
+    return ElementwiseRule(*_per_channel(scale, shift, input_shape))
 
-    def __init__(self, layer: nn.Flatten, input_shape: torch.Size) -> None:
-        if layer.start_dim != 1 or layer.end_dim != -1:
-            raise ValueError("bound propagation covers nn.Flatten() of every dimension after "
-                             "the batch only")
-        self.input_shape = tuple(input_shape)
+
+def _per_channel(scale: torch.Tensor, shift: torch.Tensor, input_shape: torch.Size
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``scale`` and ``shift`` shaped to broadcast onto inputs of ``input_shape``."""
+    view = (-1, *([1] * (len(input_shape) - 1)))
+    return scale.view(view), shift.view(view)
+
+
+class BatchStatisticsRule:
+    """Batch normalization in train mode, for certified training (module docstring): the affine
+    map of the batch statistics of the interval centres, fixed at the first interval pass."""
+
+    def __init__(self, layer: nn.BatchNorm1d | nn.BatchNorm2d) -> None:
+        self.layer = layer
+        self.affine: ElementwiseRule | None = None
 
     def interval(self, centre: torch.Tensor, radius: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        return centre.flatten(1), radius.flatten(1)
+        if self.affine is None:
+            layer = self.layer
+            dims = [0, *range(2, centre.dim())]
+            mean, variance = centre.mean(dim=dims), centre.var(dim=dims, unbiased=False)
+            scale = 1 / torch.sqrt(variance + layer.eps)
+            if layer.weight is not None:
+                scale = layer.weight * scale
+            shift = -mean * scale
+            if layer.bias is not None:
+                shift = shift + layer.bias
+            self.affine = ElementwiseRule(*_per_channel(scale, shift, centre.shape[1:]))
+        return self.affine.interval(centre, radius)
+
+    def backward(self, coefficients: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.affine is None:
+            raise ValueError("batch statistics are taken in an interval pass first")
+        return self.affine.backward(coefficients)
+
+
+class ReshapeRule:
+    """A reshape that keeps the batch dimension (``nn.Flatten``, ``flatten``, ``view``,
+    ``reshape``): from inputs of ``input_shape`` to outputs of ``output_shape`` (without the
+    batch dimension)."""
+
+    def __init__(self, input_shape: torch.Size, output_shape: torch.Size) -> None:
+        self.input_shape, self.output_shape = tuple(input_shape), tuple(output_shape)
+
+    def interval(self, centre: torch.Tensor, radius: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (-1, *self.output_shape)
+        return centre.reshape(shape), radius.reshape(shape)
 
     def backward(self, coefficients: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return (coefficients.reshape(*coefficients.shape[:2], *self.input_shape),
+                coefficients.new_zeros(coefficients.shape[:2]))
+
+
+class IdentityRule:
+    """An operation that hands its input on (dropout in eval mode)."""
+
+    def interval(self, centre: torch.Tensor, radius: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        return centre, radius
+
+    def backward(self, coefficients: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return coefficients, coefficients.new_zeros(coefficients.shape[:2])
+
+
+class SumRule:
+    """``Σ_k sign_k · z_k`` of operands of one shape (a residual addition; a subtraction)."""
+
+    def __init__(self, signs: tuple[float, ...]) -> None:
+        self.signs = signs
+
+    def interval(self, centres: list[torch.Tensor], radii: list[torch.Tensor]
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        centre = sum(sign * centre for sign, centre in zip(self.signs, centres, strict=True))
+        return centre, sum(radii)
+
+    def backward(self, coefficients: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        return ([coefficients if sign == 1 else sign * coefficients for sign in self.signs],
+                coefficients.new_zeros(coefficients.shape[:2]))
+
+
+class ConcatRule:
+    """``torch.cat`` of its operands along a dimension after the batch dimension (``dim`` of the
+    operands; their sizes along it are ``sizes``)."""
+
+    def __init__(self, dim: int, sizes: list[int]) -> None:
+        self.dim, self.sizes = dim, sizes
+
+    def interval(self, centres: list[torch.Tensor], radii: list[torch.Tensor]
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat(centres, dim=self.dim), torch.cat(radii, dim=self.dim)
+
+    def backward(self, coefficients: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        return (list(coefficients.split(self.sizes, dim=self.dim + 1)),
                 coefficients.new_zeros(coefficients.shape[:2]))
 
 
@@ -154,6 +250,19 @@ class AvgPool2dRule:
                                         channels)
         return (transposed.view(batch, rows, *self.input_shape),
                 coefficients.new_zeros(batch, rows))
+
+
+def _fixed_windows(layer: nn.AdaptiveAvgPool2d, input_shape: torch.Size) -> nn.AvgPool2d:
+    """Adaptive average pooling as the average pooling of equal windows it is where every output
+    size divides the input size."""
+    sizes = _pair(layer.output_size)
+    sizes = tuple(size if out is None else out
+                  for size, out in zip(input_shape[1:], sizes, strict=True))
+    if any(size % out for size, out in zip(input_shape[1:], sizes, strict=True)):
+        raise ValueError(f"bound propagation covers adaptive average pooling to sizes that "
+                         f"divide the input's, not {tuple(input_shape[1:])} to {sizes}")
+    kernel = tuple(size // out for size, out in zip(input_shape[1:], sizes, strict=True))
+    return nn.AvgPool2d(kernel, kernel)
 
 
 def _centre_radius(low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,7 +311,9 @@ class ReLURule:
 
 
 class MaxPool2dRule:
-    """``nn.MaxPool2d``: monotone, so both ends go through it; no backward rule here."""
+    """``nn.MaxPool2d``: monotone, so both ends go through it. No backward rule: CROWN refuses
+    a graph with max pooling before it bounds anything (a sound linear relaxation of a maximum
+    of several unstable inputs is not built here)."""
 
     def __init__(self, layer: nn.MaxPool2d) -> None:
         self.layer = layer
@@ -212,11 +323,14 @@ class MaxPool2dRule:
         return _centre_radius(self.layer(centre - radius), self.layer(centre + radius))
 
     def backward(self, coefficients: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise ValueError("CROWN does not bound max pooling here; use IBP (--method ibp)")
+        raise ValueError(MAX_POOLING_REFUSAL)
 
 
-Rule = (LinearRule | Conv2dRule | ElementwiseRule | FlattenRule | AvgPool2dRule | ReLURule
-        | MaxPool2dRule)
+MAX_POOLING_REFUSAL = "CROWN does not bound max pooling here; use IBP (--method ibp)"
+Rule = (LinearRule | Conv2dRule | ElementwiseRule | BatchStatisticsRule | ReshapeRule
+        | IdentityRule | AvgPool2dRule | ReLURule | MaxPool2dRule | SumRule | ConcatRule)
+MULTIPLE_OPERANDS = (SumRule, ConcatRule)
+"""The rules of two operands or more."""
 
 
 def rule_for(layer: nn.Module, input_shape: torch.Size) -> Rule:
@@ -225,12 +339,17 @@ def rule_for(layer: nn.Module, input_shape: torch.Size) -> Rule:
         return LinearRule(layer)
     if isinstance(layer, nn.Conv2d):
         return Conv2dRule(layer, input_shape)
+    if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)) and (
+            layer.training or layer.running_var is None):
+        return BatchStatisticsRule(layer)
     if isinstance(layer, ELEMENTWISE):
-        return ElementwiseRule(layer, input_shape)
+        return elementwise_rule(layer, input_shape)
     if isinstance(layer, nn.Flatten):
-        return FlattenRule(layer, input_shape)
+        return ReshapeRule(input_shape, layer(torch.empty(1, *input_shape)).shape[1:])
     if isinstance(layer, nn.AvgPool2d):
         return AvgPool2dRule(layer, input_shape)
+    if isinstance(layer, nn.AdaptiveAvgPool2d):
+        return AvgPool2dRule(_fixed_windows(layer, input_shape), input_shape)
     if isinstance(layer, nn.ReLU):
         return ReLURule()
     if isinstance(layer, nn.MaxPool2d):

@@ -46,11 +46,16 @@ def autoattack_check(
         )
         evaluation = float((reference.accurate & reference.robust_at(threat.eps))[:count].mean())
         autoattack = float((strong.accurate & strong.robust_at(threat.eps)).mean())
-        missed = {radius: np.flatnonzero(reference.robust_at(radius)[:count]
-                                         & ~strong.robust_at(radius)).tolist()
-                  for radius in radii}
         check[name] = AutoAttackCheck(
             attack_name, evaluation, autoattack, round(100 * (evaluation - autoattack), 2),
-            abs(evaluation - autoattack) <= 0.01, missed[threat.eps],
-            {f"{radius:g}": flips for radius, flips in missed.items()})
+            abs(evaluation - autoattack) <= 0.01, _missed(reference, strong, count, threat.eps),
+            {f"{radius:g}": _missed(reference, strong, count, radius) for radius in radii})
     return check
+
+
+def _missed(reference: Records, strong: Records, count: int, radius: float) -> list[int]:
+    """The first ``count`` inputs AutoAttack flipped at ``radius`` (``strong``) that the records'
+    check (``reference``) did not; ``radius`` matched as ``robust_at`` matches it, so that a
+    radius such as 1/255, read back from the records' header, is found."""
+    return np.flatnonzero(reference.robust_at(radius)[:count]
+                          & ~strong.robust_at(radius)).tolist()

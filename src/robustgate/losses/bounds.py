@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustgate.certify import feed_forward_layers, interval_bounds, margin_specification
+from robustgate.certify import interval_bounds, margin_specification
 from robustgate.distributed import unwrap
 from robustgate.threat import ThreatModel
 
@@ -53,7 +53,7 @@ class _Scheduled:
         model = unwrap(model)
         ball = self.threat.scaled(self.ramp * fraction)
         specification = margin_specification(labels, model.num_classes, x.dtype)
-        return interval_bounds(feed_forward_layers(model), x, ball, specification)[0]
+        return interval_bounds(model, x, ball, specification)[0]
 
 
 def worst_case_cross_entropy(lower: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

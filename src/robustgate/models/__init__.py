@@ -3,8 +3,10 @@
 from robustgate.models.checkpoint import (
     ARCHITECTURES,
     build_model,
+    is_import_path,
     load_checkpoint,
     load_state_dict_file,
+    resolve_architecture,
     save_checkpoint,
 )
 from robustgate.models.cnn import SmallCNN, StridedCNN
@@ -12,6 +14,7 @@ from robustgate.models.mixing import MixedClassifier, choose_mixing_weight, mix
 from robustgate.models.mlp import MLP
 from robustgate.models.modes import eval_mode, model_device, predict_logits
 from robustgate.models.normalize import Normalize
+from robustgate.models.preact_resnet import PreActResNet
 from robustgate.models.resnet import CIFAR10_MEAN, CIFAR10_STD, ResNet
 from robustgate.models.wideresnet import WideResNet
 
@@ -22,11 +25,13 @@ __all__ = [
     "MLP",
     "MixedClassifier",
     "Normalize",
+    "PreActResNet",
     "ResNet",
     "SmallCNN",
     "StridedCNN",
     "WideResNet",
     "build_model",
+    "is_import_path",
     "choose_mixing_weight",
     "eval_mode",
     "load_checkpoint",
@@ -34,5 +39,6 @@ __all__ = [
     "mix",
     "model_device",
     "predict_logits",
+    "resolve_architecture",
     "save_checkpoint",
 ]

@@ -14,10 +14,12 @@ from robustgate.models.resnet import CIFAR10_MEAN, CIFAR10_STD, conv3x3, init_we
 
 class PreActBlock(nn.Module):
     """``BN ReLU conv3x3 BN ReLU dropout conv3x3``, plus the input; when the shape changes the
-    shortcut is a 1x1 convolution of the pre-activated input."""
+    shortcut is a 1x1 convolution of the pre-activated input (of the input itself with
+    ``preactivated_shortcut=False``, as in the first pre-activation ResNets)."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, stride: int = 1, dropout: float = 0.0
+        self, in_channels: int, out_channels: int, stride: int = 1, dropout: float = 0.0,
+        preactivated_shortcut: bool = True,
     ) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_channels)
@@ -25,13 +27,15 @@ class PreActBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = conv3x3(out_channels, out_channels)
+        self.preactivated_shortcut = preactivated_shortcut
         self.shortcut: nn.Conv2d | None = None
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         activated = torch.relu(self.bn1(x))
-        shortcut = x if self.shortcut is None else self.shortcut(activated)
+        shortcut = x if self.shortcut is None else self.shortcut(
+            activated if self.preactivated_shortcut else x)
         out = torch.relu(self.bn2(self.conv1(activated)))
         return self.conv2(self.dropout(out)) + shortcut
 

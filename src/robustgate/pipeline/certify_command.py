@@ -12,8 +12,8 @@ import torch
 
 from robustgate.certify import (
     Smooth,
-    feed_forward_layers,
     max_certifiable_radius,
+    traced,
 )
 from robustgate.config import BOUND_BATCH, SmoothingSettings
 from robustgate.distributed import Process
@@ -37,6 +37,7 @@ def certify_checkpoint(
     norm: str, radii: Sequence[float], smoothing: SmoothingSettings | None = None,
     data: str = "", device: torch.device | str = "cpu", batch_size: int = BOUND_BATCH,
     chunk: int = 100, progress: bool = True, process: Process | None = None,
+    trust_code: bool = False,
 ) -> dict[str, Any]:
     """Certify ``checkpoint`` on ``(x, y)`` into ``out`` by ``method`` (of
     ``registry.CERTIFICATE_METHODS``: randomized smoothing, with its ``smoothing`` settings, or
@@ -55,11 +56,11 @@ def certify_checkpoint(
     if not threats:
         raise ValueError("give at least one radius to summarize (--radii)")
     check_inputs(x)
-    model, metadata = load_checkpoint(checkpoint, device)
+    model, metadata = load_checkpoint(checkpoint, device, trust_code)
     check_inputs(x, getattr(model, "input_shape", None))
     predict_logits(model, x)  # a diverged model is refused before anything is written
     if bound_propagation:
-        feed_forward_layers(model)
+        traced(model)  # an operation without a rule is refused by name
     dimension = x[0].numel()
     settings = {"checkpoint": str(checkpoint), "method": method, "data": data,
                 "samples": len(y), "norm": norm, "radii": sorted(set(radii)),

@@ -99,7 +99,7 @@ def compose_from_checkpoints(
     threshold: float | None = None, coverage: float | None = None,
     calibration: torch.Tensor | None = None, adaptive: AdaptiveAttack | None = None,
     device: torch.device | str = "cpu", batch_size: int = 500, progress: bool = True,
-    kappa: float = 1.0, sanity: int = 0, square_queries: int = 1000,
+    kappa: float = 1.0, sanity: int = 0, square_queries: int = 1000, trust_code: bool = False,
 ) -> dict[str, Any]:
     """Compose checkpoints and predict on ``(x, y)``: predictions with routes, route counts, and
     with ``adaptive`` the composition's robust accuracy under the adaptive attack and, on the
@@ -108,8 +108,8 @@ def compose_from_checkpoints(
     kind = SELECTOR_KINDS[selector]
     if not kind.chains and len(branches) > 1:
         raise ValueError(f"the {selector} selector composes one branch: give no chain with it")
-    models = [load_checkpoint(path, device)[0] for path in branches]
-    core_model = load_checkpoint(core, device)[0]
+    models = [load_checkpoint(path, device, trust_code)[0] for path in branches]
+    core_model = load_checkpoint(core, device, trust_code)[0]
     check_attack_applies(attack, models[0].num_classes)
     for model in [*models, core_model]:  # a diverged model is refused before anything runs
         check_inputs(x, getattr(model, "input_shape", None))

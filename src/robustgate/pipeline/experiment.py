@@ -158,7 +158,8 @@ def run_experiment(
     x_certified, y_certified = run.certified_test
     dimension = x_test[0].numel()
     for name, path in checkpoints.items():
-        models[name], checkpoint_metadata = load_checkpoint(path, device)
+        # the run's own checkpoints, of the architectures its config names
+        models[name], checkpoint_metadata = load_checkpoint(path, device, trust_code=True)
         smoothing = config.models[name].smoothing
         if smoothing is not None:
             say(f"[{name}] certifying (smoothing sigma {smoothing.sigma:g}, n {smoothing.n}) on "

@@ -108,7 +108,7 @@ class SearchRunner:
                     spec, self.train, choose, self.num_classes, directory / "model",
                     seed=self.config.seed, device=self.evidence.device, progress=self.progress,
                     metadata=self.metadata, resolve=self.resolve)
-                model, _ = load_checkpoint(checkpoint, self.evidence.device)
+                model, _ = load_checkpoint(checkpoint, self.evidence.device, trust_code=True)
                 summary = json.loads((directory / "model" / "summary.json").read_text())
                 described[index] = {"name": name, "overrides": overrides,
                                     "best_epoch": summary["best_epoch"]}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustgate.certify import BOUND_METHODS, certify_bounds, interval_certificates
+from robustgate.certify import BOUND_METHODS, certify_bounds, interval_certificates, traced
 from robustgate.select.robustness import logit_margin
 from robustgate.threat import ThreatModel
 
@@ -28,6 +28,7 @@ class BoundSelector(nn.Module):
             raise ValueError(f"method must be one of {BOUND_METHODS}, got {method!r}")
         if not kappa >= 1:
             raise ValueError(f"kappa must be >= 1, got {kappa}")
+        traced(model)  # refuses an operation without a rule now; the export finds it traced
         self.model = model
         self.threat = threat.scaled(kappa)
         self.method = method

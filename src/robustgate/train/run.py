@@ -42,10 +42,11 @@ from robustgate.evaluate import (
 from robustgate.io import atomic_write, atomic_write_json, atomic_write_text
 from robustgate.losses import LOSSES, make_loss, training_attack
 from robustgate.models import (
-    ARCHITECTURES,
     build_model,
+    is_import_path,
     load_checkpoint,
     load_state_dict_file,
+    resolve_architecture,
     save_checkpoint,
 )
 from robustgate.threat import ThreatModel
@@ -68,10 +69,15 @@ def initial_model(
     else:
         path = resolve(init) if init.startswith("@") and resolve else Path(init)
         try:
-            model, _ = load_checkpoint(path, device)
+            model, _ = load_checkpoint(
+                path, device, trust_code=is_import_path(spec.model.architecture))
         except ValueError:  # not a robustgate checkpoint: a plain state dict of this architecture
-            model = load_state_dict_file(path, spec.model.architecture, arguments, device)
-        if type(model) is not ARCHITECTURES[spec.model.architecture]:
+            model = load_state_dict_file(path, spec.model.architecture, arguments, device,
+                                         spec.model.init_keys)
+            if spec.model.init_keys == "robustbench":  # the normalization the weights expect
+                arguments |= {name: getattr(model.normalize, name).flatten().tolist()
+                              for name in ("mean", "std")}
+        if type(model) is not resolve_architecture(spec.model.architecture):
             raise ValueError(
                 f"{path} holds a {type(model).__name__}, the config asks for "
                 f"{spec.model.architecture}"
