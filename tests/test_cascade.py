@@ -125,13 +125,13 @@ def test_stages_are_chosen_by_measurement_and_none_where_no_bound_applies(traine
     assert estimated["+".join(choice.stages) or "attack"] == min(estimated.values())
     assert choice.certified["ibp"] > 100  # timed in full: IBP costs less than the attack
 
-    class Wrapped(nn.Module):  # not a feed-forward model the bounds cover
+    class Wrapped(nn.Module):  # an operation (GELU) that no bound rule covers
         def __init__(self) -> None:
             super().__init__()
             self.inner = model
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.inner(x)
+            return self.inner(nn.functional.gelu(x))
 
     choice = choose_stages(Wrapped().eval(), x[:50], threat, ATTACK)
     assert choice.stages == () and set(choice.stage_seconds.values()) == {None}
