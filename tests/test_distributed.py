@@ -163,7 +163,7 @@ def test_run_under_torchrun_trains_batch_norm_models_and_rank_0_reports(tmp_path
                        "train": {"epochs": 2, "batch_size": 40, "lr": 0.05}},
         },
         "evaluation": {"threat": {"norm": "linf", "eps": 0.05},
-                       "attack": {"name": "pgd", "steps": 5}},
+                       "attack": {"name": "pgd", "steps": 5}, "autoattack_check": 0},
         "compositions": [{"branch": "trades", "core": "resnet"}],
         "adaptive": {"limit": 0},
     }
@@ -294,7 +294,8 @@ def test_every_kind_of_objective_trains_under_torchrun_as_in_one_process(tmp_pat
             "cra": {"model": mlp, "loss": {"name": "cra", "params": {
                 "sigma_train": 0.1, "copies": 4}}, "train": train},
         },
-        "evaluation": {"threat": threat, "attack": {"name": "pgd", "steps": 5}},
+        "evaluation": {"threat": threat, "attack": {"name": "pgd", "steps": 5},
+                       "autoattack_check": 0},
         "adaptive": {"limit": 0},
     }
     config = str(write_config(tmp_path / "objectives.yaml", experiment))

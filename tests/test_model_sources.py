@@ -69,7 +69,7 @@ def test_a_model_from_the_users_package_is_trained_certified_composed_and_report
                      "train": {"epochs": 2, "batch_size": 40, "lr": 0.05},
                      "bounds": {"methods": ["ibp", "crown"]}},
         },
-        "evaluation": {"threat": {"eps": 0.05}, "attack": {"steps": 3}},
+        "evaluation": {"threat": {"eps": 0.05}, "attack": {"steps": 3}, "autoattack_check": 0},
         "compositions": [{"branch": "mine", "core": "core", "selector": "bounds"}],
         "adaptive": {"limit": 0},
     }, ExperimentConfig)
@@ -114,6 +114,7 @@ def test_the_cifar10_config_runs_end_to_end_on_generated_data_with_tiny_widths(t
     torch.save(robustbench_wideresnet(10, 1), checkpoint)
     tiny = {"depth": 10, "widen_factor": 1}
     overrides = [f"data.root={tmp_path}", "data.verify=false", "data.validation_size=8",
+                 "evaluation.autoattack_check=0",
                  "evaluation.attack.steps=2", "evaluation.limit=8",
                  "models.era.validation.limit=8", "models.era.loss.attack.steps=2"]
     for name in ("standard", "era"):

@@ -145,7 +145,7 @@ EXPERIMENT = {
     "name": "search-2d", "seed": 0,
     "data": {"name": "threegauss", "n": 2000, "validation_size": 1000},
     "models": {"core": {"model": MLP, "loss": {"name": "standard"}, "train": TRAIN}},
-    "evaluation": {"threat": THREAT, "limit": 1000,
+    "evaluation": {"threat": THREAT, "limit": 1000, "autoattack_check": 0,
                    "attack": {"steps": 20, "relative_step": 0.1, "target_classes": 2}},
     "adaptive": {"limit": 0},
     "searches": [SEARCH],
@@ -312,7 +312,8 @@ def test_a_search_for_the_bound_selector_counts_certificates(tmp_path):
         "name": "bounded-search", "data": {"name": "twogauss", "validation_size": 300},
         "models": {"core": {"model": mlp, "train": {"epochs": 2, "batch_size": 50,
                                                      "lr": 0.05}}},
-        "evaluation": {"threat": {"eps": 0.05}, "attack": {"steps": 5}, "certify_limit": 80},
+        "evaluation": {"threat": {"eps": 0.05}, "attack": {"steps": 5}, "certify_limit": 80,
+                       "autoattack_check": 0},
         "adaptive": {"limit": 0},
         "searches": [{
             "name": "certified", "core": "core", "selector": "bounds", "kappas": [1, 2],
@@ -363,7 +364,7 @@ def test_a_search_for_the_smoothing_selector_counts_certificates(tmp_path):
         "models": {"core": {"model": mlp, "train": {"epochs": 2, "batch_size": 50,
                                                      "lr": 0.05}}},
         "evaluation": {"threat": {"norm": "l2", "eps": 0.05}, "attack": {"steps": 5},
-                       "certify_limit": 60},
+                       "certify_limit": 60, "autoattack_check": 0},
         "adaptive": {"limit": 0}, "searches": [search]}
     result = run_experiment(parse_config(experiment_config, ExperimentConfig), tmp_path,
                             device="cpu", progress=False).searches["smoothed"]
@@ -403,7 +404,7 @@ def test_a_sampled_search_resumes_its_optuna_study(tmp_path, monkeypatch):
         "name": "sampled", "data": {"name": "twogauss", "validation_size": 300, "n": 500},
         "models": {"core": {"model": mlp, "train": {"epochs": 1, "batch_size": 50,
                                                      "lr": 0.05}}},
-        "evaluation": {"threat": {"eps": 0.05}, "attack": {"steps": 3}},
+        "evaluation": {"threat": {"eps": 0.05}, "attack": {"steps": 3}, "autoattack_check": 0},
         "adaptive": {"limit": 0},
         "searches": [{
             "name": "sampled", "core": "core", "max_accuracy_drop": 0.05, "choose_size": 100,
