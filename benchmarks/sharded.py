@@ -4,12 +4,17 @@ thread and 1 process of two threads; the wall time of the whole command (process
 the per-sample work, the merge), each case in a fresh output directory.
 
 Model: an MLP 2→64→64→64→3 with random weights (the cost does not depend on them) on the
-three-Gaussian test set. Certification: randomized smoothing, σ = 0.1, n0 = 100, n = 10,000, α =
-0.001, on 300 points; evaluation: the default PGD (50 steps, margin then targeted margin) at
-eps∞ 0.05 and 0.1 on 1,000 points, batches of 100. The speed-up of 2 processes over 1 is bounded
-by the cores free: the load average is printed before and after. The sharded runs are
-``torchrun --standalone --nproc_per_node 2 --no-python robustgate -- certify …``: without the
-``--``, torchrun's own option parser takes robustgate's ``--n`` for an abbreviation of its own.
+three-Gaussian test set. Certification: randomized smoothing, σ = 0.1, n0 = 100, n = 100,000
+(Cohen et al.'s N), α = 0.001, on 200 points (two chunks of 100, one per rank); evaluation: PGD
+of 200 steps (margin then targeted margin) at four radii on 1,000 points, batches of 100 (ten
+chunks, five per rank). Each command is also timed at a negligible workload (one or two inputs,
+one step or 100 noise draws): its *start* (interpreter and torch import, torchrun's rendezvous
+and gloo's set-up, the data, the merge), which a longer run pays once. The speed-up of the
+per-sample work is ``(whole − start)`` of one process over that of two. The speed-up of 2
+processes over 1 is bounded by the cores free: the load average is printed before and after.
+The sharded runs are ``torchrun --standalone --nproc_per_node 2 --no-python robustgate --
+certify …``: without the ``--``, torchrun's own option parser takes robustgate's ``--n`` for an
+abbreviation of its own.
 
     .venv/bin/python benchmarks/sharded.py
 """
@@ -17,6 +22,7 @@ by the cores free: the load average is printed before and after. The sharded run
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,17 +33,22 @@ from support.harness import conditions, interleaved, start, table
 from robustgate.models import MLP, save_checkpoint
 
 ROBUSTGATE = str(Path(sys.executable).parent / "robustgate")
-COMMANDS = {
-    "certify": ["certify", "--data", "threegauss", "--limit", "300", "--sigma", "0.1",
-                "--n0", "100", "--n", "10000", "--radii", "0.1", "--quiet"],
-    "evaluate": ["evaluate", "--data", "threegauss", "--limit", "1000", "--eps", "0.05", "0.1",
-                 "--steps", "50", "--batch-size", "100", "--quiet"],
+CERTIFY = ["certify", "--data", "threegauss", "--sigma", "0.1", "--n0", "100", "--radii", "0.1",
+           "--quiet"]
+EVALUATE = ["evaluate", "--data", "threegauss", "--eps", "0.02", "0.05", "0.1", "0.2",
+            "--batch-size", "100", "--quiet"]
+COMMANDS = {  # name: (the measured workload, the same command at a negligible one)
+    "certify": ([*CERTIFY, "--limit", "200", "--n", "100000"],
+                [*CERTIFY, "--limit", "2", "--n", "100"]),
+    "evaluate": ([*EVALUATE, "--limit", "1000", "--steps", "200"],
+                 [*EVALUATE, "--limit", "2", "--steps", "1", "--batch-size", "1"]),
 }
 LAUNCHES = {
     "2 processes x 1 thread": (2, 1),
     "1 process x 1 thread": (1, 1),
     "1 process x 2 threads": (1, 2),
 }
+BASE = "1 process x 1 thread"
 
 
 def launch(arguments: list[str], processes: int, threads: int, scratch: Path) -> None:
@@ -49,7 +60,8 @@ def launch(arguments: list[str], processes: int, threads: int, scratch: Path) ->
                    f"--nproc_per_node={processes}", "--no-python", ROBUSTGATE, "--",
                    *command[1:]]
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    subprocess.run(command, check=True, env=environment, stdout=subprocess.DEVNULL)
+    subprocess.run(command, check=True, env=environment, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
 
 
 def main() -> None:
@@ -59,19 +71,26 @@ def main() -> None:
         checkpoint = scratch / "mlp.safetensors"
         save_checkpoint(checkpoint, MLP(2, 3, (64, 64, 64)), "MLP",
                         {"in_features": 2, "num_classes": 3, "hidden": [64, 64, 64]})
-        for name, command in COMMANDS.items():
-            arguments = [command[0], str(checkpoint), *command[1:]]
-            print(f"-- {name}: robustgate {' '.join(command)}")
-            cases = {launch_name: (lambda processes=processes, threads=threads,
-                                   arguments=arguments: launch(arguments, processes, threads,
-                                                               scratch))
-                     for launch_name, (processes, threads) in LAUNCHES.items()}
+        for name, (work, negligible) in COMMANDS.items():
+            print(f"-- {name}: robustgate {' '.join(work)}")
+            print(f"   start: robustgate {' '.join(negligible)}")
+            cases = {}
+            for launch_name, (processes, threads) in LAUNCHES.items():
+                for label, command in (("", work), (" (start)", negligible)):
+                    arguments = [command[0], str(checkpoint), *command[1:]]
+                    cases[launch_name + label] = (
+                        lambda arguments=arguments, processes=processes, threads=threads:
+                        launch(arguments, processes, threads, scratch))
             times = interleaved(cases, warm_up=False)
-            table(times, "1 process x 1 thread", unit="command")
+            table(times, BASE, unit="command")
             for launch_name in ("2 processes x 1 thread", "1 process x 2 threads"):
-                speed_up = min(times["1 process x 1 thread"]) / min(times[launch_name])
-                print(f"speed-up of {launch_name} over 1 process x 1 thread (min): "
-                      f"{speed_up:.2f}x")
+                whole = statistics.median(times[BASE]) / statistics.median(times[launch_name])
+                work_base = (statistics.median(times[BASE])
+                             - statistics.median(times[BASE + " (start)"]))
+                work_case = (statistics.median(times[launch_name])
+                             - statistics.median(times[launch_name + " (start)"]))
+                print(f"speed-up of {launch_name} over {BASE} (medians): whole command "
+                      f"{whole:.2f}x, per-sample work {work_base / work_case:.2f}x")
     print(f"after: {conditions()}")
 
 
