@@ -87,3 +87,11 @@ def checkpoint_weights(path: str | Path) -> torch.Tensor:
     """Every parameter of a checkpoint's model, flattened into one vector."""
     model, _ = load_checkpoint(path)
     return torch.cat([p.flatten() for p in model.parameters()])
+
+
+def without_seconds(path: Path) -> list[str]:
+    """The lines of a per-sample table without its timing column (``seconds``, last)."""
+    lines = path.read_text().splitlines()
+    if lines[0].endswith(",seconds"):
+        return [line.rsplit(",", 1)[0] for line in lines]
+    return lines

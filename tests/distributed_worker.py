@@ -1,6 +1,7 @@
 """A robustgate command as one process of a test's torchrun run (or as the only process): a rank
-other than 0 refuses to write any file, and ``ROBUSTGATE_TEST_INTERRUPT_AFTER=K`` stops training
-right after epoch K is saved, as a run killed mid-way.
+other than 0 refuses to write any file but its own shard of a per-sample table, and
+``ROBUSTGATE_TEST_INTERRUPT_AFTER=K`` stops training right after epoch K is saved, as a run
+killed mid-way (``ROBUSTGATE_TEST_SHARD_LOG=FILE``: the shards written there noted in FILE).
 
     torchrun --standalone --nproc_per_node 2 tests/distributed_worker.py train CONFIG --out DIR
 """
@@ -8,10 +9,11 @@ right after epoch K is saved, as a run killed mid-way.
 from __future__ import annotations
 
 import os
+import re
 import sys
+import tempfile
 import types
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 from conftest import interrupt_training_after
@@ -21,11 +23,21 @@ from robustgate.cli import main
 from robustgate.distributed import current
 
 INTERRUPT_AFTER = "ROBUSTGATE_TEST_INTERRUPT_AFTER"
+SHARD_LOG = "ROBUSTGATE_TEST_SHARD_LOG"  # where a rank other than 0 notes each shard it writes
 
 
-def refuse_to_write(*args: object, dir: str | Path | None = None, **kwargs: object) -> NoReturn:
-    raise AssertionError(f"rank {current().rank} began writing a file in {dir}: only rank 0 "
-                         "writes")
+def refuse_to_write(*args: object, prefix: str = "", dir: str | Path | None = None,
+                    **kwargs: object) -> tuple[int, str]:
+    """``tempfile.mkstemp`` for this rank's shard files (``runner.shard_path``); an error for
+    any other file."""
+    own_shard = rf"\..*\.shard-{current().rank}-of-{current().world_size}\.partial\.csv\."
+    if re.fullmatch(own_shard, prefix):
+        if SHARD_LOG in os.environ:
+            with open(os.environ[SHARD_LOG], "a") as log:
+                log.write(f"{current().rank} {Path(dir or '.') / prefix}\n")
+        return tempfile.mkstemp(*args, prefix=prefix, dir=dir, **kwargs)
+    raise AssertionError(f"rank {current().rank} began writing {prefix!r} in {dir}: only "
+                         "rank 0 writes, and each rank its own shard")
 
 
 if __name__ == "__main__":

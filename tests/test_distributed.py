@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import yaml
-from conftest import checkpoint_weights, interrupt_training_after
+from conftest import checkpoint_weights, interrupt_training_after, without_seconds
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -179,6 +179,64 @@ def test_run_under_torchrun_trains_batch_norm_models_and_rank_0_reports(tmp_path
         for name in ("natural_accuracy", "robust_accuracy"):
             assert two[model][name] == pytest.approx(one[model][name], abs=ACCURACY_TOLERANCE)
     assert files(tmp_path / "two") - {"report.html", "report.md"} <= files(tmp_path / "one")
+
+
+def test_run_under_torchrun_shards_every_model_s_records_and_certificates(tmp_path,
+                                                                         monkeypatch):
+    """The per-sample work of ``robustgate run`` (every model's attack records, on the training
+    split too, its bound certificates and its smoothing certificates) sharded over two ranks:
+    the same files, byte for byte (timing aside), as one process computes from the same trained
+    models."""
+    mlp = {"architecture": "MLP", "arguments": {"in_features": 2, "hidden": [16, 16]}}
+    experiment = {
+        "name": "sharded-run", "seed": 0,
+        "data": {"name": "threegauss", "n": 300, "validation_size": 60},
+        "models": {
+            "core": {"model": mlp, "train": {"epochs": 1, "batch_size": 20, "lr": 0.05}},
+            "ibp": {"model": mlp, "loss": {"name": "ibp", "threat": {"norm": "linf",
+                                                                     "eps": 0.1}},
+                    "train": {"epochs": 1, "batch_size": 20, "lr": 0.05},
+                    "bounds": {"methods": ["ibp", "crown"], "batch_size": 30}},
+            "gaussian": {"model": mlp, "loss": {"name": "gaussian",
+                                                "params": {"sigma_train": 0.1}},
+                         "train": {"epochs": 1, "batch_size": 20, "lr": 0.05},
+                         "smoothing": {"sigma": 0.1, "n0": 20, "n": 200, "alpha": 0.01}},
+        },
+        "evaluation": {"threat": {"norm": "linf", "eps": 0.1}, "batch_size": 30,
+                       "attack": {"name": "pgd", "steps": 5}, "autoattack_check": 0,
+                       "splits": ["test", "train"], "certified_radii": [0.1]},
+        "compositions": [{"branch": "ibp", "core": "core", "selector": "bounds"},
+                         {"branch": "gaussian", "core": "core", "selector": "smoothing"}],
+        "adaptive": {"limit": 0},
+    }
+    config = str(write_config(tmp_path / "experiment.yaml", experiment))
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["run", config, "--out", str(one), "--device", "cpu", "--quiet"]) == 0
+    two.mkdir()
+    shutil.copytree(one / "models", two / "models")
+    shutil.copy(one / "config.json", two / "config.json")
+    monkeypatch.setenv("ROBUSTGATE_TEST_SHARD_LOG", str(tmp_path / "shards.log"))
+    finished(torchrun(2, ["run", config, "--out", str(two)]))
+    written = (tmp_path / "shards.log").read_text()
+    per_sample = sorted(str(path.relative_to(one)) for directory in ("records", "certificates")
+                        for path in (one / directory).rglob("*.csv"))
+    assert {"records/test/core.csv", "records/train/ibp.csv", "certificates/test/ibp.crown.csv",
+            "certificates/test/gaussian.csv"} <= set(per_sample)
+    for name in per_sample:
+        table = Path(name)
+        if table.parent.name in ("test", "train"):  # a model's: rank 1 computed its shard
+            assert f"{table.parent}/.{table.stem}.shard-1-of-2.partial.csv" in written, name
+        assert without_seconds(two / name) == without_seconds(one / name), name
+    assert not [path for path in two.rglob("*.partial.csv")]
+    assert (untimed(json.loads((two / "metrics.json").read_text())["test"])
+            == untimed(json.loads((one / "metrics.json").read_text())["test"]))
+
+
+def untimed(value: Any) -> Any:
+    """``value`` without its timing entries (keys naming seconds)."""
+    if isinstance(value, dict):
+        return {key: untimed(item) for key, item in value.items() if "seconds" not in key}
+    return value
 
 
 def test_one_process_is_rank_0_of_1_and_helpers_do_nothing(monkeypatch):

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as multiprocessing
+from conftest import without_seconds
 
 from robustgate.cli import main
 from robustgate.data import load_dataset
@@ -81,13 +81,6 @@ def _interrupt_chunks(stop_at: int) -> None:
 def sharded(arguments: list[str], world_size: int = 2, stop_at: int = 0) -> None:
     multiprocessing.spawn(_worker, args=(world_size, _free_port(), arguments, stop_at),
                           nprocs=world_size)
-
-
-def without_seconds(path: Path) -> list[str]:
-    lines = path.read_text().splitlines()
-    if lines[0].endswith(",seconds"):
-        return [line.rsplit(",", 1)[0] for line in lines]
-    return lines
 
 
 def test_sharded_evaluation_and_certification_equal_one_process(checkpoint, tmp_path):

@@ -254,21 +254,22 @@ def certify_smoothed(
 
 def certify_or_resume(path: Path, model: nn.Module, settings: SmoothingSettings,
                       x: torch.Tensor, y: torch.Tensor, progress: bool, description: str,
-                      ) -> Certificates:
+                      rank: int = 0, world_size: int = 1) -> Certificates:
     """The smoothing certificates at ``path`` if complete there, else certify by ``settings``
-    (resuming a partial file)."""
+    (resuming its partial files; ``rank`` of ``world_size`` computes its shard)."""
     smooth = Smooth.from_settings(model, settings)
     return certify_smoothed(smooth, x, y, settings.n0, settings.n, settings.alpha,
                             settings.seed, path=path, progress=progress,
-                            description=description)
+                            description=description, rank=rank, world_size=world_size)
 
 
 def bound_certificates_or_resume(
     directory: Path, name: str, model: nn.Module, settings: BoundSettings, methods: list[str],
     x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, radii: list[float], progress: bool,
+    rank: int = 0, world_size: int = 1,
 ) -> dict[str, BoundCertificates]:
     """A model's bound certificates by every method of ``methods``, ``directory /
-    <name>.<method>.csv`` (resumable files)."""
+    <name>.<method>.csv`` (resumable files; ``rank`` of ``world_size`` computes its shard)."""
     certificates = {}
     for method in methods:
         path = directory / f"{name}.{method}.csv"
@@ -277,5 +278,6 @@ def bound_certificates_or_resume(
                 progress)
         certificates[method] = certify_with_bounds(
             model, x, y, threat, radii, method, batch_size=settings.batch_size, path=path,
-            progress=progress, description=f"{name}/{method}")
+            progress=progress, description=f"{name}/{method}", rank=rank,
+            world_size=world_size)
     return certificates

@@ -384,9 +384,12 @@ def counted_split(records: dict[str, Records], compositions: Sequence[Compositio
     """The attacked models on a split other than the test split, from their ``records``, and the
     compositions counted from those records alone (the kinds counted so:
     ``SelectorKind.attacked_selections``), at the ``κ`` each deploys on the test split
-    (``kappas``; 1 where it has none)."""
+    (``kappas``; 1 where it has none). A composition with a smoothed model (certified on the
+    test split only, no records) is not counted here."""
     results: SplitResults = {name: ModelResult.of(r, eps) for name, r in records.items()}
     for composition in compositions:
+        if not {*composition.branches, composition.core} <= records.keys():
+            continue
         kappa = kappas.get(composition.label, 1.0)
         parts = [records[name] for name in composition.branches]
         selections = SELECTOR_KINDS[composition.selector].attacked_selections(parts, eps, kappa)

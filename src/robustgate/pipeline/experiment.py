@@ -95,8 +95,10 @@ def run_experiment(
 ) -> ExperimentResults | None:
     """Run the experiment into ``out`` (resuming what is there); returns its results (written
     as ``metrics.json``). Under torchrun (``process``) every rank trains the models together
-    (``train.run``); rank 0 alone then evaluates, composes and reports, and the other ranks
-    return ``None`` once the models are trained."""
+    (``train.run``) and computes its shard of every model's per-sample records and
+    certificates (``runner``: the same files as one process); rank 0 alone then cross-checks,
+    composes (the adaptive attack included), runs the searches and reports, and the other ranks
+    return ``None``."""
     out = Path(out)
     device = resolve_device(device)
     _check_model_references(config)
@@ -146,11 +148,11 @@ def run_experiment(
             device=device, progress=progress, resolve=lambda ref: checkpoints[ref[1:]],
             metadata=metadata, process=process,
         )
-    if not process.is_main:
-        return None
-
     x_test, y_test = test.x[: settings.limit], test.y[: settings.limit]
+    shard = {"rank": process.rank, "world_size": process.world_size}
+    progress = progress and process.is_main
     records: dict[str, Records] = {}
+    train_records: dict[str, Records] = {}
     models = {}
     run = CompositionRun(config, out, models, records, (x_test, y_test), validation, threat,
                          attack, device, progress)
@@ -166,7 +168,7 @@ def run_experiment(
                 f"{len(y_certified)} test points", progress)
             run.certificates[name] = certify_or_resume(
                 out / "certificates" / "test" / f"{name}.csv", models[name], smoothing,
-                x_certified, y_certified, progress, name)
+                x_certified, y_certified, progress, name, **shard)
             results[name] = SmoothedModelResult.of(
                 run.certificates[name], smoothing, threat, settings.certified_radii, dimension,
                 checkpoint_metadata.get("sigma_train"))
@@ -174,18 +176,25 @@ def run_experiment(
         records[name] = evaluate_or_resume(
             out / "records" / "test" / f"{name}.csv", models[name], x_test, y_test, threat,
             radii[name], attack, batch_size=settings.batch_size, progress=progress,
-            description=f"{name} at eps {', '.join(f'{r:g}' for r in radii[name])}",
+            description=f"{name} at eps {', '.join(f'{r:g}' for r in radii[name])}", **shard,
         )
         results[name] = ModelResult.of(records[name], eps)
+        if "train" in settings.splits:
+            train_records[name] = evaluate_or_resume(
+                out / "records" / "train" / f"{name}.csv", models[name], *train, threat,
+                radii[name], attack, batch_size=settings.batch_size, progress=progress,
+                description=f"{name}/train", **shard)
         bounds = config.models[name].bounds
         if bounds is not None:
             bound_radii = run.bound_radii(name)
             run.bound_certificates[name] = bound_certificates_or_resume(
                 out / "certificates" / "test", name, models[name], bounds,
                 run.bound_methods(name), x_certified, y_certified, threat, bound_radii,
-                progress)
+                progress, **shard)
             results[name].bounds = BoundResult.of(run.bound_certificates[name], records[name],
                                                   bound_radii)
+    if not process.is_main:
+        return None
 
     # the records' check cross-checked before any count leans on them
     check = autoattack_check(
@@ -203,10 +212,7 @@ def run_experiment(
     split_records = {"test": records}
     if "train" in settings.splits:
         data["train"] = train
-        split_records["train"] = {name: evaluate_or_resume(
-            out / "records" / "train" / f"{name}.csv", models[name], *train, threat,
-            radii[name], attack, batch_size=settings.batch_size, progress=progress,
-            description=f"{name}/train") for name in records}
+        split_records["train"] = train_records
         splits["train"] = counted_split(split_records["train"], config.compositions, kappas,
                                         eps)
     # the one-branch compositions deployed exactly on a grid, with the κ each deploys
