@@ -155,6 +155,11 @@ def test_the_cascade_form_runs_through_an_experiment_and_reports_its_stages(tmp_
         cascade["differing_decisions"] / 100)
     assert (tmp_path / "records" / "cascade").is_dir()
     assert json.loads((tmp_path / "metrics.json").read_text())["test"][label]["cascade"]
+    report = (tmp_path / "report.md").read_text()
+    section = report[report.index("## The robustness selector as a cascade"):]
+    row = next(line for line in section.splitlines() if line.startswith(f"| {label} | era |"))
+    assert f"attack {cascade['decided']['attack']}" in row
+    assert " → ".join([*cascade["choice"]["stages"], "attack"]) in row
     with pytest.raises(ValueError, match="cascade is the robustness selector's"):
         CompositionSettings(branch="a", core="b", selector="bounds", cascade=True)
     with pytest.raises(ValueError, match="sequential is the smoothing selector's"):

@@ -270,6 +270,37 @@ def _indices(indices: list[int], shown: int = 50) -> str:
     return ", ".join(str(index) for index in indices[:shown]) + more
 
 
+def _cascade_section(run: Run) -> Section | None:
+    """The robustness selectors deployed as a cascade: the stages chosen, the inputs each
+    stage decided on the test points, and the decisions that differ from the attack's."""
+    columns = ["composition", "branch", "stages", "decided per stage", "selected",
+               "decisions unlike the records'", "seconds per input (chosen on)"]
+    rows = []
+    for composition in run.compositions:
+        for branch, details in run.metrics[composition.label].extras.get("cascade", {}).items():
+            choice = details["choice"]
+            decided = ", ".join(f"{stage} {count}" for stage, count in details["decided"].items())
+            measured = ", ".join(f"{stage} {seconds:.2g}" for stage, seconds
+                                 in choice["stage_seconds_per_input"].items()
+                                 if seconds is not None)
+            differing = details["differing_decisions"]
+            rows.append([composition.label, branch, " → ".join([*choice["stages"], "attack"]),
+                         decided, str(details["selected"]),
+                         str(differing) + (f" ({_indices(details['differing_indices'], 10)})"
+                                           if differing else ""),
+                         f"{measured or '–'} ({choice['inputs']} validation inputs)"])
+    if not rows:
+        return None
+    return Section("The robustness selector as a cascade", columns, rows, [
+        "A bound stage selects an input it certifies on the selector's ball without running the "
+        "attack; the attack decides the rest. The stages were chosen by their measured cost per "
+        "decided input on validation inputs, so that the cascade is no slower than the attack "
+        "alone. A decision unlike the records' (inputs listed) is an input a stage certified "
+        "where the records' attack reports a flip (a margin within the float tolerance of 0), "
+        "or one the attack, run in another batch, decided otherwise; the count uses the "
+        "cascade's own selection."])
+
+
 def _adaptive_section(run: Run) -> Section:
     columns = ["composition", "natural", "robust (counted)", "95% interval", "robust (attacked)",
                "95% interval", "counted but broken", "points"]
@@ -605,7 +636,8 @@ def _sections(run: Run) -> list[Section]:
     sections = [models, *others, _regions_section(run), _certified_models_section(run),
                 _bounded_models_section(run),
                 _certified_compositions_section(run),
-                _operating_point_section(run), *_search_sections(run), _matched_section(run),
+                _operating_point_section(run), _cascade_section(run), *_search_sections(run),
+                _matched_section(run),
                 adaptive if adaptive.rows else None,
                 _threshold_section(run), _routes_section(run), selective,
                 _autoattack_section(run)]
