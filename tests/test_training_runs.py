@@ -247,6 +247,17 @@ def test_compose_command_from_records_and_from_checkpoints(tmp_path):
     assert inference["adaptive"]["attack"].startswith("AdaptiveAttack(steps=10,")  # --steps
     assert sum(sum(r.values()) for r in inference["routes"].values()) == 20
     assert main([*arguments, "--selector", "entropy", "--out", str(tmp_path / "c")]) == 2
+    # the cascade: bound stages chosen on the validation split, the same answers
+    assert main([*arguments, "--cascade", "--validation-size", "40", "--out",
+                 str(tmp_path / "e")]) == 0
+    cascade = json.loads((tmp_path / "e" / "summary.json").read_text())["cascade"][0]
+    assert sum(cascade["decided"].values()) == 20 and cascade["decided"]["attack"] <= 20
+    assert ((tmp_path / "e" / "predictions.csv").read_text()
+            == (tmp_path / "b" / "predictions.csv").read_text())
+    assert main([*arguments, "--cascade", "--out", str(tmp_path / "f")]) == 2  # no validation
+    assert main(["compose", "--branch", str(records / "era.csv"), "--core",
+                 str(records / "core.csv"), "--eps", "0.05", "--cascade", "--out",
+                 str(tmp_path / "g")]) == 2
     assert main(["compose", "--branch", str(records / "era.csv"), "--core",
                  str(run / "models" / "core" / "best.safetensors"), "--eps", "0.05",
                  "--out", str(tmp_path / "d")]) == 2

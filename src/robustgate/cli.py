@@ -195,6 +195,9 @@ def _compose(args: argparse.Namespace) -> int:
         raise ValueError("--validation-branch and --validation-core go together: give both "
                          "(the branch's and the core's records on validation data) or neither")
     if kinds == {".csv"}:
+        if args.cascade:
+            raise ValueError("--cascade deploys the selector on checkpoints; records already "
+                             "hold the attack's decisions, which the cascade's equal")
         validation = (None if args.validation_branch is None
                       else (args.validation_branch, args.validation_core))
         summary = compose_from_records(args.branch, args.core, args.eps, args.out,
@@ -227,12 +230,14 @@ def _compose(args: argparse.Namespace) -> int:
     x, y = _split(args)
     threat = ThreatModel(args.norm, args.eps)
     threat.check_dimension(x)
-    calibration = _split(args, "validation")[0] if args.coverage is not None else None
+    calibration = (_split(args, "validation")[0]
+                   if args.coverage is not None or args.cascade else None)
     summary = compose_from_checkpoints(
         args.branch, args.core, x, y, threat, _attack(args), args.out, selector=args.selector,
         threshold=args.threshold, coverage=args.coverage,
         calibration=calibration, kappa=args.kappa, sanity=args.sanity,
         square_queries=args.square_queries, trust_code=args.trust_code,
+        form="cascade" if args.cascade else None,
         adaptive=(AdaptiveAttack(steps=args.steps, relative_step=args.relative_step,
                                  restarts=args.restarts, target_classes=args.target_classes,
                                  seed=args.seed)
@@ -243,6 +248,10 @@ def _compose(args: argparse.Namespace) -> int:
     if "adaptive" in summary:
         rows["composed, adaptive attack"] = summary["adaptive"]
     print(metrics_table(rows))
+    for position, cascade in enumerate(summary.get("cascade", [])):
+        decided = ", ".join(f"{stage} {count}" for stage, count in cascade["decided"].items())
+        print(f"branch {position}: cascade {' → '.join([*cascade['stages'], 'attack'])}, "
+              f"inputs decided per stage: {decided}")
     sanity = summary.get("sanity")
     if sanity is not None:
         gradient, square = sanity["gradient"], sanity["square"]
@@ -537,6 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   if kind.composes_checkpoints],
                          help="checkpoints only; confidence selectors need --threshold or "
                          "--coverage")
+    compose.add_argument("--cascade", action="store_true",
+                         help="checkpoints, robustness selector: bound stages (IBP, CROWN-IBP, "
+                         "CROWN) that pay, chosen on the validation split, before the attack")
     compose.add_argument("--threshold", type=FINITE, help="confidence selector threshold")
     compose.add_argument("--coverage", type=SHARE,
                          help="calibrate the confidence threshold on the validation split")

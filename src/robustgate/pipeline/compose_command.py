@@ -29,6 +29,7 @@ from robustgate.inputs import check_inputs
 from robustgate.io import atomic_write_json, atomic_write_text
 from robustgate.models import load_checkpoint, predict_logits
 from robustgate.registry import SELECTOR_KINDS
+from robustgate.select import Cascade
 from robustgate.threat import ThreatModel
 
 
@@ -100,11 +101,14 @@ def compose_from_checkpoints(
     calibration: torch.Tensor | None = None, adaptive: AdaptiveAttack | None = None,
     device: torch.device | str = "cpu", batch_size: int = 500, progress: bool = True,
     kappa: float = 1.0, sanity: int = 0, square_queries: int = 1000, trust_code: bool = False,
+    form: str | None = None,
 ) -> dict[str, Any]:
     """Compose checkpoints and predict on ``(x, y)``: predictions with routes, route counts, and
     with ``adaptive`` the composition's robust accuracy under the adaptive attack and, on the
     first ``sanity`` inputs, the sanity checks of ``evaluate.sanity`` (Square with
-    ``square_queries`` queries, growing eps)."""
+    ``square_queries`` queries, growing eps). ``form``: the selector kind's form (the robustness
+    selector's ``"cascade"``, its stages chosen on ``calibration``; the inputs each stage
+    decided in the summary)."""
     kind = SELECTOR_KINDS[selector]
     if not kind.chains and len(branches) > 1:
         raise ValueError(f"the {selector} selector composes one branch: give no chain with it")
@@ -115,7 +119,7 @@ def compose_from_checkpoints(
         check_inputs(x, getattr(model, "input_shape", None))
         predict_logits(model, x)
     stages = [(model, kind.deploy(model, threat, attack, threshold, coverage, calibration,
-                                  kappa)) for model in models]
+                                  kappa, form)) for model in models]
     composed = ComposedClassifier.chain(stages, core_model)
     labels, routes = [], []
     for start in range(0, len(x), batch_size):
@@ -136,6 +140,10 @@ def compose_from_checkpoints(
         "selection_rate": float((route == 0).mean()) if len(y) else None,
         "routes": route_counts(accurate, route, len(models)),
     }
+    checks = [getattr(selector, "attack", None) for _, selector in stages]
+    if any(isinstance(check, Cascade) for check in checks):
+        summary["cascade"] = [{"stages": list(check.stages), "decided": dict(check.decided)}
+                              for check in checks]
     threshold = getattr(stages[0][1], "threshold", None)
     if threshold is not None:
         summary["threshold"] = threshold

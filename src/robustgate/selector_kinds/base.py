@@ -126,8 +126,11 @@ class SelectorKind:
 
     def deploy(self, branch: torch.nn.Module, threat: ThreatModel, attack: Attack,
                threshold: float | None, coverage: float | None,
-               calibration: torch.Tensor | None, kappa: float) -> Selector:
-        """The deployed selector of ``robustgate compose`` on checkpoints."""
+               calibration: torch.Tensor | None, kappa: float, form: str | None = None,
+               ) -> Selector:
+        """The deployed selector of ``robustgate compose`` on checkpoints (``form``: one of the
+        kind's ``options``, e.g. the robustness selector's ``"cascade"``, whose stages are
+        chosen on ``calibration``)."""
         raise ValueError(f"the {self.name} selector is not composed from checkpoints by "
                          "`robustgate compose`")
 

@@ -24,7 +24,10 @@ class ConfidenceKind(ScoreKind):
 
     def deploy(self, branch: torch.nn.Module, threat: ThreatModel, attack: Attack,
                threshold: float | None, coverage: float | None,
-               calibration: torch.Tensor | None, kappa: float) -> Selector:
+               calibration: torch.Tensor | None, kappa: float, form: str | None = None,
+               ) -> Selector:
+        if form is not None:
+            raise ValueError(f"the {self.name} selector has no form {form!r}")
         if kappa != 1:
             raise ValueError(f"kappa is the robustness selector's radius factor; the "
                              f"{self.name} selector takes none (got {kappa})")

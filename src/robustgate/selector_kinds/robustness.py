@@ -156,9 +156,19 @@ class RobustnessKind(SelectorKind):
 
     def deploy(self, branch: torch.nn.Module, threat: ThreatModel, attack: Attack,
                threshold: float | None, coverage: float | None,
-               calibration: torch.Tensor | None, kappa: float) -> Selector:
+               calibration: torch.Tensor | None, kappa: float, form: str | None = None,
+               ) -> Selector:
         if threshold is not None or coverage is not None:
             raise ValueError("the robustness selector takes no threshold or coverage")
+        if form not in (None, "cascade"):
+            raise ValueError(f"the robustness selector's forms are {self.options}, not {form!r}")
+        if form == "cascade":
+            if calibration is None or len(calibration) == 0:
+                raise ValueError("the cascade chooses its stages on the validation split: give "
+                                 "--validation-size")
+            choice = choose_stages(branch, calibration[:CASCADE_MEASURED], threat.scaled(kappa),
+                                   attack)
+            attack = Cascade(attack, choice.stages)
         return RobustnessSelector(branch, threat, attack, kappa)
 
     def search_branch(self, run: CompositionRun, search: SearchSettings, model: nn.Module,
