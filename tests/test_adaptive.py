@@ -156,6 +156,23 @@ def test_adaptive_records_resume_and_stay_in_the_ball(tmp_path):
         AdaptiveAttack(steers=[])
 
 
+def test_an_input_s_adaptive_attack_does_not_depend_on_its_batch():
+    """Random starts drawn per input (its index): the same adversarial point for an input
+    attacked alone, in a batch, or in another batch order; other seeds, other points."""
+    composed = robustness_composition(0.45, 0.9)
+    x = torch.rand(24, 2, generator=torch.Generator().manual_seed(1))
+    target = composed.predict(x)[0]
+    attack = AdaptiveAttack(steps=5, restarts=1)
+    whole = attack(composed, x, target, THREAT)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(2))
+    shuffled = attack(composed, x[order], target[order], THREAT, indices=order)
+    assert torch.equal(shuffled, whole[order])
+    one = attack(composed, x[7:8], target[7:8], THREAT, indices=torch.tensor([7]))
+    assert torch.equal(one, whole[7:8])
+    other = AdaptiveAttack(steps=5, restarts=1, seed=1)(composed, x, target, THREAT)
+    assert not torch.equal(other, whole)
+
+
 def test_sanity_checks_on_a_composition():
     composed = robustness_composition(0.45, 0.6)
     x = torch.rand(60, 2, generator=torch.Generator().manual_seed(3))

@@ -140,7 +140,10 @@ class AdaptiveAttack:
     steers: weights of the selectors' scores in the objectives; every route is tried with each
         (the core alone, without the selectors, always comes first).
     saturation: cap of the logit-margin terms that the selectors' scores are added to.
-    seed: seed of the random starts.
+    seed: seed of the random starts, drawn per input (``attacks.PerInputAttack``): from the
+        seed, the input's index in its data set (``indices`` of a call; its position in the
+        batch without them) and the run, so that an input's records do not depend on its batch,
+        chunk or shard.
 
     ``candidate_counts`` accumulates, over calls, how many inputs each candidate broke first.
     """
@@ -160,13 +163,15 @@ class AdaptiveAttack:
         self.seed = seed
         self.candidate_counts: dict[str, int] = {}
 
+    seeded_per_input = True
+
     def __repr__(self) -> str:
         return (f"AdaptiveAttack(steps={self.steps}, relative_step={self.relative_step}, "
                 f"restarts={self.restarts}, target_classes={self.target_classes}, "
                 f"steers={self.steers}, saturation={self.saturation})")
 
     def __call__(self, composed: ComposedClassifier, x: torch.Tensor, target: torch.Tensor,
-                 threat: ThreatModel) -> torch.Tensor:
+                 threat: ThreatModel, indices: torch.Tensor | None = None) -> torch.Tensor:
         """For every input the first point found in the threat ball where the composed
         prediction differs from ``target`` (``x`` itself where none is found). ``target`` is
         the clean composed prediction (robustness) or the label (robust accuracy)."""
@@ -181,6 +186,7 @@ class AdaptiveAttack:
             outputs = _Outputs(composed, classes)
             x_adv = x.clone()
             pending = torch.arange(len(x), device=device)
+            indices = pending.cpu() if indices is None else indices.cpu()
             for route in routes(len(composed.stages), self.steers, self.target_classes):
                 if len(pending) == 0:
                     break
@@ -195,7 +201,8 @@ class AdaptiveAttack:
                           restarts=self.restarts, seed=self.seed,
                           objective=lambda values, aim, route=route: route.objective(
                               outputs.parts(values), aim, self.saturation))
-                candidate = pgd(outputs, x[pending], aim, threat)
+                candidate = pgd(outputs, x[pending], aim, threat,
+                                indices=indices[pending.cpu()])
                 changed = composed.predict(candidate)[0].to(device) != target[pending]
                 x_adv[pending[changed]] = candidate[changed]
                 pending = pending[~changed]
