@@ -293,12 +293,12 @@ def test_a_bound_certified_experiment_end_to_end(tmp_path):
     # beside; the count at the chosen κ is the test curve's point
     chosen = result["ibp→core [bounds: ibp, operating point: accuracy ≥ core − 0 pt]"]
     point = chosen.operating_point
-    assert [p["kappa"] for p in point.validation_curve] == [1, 1.5, 2]
+    assert [p.kappa for p in point.validation_curve] == [1, 1.5, 2]
     kappa = point.kappa
     assert chosen.kappa == kappa and chosen.extras["export"]["identical"]
-    at_kappa, = (p for p in point.test_curve if p["kappa"] == kappa)
-    assert at_kappa["natural_accuracy"] == chosen.natural_accuracy
-    assert at_kappa["robust_accuracy"] == chosen.certified_accuracy
+    at_kappa, = (p for p in point.test_curve if p.kappa == kappa)
+    assert at_kappa.natural_accuracy == chosen.natural_accuracy
+    assert at_kappa.robust_accuracy == chosen.certified_accuracy
     if kappa == 2:
         assert chosen.certified_accuracy == composed.certified_accuracy
     validation = BoundCertificates.read_csv(tmp_path / "certificates" / "validation"

@@ -19,6 +19,7 @@ from robustgate.evaluate.operating_points import (
     robustness_given_up,
     within_accuracy_drop,
 )
+from robustgate.evaluate.results import CurvePoint, OperatingPoint
 from robustgate.evaluate.sound_count import Selection
 from robustgate.evaluate.statistics import clopper_pearson, paired_lower
 from robustgate.registry import SELECTOR_KINDS
@@ -69,20 +70,20 @@ def test_a_larger_kappa_moves_the_composition_towards_the_core():
     *_, branch, core = branch_and_core(0, 2000, sweep_radii(0.1, [1, 1.5, 2, 3]), 0.3, 0.995,
                                        0.9, 0.2)
     curve = operating_curve(branch, core, 0.1, [1, 1.5, 2, 3])
-    natural = [point["natural_accuracy"] for point in curve]
-    robust = [point["robust_accuracy"] for point in curve]
-    rates = [point["selection_rate"] for point in curve]
+    natural = [point.natural_accuracy for point in curve]
+    robust = [point.robust_accuracy for point in curve]
+    rates = [point.selection_rate for point in curve]
     assert rates == sorted(rates, reverse=True) and robust == sorted(robust, reverse=True)
     assert natural[-1] > natural[0]
     core_accuracy = float(core.accurate.mean())
     best = choose_operating_point(curve, core_accuracy)  # no target: the most robust
-    assert best["kappa"] == 1 and best["meets_target"]
+    assert best.kappa == 1 and best.meets_target
     within = choose_operating_point(curve, core_accuracy, max_accuracy_drop=0.01)
-    meeting = [p for p in curve if p["natural_accuracy"] >= core_accuracy - 0.01]
-    assert within["kappa"] == min(p["kappa"] for p in meeting)
+    meeting = [p for p in curve if p.natural_accuracy >= core_accuracy - 0.01]
+    assert within.kappa == min(p.kappa for p in meeting)
     impossible = choose_operating_point(curve, 1.0, max_accuracy_drop=0.0)
-    assert not impossible["meets_target"] and impossible["kappa"] == curve[
-        int(np.argmax(natural))]["kappa"]
+    assert not impossible.meets_target and impossible.kappa == curve[
+        int(np.argmax(natural))].kappa
     with pytest.raises(ValueError, match="max_accuracy_drop"):
         choose_operating_point(curve, core_accuracy, -0.1)
 
@@ -93,9 +94,9 @@ def test_a_drop_of_exactly_the_allowed_points_meets_the_target():
     assert within_accuracy_drop(0.9902, 0.9932, 0.003)
     assert not within_accuracy_drop(0.9901, 0.9932, 0.003)
     assert within_accuracy_drop(0.5, 0.9932, None)
-    point = choose_operating_point([{"kappa": 1.0, "natural_accuracy": 0.9902,
-                                     "robust_accuracy": 0.85}], 0.9932, 0.003)
-    assert point["meets_target"]
+    point = choose_operating_point([CurvePoint(1.0, 0.9902, 0.85, 1.0, 0, 0, 10_000)], 0.9932,
+                                   0.003)
+    assert point.meets_target
 
 
 def test_the_bound_selectors_curve_counts_certified_selections_at_every_kappa():
@@ -117,14 +118,14 @@ def test_the_bound_selectors_curve_counts_certified_selections_at_every_kappa():
             stable = certified_radius > (kappa + 1) * eps
             natural = np.where(selected, branch_right, core_right)
             certified = selected & branch_right & (stable if with_interval_bounds else False)
-            assert point["natural_accuracy"] == pytest.approx(natural.mean())
-            assert point["robust_accuracy"] == pytest.approx(certified.mean())
-            assert point["selection_rate"] == pytest.approx(selected.mean())
+            assert point.natural_accuracy == pytest.approx(natural.mean())
+            assert point.robust_accuracy == pytest.approx(certified.mean())
+            assert point.selection_rate == pytest.approx(selected.mean())
     # with interval bounds, a larger κ trades certificates for natural accuracy
     curve = operating_curve(branch, core, eps, kappas, bound_selection)
-    assert [p["robust_accuracy"] for p in curve] == sorted(
-        (p["robust_accuracy"] for p in curve), reverse=True)
-    assert curve[-1]["natural_accuracy"] > curve[0]["natural_accuracy"]
+    assert [p.robust_accuracy for p in curve] == sorted(
+        (p.robust_accuracy for p in curve), reverse=True)
+    assert curve[-1].natural_accuracy > curve[0].natural_accuracy
 
 
 def test_clopper_pearson_intervals():
@@ -163,14 +164,14 @@ def test_records_at_several_radii_by_bisection_equal_one_check_per_radius(monkey
 
 
 def test_an_operating_point_that_gives_the_robustness_up_is_flagged():
-    curve = [{"kappa": 1.0, "robust_accuracy": 0.9}, {"kappa": 2.0, "robust_accuracy": 0.45},
-             {"kappa": 3.0, "robust_accuracy": 0.002}]
+    curve = [CurvePoint(kappa, 0.99, robust, 0.5, 0, 0, 1000)
+             for kappa, robust in ((1.0, 0.9), (2.0, 0.45), (3.0, 0.002))]
     assert robustness_given_up(curve, curve[0]) is None
     assert robustness_given_up(curve, curve[1]) is None  # half kept: not flagged
     flagged = robustness_given_up(curve, curve[2])
-    assert flagged["kappa"] == 1.0 and flagged["share_kept"] == pytest.approx(0.002 / 0.9)
-    assert robustness_given_up([{"kappa": 1.0, "robust_accuracy": 0.0}],
-                               {"kappa": 1.0, "robust_accuracy": 0.0}) is None
+    assert flagged.kappa == 1.0 and flagged.share_kept == pytest.approx(0.002 / 0.9)
+    nothing = CurvePoint(1.0, 0.99, 0.0, 0.5, 0, 0, 1000)
+    assert robustness_given_up([nothing], nothing) is None
 
 
 def test_compose_command_chooses_kappa_on_validation_records(tmp_path, capsys):
@@ -195,13 +196,14 @@ def test_compose_command_chooses_kappa_on_validation_records(tmp_path, capsys):
                  str(files["validation", "core"]), "--kappas", "1", "2", "3", "--out",
                  str(tmp_path / "chosen")]) == 0
     summary = json.loads((tmp_path / "chosen" / "summary.json").read_text())
-    chosen = summary["operating_point"]["chosen"]
-    given_up = robustness_given_up(summary["operating_point"]["validation_curve"], chosen)
+    point = OperatingPoint.from_json(summary["operating_point"])
+    chosen = point.chosen
+    given_up = robustness_given_up(point.validation_curve, chosen)
     assert ("warning: kappa" in capsys.readouterr().out) == (given_up is not None)
-    assert summary["kappa"] == chosen["kappa"] and chosen["kappa"] > 1
-    assert chosen["natural_accuracy"] >= chosen["core_accuracy"] or not chosen["meets_target"]
+    assert summary["kappa"] == chosen.kappa and chosen.kappa > 1
+    assert chosen.natural_accuracy >= chosen.core_accuracy or not chosen.meets_target
     # the count at the chosen kappa is the one --kappa gives
-    assert main([*arguments, "--kappa", str(chosen["kappa"]), "--out",
+    assert main([*arguments, "--kappa", str(chosen.kappa), "--out",
                  str(tmp_path / "fixed")]) == 0
     fixed = json.loads((tmp_path / "fixed" / "summary.json").read_text())
     assert fixed["metrics"] == summary["metrics"]

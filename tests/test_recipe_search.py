@@ -17,6 +17,7 @@ from scipy.stats import binomtest
 from robustgate.config import ExperimentConfig, SearchSettings, TrainSpec, parse_config
 from robustgate.data import load_dataset
 from robustgate.evaluate.operating_points import choose_recipe, validation_parts
+from robustgate.evaluate.results import CurvePoint, SearchResult
 from robustgate.evaluate.statistics import (
     accuracy_drop_upper_bound,
     confirmation_size,
@@ -88,8 +89,7 @@ def test_mcnemar_p_values_are_the_exact_binomial_tests():
 
 
 def point(kappa, natural, robust, lost=0, gained=0, samples=1000):
-    return {"kappa": kappa, "natural_accuracy": natural, "robust_accuracy": robust,
-            "selection_rate": 0.9, "lost": lost, "gained": gained, "samples": samples}
+    return CurvePoint(kappa, natural, robust, 0.9, lost, gained, samples)
 
 
 def test_the_most_robust_confirmed_pair_wins():
@@ -98,9 +98,9 @@ def test_the_most_robust_confirmed_pair_wins():
     confirming = {"a": [point(1, 0.99, 0.95, lost=1), point(2, 0.99, 0.9)],
                   "b": [point(1, 0.99, 0.93), point(2, 0.99, 0.9)]}
     choice = choose_recipe(choosing, confirming, 0.995, 0.01)
-    assert choice["chosen"] == "a" and choice["candidates"]["a"]["kappa"] == 1
-    assert choice["tried"] == 2 and choice["pairs"] == 4 and choice["confirmed"] == 2
-    assert choice["pair_confidence"] == pytest.approx(0.975)  # Bonferroni over the two
+    assert choice.chosen == "a" and choice.candidates["a"].kappa == 1
+    assert choice.tried == 2 and choice.pairs == 4 and choice.confirmed == 2
+    assert choice.pair_confidence == pytest.approx(0.975)  # Bonferroni over the two
 
 
 def test_a_pair_the_confirming_points_reject_is_not_chosen():
@@ -108,20 +108,20 @@ def test_a_pair_the_confirming_points_reject_is_not_chosen():
     confirming = {"robust_and_wrong": [point(1, 0.98, 0.96, lost=15)],
                   "era": [point(1, 0.99, 0.94, lost=1, gained=1)]}
     choice = choose_recipe(choosing, confirming, 0.99, 0.015)
-    assert not choice["candidates"]["robust_and_wrong"]["confirming"]["accepted"]
-    assert choice["chosen"] == "era"
+    assert not choice.candidates["robust_and_wrong"].confirming.accepted
+    assert choice.chosen == "era"
 
 
 def test_without_an_accepted_pair_the_closest_is_named():
     choosing = {"a": [point(1, 0.99, 0.97)], "b": [point(1, 0.99, 0.94)]}
     confirming = {"a": [point(1, 0.98, 0.96, lost=30)], "b": [point(1, 0.98, 0.94, lost=20)]}
     choice = choose_recipe(choosing, confirming, 0.99, 0.01)
-    assert choice["chosen"] is None and choice["closest"] == "b"
+    assert choice.chosen is None and choice.closest == "b"
     # nothing meets the target on the choosing points: the most accurate one is the closest
     missing = choose_recipe({"a": [point(1, 0.90, 0.9)], "b": [point(1, 0.95, 0.9)]},
                             {"a": [point(1, 0.9, 0.9)], "b": [point(1, 0.9, 0.9)]}, 0.99, 0.01)
-    assert missing["chosen"] is None and missing["closest"] == "b"
-    assert missing["confirmed"] == 0
+    assert missing.chosen is None and missing.closest == "b"
+    assert missing.confirmed == 0
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -263,20 +263,20 @@ def test_the_search_picks_the_recipe_without_robust_inaccurate_inputs(tmp_path, 
     config = parse_config(EXPERIMENT, ExperimentConfig)
     result = run_experiment(config, tmp_path / "run", device="cpu", progress=False)
     search = result.searches["recipe"]
-    choice = search["choice"]
-    assert [c["overrides"]["loss"]["name"] for c in search["candidates"]] == ["trades", "era"]
-    assert choice["chosen"] == "1" and choice["tried"] == 2 and choice["pairs"] == 4
-    trades, era = choice["candidates"]["0"], choice["candidates"]["1"]
-    assert not trades["confirming"]["accepted"]
-    assert trades["confirming"]["drop_upper_bound"] > 0.015 >= era["confirming"][
-        "drop_upper_bound"]
-    assert search["branches"]["test"]["0"]["robust_inaccuracy"] > 0.01
-    assert search["branches"]["test"]["1"]["robust_inaccuracy"] < 0.005
-    test = search["test"]
-    assert test["candidate"] == "1" and test["chosen"]
-    assert test["natural_accuracy"] >= test["core_natural_accuracy"] - 0.015
+    choice = search.choice
+    assert [c.overrides["loss"]["name"] for c in search.candidates] == ["trades", "era"]
+    assert choice.chosen == "1" and choice.tried == 2 and choice.pairs == 4
+    trades, era = choice.candidates["0"], choice.candidates["1"]
+    assert not trades.confirming.accepted
+    assert trades.confirming.drop_upper_bound > 0.015 >= era.confirming.drop_upper_bound
+    assert search.branches["test"]["0"]["robust_inaccuracy"] > 0.01
+    assert search.branches["test"]["1"]["robust_inaccuracy"] < 0.005
+    test = search.test
+    assert test.candidate == "1" and test.chosen
+    assert test.natural_accuracy >= test.core_natural_accuracy - 0.015
     stored = json.loads((tmp_path / "run" / "searches" / "recipe" / "result.json").read_text())
-    assert stored["choice"] == choice
+    assert stored["choice"] == choice.to_json()
+    assert SearchResult.from_json(stored) == search
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Operating point over training: recipe" in report
     assert "2 candidates tried (4 pairs of recipe and κ)" in report
@@ -299,8 +299,8 @@ def test_the_search_picks_the_recipe_without_robust_inaccurate_inputs(tmp_path, 
 
     monkeypatch.setattr(experiment, "load_dataset", scrambled_test)
     rerun = run_experiment(config, again, device="cpu", progress=False).searches["recipe"]
-    assert rerun["choice"] == choice
-    assert rerun["test"]["natural_accuracy"] != test["natural_accuracy"]
+    assert rerun.choice == choice
+    assert rerun.test.natural_accuracy != test.natural_accuracy
 
 
 def test_a_search_for_the_bound_selector_counts_certificates(tmp_path):
@@ -327,21 +327,21 @@ def test_a_search_for_the_bound_selector_counts_certificates(tmp_path):
     }, ExperimentConfig)
     result = run_experiment(config, tmp_path, device="cpu", progress=False)
     search = result.searches["certified"]
-    assert search["selector"] == "bounds"
+    assert search.selector == "bounds"
     for name in ("0", "1"):
         for split, size in (("choose", 100), ("confirm", 200), ("test", 80)):
-            curve = search["curves"][split][name]
-            assert [p["kappa"] for p in curve] == [1, 2]
-            assert all(p["samples"] == size for p in curve)
-            assert all(p["robust_accuracy"] <= p["natural_accuracy"] for p in curve)
+            curve = search.curves[split][name]
+            assert [p.kappa for p in curve] == [1, 2]
+            assert all(p.samples == size for p in curve)
+            assert all(p.robust_accuracy <= p.natural_accuracy for p in curve)
         certificates = tmp_path / "searches" / "certified" / "candidates" / name / "certificates"
         assert (certificates / "confirm.ibp.csv").exists()
-    choice = search["choice"]
-    assert choice["tried"] == 2 and choice["pairs"] == 4
+    choice = search.choice
+    assert choice.tried == 2 and choice.pairs == 4
     # the core has no certificate: it adds natural accuracy only, so nothing is certified
     # beyond the branch's own certificates
-    assert search["core"]["test"]["robust_accuracy"] == 0
-    assert search["test"]["samples"] == 80
+    assert search.core["test"]["robust_accuracy"] == 0
+    assert search.test.samples == 80
     assert "certified (test)" in (tmp_path / "report.md").read_text()
 
 
@@ -370,13 +370,13 @@ def test_a_search_for_the_smoothing_selector_counts_certificates(tmp_path):
                             device="cpu", progress=False).searches["smoothed"]
     for name in ("0", "1"):
         for split, size in (("choose", 100), ("confirm", 200), ("test", 60)):
-            curve = result["curves"][split][name]
-            assert [p["samples"] for p in curve] == [size, size]
+            curve = result.curves[split][name]
+            assert [p.samples for p in curve] == [size, size]
             # κ = 2 selects fewer inputs than κ = 1, from the same certificates
-            assert curve[1]["selection_rate"] <= curve[0]["selection_rate"]
+            assert curve[1].selection_rate <= curve[0].selection_rate
         assert (tmp_path / "searches" / "smoothed" / "candidates" / name / "certificates"
                 / "confirm.csv").exists()
-    assert result["choice"]["tried"] == 2
+    assert result.choice.tried == 2
     with pytest.raises(ValueError, match="smoothing selector takes smoothed branches"):
         parse_config({**search, "selector": "robustness"}, SearchSettings)
 
@@ -385,11 +385,11 @@ def test_a_choice_that_keeps_the_target_only_by_giving_up_robustness_is_flagged(
     choosing = {"a": [point(1, 0.97, 0.90), point(3, 0.99, 0.02)]}
     confirming = {"a": [point(1, 0.97, 0.9, lost=20), point(3, 0.99, 0.02)]}
     choice = choose_recipe(choosing, confirming, 0.99, 0.01)
-    assert choice["chosen"] == "a" and choice["candidates"]["a"]["kappa"] == 3
-    assert choice["robustness_given_up"]["robust_accuracy"] == 0.90
-    assert choice["robustness_given_up"]["share_kept"] == pytest.approx(0.02 / 0.90)
+    assert choice.chosen == "a" and choice.candidates["a"].kappa == 3
+    assert choice.robustness_given_up.robust_accuracy == 0.90
+    assert choice.robustness_given_up.share_kept == pytest.approx(0.02 / 0.90)
     kept = choose_recipe({"a": [point(1, 0.99, 0.90)]}, {"a": [point(1, 0.99, 0.9)]}, 0.99, 0.01)
-    assert kept["robustness_given_up"] is None
+    assert kept.robustness_given_up is None
 
 
 def test_a_sampled_search_resumes_its_optuna_study(tmp_path, monkeypatch):
@@ -425,8 +425,8 @@ def test_a_sampled_search_resumes_its_optuna_study(tmp_path, monkeypatch):
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 3
     sampled = {str(t.user_attrs["candidate"]) for t in complete}
-    assert {c["name"] for c in result["candidates"]} == sampled
-    assert result["grid_size"] == 6 and result["choice"]["tried"] == len(sampled)
+    assert {c.name for c in result.candidates} == sampled
+    assert result.grid_size == 6 and result.choice.tried == len(sampled)
     # the trial finished before the interruption (train_model's first argument: its spec) is
     # among the study's three
     candidates = config.searches[0].candidates()

@@ -205,10 +205,10 @@ def test_every_selector_in_an_experiment(tmp_path):
     assert result["era→core [κ = 2]"].adaptive.samples == 20
     chosen = result["era→core [operating point: accuracy ≥ core − 0 pt]"]
     point = chosen.operating_point
-    assert [p["kappa"] for p in point.validation_curve] == [1, 1.5, 2]
+    assert [p.kappa for p in point.validation_curve] == [1, 1.5, 2]
     assert chosen.kappa == point.kappa in (1, 1.5, 2) and len(point.test_curve) == 3
-    if point.chosen["meets_target"]:
-        assert point.chosen["natural_accuracy"] >= point.chosen["core_accuracy"] - 1e-9
+    if point.chosen.meets_target:
+        assert point.chosen.natural_accuracy >= point.chosen.core_accuracy - 1e-9
     chain = result["era→core→core"]
     assert set(chain.routes) == {"branch 0", "branch 1", "core"}
     assert sum(sum(route.values()) for route in chain.routes.values()) == 60

@@ -185,6 +185,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _compose(args: argparse.Namespace) -> int:
     from robustgate.evaluate.operating_points import robustness_given_up
+    from robustgate.evaluate.results import OperatingPoint
     from robustgate.pipeline.compose_command import compose_from_checkpoints, compose_from_records
     from robustgate.report import metrics_table
 
@@ -204,18 +205,19 @@ def _compose(args: argparse.Namespace) -> int:
                                        kappa=args.kappa, max_accuracy_drop=args.max_accuracy_drop,
                                        validation=validation, kappas=args.kappas)
         print(metrics_table({f"composed (kappa {summary['kappa']:g})": summary["metrics"]}))
-        point = summary.get("operating_point")
-        if point is not None and not point["chosen"]["meets_target"]:
+        point = (None if "operating_point" not in summary
+                 else OperatingPoint.from_json(summary["operating_point"]))
+        if point is not None and not point.chosen.meets_target:
             print(f"no kappa keeps the validation accuracy within {args.max_accuracy_drop} of "
-                  f"the core's; chose the most accurate, kappa {point['chosen']['kappa']:g}")
-        given_up = None if point is None else robustness_given_up(point["validation_curve"],
-                                                                  point["chosen"])
-        if given_up is not None:
-            print(f"warning: kappa {point['chosen']['kappa']:g} keeps the accuracy target only "
+                  f"the core's; chose the most accurate, kappa {point.kappa:g}")
+        given_up = None if point is None else robustness_given_up(point.validation_curve,
+                                                                  point.chosen)
+        if point is not None and given_up is not None:
+            print(f"warning: kappa {point.kappa:g} keeps the accuracy target only "
                   f"by giving up most of the robustness: "
-                  f"{100 * point['chosen']['robust_accuracy']:.1f}% sound robust accuracy on "
-                  f"the validation records, against {100 * given_up['robust_accuracy']:.1f}% at "
-                  f"kappa {given_up['kappa']:g}")
+                  f"{100 * point.chosen.robust_accuracy:.1f}% sound robust accuracy on "
+                  f"the validation records, against {100 * given_up.robust_accuracy:.1f}% at "
+                  f"kappa {given_up.kappa:g}")
         print(f"wrote {args.out}/records.csv and summary.json")
         return 0
     if kinds != {".safetensors"}:

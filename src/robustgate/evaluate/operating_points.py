@@ -17,14 +17,22 @@ trained candidates, on one validation split, and confirms the choice on a second
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import fields
 
 import torch
 
 from robustgate.config import SearchSettings
 from robustgate.evaluate.metrics import robustness_metrics
 from robustgate.evaluate.records import Records
-from robustgate.evaluate.results import OperatingPoint
+from robustgate.evaluate.results import (
+    CandidateChoice,
+    ChosenPoint,
+    Confirmation,
+    CurvePoint,
+    OperatingPoint,
+    RecipeChoice,
+    RobustnessGivenUp,
+)
 from robustgate.evaluate.sound_count import Selection, compose_records
 from robustgate.evaluate.statistics import accuracy_drop_upper_bound, confirmation_size
 
@@ -36,7 +44,7 @@ SelectionAt = Callable[[Records, float, float], Selection]
 
 def operating_curve(branch: Records, core: Records, eps: float, kappas: Sequence[float],
                     selection_at: SelectionAt = Selection.robustness,
-                    ) -> list[dict[str, float]]:
+                    ) -> list[CurvePoint]:
     """Composed natural accuracy, sound robust accuracy and selection rate at every ``κ``, the
     selector's decisions counted by ``selection_at`` (the robustness selector's by default),
     with the paired comparison against the core: ``lost`` (inputs only the core answers
@@ -46,18 +54,17 @@ def operating_curve(branch: Records, core: Records, eps: float, kappas: Sequence
         selection = selection_at(branch, eps, kappa)
         composed = compose_records(branch, core, selection)
         metrics = robustness_metrics(composed.accurate, composed.robust_at(eps))
-        curve.append({"kappa": float(kappa), "natural_accuracy": metrics["natural_accuracy"],
-                      "robust_accuracy": metrics["robust_accuracy"],
-                      "selection_rate": float(selection.selected.mean()),
-                      "lost": int((core.accurate & ~composed.accurate).sum()),
-                      "gained": int((composed.accurate & ~core.accurate).sum()),
-                      "samples": len(composed)})
+        curve.append(CurvePoint(float(kappa), metrics["natural_accuracy"],
+                                metrics["robust_accuracy"], float(selection.selected.mean()),
+                                int((core.accurate & ~composed.accurate).sum()),
+                                int((composed.accurate & ~core.accurate).sum()),
+                                len(composed)))
     return curve
 
 
-def point_at(curve: Sequence[dict[str, Any]], kappa: float) -> dict[str, Any]:
+def point_at(curve: Sequence[CurvePoint], kappa: float) -> CurvePoint:
     """The point of ``curve`` at ``κ = kappa``."""
-    return next(point for point in curve if point["kappa"] == kappa)
+    return next(point for point in curve if point.kappa == kappa)
 
 
 def within_accuracy_drop(natural_accuracy: float, core_accuracy: float,
@@ -69,8 +76,8 @@ def within_accuracy_drop(natural_accuracy: float, core_accuracy: float,
             or natural_accuracy >= core_accuracy - max_accuracy_drop - 1e-9)
 
 
-def choose_operating_point(curve: Sequence[dict[str, float]], core_accuracy: float,
-                           max_accuracy_drop: float | None = None) -> dict[str, Any]:
+def choose_operating_point(curve: Sequence[CurvePoint], core_accuracy: float,
+                           max_accuracy_drop: float | None = None) -> ChosenPoint:
     """The point of ``curve`` with the highest sound robust accuracy among those whose natural
     accuracy is at most ``max_accuracy_drop`` below ``core_accuracy`` (``None``: among all).
 
@@ -82,13 +89,19 @@ def choose_operating_point(curve: Sequence[dict[str, float]], core_accuracy: flo
     if max_accuracy_drop is not None and not max_accuracy_drop >= 0:
         raise ValueError(f"max_accuracy_drop must be >= 0, got {max_accuracy_drop}")
     meeting = [point for point in curve if within_accuracy_drop(
-        point["natural_accuracy"], core_accuracy, max_accuracy_drop)]
+        point.natural_accuracy, core_accuracy, max_accuracy_drop)]
     if meeting:
-        chosen = max(meeting, key=lambda point: (point["robust_accuracy"], -point["kappa"]))
+        chosen = max(meeting, key=lambda point: (point.robust_accuracy, -point.kappa))
     else:
-        chosen = max(curve, key=lambda point: (point["natural_accuracy"], -point["kappa"]))
-    return {**chosen, "meets_target": bool(meeting), "core_accuracy": core_accuracy,
-            "max_accuracy_drop": max_accuracy_drop}
+        chosen = max(curve, key=lambda point: (point.natural_accuracy, -point.kappa))
+    return ChosenPoint(**_fields(chosen), meets_target=bool(meeting),
+                       core_accuracy=core_accuracy, max_accuracy_drop=max_accuracy_drop)
+
+
+def _fields(point: CurvePoint) -> dict[str, float]:
+    """The figures of a curve's point, to make a point of another kind from them."""
+    return {item.name: getattr(point, item.name) for item in fields(CurvePoint)
+            if item.name != "extras"}
 
 
 # an operating point that keeps less than this share of the curve's best sound robust accuracy
@@ -96,17 +109,17 @@ def choose_operating_point(curve: Sequence[dict[str, float]], core_accuracy: flo
 LITTLE_ROBUSTNESS = 0.5
 
 
-def robustness_given_up(curve: list[dict[str, Any]], chosen: dict[str, Any]
-                        ) -> dict[str, Any] | None:
+def robustness_given_up(curve: Sequence[CurvePoint], chosen: CurvePoint
+                        ) -> RobustnessGivenUp | None:
     """Where the chosen point keeps less than ``LITTLE_ROBUSTNESS`` of the most robust point of
-    ``curve`` (the curve it was chosen on): that point (``{"kappa", "robust_accuracy"}``) and
-    the share kept; ``None`` otherwise."""
-    best = max(curve, key=lambda point: (point["robust_accuracy"], -point["kappa"]))
-    if best["robust_accuracy"] == 0 or chosen["robust_accuracy"] >= (
-            LITTLE_ROBUSTNESS * best["robust_accuracy"]):
+    ``curve`` (the curve it was chosen on): that point's ``κ`` and robust accuracy, and the
+    share kept; ``None`` otherwise."""
+    best = max(curve, key=lambda point: (point.robust_accuracy, -point.kappa))
+    if best.robust_accuracy == 0 or chosen.robust_accuracy >= (
+            LITTLE_ROBUSTNESS * best.robust_accuracy):
         return None
-    return {"kappa": best["kappa"], "robust_accuracy": best["robust_accuracy"],
-            "share_kept": chosen["robust_accuracy"] / best["robust_accuracy"]}
+    return RobustnessGivenUp(best.kappa, best.robust_accuracy,
+                             chosen.robust_accuracy / best.robust_accuracy)
 
 
 def choose_kappa(branch: Records, core: Records, eps: float, kappas: Sequence[float],
@@ -147,9 +160,9 @@ def validation_parts(search: SearchSettings, validation: Data | None, seed: int
     return (x[parts[0]], y[parts[0]]), (x[parts[1]], y[parts[1]])
 
 
-def choose_recipe(choosing: dict[str, Sequence[dict[str, float]]],
-                  confirming: dict[str, Sequence[dict[str, float]]], core_accuracy: float,
-                  max_accuracy_drop: float, confidence: float = 0.95) -> dict[str, Any]:
+def choose_recipe(choosing: dict[str, Sequence[CurvePoint]],
+                  confirming: dict[str, Sequence[CurvePoint]], core_accuracy: float,
+                  max_accuracy_drop: float, confidence: float = 0.95) -> RecipeChoice:
     """An operating point over training: the pair (candidate, ``κ``) chosen on one validation
     split and confirmed on a second, disjoint one.
 
@@ -179,36 +192,33 @@ def choose_recipe(choosing: dict[str, Sequence[dict[str, float]]],
                          f"{sorted(confirming)}")
     points = {name: choose_operating_point(curve, core_accuracy, max_accuracy_drop)
               for name, curve in choosing.items()}
-    shortlisted = [name for name, point in points.items() if point["meets_target"]]
+    shortlisted = [name for name, point in points.items() if point.meets_target]
     pair_confidence = 1 - (1 - confidence) / max(1, len(shortlisted))
-    candidates: dict[str, Any] = {}
+    candidates: dict[str, CandidateChoice] = {}
     for name, point in points.items():
-        confirmation = point_at(confirming[name], point["kappa"])
+        confirmation = point_at(confirming[name], point.kappa)
         bound = None
         if name in shortlisted:
-            bound = accuracy_drop_upper_bound(confirmation["lost"], confirmation["gained"],
-                                              confirmation["samples"], pair_confidence)
-        candidates[name] = {
-            "kappa": point["kappa"], "choosing": point,
-            "confirming": {**confirmation, "drop_upper_bound": bound,
-                           "accepted": bound is not None and bound <= max_accuracy_drop + 1e-12},
-        }
+            bound = accuracy_drop_upper_bound(confirmation.lost, confirmation.gained,
+                                              confirmation.samples, pair_confidence)
+        candidates[name] = CandidateChoice(point.kappa, point, Confirmation(
+            **_fields(confirmation), drop_upper_bound=bound,
+            accepted=bound is not None and bound <= max_accuracy_drop + 1e-12))
     order = list(choosing)
-    accepted = [name for name in order if candidates[name]["confirming"]["accepted"]]
+    accepted = [name for name in order if candidates[name].confirming.accepted]
     chosen = max(accepted, default=None, key=lambda name: (
-        points[name]["robust_accuracy"], -points[name]["kappa"], -order.index(name)))
+        points[name].robust_accuracy, -points[name].kappa, -order.index(name)))
     closest = None
     if chosen is None and shortlisted:
         closest = min(shortlisted, key=lambda name: (
-            candidates[name]["confirming"]["drop_upper_bound"], order.index(name)))
+            candidates[name].confirming.drop_upper_bound, order.index(name)))
     elif chosen is None:
-        closest = max(order, key=lambda name: (points[name]["natural_accuracy"],
+        closest = max(order, key=lambda name: (points[name].natural_accuracy,
                                                -order.index(name)))
     picked = chosen if chosen is not None else closest
+    assert picked is not None
     every_pair = [entry for curve in choosing.values() for entry in curve]
-    return {"candidates": candidates, "tried": len(order),
-            "robustness_given_up": robustness_given_up(every_pair, points[picked]),
-            "pairs": sum(len(curve) for curve in choosing.values()),
-            "confirmed": len(shortlisted), "pair_confidence": pair_confidence,
-            "confidence": confidence, "max_accuracy_drop": max_accuracy_drop,
-            "core_accuracy": core_accuracy, "chosen": chosen, "closest": closest}
+    return RecipeChoice(candidates, len(order), robustness_given_up(every_pair, points[picked]),
+                        sum(len(curve) for curve in choosing.values()), len(shortlisted),
+                        pair_confidence, confidence, max_accuracy_drop, core_accuracy, chosen,
+                        closest)

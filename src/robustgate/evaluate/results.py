@@ -44,7 +44,8 @@ class Result:
     objects), then ``extras``."""
 
     extras: dict[str, Any] = field(default_factory=dict, kw_only=True)
-    # fields holding a result (or ``{key: result}`` where the class is given in a tuple)
+    # fields holding results, by a form of their type: ``Class`` (a result), ``(form,)`` (a
+    # ``{key: …}`` of that form), ``[form]`` (a list of that form)
     nested: ClassVar[dict[str, Any]] = {}
 
     def to_json(self) -> dict[str, Any]:
@@ -55,11 +56,7 @@ class Result:
             value = getattr(self, item.name)
             if value is None and item.metadata.get("optional"):
                 continue
-            if isinstance(value, Result):
-                value = value.to_json()
-            elif isinstance(value, dict) and isinstance(self.nested.get(item.name), tuple):
-                value = {key: entry.to_json() for key, entry in value.items()}
-            data[item.name] = value
+            data[item.name] = _plain(value)
         return {**data, **self.extras}
 
     @classmethod
@@ -67,14 +64,30 @@ class Result:
         names = {item.name for item in fields(cls)} - {"extras"}
         values: dict[str, Any] = {}
         for name in names & set(data):
-            value, kind = data[name], cls.nested.get(name)
-            if value is not None and isinstance(kind, tuple):
-                value = {key: kind[0].from_json(entry) for key, entry in value.items()}
-            elif value is not None and kind is not None:
-                value = kind.from_json(value)
-            values[name] = value
+            value, form = data[name], cls.nested.get(name)
+            values[name] = value if value is None or form is None else _read(form, value)
         return cls(**values, extras={key: value for key, value in data.items()
                                      if key not in names})
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every result in it (in lists and dicts too) as its JSON object."""
+    if isinstance(value, Result):
+        return value.to_json()
+    if isinstance(value, dict):
+        return {key: _plain(entry) for key, entry in value.items()}
+    if isinstance(value, list):
+        return [_plain(entry) for entry in value]
+    return value
+
+
+def _read(form: Any, value: Any) -> Any:
+    """``value`` read back by ``form`` (:attr:`Result.nested`)."""
+    if isinstance(form, tuple):
+        return {key: _read(form[0], entry) for key, entry in value.items()}
+    if isinstance(form, list):
+        return [_read(form[0], entry) for entry in value]
+    return form.from_json(value)
 
 
 @dataclass
@@ -253,18 +266,172 @@ class AdaptiveComparison(AttackComparison):
 
 
 @dataclass
+class CurvePoint(Result):
+    """One ``κ`` of an operating curve (``evaluate.operating_points.operating_curve``): the
+    composition's natural accuracy, sound robust (or certified) accuracy and selection rate
+    there, and its paired comparison with the core: ``lost`` (inputs only the core answers
+    rightly) and ``gained`` (only the composition) of ``samples``."""
+
+    kappa: float
+    natural_accuracy: float
+    robust_accuracy: float
+    selection_rate: float
+    lost: int
+    gained: int
+    samples: int
+
+
+@dataclass
+class ChosenPoint(CurvePoint):
+    """The point an accuracy target chose on a curve: whether it meets the target (else it is
+    the most accurate), against the core's natural accuracy and the drop allowed."""
+
+    meets_target: bool
+    core_accuracy: float
+    max_accuracy_drop: float | None
+
+
+@dataclass
 class OperatingPoint(Result):
     """``κ`` chosen for an accuracy target on validation data: the validation curve, the point
-    chosen on it, and the test curve beside (points as ``evaluate.operating_points`` gives
-    them)."""
+    chosen on it, and the test curve beside."""
 
-    validation_curve: list[dict[str, Any]]
-    chosen: dict[str, Any]
-    test_curve: list[dict[str, Any]] | None = _optional()
+    validation_curve: list[CurvePoint]
+    chosen: ChosenPoint
+    test_curve: list[CurvePoint] | None = _optional()
+    nested: ClassVar[dict[str, Any]] = {"validation_curve": [CurvePoint], "chosen": ChosenPoint,
+                                        "test_curve": [CurvePoint]}
 
     @property
     def kappa(self) -> float:
-        return self.chosen["kappa"]
+        return self.chosen.kappa
+
+
+@dataclass
+class RobustnessGivenUp(Result):
+    """The most robust point of a curve, where the chosen one keeps less than
+    ``operating_points.LITTLE_ROBUSTNESS`` of its robust accuracy (``share_kept``)."""
+
+    kappa: float
+    robust_accuracy: float
+    share_kept: float
+
+
+@dataclass
+class Confirmation(CurvePoint):
+    """A candidate's point on the confirming part of the validation split, at the ``κ`` chosen
+    on the choosing part: the one-sided upper bound on its accuracy drop against the core
+    (``None`` where the candidate missed the target on the choosing part) and whether it is
+    within the target."""
+
+    drop_upper_bound: float | None
+    accepted: bool
+
+
+@dataclass
+class CandidateChoice(Result):
+    """A candidate recipe's ``κ``, chosen on the choosing points, and its confirmation."""
+
+    kappa: float
+    choosing: ChosenPoint
+    confirming: Confirmation
+    nested: ClassVar[dict[str, Any]] = {"choosing": ChosenPoint, "confirming": Confirmation}
+
+
+@dataclass
+class RecipeChoice(Result):
+    """The pair (recipe, ``κ``) chosen on one validation part and confirmed on another
+    (``evaluate.operating_points.choose_recipe``): every candidate's choice, how many
+    candidates and pairs were tried and confirmed, at what confidence, and the chosen candidate
+    (``None`` where none was accepted: then the ``closest``)."""
+
+    candidates: dict[str, CandidateChoice]
+    tried: int
+    robustness_given_up: RobustnessGivenUp | None
+    pairs: int
+    confirmed: int
+    pair_confidence: float
+    confidence: float
+    max_accuracy_drop: float
+    core_accuracy: float
+    chosen: str | None
+    closest: str | None
+    nested: ClassVar[dict[str, Any]] = {"candidates": (CandidateChoice,),
+                                        "robustness_given_up": RobustnessGivenUp}
+
+    @property
+    def picked(self) -> str:
+        """The chosen candidate, else the closest."""
+        picked = self.chosen if self.chosen is not None else self.closest
+        assert picked is not None
+        return picked
+
+
+@dataclass
+class SearchCandidate(Result):
+    """A candidate of a search: its name, its recipe's overrides and its best epoch."""
+
+    name: str
+    overrides: dict[str, Any]
+    best_epoch: int
+
+
+@dataclass
+class PairedComparison(Result):
+    """Two compositions' sound robust accuracy on the same ``samples`` test points (``first``,
+    ``second``), the inputs only one of them holds, and the two-sided exact McNemar test's
+    p-value (``test`` names it)."""
+
+    samples: int
+    first: float
+    second: float
+    only_first: int
+    only_second: int
+    p_value: float
+    test: str
+
+
+@dataclass
+class SearchTest(Result):
+    """The picked pair on the test points, after the choice: its point, the core's figures,
+    the exact McNemar test of its natural accuracy against the core's, and its paired sound
+    robust comparison with every composition of the experiment with the same core and
+    selector (``against``, by label)."""
+
+    candidate: str
+    chosen: bool
+    kappa: float
+    natural_accuracy: float
+    robust_accuracy: float
+    selection_rate: float
+    lost: int
+    gained: int
+    samples: int
+    core_natural_accuracy: float
+    core_robust_accuracy: float
+    accuracy_p_value: float
+    accuracy_test: str
+    against: dict[str, PairedComparison]
+    nested: ClassVar[dict[str, Any]] = {"against": (PairedComparison,)}
+
+
+@dataclass
+class SearchResult(Result):
+    """A recipe search (``pipeline.search``): the selector, the grid's size, the candidates
+    tried, the choice, every candidate's curve by split (``choose``, ``confirm``, ``test``),
+    each branch's and the core's figures alone by split, and the test figures of the picked
+    pair."""
+
+    selector: str
+    grid_size: int
+    candidates: list[SearchCandidate]
+    choice: RecipeChoice
+    curves: dict[str, dict[str, list[CurvePoint]]]
+    branches: dict[str, dict[str, dict[str, float]]]
+    core: dict[str, dict[str, float]]
+    test: SearchTest
+    nested: ClassVar[dict[str, Any]] = {"candidates": [SearchCandidate], "choice": RecipeChoice,
+                                        "curves": (([CurvePoint],),), "test": SearchTest}
 
 
 @dataclass
@@ -414,7 +581,7 @@ class ExperimentResults:
     samples: int
     wall_time_s: float
     train: SplitResults | None = None
-    searches: dict[str, dict[str, Any]] = field(default_factory=dict)
+    searches: dict[str, SearchResult] = field(default_factory=dict)
 
     def split(self, name: str) -> SplitResults:
         """The results of split ``name`` (``test`` or ``train``)."""
@@ -429,7 +596,7 @@ class ExperimentResults:
                    for name, results in splits.items()},
                 "autoattack_check": {name: check.to_json()
                                      for name, check in self.autoattack_check.items()},
-                **({"searches": self.searches} if self.searches else {}),
+                **({"searches": _plain(self.searches)} if self.searches else {}),
                 "attack": self.attack, "eps": self.eps, "samples": self.samples,
                 "wall_time_s": self.wall_time_s}
 
@@ -445,7 +612,8 @@ class ExperimentResults:
                     for name, check in data["autoattack_check"].items()},
                    data["attack"], data["eps"], data["samples"], data["wall_time_s"],
                    read(data["train"], "train") if "train" in data else None,
-                   data.get("searches", {}))
+                   {name: SearchResult.from_json(search)
+                    for name, search in data.get("searches", {}).items()})
 
 
 def result_type(config: ExperimentConfig, name: str, split: str = "test") -> type[Result]:

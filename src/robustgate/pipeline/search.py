@@ -42,6 +42,14 @@ from robustgate.evaluate.operating_points import (
     point_at,
     validation_parts,
 )
+from robustgate.evaluate.results import (
+    CurvePoint,
+    PairedComparison,
+    RecipeChoice,
+    SearchCandidate,
+    SearchResult,
+    SearchTest,
+)
 from robustgate.evaluate.statistics import mcnemar_p_value
 from robustgate.io import atomic_write_json, file_name, say
 from robustgate.models import load_checkpoint
@@ -74,7 +82,7 @@ class SearchRunner:
     def progress(self) -> bool:
         return self.evidence.progress
 
-    def run(self, search: SearchSettings) -> dict[str, Any]:
+    def run(self, search: SearchSettings) -> SearchResult:
         """Train the candidates (every one of the grid, or ``search.trials`` of them chosen by
         Optuna), count each with the core on every split, choose; the result is also written to
         ``searches/<search>/result.json``."""
@@ -89,9 +97,9 @@ class SearchRunner:
         cores = {split: self._core(search, base / "core", split, *data[split])
                  for split in SPLITS}
         core_accuracy = float(cores["choose"].accurate.mean())
-        curves: dict[str, dict[str, Any]] = {split: {} for split in SPLITS}
+        curves: dict[str, dict[str, list[CurvePoint]]] = {split: {} for split in SPLITS}
         alone: dict[str, dict[str, Any]] = {split: {} for split in SPLITS}
-        described: dict[int, dict[str, Any]] = {}
+        described: dict[int, SearchCandidate] = {}
         tested: dict[str, tuple[Records, SelectionAt]] = {}
 
         def count(index: int) -> float:
@@ -110,8 +118,7 @@ class SearchRunner:
                     metadata=self.metadata, resolve=self.resolve)
                 model, _ = load_checkpoint(checkpoint, self.evidence.device, trust_code=True)
                 summary = json.loads((directory / "model" / "summary.json").read_text())
-                described[index] = {"name": name, "overrides": overrides,
-                                    "best_epoch": summary["best_epoch"]}
+                described[index] = SearchCandidate(name, overrides, summary["best_epoch"])
                 for split in SPLITS:
                     branch, selection_at = kind.search_branch(self.evidence, search, model, spec,
                                                               directory, split, *data[split])
@@ -122,8 +129,8 @@ class SearchRunner:
                 tested[name] = (branch, selection_at)
             point = choose_operating_point(curves["choose"][name], core_accuracy,
                                            search.max_accuracy_drop)
-            return (point["robust_accuracy"] if point["meets_target"]
-                    else point["natural_accuracy"] - 1)
+            return (point.robust_accuracy if point.meets_target
+                    else point.natural_accuracy - 1)
 
         if search.trials is None:
             for index in range(len(candidates)):
@@ -133,20 +140,18 @@ class SearchRunner:
                                self.progress)
         choice = choose_recipe(curves["choose"], curves["confirm"], core_accuracy,
                                search.max_accuracy_drop, search.confidence)
-        result = {
-            "selector": search.selector, "grid_size": len(candidates),
-            "candidates": [described[index] for index in sorted(described)], "choice": choice,
-            "curves": curves, "branches": alone,
-            "core": {split: robustness_metrics(core.accurate, core.robust_at(eps))
-                     for split, core in cores.items()},
-            "test": self._test_figures(search, choice, curves["test"], cores["test"], tested),
-        }
-        atomic_write_json(base / "result.json", result)
-        picked = choice["chosen"]
+        result = SearchResult(
+            search.selector, len(candidates), [described[index] for index in sorted(described)],
+            choice, curves, alone,
+            {split: robustness_metrics(core.accurate, core.robust_at(eps))
+             for split, core in cores.items()},
+            self._test_figures(search, choice, curves["test"], cores["test"], tested))
+        atomic_write_json(base / "result.json", result.to_json())
+        picked = choice.chosen
         say(f"[{search.name}] " + (
-            f"chose candidate {picked} at kappa {choice['candidates'][picked]['kappa']:g}"
+            f"chose candidate {picked} at kappa {choice.candidates[picked].kappa:g}"
             if picked is not None else
-            f"no candidate confirmed; closest: {choice['closest']}"), self.progress)
+            f"no candidate confirmed; closest: {choice.closest}"), self.progress)
         return result
 
     # -- the points and the core ---------------------------------------------------------------
@@ -192,16 +197,16 @@ class SearchRunner:
 
     # -- test figures, after the choice ----------------------------------------------------------
 
-    def _test_figures(self, search: SearchSettings, choice: dict[str, Any],
-                      curves: dict[str, Any], core: Records,
-                      tested: dict[str, tuple[Records, SelectionAt]]) -> dict[str, Any]:
+    def _test_figures(self, search: SearchSettings, choice: RecipeChoice,
+                      curves: dict[str, list[CurvePoint]], core: Records,
+                      tested: dict[str, tuple[Records, SelectionAt]]) -> SearchTest:
         """The chosen (or closest) pair on the test points: its figures, the two-sided exact
         McNemar test of its natural accuracy against the core's, and of its sound robust
         accuracy against every composition of the experiment with the same core and selector
         (on the test points both were counted on)."""
         eps = self.evidence.eps
-        name = choice["chosen"] if choice["chosen"] is not None else choice["closest"]
-        kappa = choice["candidates"][name]["kappa"]
+        name = choice.picked
+        kappa = choice.candidates[name].kappa
         point = point_at(curves[name], kappa)
         branch, selection_at = tested[name]
         composed = compose_records(branch, core, selection_at(branch, eps, kappa))
@@ -213,16 +218,18 @@ class SearchRunner:
                     and path.exists()):
                 against[composition.label] = paired_robust_comparison(
                     composed, Records.read_csv(path), eps)
-        return {"candidate": name, "chosen": choice["chosen"] is not None, **point,
-                "core_natural_accuracy": float(core.accurate.mean()),
-                "core_robust_accuracy": float((core.accurate & core.robust_at(eps)).mean()),
-                "accuracy_p_value": mcnemar_p_value(point["gained"], point["lost"]),
-                "accuracy_test": "exact McNemar, two-sided, on the inputs only one of them "
-                                 "answers rightly",
-                "against": against}
+        return SearchTest(
+            name, choice.chosen is not None, point.kappa, point.natural_accuracy,
+            point.robust_accuracy, point.selection_rate, point.lost, point.gained, point.samples,
+            core_natural_accuracy=float(core.accurate.mean()),
+            core_robust_accuracy=float((core.accurate & core.robust_at(eps)).mean()),
+            accuracy_p_value=mcnemar_p_value(point.gained, point.lost),
+            accuracy_test="exact McNemar, two-sided, on the inputs only one of them answers "
+                          "rightly",
+            against=against)
 
 
-def paired_robust_comparison(first: Records, second: Records, eps: float) -> dict[str, Any]:
+def paired_robust_comparison(first: Records, second: Records, eps: float) -> PairedComparison:
     """Two compositions' sound robust accuracy on the same test points (the first ``n`` of both),
     compared by the two-sided exact McNemar test."""
     samples = min(len(first), len(second))
@@ -230,10 +237,9 @@ def paired_robust_comparison(first: Records, second: Records, eps: float) -> dic
         raise ValueError("the compositions were counted on different test points")
     held = [(r.accurate & r.robust_at(eps))[:samples] for r in (first, second)]
     only_first, only_second = int((held[0] & ~held[1]).sum()), int((held[1] & ~held[0]).sum())
-    return {"samples": samples, "first": float(held[0].mean()), "second": float(held[1].mean()),
-            "only_first": only_first, "only_second": only_second,
-            "p_value": mcnemar_p_value(only_first, only_second),
-            "test": "exact McNemar, two-sided"}
+    return PairedComparison(samples, float(held[0].mean()), float(held[1].mean()), only_first,
+                            only_second, mcnemar_p_value(only_first, only_second),
+                            "exact McNemar, two-sided")
 
 
 def _sample_candidates(search: SearchSettings, storage: Path, seed: int,

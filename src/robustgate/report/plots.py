@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from robustgate.config import CompositionSettings, ExperimentConfig  # noqa: E402
-from robustgate.evaluate.results import SplitResults  # noqa: E402
+from robustgate.evaluate.results import CurvePoint, SearchResult, SplitResults  # noqa: E402
 from robustgate.registry import SELECTOR_KINDS  # noqa: E402
 
 
@@ -125,7 +125,7 @@ def composed_accuracies(metrics: SplitResults,
 
 
 def operating_curves(
-    curves: Sequence[tuple[str, dict[str, Sequence[dict[str, float]]], float, float]],
+    curves: Sequence[tuple[str, dict[str, Sequence[CurvePoint]], float, float]],
 ) -> str:
     """Per composition with a chosen operating point: composed natural against sound robust
     accuracy over ``κ`` (validation data dashed, test data solid), the chosen ``κ`` ringed and
@@ -135,13 +135,13 @@ def operating_curves(
         colour = f"C{index % 10}"
         for points, style, kind in ((curve["validation"], "--", "validation"),
                                     (curve["test"], "-", "test")):
-            xs = [100 * point["natural_accuracy"] for point in points]
-            ys = [100 * point["robust_accuracy"] for point in points]
+            xs = [100 * point.natural_accuracy for point in points]
+            ys = [100 * point.robust_accuracy for point in points]
             ax.plot(xs, ys, style, marker=".", color=colour, label=f"{label} ({kind})")
             for point, x, y in zip(points, xs, ys, strict=True):
-                if point["kappa"] == kappa:
+                if point.kappa == kappa:
                     ax.scatter(x, y, s=120, facecolors="none", edgecolors=colour, zorder=3)
-                ax.annotate(f"κ={point['kappa']:g}", (x, y), textcoords="offset points",
+                ax.annotate(f"κ={point.kappa:g}", (x, y), textcoords="offset points",
                             xytext=(4, 3), fontsize=7, color=colour)
         ax.axvline(100 * floor, color=colour, linestyle=":", alpha=0.7)
     _label(ax, "composed natural accuracy (%)",
@@ -182,32 +182,32 @@ def threshold_sweeps(sweeps: Sequence[tuple[str, np.ndarray, np.ndarray, float]]
     return png(figure)
 
 
-def search_frontier(result: dict[str, Any], splits: Sequence[str] = ("choose", "test")) -> str:
+def search_frontier(result: SearchResult, splits: Sequence[str] = ("choose", "test")) -> str:
     """An operating point over training: composed natural against sound robust (or certified)
     accuracy of every candidate at every ``κ`` (one panel per split), the core and each branch
     alone as references, the chosen pair ringed."""
     figure, axes = plt.subplots(1, len(splits), figsize=(6.0 * len(splits), 4.6), squeeze=False)
-    choice = result["choice"]
-    picked = choice["chosen"] if choice["chosen"] is not None else choice["closest"]
+    choice = result.choice
+    picked = choice.picked
     for ax, split in zip(axes[0], splits, strict=True):
-        for index, candidate in enumerate(result["candidates"]):
-            name, colour = candidate["name"], f"C{index % 10}"
-            points = result["curves"][split][name]
-            xs = [100 * point["natural_accuracy"] for point in points]
-            ys = [100 * point["robust_accuracy"] for point in points]
+        for index, candidate in enumerate(result.candidates):
+            name, colour = candidate.name, f"C{index % 10}"
+            points = result.curves[split][name]
+            xs = [100 * point.natural_accuracy for point in points]
+            ys = [100 * point.robust_accuracy for point in points]
             ax.plot(xs, ys, "-", marker=".", color=colour, label=f"candidate {name}")
-            alone = result["branches"][split][name]
+            alone = result.branches[split][name]
             ax.scatter(100 * alone["natural_accuracy"], 100 * alone["robust_accuracy"],
                        marker="x", color=colour)
             for point, x, y in zip(points, xs, ys, strict=True):
-                if name == picked and point["kappa"] == choice["candidates"][name]["kappa"]:
+                if name == picked and point.kappa == choice.candidates[name].kappa:
                     ax.scatter(x, y, s=160, facecolors="none", edgecolors="black", zorder=3)
-        core = result["core"][split]
+        core = result.core[split]
         ax.scatter(100 * core["natural_accuracy"], 100 * core["robust_accuracy"], marker="*",
                    s=120, color="black", label="core alone", zorder=3)
-        floor = core["natural_accuracy"] - choice["max_accuracy_drop"]
+        floor = core["natural_accuracy"] - choice.max_accuracy_drop
         ax.axvline(100 * floor, color="grey", linestyle=":")
         _label(ax, "composed natural accuracy (%)", "sound robust or certified accuracy (%)",
                f"{split} points (×: branch alone; ringed: "
-               f"{'chosen' if choice['chosen'] is not None else 'closest'})")
+               f"{'chosen' if choice.chosen is not None else 'closest'})")
     return png(figure)

@@ -378,36 +378,36 @@ def _operating_point_section(run: Run) -> Section | None:
         # a certified composition's core accuracy is on the certified test points
         core_natural = (values.core_natural_accuracy if certified
                         else run.metrics[composition.core].natural_accuracy)
-        drop = chosen["max_accuracy_drop"]
+        drop = chosen.max_accuracy_drop
         for kind, curve in (("validation", point.validation_curve), ("test", point.test_curve)):
             for entry in curve:
-                rows.append([composition.label, kind, f"{entry['kappa']:g}",
-                             _percent(entry["natural_accuracy"]),
-                             _percent(entry["robust_accuracy"]),
-                             _percent(entry["selection_rate"]),
-                             "chosen" if entry["kappa"] == chosen["kappa"] else ""])
+                rows.append([composition.label, kind, f"{entry.kappa:g}",
+                             _percent(entry.natural_accuracy),
+                             _percent(entry.robust_accuracy),
+                             _percent(entry.selection_rate),
+                             "chosen" if entry.kappa == chosen.kappa else ""])
         target = core_natural - (drop or 0.0)
         curves.append((composition.label, {"validation": point.validation_curve,
                                            "test": point.test_curve}, point.kappa, target))
         shortfall = 100 * (core_natural - values.natural_accuracy)
-        if not chosen["meets_target"]:
+        if not chosen.meets_target:
             notes.append(f"{composition.label}: no κ meets the target on validation data; the "
-                         f"most accurate, κ = {chosen['kappa']:g}, was chosen.")
+                         f"most accurate, κ = {chosen.kappa:g}, was chosen.")
         given_up = robustness_given_up(point.validation_curve, chosen)
         if given_up is not None:
             notes.append(
-                f"{composition.label}: warning: κ = {chosen['kappa']:g} keeps the accuracy "
+                f"{composition.label}: warning: κ = {chosen.kappa:g} keeps the accuracy "
                 f"target only by giving up most of the robustness: on validation data it keeps "
-                f"{100 * chosen['robust_accuracy']:.1f}% {'certified' if certified else 'sound'} "
-                f"robust accuracy, {100 * given_up['share_kept']:.0f}% of the "
-                f"{100 * given_up['robust_accuracy']:.1f}% at κ = {given_up['kappa']:g}; allow a "
+                f"{100 * chosen.robust_accuracy:.1f}% {'certified' if certified else 'sound'} "
+                f"robust accuracy, {100 * given_up.share_kept:.0f}% of the "
+                f"{100 * given_up.robust_accuracy:.1f}% at κ = {given_up.kappa:g}; allow a "
                 "larger accuracy drop or make the branch more accurate.")
         if not within_accuracy_drop(values.natural_accuracy, core_natural, drop):
             notes.append(f"{composition.label}: on the test set the composition is "
                          f"{shortfall:.2f} points less accurate than its core, more than the "
                          f"{100 * drop:g} points allowed.")
         else:
-            notes.append(f"{composition.label}: κ = {chosen['kappa']:g}; test natural accuracy "
+            notes.append(f"{composition.label}: κ = {chosen.kappa:g}; test natural accuracy "
                          f"{100 * values.natural_accuracy:.2f}% (core "
                          f"{100 * core_natural:.2f}%), "
                          f"{'certified' if certified else 'sound robust'} accuracy "
@@ -431,75 +431,75 @@ def _search_sections(run: Run) -> list[Section]:
         result = run.results.searches.get(search.name)
         if result is None:
             continue
-        choice, test = result["choice"], result["test"]
+        choice, test = result.choice, result.test
         measure = "certified" if SELECTOR_KINDS[search.selector].certified else "sound robust"
         rows = []
-        for candidate in result["candidates"]:
-            name = candidate["name"]
-            entry = choice["candidates"][name]
-            choosing, confirming = entry["choosing"], entry["confirming"]
-            tested = point_at(result["curves"]["test"][name], entry["kappa"])
-            bound = confirming["drop_upper_bound"]
-            verdict = ("chosen" if name == choice["chosen"] else "accepted"
-                       if confirming["accepted"] else "rejected" if bound is not None
+        for candidate in result.candidates:
+            name = candidate.name
+            entry = choice.candidates[name]
+            choosing, confirming = entry.choosing, entry.confirming
+            tested = point_at(result.curves["test"][name], entry.kappa)
+            bound = confirming.drop_upper_bound
+            verdict = ("chosen" if name == choice.chosen else "accepted"
+                       if confirming.accepted else "rejected" if bound is not None
                        else "misses the target on the choosing points")
             rows.append([name, ", ".join(f"{key} = {json.dumps(value)}" for key, value
-                                         in candidate["overrides"].items()),
-                         str(candidate["best_epoch"]), f"{entry['kappa']:g}",
-                         _percent(choosing["natural_accuracy"]),
-                         _percent(choosing["robust_accuracy"]),
-                         _percent(confirming["natural_accuracy"]),
+                                         in candidate.overrides.items()),
+                         str(candidate.best_epoch), f"{entry.kappa:g}",
+                         _percent(choosing.natural_accuracy),
+                         _percent(choosing.robust_accuracy),
+                         _percent(confirming.natural_accuracy),
                          "–" if bound is None else f"{100 * bound:.2f}",
-                         _percent(tested["natural_accuracy"]),
-                         _percent(tested["robust_accuracy"]), verdict])
-        drop = 100 * choice["max_accuracy_drop"]
-        choosing_size = entry["choosing"]["samples"]
-        confirming_size = entry["confirming"]["samples"]
+                         _percent(tested.natural_accuracy),
+                         _percent(tested.robust_accuracy), verdict])
+        drop = 100 * choice.max_accuracy_drop
+        choosing_size = entry.choosing.samples
+        confirming_size = entry.confirming.samples
         notes = [
-            f"{choice['tried']} candidates tried ({choice['pairs']} pairs of recipe and κ"
-            + (f"; sampled by Optuna from a grid of {result['grid_size']}"
-               if result.get("grid_size", choice["tried"]) > choice["tried"] else "")
+            f"{choice.tried} candidates tried ({choice.pairs} pairs of recipe and κ"
+            + (f"; sampled by Optuna from a grid of {result.grid_size}"
+               if result.grid_size > choice.tried else "")
             + "). Each "
             f"candidate's κ is chosen on the {choosing_size} choosing points (the highest "
             f"{measure} accuracy whose composed natural accuracy is at most {drop:g} points "
-            f"below the core's); the {choice['confirmed']} that meet the target there are "
+            f"below the core's); the {choice.confirmed} that meet the target there are "
             f"confirmed on the {confirming_size} disjoint confirming points: accepted where the "
             "one-sided upper confidence bound on the accuracy drop against the core, paired "
             "(Clopper–Pearson on the inputs only the core answers rightly minus those only the "
-            f"composition does, at {100 * choice['pair_confidence']:g}% each: "
-            f"{100 * choice['confidence']:g}% over all the pairs confirmed), is at most "
+            f"composition does, at {100 * choice.pair_confidence:g}% each: "
+            f"{100 * choice.confidence:g}% over all the pairs confirmed), is at most "
             f"{drop:g} points. The accepted pair of highest {measure} accuracy on the choosing "
             "points wins. Test figures are shown beside, never used to choose."]
-        picked = test["candidate"]
-        given_up = choice["robustness_given_up"]
+        picked = test.candidate
+        given_up = choice.robustness_given_up
         if given_up is not None:
-            robust = choice["candidates"][picked]["choosing"]["robust_accuracy"]
+            robust = choice.candidates[picked].choosing.robust_accuracy
             notes.append(
                 f"Warning: candidate {picked} keeps the accuracy target only by giving up "
                 f"robustness: {100 * robust:.2f}% {measure} on the choosing points, against "
-                f"{100 * given_up['robust_accuracy']:.2f}% for the most robust pair tried; the "
+                f"{100 * given_up.robust_accuracy:.2f}% for the most robust pair tried; the "
                 "target may be out of reach of these recipes.")
-        core_test = test["core_natural_accuracy"]
-        difference = 100 * (test["natural_accuracy"] - core_test)
-        if choice["chosen"] is None:
+        core_test = test.core_natural_accuracy
+        difference = 100 * (test.natural_accuracy - core_test)
+        if choice.chosen is None:
             notes.append(f"No candidate is confirmed within {drop:g} points of the core; the "
-                         f"closest is candidate {test['candidate']} at κ = {test['kappa']:g}.")
+                         f"closest is candidate {test.candidate} at κ = {test.kappa:g}.")
         notes.append(
-            f"{'Chosen' if test['chosen'] else 'Closest'}: candidate {test['candidate']} at "
-            f"κ = {test['kappa']:g}. On the {test['samples']} test points: natural accuracy "
-            f"{100 * test['natural_accuracy']:.2f}% against the core's {100 * core_test:.2f}% "
-            f"({difference:+.2f} points; {test['gained']} inputs right only for the composition, "
-            f"{test['lost']} only for the core; exact McNemar test, two-sided, p = "
-            f"{test['accuracy_p_value']:.3g}), {measure} accuracy "
-            f"{100 * test['robust_accuracy']:.2f}% (core alone "
-            f"{100 * test['core_robust_accuracy']:.2f}%).")
-        for label, comparison in test["against"].items():
+            f"{'Chosen' if test.chosen else 'Closest'}: candidate {test.candidate} at "
+            f"κ = {test.kappa:g}. On the {test.samples} test points: natural accuracy "
+            f"{100 * test.natural_accuracy:.2f}% against the core's {100 * core_test:.2f}% "
+            f"({difference:+.2f} points; {test.gained} inputs right only for the composition, "
+            f"{test.lost} only for the core; exact McNemar test, two-sided, p = "
+            f"{test.accuracy_p_value:.3g}), {measure} accuracy "
+            f"{100 * test.robust_accuracy:.2f}% (core alone "
+            f"{100 * test.core_robust_accuracy:.2f}%).")
+        for label, comparison in test.against.items():
             notes.append(
-                f"Against {label} on {comparison['samples']} test points: {measure} accuracy "
-                f"{100 * comparison['first']:.2f}% against {100 * comparison['second']:.2f}% "
-                f"({comparison['only_first']} inputs held only by the chosen composition, "
-                f"{comparison['only_second']} only by {label}; exact McNemar test, two-sided, "
-                f"p = {comparison['p_value']:.3g}).")
+                f"Against {label} on {comparison.samples} test points: {measure} accuracy "
+                f"{100 * comparison.first:.2f}% against {100 * comparison.second:.2f}% "
+                f"({comparison.only_first} inputs held only by the chosen composition, "
+                f"{comparison.only_second} only by {label}; exact McNemar test, two-sided, "
+                f"p = {comparison.p_value:.3g}).")
         sections.append(Section(
             f"Operating point over training: {search.name}",
             ["candidate", "recipe", "epoch", "κ", "natural (choosing)",

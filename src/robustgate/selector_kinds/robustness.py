@@ -98,7 +98,7 @@ class RobustnessKind(SelectorKind):
                              run.validation_records(composition.core), run.eps,
                              settings.kappas, settings.max_accuracy_drop)
         run.say(f"[{composition.label}] kappa {point.kappa:g} chosen on the validation points"
-                + ("" if point.chosen["meets_target"] else " (no kappa meets the target)"))
+                + ("" if point.chosen.meets_target else " (no kappa meets the target)"))
         return point
 
     def evaluate(self, run: CompositionRun, composition: CompositionSettings
