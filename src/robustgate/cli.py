@@ -188,6 +188,7 @@ def _compose(args: argparse.Namespace) -> int:
     from robustgate.evaluate.results import OperatingPoint
     from robustgate.pipeline.compose_command import compose_from_checkpoints, compose_from_records
     from robustgate.report import metrics_table
+    from robustgate.select import describe_route
 
     check_output_directory(args.out)
     parts = [*args.branch, args.core]
@@ -252,7 +253,7 @@ def _compose(args: argparse.Namespace) -> int:
     print(metrics_table(rows))
     for position, cascade in enumerate(summary.get("cascade", [])):
         decided = ", ".join(f"{stage} {count}" for stage, count in cascade["decided"].items())
-        print(f"branch {position}: cascade {' → '.join([*cascade['stages'], 'attack'])}, "
+        print(f"branch {position}: cascade {describe_route(cascade['stages'])}, "
               f"inputs decided per stage: {decided}")
     sanity = summary.get("sanity")
     if sanity is not None:

@@ -31,6 +31,7 @@ from robustgate.io import atomic_write_text, file_name
 from robustgate.registry import SELECTOR_KINDS
 from robustgate.report import plots
 from robustgate.report.decision_regions import FILE as REGIONS_FILE
+from robustgate.select import describe_route
 
 
 def _percent(value: float | None) -> str:
@@ -284,7 +285,7 @@ def _cascade_section(run: Run) -> Section | None:
                                  in choice["stage_seconds_per_input"].items()
                                  if seconds is not None)
             differing = details["differing_decisions"]
-            rows.append([composition.label, branch, " → ".join([*choice["stages"], "attack"]),
+            rows.append([composition.label, branch, describe_route(choice["stages"]),
                          decided, str(details["selected"]),
                          str(differing) + (f" ({_indices(details['differing_indices'], 10)})"
                                            if differing else ""),

@@ -8,7 +8,13 @@ from robustgate.select.calibration import (
     threshold_for_coverage,
     threshold_for_selective_accuracy,
 )
-from robustgate.select.cascade import CASCADE_STAGES, Cascade, StageChoice, choose_stages
+from robustgate.select.cascade import (
+    CASCADE_STAGES,
+    Cascade,
+    StageChoice,
+    choose_stages,
+    describe_route,
+)
 from robustgate.select.confidence import MEASURES, ConfidenceSelector, confidence
 from robustgate.select.gate import GateSelector
 from robustgate.select.robustness import RobustnessSelector, logit_margin
@@ -19,6 +25,7 @@ __all__ = [
     "Cascade",
     "StageChoice",
     "choose_stages",
+    "describe_route",
     "MEASURES",
     "BoundSelector",
     "ConfidenceSelector",

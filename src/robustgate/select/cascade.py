@@ -73,6 +73,11 @@ def certified_by(model: nn.Module, x: torch.Tensor, target: torch.Tensor, threat
     return (predicted == target.to(predicted.device)) & (margin > MARGIN_TOLERANCE)
 
 
+def describe_route(stages: Sequence[str]) -> str:
+    """A cascade's route, its stages in order and the attack last: ``"ibp → crown → attack"``."""
+    return " → ".join([*stages, ATTACK])
+
+
 class Cascade:
     """An attack that first certifies: inputs whose prediction ``target`` one of ``stages``
     certifies on the threat ball are returned unmoved (the check counts them robust), the rest

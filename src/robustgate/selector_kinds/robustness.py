@@ -33,7 +33,13 @@ from robustgate.evaluate import Records, Selection, evaluate_or_resume
 from robustgate.evaluate.operating_points import SelectionAt, choose_kappa, operating_curve
 from robustgate.evaluate.results import CompositionResult, OperatingPoint
 from robustgate.io import file_name
-from robustgate.select import Cascade, RobustnessSelector, Selector, choose_stages
+from robustgate.select import (
+    Cascade,
+    RobustnessSelector,
+    Selector,
+    choose_stages,
+    describe_route,
+)
 from robustgate.selector_kinds.base import SelectorKind
 from robustgate.selector_kinds.run import CompositionRun
 from robustgate.threat import ThreatModel
@@ -146,7 +152,7 @@ class RobustnessKind(SelectorKind):
         Records(records.labels, records.predictions, {kappa * run.eps: selected}).to_csv(
             run.out / "records" / "cascade" / f"{file_name(composition.label)}.{name}.csv")
         differing = np.flatnonzero(selected != records.robust_at(kappa * run.eps))
-        run.say(f"[{composition.label}] {name}: cascade {' → '.join([*choice.stages, 'attack'])}"
+        run.say(f"[{composition.label}] {name}: cascade {describe_route(choice.stages)}"
                 f", inputs decided per stage {dict(cascade.decided)}, {len(differing)} "
                 "decisions differ from the attack's")
         return Cascade(run.attack, choice.stages), selected, {
