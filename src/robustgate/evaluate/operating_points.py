@@ -17,7 +17,6 @@ trained candidates, on one validation split, and confirms the choice on a second
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import fields
 
 import torch
 
@@ -94,14 +93,8 @@ def choose_operating_point(curve: Sequence[CurvePoint], core_accuracy: float,
         chosen = max(meeting, key=lambda point: (point.robust_accuracy, -point.kappa))
     else:
         chosen = max(curve, key=lambda point: (point.natural_accuracy, -point.kappa))
-    return ChosenPoint(**_fields(chosen), meets_target=bool(meeting),
+    return ChosenPoint(**chosen.figures(), meets_target=bool(meeting),
                        core_accuracy=core_accuracy, max_accuracy_drop=max_accuracy_drop)
-
-
-def _fields(point: CurvePoint) -> dict[str, float]:
-    """The figures of a curve's point, to make a point of another kind from them."""
-    return {item.name: getattr(point, item.name) for item in fields(CurvePoint)
-            if item.name != "extras"}
 
 
 # an operating point that keeps less than this share of the curve's best sound robust accuracy
@@ -202,7 +195,7 @@ def choose_recipe(choosing: dict[str, Sequence[CurvePoint]],
             bound = accuracy_drop_upper_bound(confirmation.lost, confirmation.gained,
                                               confirmation.samples, pair_confidence)
         candidates[name] = CandidateChoice(point.kappa, point, Confirmation(
-            **_fields(confirmation), drop_upper_bound=bound,
+            **confirmation.figures(), drop_upper_bound=bound,
             accepted=bound is not None and bound <= max_accuracy_drop + 1e-12))
     order = list(choosing)
     accepted = [name for name in order if candidates[name].confirming.accepted]

@@ -280,6 +280,11 @@ class CurvePoint(Result):
     gained: int
     samples: int
 
+    def figures(self) -> dict[str, Any]:
+        """This point's figures alone, to make a point of a kind that adds to them."""
+        return {item.name: getattr(self, item.name) for item in fields(CurvePoint)
+                if item.name != "extras"}
+
 
 @dataclass
 class ChosenPoint(CurvePoint):
@@ -392,21 +397,15 @@ class PairedComparison(Result):
 
 
 @dataclass
-class SearchTest(Result):
-    """The picked pair on the test points, after the choice: its point, the core's figures,
-    the exact McNemar test of its natural accuracy against the core's, and its paired sound
-    robust comparison with every composition of the experiment with the same core and
-    selector (``against``, by label)."""
+class SearchTest(CurvePoint):
+    """The picked pair on the test points, after the choice: its point, the candidate and
+    whether it was chosen (else it is the closest), the core's figures, the exact McNemar test
+    of its natural accuracy against the core's, and its paired sound robust comparison with
+    every composition of the experiment with the same core and selector (``against``, by
+    label)."""
 
     candidate: str
     chosen: bool
-    kappa: float
-    natural_accuracy: float
-    robust_accuracy: float
-    selection_rate: float
-    lost: int
-    gained: int
-    samples: int
     core_natural_accuracy: float
     core_robust_accuracy: float
     accuracy_p_value: float

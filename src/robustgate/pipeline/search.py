@@ -219,8 +219,7 @@ class SearchRunner:
                 against[composition.label] = paired_robust_comparison(
                     composed, Records.read_csv(path), eps)
         return SearchTest(
-            name, choice.chosen is not None, point.kappa, point.natural_accuracy,
-            point.robust_accuracy, point.selection_rate, point.lost, point.gained, point.samples,
+            **point.figures(), candidate=name, chosen=choice.chosen is not None,
             core_natural_accuracy=float(core.accurate.mean()),
             core_robust_accuracy=float((core.accurate & core.robust_at(eps)).mean()),
             accuracy_p_value=mcnemar_p_value(point.gained, point.lost),
