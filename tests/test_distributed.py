@@ -232,6 +232,61 @@ def test_run_under_torchrun_shards_every_model_s_records_and_certificates(tmp_pa
             == untimed(json.loads((one / "metrics.json").read_text())["test"]))
 
 
+def test_run_under_torchrun_shares_the_composition_stage_s_per_sample_work(tmp_path,
+                                                                          monkeypatch):
+    """Rank 0's composition stage hands its per-sample work to every rank
+    (``distributed.Crew``): the AutoAttack cross-check, the records on the validation points
+    (an operating point's κ), the adaptive attack on a robustness selector, a learned gate (a
+    model rank 0 alone trained, sent whole) and soft mixing. Rank 1 computes its shard of each;
+    the files are those of one process, the adaptive attack's candidate counts summed over the
+    ranks."""
+    mlp = {"architecture": "MLP", "arguments": {"in_features": 2, "hidden": [16, 16]}}
+    trades = {"name": "trades", "threat": {"norm": "linf", "eps": 0.1},
+              "params": {"beta_trades": 6.0}, "attack": {"steps": 3, "relative_step": 0.25}}
+    experiment = {
+        "name": "shared-stage", "seed": 0,
+        "data": {"name": "threegauss", "n": 300, "validation_size": 80},
+        "models": {
+            "core": {"model": mlp, "train": {"epochs": 1, "batch_size": 20, "lr": 0.05}},
+            "robust": {"model": mlp, "loss": trades,
+                       "train": {"epochs": 1, "batch_size": 20, "lr": 0.05}},
+        },
+        "evaluation": {"threat": {"norm": "linf", "eps": 0.1}, "batch_size": 30,
+                       "attack": {"name": "pgd", "steps": 5}, "autoattack_check": 40},
+        "compositions": [
+            {"branch": "robust", "core": "core",
+             "operating_point": {"max_accuracy_drop": 0.05, "kappas": [1, 2]}},
+            {"branch": "robust", "core": "core", "selector": "gate"},
+            {"branch": "robust", "core": "core", "selector": "mixing"}],
+        "calibration": {"gate": {"train": {"epochs": 2, "batch_size": 16, "lr": 0.05}}},
+        "adaptive": {"limit": 70, "steps": 5, "restarts": 1, "sanity": 0},
+    }
+    config = str(write_config(tmp_path / "experiment.yaml", experiment))
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["run", config, "--out", str(one), "--device", "cpu", "--quiet"]) == 0
+    two.mkdir()
+    shutil.copytree(one / "models", two / "models",
+                    ignore=shutil.ignore_patterns("gates"))  # rank 0 trains the gate again
+    shutil.copy(one / "config.json", two / "config.json")
+    monkeypatch.setenv("ROBUSTGATE_TEST_SHARD_LOG", str(tmp_path / "shards.log"))
+    finished(torchrun(2, ["run", config, "--out", str(two)]))
+    written = (tmp_path / "shards.log").read_text()
+    shared = ["autoattack/core.csv", "autoattack/robust.csv", "records/validation/robust.csv",
+              "records/validation/core.csv"] + [
+        str(path.relative_to(one)) for path in (one / "records" / "adaptive").glob("*.csv")]
+    assert len(shared) == 7, shared
+    for name in shared:
+        table = Path(name)
+        assert f"{table.parent}/.{table.stem}.shard-1-of-2.partial.csv" in written, name
+        assert without_seconds(two / name) == without_seconds(one / name), name
+    for path in (one / "records" / "adaptive").glob("*.candidates.json"):
+        assert (json.loads((two / path.relative_to(one)).read_text())
+                == json.loads(path.read_text())), path.name
+    assert not [path for path in two.rglob("*.partial.csv")]
+    assert (untimed(json.loads((two / "metrics.json").read_text())["test"])
+            == untimed(json.loads((one / "metrics.json").read_text())["test"]))
+
+
 def untimed(value: Any) -> Any:
     """``value`` without its timing entries (keys naming seconds)."""
     if isinstance(value, dict):

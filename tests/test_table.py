@@ -20,7 +20,7 @@ from robustgate.evaluate import (
     evaluate_model,
 )
 from robustgate.models import MLP
-from robustgate.runner import run_per_sample, shard_bounds
+from robustgate.runner import run_per_sample, shard_indices
 from robustgate.threat import ThreatModel
 from tests.conftest import interrupt_at_call
 
@@ -166,8 +166,7 @@ def test_shards_of_any_world_size_resume_into_one_table(tmp_path):
     expected = evaluate_model(model, x, y, THREAT, [0.1], random_pgd(), progress=False)
     path = tmp_path / "records.csv"
     for rank in range(2):
-        start, stop = shard_bounds(len(x), 4, rank, 2)
-        part = slice(start, start + 5)
+        part = shard_indices(len(x), 4, rank, 2)[:5]
         Records(expected.labels[part], expected.predictions[part],
                 {0.1: expected.robust_at(0.1)[part]}, np.arange(len(x))[part]
                 ).to_csv(path.with_suffix(f".shard-{rank}-of-2.partial.csv"))
@@ -180,7 +179,7 @@ def test_shards_of_any_world_size_resume_into_one_table(tmp_path):
 
     from robustgate.evaluate.records import RECORDS
     table = run_per_sample(RECORDS, compute, len(x), 4, [0.1], path, progress=False)
-    second = shard_bounds(len(x), 4, 1, 2)[0]
-    assert np.array_equal(np.concatenate(computed), np.r_[5:second, second + 5:len(x)])
+    done = np.concatenate([shard_indices(len(x), 4, rank, 2)[:5] for rank in range(2)])
+    assert np.array_equal(np.concatenate(computed), np.setdiff1d(np.arange(len(x)), done))
     assert np.array_equal(Records.from_table(table).robust_at(0.1), expected.robust_at(0.1))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["records.csv"]

@@ -6,14 +6,21 @@ machine and tells each its place through the environment (``RANK``, ``WORLD_SIZE
 rank 0 of 1), :func:`start` joins the process group (NCCL for CUDA devices, gloo otherwise), and
 the helpers here are no-ops in one process, so that the same code runs either way: training
 wraps the model in DistributedDataParallel (:func:`parallel`), averages what each rank measured
-(:func:`mean_over_ranks`) and lets rank 0 alone write while the others wait (:func:`barrier`).
+(:func:`mean_over_ranks`) and lets rank 0 alone write while the others wait (:func:`barrier`);
+where rank 0 runs a stage by itself (counting, composing, reporting), the others stand by as its
+:class:`Crew` and take their shards of every per-sample computation it hands them.
 """
 
 from __future__ import annotations
 
 import inspect
+import io
 import os
+import pickle
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -211,3 +218,126 @@ def average_buffers(model: nn.Module, process: Process | None = None) -> None:
         if buffer.is_floating_point():
             dist.all_reduce(buffer)
             buffer.div_(world_size)
+
+
+Result = TypeVar("Result")
+# the keys of a crew's tasks and results in the process group's store
+CREW_KEY = "robustgate/crew"
+
+
+class Crew:
+    """The ranks of a torchrun run while rank 0 runs a stage alone (composing, counting,
+    reporting: work that reads every model's records and writes files throughout the run
+    directory): rank 0 hands every per-sample computation of that stage (the adaptive attack,
+    the AutoAttack cross-check, records on the validation split) to all ranks with
+    :meth:`share`, each rank computing its shard (``runner``), while the other ranks
+    :meth:`serve` until rank 0 dismisses them (leaving ``with crew:``, also on an error).
+
+    Tasks and their results pass through the process group's key-value store (the one torchrun
+    rendezvoused on) and ranks poll it, so that a rank waiting while rank 0 works alone for
+    hours (training a search's candidates) meets no collective's timeout. A task is pickled;
+    the objects of ``shared`` (the run's models, which every rank holds) travel by name and are
+    each rank's own, and tensors land on the receiving rank's ``device``. In one process
+    :meth:`share` runs the task and nothing travels."""
+
+    def __init__(self, process: Process, device: torch.device | str = "cpu",
+                 shared: dict[str, Any] | None = None, poll_seconds: float = 0.05) -> None:
+        self.process = process
+        self.device = torch.device(device)
+        self.shared = shared if shared is not None else {}  # filled in later by the owner
+        self.poll_seconds = poll_seconds
+        self._tasks = 0
+
+    def share(self, task: Callable[[Process], Result]) -> list[Result]:
+        """On rank 0: ``task(process)`` on every rank; the ranks' results in rank order."""
+        if not _joined(self.process):
+            return [task(self.process)]
+        if not self.process.is_main:
+            raise RuntimeError("only rank 0 shares tasks; the other ranks serve()")
+        number = self._post(task)
+        results = [task(self.process)]
+        for rank in range(1, self.process.world_size):
+            results.append(self._receive(f"{CREW_KEY}/result/{number}/{rank}"))
+        return results
+
+    def serve(self) -> None:
+        """On every rank but 0: run each task rank 0 shares, in order, until dismissed."""
+        if not _joined(self.process) or self.process.is_main:
+            return
+        number = 0
+        while (task := self._receive(f"{CREW_KEY}/task/{number}")) is not None:
+            result = task(self.process)
+            _store().set(f"{CREW_KEY}/result/{number}/{self.process.rank}", self._dumps(result))
+            number += 1
+
+    def dismiss(self) -> None:
+        """On rank 0: end the other ranks' :meth:`serve`."""
+        if _joined(self.process) and self.process.is_main:
+            self._post(None)
+
+    def __enter__(self) -> Crew:
+        return self
+
+    def __exit__(self, *error: object) -> None:
+        self.dismiss()
+
+    def _post(self, task: Callable[[Process], Any] | None) -> int:
+        number = self._tasks
+        self._tasks += 1
+        _store().set(f"{CREW_KEY}/task/{number}", self._dumps(task))
+        return number
+
+    def _receive(self, key: str) -> Any:
+        store = _store()
+        while not store.check([key]):
+            time.sleep(self.poll_seconds)
+        return _SharedUnpickler(io.BytesIO(store.get(key)), self.shared, self.device).load()
+
+    def _dumps(self, value: Any) -> bytes:
+        buffer = io.BytesIO()
+        _SharedPickler(buffer, self.shared).dump(value)
+        return buffer.getvalue()
+
+
+class _SharedPickler(pickle.Pickler):
+    """Pickles the objects of ``shared`` as their names and tensors as the bytes of CPU copies
+    with their device type."""
+
+    def __init__(self, file: io.BytesIO, shared: dict[str, Any]) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.names = {id(value): name for name, value in shared.items()}
+
+    def persistent_id(self, value: Any) -> tuple[str, Any, Any] | None:
+        if id(value) in self.names:
+            return ("shared", self.names[id(value)], None)
+        if isinstance(value, torch.Tensor):
+            data = io.BytesIO()
+            torch.save(value.detach().cpu(), data)
+            return ("tensor", data.getvalue(), (value.device.type, value.requires_grad,
+                                                isinstance(value, nn.Parameter)))
+        return None
+
+
+class _SharedUnpickler(pickle.Unpickler):
+    """Reads what :class:`_SharedPickler` wrote: names as this rank's ``shared`` objects,
+    tensors on this rank's ``device`` (those that were on an accelerator)."""
+
+    def __init__(self, file: io.BytesIO, shared: dict[str, Any], device: torch.device) -> None:
+        super().__init__(file)
+        self.shared, self.device = shared, device
+
+    def persistent_load(self, pid: tuple[str, Any, Any]) -> Any:
+        kind, value, details = pid
+        if kind == "shared":
+            return self.shared[value]
+        device_type, requires_grad, parameter = details
+        tensor = torch.load(io.BytesIO(value), weights_only=True,
+                            map_location="cpu" if device_type == "cpu" else self.device)
+        if parameter:
+            return nn.Parameter(tensor, requires_grad=requires_grad)
+        return tensor.requires_grad_(requires_grad) if requires_grad else tensor
+
+
+def _store() -> dist.Store:
+    """The store of the default process group (torchrun's rendezvous store)."""
+    return dist.distributed_c10d._get_default_store()

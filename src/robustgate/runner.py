@@ -2,8 +2,10 @@
 bound certificates): chunk by chunk, with progress, resumable from partial files, and sharded
 across the processes of a ``torchrun`` world.
 
-Rank ``r`` of ``w`` computes a contiguous slice of the samples, whole chunks of one grid
-(``shard_bounds``), and rewrites its shard file ``<name>.shard-<r>-of-<w>.partial.csv``
+Rank ``r`` of ``w`` computes every ``w``-th whole chunk of one grid, from chunk ``r`` on
+(``shard_indices``; interleaved as ``DistributedSampler`` interleaves, so that data sorted by
+class, whose classes cost unequally, still splits evenly), and rewrites its shard file
+``<name>.shard-<r>-of-<w>.partial.csv``
 (``<name>.partial.csv`` in one process) after every chunk; once every shard is complete, rank 0
 merges them into the complete table in sample order and removes the partial files while the others
 wait. A rerun picks up the rows of every partial file beside the table, whatever world size wrote
@@ -14,12 +16,14 @@ per input (from a seed and the input's index) so that a row does not depend on i
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from robustgate.distributed import Process, barrier, shard
+from robustgate.distributed import Process, barrier
 from robustgate.table import Schema, Table, canonical_radius, concatenate, read_table
 
 Compute = Callable[[np.ndarray], Table]
@@ -34,16 +38,16 @@ def input_seed(seed: int, index: int, *more: int) -> int:
     return int(np.random.SeedSequence(seed, spawn_key=(index, *more)).generate_state(1)[0])
 
 
-def shard_bounds(total: int, chunk: int, rank: int, world_size: int) -> tuple[int, int]:
-    """The contiguous slice ``[start, stop)`` of ``total`` samples that ``rank`` computes: whole
-    chunks of the grid ``[k·chunk, (k+1)·chunk)``, so that every input is computed in the same
-    batch whatever the world size (the floating-point sums of a batched computation can depend
-    on the batch's size)."""
+def shard_indices(total: int, chunk: int, rank: int, world_size: int) -> np.ndarray:
+    """The samples among ``total`` that ``rank`` computes, increasing: the chunks ``k`` of the
+    grid ``[k·chunk, (k+1)·chunk)`` with ``k ≡ rank (mod world_size)``. Whole chunks, so that
+    every input is computed in the same batch whatever the world size (the floating-point sums
+    of a batched computation can depend on the batch's size)."""
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need world_size >= 1 and 0 <= rank < world_size, got {rank=}, "
                          f"{world_size=}")
-    taken = shard(-(-total // chunk), Process(rank, world_size))
-    return min(total, chunk * taken.start), min(total, chunk * taken.stop)
+    indices = np.arange(total)
+    return indices[(indices // chunk) % world_size == rank]
 
 
 def shard_path(path: Path, rank: int, world_size: int) -> Path:
@@ -58,6 +62,24 @@ def partial_paths(path: Path) -> list[Path]:
     single = path.with_suffix(".partial.csv")
     shards = sorted(path.parent.glob(f"{path.with_suffix('').name}.shard-*-of-*.partial.csv"))
     return [single, *shards] if single.exists() else shards
+
+
+@dataclass
+class PerSampleTask:
+    """``compute(*arguments, **options)`` (a function taking ``rank``, ``world_size`` and
+    ``progress``, such as ``evaluate_or_resume``) as a task a ``distributed.Crew`` hands to every
+    rank: each computes its shard (progress shown on rank 0); rank 0 gets the result, the other
+    ranks ``None``."""
+
+    compute: Callable[..., Any]
+    arguments: tuple[Any, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, process: Process) -> Any:
+        options = {**self.options, "rank": process.rank, "world_size": process.world_size,
+                   "progress": self.options.get("progress", True) and process.is_main}
+        result = self.compute(*self.arguments, **options)
+        return result if process.is_main else None
 
 
 def run_per_sample(
@@ -75,7 +97,7 @@ def run_per_sample(
     if total < 1 or chunk < 1:
         raise ValueError(f"need at least one sample and a chunk of at least one, got "
                          f"{total=}, {chunk=}")
-    start, stop = shard_bounds(total, chunk, rank, world_size)
+    mine = shard_indices(total, chunk, rank, world_size)
     if path is None:
         if world_size > 1:
             raise ValueError("a sharded computation needs a path for its shards")
@@ -84,22 +106,21 @@ def run_per_sample(
     path = Path(path)
     if path.exists():
         return _read_checked(path, schema, check, total)
-    known = _known_rows(path, schema, check, start, stop, radii)
-    done = np.isin(np.arange(start, stop), known.index)
-    missing = np.arange(start, stop)[~done]
-    mine = _compute(schema, compute, missing, chunk, radii, known,
-                    progress, description, rank, shard_path(path, rank, world_size))
+    known = _known_rows(path, schema, check, mine, radii)
+    missing = mine[~np.isin(mine, known.index)]
+    computed = _compute(schema, compute, missing, chunk, radii, known,
+                        progress, description, rank, shard_path(path, rank, world_size))
     if world_size == 1:
-        mine.write(path)
+        computed.write(path)
     else:
-        mine.write(shard_path(path, rank, world_size))
+        computed.write(shard_path(path, rank, world_size))
         barrier()
         if rank == 0:
             _merge(path, schema, world_size, total, chunk, radii)
         barrier()
     for partial in partial_paths(path) if rank == 0 else ():
         partial.unlink(missing_ok=True)
-    return mine if world_size == 1 else _read_checked(path, schema, check, total)
+    return computed if world_size == 1 else _read_checked(path, schema, check, total)
 
 
 def _compute(schema: Schema, compute: Compute, indices: np.ndarray, chunk: int,
@@ -128,9 +149,9 @@ def _read_checked(path: Path, schema: Schema, check: Check | None, total: int) -
     return table
 
 
-def _known_rows(path: Path, schema: Schema, check: Check | None, start: int, stop: int,
+def _known_rows(path: Path, schema: Schema, check: Check | None, wanted: np.ndarray,
                 radii: Sequence[float]) -> Table:
-    """The rows of ``[start, stop)`` that the partial files beside ``path`` hold (the first
+    """The rows of the samples ``wanted`` that the partial files beside ``path`` hold (the first
     file's row where several hold one)."""
     found: list[Table] = []
     seen = np.empty(0, dtype=np.int64)
@@ -141,9 +162,9 @@ def _known_rows(path: Path, schema: Schema, check: Check | None, start: int, sto
                              f"asks for {sorted(radii)}; remove it to start over")
         if check is not None:
             check(table, str(partial))
-        wanted = (table.index >= start) & (table.index < stop) & ~np.isin(table.index, seen)
-        found.append(table.rows(wanted))
-        seen = np.concatenate([seen, table.index[wanted]])
+        taken = np.isin(table.index, wanted) & ~np.isin(table.index, seen)
+        found.append(table.rows(taken))
+        seen = np.concatenate([seen, table.index[taken]])
     return concatenate(schema, found, radii)
 
 
@@ -152,10 +173,9 @@ def _merge(path: Path, schema: Schema, world_size: int, total: int, chunk: int,
     shards = []
     for rank in range(world_size):
         shard = shard_path(path, rank, world_size)
-        start, stop = shard_bounds(total, chunk, rank, world_size)
         table = read_table(shard, schema, complete=False)
-        if not np.array_equal(table.index, np.arange(start, stop)):
-            raise ValueError(f"{shard} does not hold the rows {start} … {stop - 1} of its shard; "
-                             "rerun to complete it")
+        if not np.array_equal(table.index, shard_indices(total, chunk, rank, world_size)):
+            raise ValueError(f"{shard} does not hold every row of rank {rank}'s shard (chunks "
+                             f"of {chunk}, every {world_size}th); rerun to complete it")
         shards.append(table)
     concatenate(schema, shards, radii).write(path)

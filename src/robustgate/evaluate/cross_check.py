@@ -16,21 +16,25 @@ import torch
 from torch import nn
 
 from robustgate.attacks import make_attack
+from robustgate.distributed import ALONE, Crew
 from robustgate.evaluate.records import Records, evaluate_or_resume
 from robustgate.evaluate.results import AutoAttackCheck
 from robustgate.io import say
+from robustgate.runner import PerSampleTask
 from robustgate.threat import ThreatModel
 
 
 def autoattack_check(
     models: dict[str, nn.Module], records: dict[str, Records], x: torch.Tensor, y: torch.Tensor,
     threat: ThreatModel, attack_name: str, limit: int, seed: int, batch_size: int,
-    directory: Path, progress: bool,
+    directory: Path, progress: bool, crew: Crew | None = None,
 ) -> dict[str, AutoAttackCheck]:
     """Robust accuracy at eps by the records' check (of the evaluation attack ``attack_name``)
     and by AutoAttack on the first ``limit`` points of ``(x, y)``, per model of ``models`` (its
     ``records`` on ``(x, y)``), and at every radius of the records the inputs where AutoAttack
-    found a flip the records' check missed."""
+    found a flip the records' check missed. Under torchrun every rank of ``crew`` attacks its
+    shard."""
+    crew = crew or Crew(ALONE)
     count = min(limit, len(y))
     if count == 0:
         return {}
@@ -40,10 +44,11 @@ def autoattack_check(
         say(f"[{name}] AutoAttack check on {count} test points", progress)
         reference = records[name]
         radii = sorted(reference.robust)
-        strong = evaluate_or_resume(
-            directory / f"{name}.csv", model, x[:count], y[:count], threat, radii, attack,
-            batch_size=batch_size, progress=progress, description=f"{name}/autoattack",
-        )
+        strong = crew.share(PerSampleTask(
+            evaluate_or_resume, (directory / f"{name}.csv", model, x[:count], y[:count], threat,
+                                 radii, attack),
+            {"batch_size": batch_size, "progress": progress,
+             "description": f"{name}/autoattack"}))[0]
         evaluation = float((reference.accurate & reference.robust_at(threat.eps))[:count].mean())
         autoattack = float((strong.accurate & strong.robust_at(threat.eps)).mean())
         check[name] = AutoAttackCheck(

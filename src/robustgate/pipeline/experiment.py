@@ -26,7 +26,7 @@ from robustgate.attacks import build_attack, check_attack_applies, records_check
 from robustgate.config import CompositionSettings, ExperimentConfig, TrainSpec
 from robustgate.data import load_dataset
 from robustgate.device import resolve_device
-from robustgate.distributed import ALONE, Process, barrier
+from robustgate.distributed import ALONE, Crew, Process, barrier
 from robustgate.evaluate import Grid, Records, evaluate_or_resume
 from robustgate.evaluate.certified import bound_certificates_or_resume, certify_or_resume
 from robustgate.evaluate.cross_check import autoattack_check
@@ -96,9 +96,11 @@ def run_experiment(
     """Run the experiment into ``out`` (resuming what is there); returns its results (written
     as ``metrics.json``). Under torchrun (``process``) every rank trains the models together
     (``train.run``) and computes its shard of every model's per-sample records and
-    certificates (``runner``: the same files as one process); rank 0 alone then cross-checks,
-    composes (the adaptive attack included), runs the searches and reports, and the other ranks
-    return ``None``."""
+    certificates (``runner``: the same files as one process); rank 0 then cross-checks, composes
+    (the adaptive attack included), runs the searches and reports, handing every per-sample
+    computation of that stage (the AutoAttack cross-check, records on the validation points and
+    of a search's candidates, the adaptive attack) to all ranks (``distributed.Crew``), and the
+    other ranks return ``None`` once rank 0 is done."""
     out = Path(out)
     device = resolve_device(device)
     _check_model_references(config)
@@ -154,8 +156,10 @@ def run_experiment(
     records: dict[str, Records] = {}
     train_records: dict[str, Records] = {}
     models = {}
+    # under torchrun rank 0 composes, counts and reports, sharing their per-sample work with
+    # the other ranks, which hold the same models
     run = CompositionRun(config, out, models, records, (x_test, y_test), validation, threat,
-                         attack, device, progress)
+                         attack, device, progress, crew=Crew(process, device, models))
     results: SplitResults = {}
     x_certified, y_certified = run.certified_test
     dimension = x_test[0].numel()
@@ -194,58 +198,59 @@ def run_experiment(
             results[name].bounds = BoundResult.of(run.bound_certificates[name], records[name],
                                                   bound_radii)
     if not process.is_main:
+        run.crew.serve()
         return None
-
-    # the records' check cross-checked before any count leans on them
-    check = autoattack_check(
-        {name: models[name] for name in records}, records, x_test, y_test, threat,
-        settings.attack.name, settings.autoattack_check, seed, settings.batch_size,
-        out / "autoattack", progress)
-    for composition in config.compositions:
-        results[composition.label] = SELECTOR_KINDS[composition.selector].evaluate(
-            run, composition)
-    # the κ each composition deploys, as its kind chose it
-    kappas = {c.label: results[c.label].kappa for c in config.compositions
-              if results[c.label].kappa is not None}
-    splits: dict[str, SplitResults] = {"test": results}
-    data = {"test": (x_test, y_test)}
-    split_records = {"test": records}
-    if "train" in settings.splits:
-        data["train"] = train
-        split_records["train"] = train_records
-        splits["train"] = counted_split(split_records["train"], config.compositions, kappas,
-                                        eps)
-    # the one-branch compositions deployed exactly on a grid, with the κ each deploys
-    deployed = {c.label: (c, kappas[c.label]) for c in config.compositions
-                if SELECTOR_KINDS[c.selector].exact_on_grid and len(c.branches) == 1}
-    if settings.exact_grid is not None:
-        say(f"exact robustness of the compositions on a grid of spacing "
-            f"{settings.exact_grid:g}", progress)
-        exact = Grid(threat, settings.exact_grid).exact_compositions(deployed, models, data)
-        for split, by_label in exact.items():
-            for label, values in by_label.items():
-                splits[split][label].exact = values
-    if tuple(test.input_shape) == (2,) and not (out / REGIONS_FILE).exists():
-        shown = "train" if "train" in data else "test"
-        say(f"plotting decision regions on the {shown} points", progress)
-        panels = region_panels(models, split_records[shown], deployed, threat, attack,
-                               RESOLUTION**2)
-        x, y = data[shown]
-        plot_decision_regions(panels, x.numpy(), y.numpy(), num_classes, out / REGIONS_FILE,
-                              title=f"{config.data.name}, {shown} points; hatched: the "
-                              "selector abstains (core answers)")
-    # the searches of a recipe last: each trains and counts candidates of its own
-    searches = {}
-    if config.searches:
-        runner = SearchRunner(run, train, num_classes, metadata,
-                              lambda ref: checkpoints[ref[1:]])
-        searches = {search.name: runner.run(search) for search in config.searches}
-    result = ExperimentResults(
-        results, check, settings.attack.name, eps, len(y_test),
-        round(time.perf_counter() - started, 1), splits.get("train"), searches)
-    atomic_write_json(out / "metrics.json", result.to_json())
-    write_reports(out)
-    return result
+    with run.crew:  # the other ranks serve until rank 0 leaves this block
+        # the records' check cross-checked before any count leans on them
+        check = autoattack_check(
+            {name: models[name] for name in records}, records, x_test, y_test, threat,
+            settings.attack.name, settings.autoattack_check, seed, settings.batch_size,
+            out / "autoattack", progress, run.crew)
+        for composition in config.compositions:
+            results[composition.label] = SELECTOR_KINDS[composition.selector].evaluate(
+                run, composition)
+        # the κ each composition deploys, as its kind chose it
+        kappas = {c.label: results[c.label].kappa for c in config.compositions
+                  if results[c.label].kappa is not None}
+        splits: dict[str, SplitResults] = {"test": results}
+        data = {"test": (x_test, y_test)}
+        split_records = {"test": records}
+        if "train" in settings.splits:
+            data["train"] = train
+            split_records["train"] = train_records
+            splits["train"] = counted_split(split_records["train"], config.compositions, kappas,
+                                            eps)
+        # the one-branch compositions deployed exactly on a grid, with the κ each deploys
+        deployed = {c.label: (c, kappas[c.label]) for c in config.compositions
+                    if SELECTOR_KINDS[c.selector].exact_on_grid and len(c.branches) == 1}
+        if settings.exact_grid is not None:
+            say(f"exact robustness of the compositions on a grid of spacing "
+                f"{settings.exact_grid:g}", progress)
+            exact = Grid(threat, settings.exact_grid).exact_compositions(deployed, models, data)
+            for split, by_label in exact.items():
+                for label, values in by_label.items():
+                    splits[split][label].exact = values
+        if tuple(test.input_shape) == (2,) and not (out / REGIONS_FILE).exists():
+            shown = "train" if "train" in data else "test"
+            say(f"plotting decision regions on the {shown} points", progress)
+            panels = region_panels(models, split_records[shown], deployed, threat, attack,
+                                   RESOLUTION**2)
+            x, y = data[shown]
+            plot_decision_regions(panels, x.numpy(), y.numpy(), num_classes, out / REGIONS_FILE,
+                                  title=f"{config.data.name}, {shown} points; hatched: the "
+                                  "selector abstains (core answers)")
+        # the searches of a recipe last: each trains and counts candidates of its own
+        searches = {}
+        if config.searches:
+            runner = SearchRunner(run, train, num_classes, metadata,
+                                  lambda ref: checkpoints[ref[1:]])
+            searches = {search.name: runner.run(search) for search in config.searches}
+        result = ExperimentResults(
+            results, check, settings.attack.name, eps, len(y_test),
+            round(time.perf_counter() - started, 1), splits.get("train"), searches)
+        atomic_write_json(out / "metrics.json", result.to_json())
+        write_reports(out)
+        return result
 
 
 def _attack_radii(compositions: Sequence[CompositionSettings], models: dict[str, TrainSpec],

@@ -30,7 +30,6 @@ from robustgate.config import ExperimentConfig, SearchSettings
 from robustgate.evaluate import (
     Records,
     compose_records,
-    evaluate_or_resume,
     robustness_metrics,
 )
 from robustgate.evaluate.certified import bound_certificates_or_resume, certify_or_resume
@@ -172,15 +171,13 @@ class SearchRunner:
         if not SELECTOR_KINDS[search.selector].certified:
             if split == "test":
                 return run.records[name]
-            return evaluate_or_resume(
-                directory / "records" / f"{split}.csv", run.models[name], x, y, run.threat,
-                [eps], run.attack, batch_size=self.config.evaluation.batch_size,
-                progress=self.progress, description=f"{search.name}/core/{split}")
+            return run.evaluate(directory / "records" / f"{split}.csv", run.models[name], x, y,
+                                [eps], run.attack, f"{search.name}/core/{split}")
         smoothing = self.config.models[name].smoothing
         if smoothing is not None:
-            certificates = run.certificates[name] if split == "test" else certify_or_resume(
-                directory / "certificates" / f"{split}.csv", run.models[name], smoothing, x, y,
-                self.progress, f"{search.name}/core/{split}")
+            certificates = run.certificates[name] if split == "test" else run.shared(
+                certify_or_resume, directory / "certificates" / f"{split}.csv",
+                run.models[name], smoothing, x, y, description=f"{search.name}/core/{split}")
             return certificates.records(run.threat, [eps], x[0].numel())
         settings = self.config.models[name].bounds
         if split == "test":
@@ -188,9 +185,9 @@ class SearchRunner:
         elif settings is None:
             bounds = None
         else:
-            bounds = bound_certificates_or_resume(
-                directory / "certificates", split, run.models[name], settings,
-                run.bound_methods(name), x, y, run.threat, [eps], self.progress)
+            bounds = run.shared(bound_certificates_or_resume, directory / "certificates", split,
+                                run.models[name], settings, run.bound_methods(name), x, y,
+                                run.threat, [eps])
         predictions = predict_logits(run.models[name], x).argmax(1).cpu().numpy()
         answers = Records(y.numpy(), predictions, {})
         return certified_core_part(bounds, answers, len(y), eps)

@@ -87,14 +87,14 @@ class BoundsKind(SelectorKind):
         directory = run.out / "certificates" / "validation"
         name, core = composition.branches[0], composition.core
         run.say(f"[{composition.label}] choosing kappa on {len(y)} validation points")
-        branch = bound_certificates_or_resume(
-            directory, name, run.models[name], config.models[name].bounds,
-            ["ibp", *({composition.bound_method} - {"ibp"})], x, y, run.threat,
-            run.bound_radii(name, "validation"), run.progress)
+        branch = run.shared(
+            bound_certificates_or_resume, directory, name, run.models[name],
+            config.models[name].bounds, ["ibp", *({composition.bound_method} - {"ibp"})], x, y,
+            run.threat, run.bound_radii(name, "validation"))
         core_bounds = config.models[core].bounds
-        core_certificates = None if core_bounds is None else bound_certificates_or_resume(
-            directory, core, run.models[core], core_bounds, run.bound_methods(core),
-            x, y, run.threat, run.bound_radii(core, "validation"), run.progress)
+        core_certificates = None if core_bounds is None else run.shared(
+            bound_certificates_or_resume, directory, core, run.models[core], core_bounds,
+            run.bound_methods(core), x, y, run.threat, run.bound_radii(core, "validation"))
         answers = Records(y.numpy(), predict_logits(run.models[core], x).argmax(1).cpu().numpy(),
                           {})
         return choose_kappa(branch[composition.bound_method].records(),
@@ -136,9 +136,8 @@ class BoundsKind(SelectorKind):
         radii = sorted({run.eps}.union(*(self.selection_radii(run.eps, kappa)
                                          for kappa in search.kappas)))
         methods = ["ibp", *({search.bound_method} - {"ibp"})]
-        certificates = bound_certificates_or_resume(
-            directory / "certificates", split, model, spec.bounds, methods, x, y, run.threat,
-            radii, run.progress)
+        certificates = run.shared(bound_certificates_or_resume, directory / "certificates", split,
+                                  model, spec.bounds, methods, x, y, run.threat, radii)
         return (certificates[search.bound_method].records(),
                 bound_selection_at(certificates, search.bound_method))
 

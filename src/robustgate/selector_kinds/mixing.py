@@ -36,7 +36,7 @@ class MixingKind(SelectorKind):
         mixed = MixedClassifier(run.models[core], run.models[branch], weight, settings.scale,
                                 settings.power, settings.shift)
         natural = (predict_logits(mixed, run.test[0]).argmax(1) == run.test[1]).numpy()
-        attacked = run.attacked(composition.label, mixed, run.attack)
+        attacked, _ = run.attacked(composition.label, mixed, run.attack)
         result = MixingResult(float(natural.mean()), extras={
             "weight": weight, "calibrated_for": {"composed_accuracy": target}})
         if attacked is not None:

@@ -29,7 +29,7 @@ from torch import nn
 
 from robustgate.attacks import Attack
 from robustgate.config import CompositionSettings, SearchSettings, TrainSpec
-from robustgate.evaluate import Records, Selection, evaluate_or_resume
+from robustgate.evaluate import Records, Selection
 from robustgate.evaluate.operating_points import SelectionAt, choose_kappa, operating_curve
 from robustgate.evaluate.results import CompositionResult, OperatingPoint
 from robustgate.io import file_name
@@ -180,11 +180,9 @@ class RobustnessKind(SelectorKind):
     def search_branch(self, run: CompositionRun, search: SearchSettings, model: nn.Module,
                       spec: TrainSpec, directory: Path, split: str, x: torch.Tensor,
                       y: torch.Tensor) -> tuple[Records, SelectionAt]:
-        records = evaluate_or_resume(
-            directory / "records" / f"{split}.csv", model, x, y, run.threat,
-            sweep_radii(run.eps, search.kappas), run.attack,
-            batch_size=run.config.evaluation.batch_size, progress=run.progress,
-            description=f"{search.name}/{directory.name}/{split}")
+        records = run.evaluate(directory / "records" / f"{split}.csv", model, x, y,
+                               sweep_radii(run.eps, search.kappas), run.attack,
+                               f"{search.name}/{directory.name}/{split}")
         return records, Selection.robustness
 
 

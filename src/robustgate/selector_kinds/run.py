@@ -14,10 +14,10 @@ broke first).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from torch import nn
 from robustgate.attacks import Attack
 from robustgate.compose import ComposedClassifier
 from robustgate.config import CompositionSettings, ExperimentConfig
+from robustgate.distributed import ALONE, Crew, Process
 from robustgate.evaluate import (
     AdaptiveAttack,
     BoundCertificates,
@@ -48,9 +49,11 @@ from robustgate.evaluate.statistics import clopper_pearson
 from robustgate.io import atomic_write_json, file_name, say
 from robustgate.models.modes import predict_logits
 from robustgate.registry import SELECTOR_KINDS
+from robustgate.runner import PerSampleTask
 from robustgate.threat import ThreatModel
 
 Data = tuple[torch.Tensor, torch.Tensor]
+Result = TypeVar("Result")
 
 
 def uncertified(core: Records, samples: int, eps: float) -> Records:
@@ -77,7 +80,8 @@ class CompositionRun:
     attacked models' test records), ``certificates`` (the smoothed models') and
     ``bound_certificates`` (by method, of the models with bound settings), on the test points
     ``test``; ``validation`` is the validation split (thresholds, gates, mixing weights,
-    operating points)."""
+    operating points). Under torchrun it runs on rank 0 and hands its per-sample computations
+    (records on the calibration points, the adaptive attack) to every rank of ``crew``."""
 
     config: ExperimentConfig
     out: Path
@@ -91,6 +95,23 @@ class CompositionRun:
     progress: bool = True
     certificates: dict[str, Certificates] = field(default_factory=dict)
     bound_certificates: dict[str, dict[str, BoundCertificates]] = field(default_factory=dict)
+    crew: Crew = field(default_factory=lambda: Crew(ALONE))
+
+    def shared(self, compute: Callable[..., Result], *arguments: Any, **options: Any) -> Result:
+        """``compute(*arguments, **options)``, a per-sample computation taking ``rank``,
+        ``world_size`` and ``progress`` (``evaluate_or_resume``, ``certify_or_resume``,
+        ``bound_certificates_or_resume``), on every rank of the crew, each its shard (in one
+        process, the whole); its result."""
+        return self.crew.share(PerSampleTask(compute, arguments,
+                                             {"progress": self.progress, **options}))[0]
+
+    def evaluate(self, path: Path, model: nn.Module | ComposedClassifier, x: torch.Tensor,
+                 y: torch.Tensor, radii: Sequence[float], attack: Any, description: str
+                 ) -> Records:
+        """``evaluate_or_resume`` into ``path`` at ``radii`` (:meth:`shared`)."""
+        return self.shared(evaluate_or_resume, path, model, x, y, self.threat, radii, attack,
+                           batch_size=self.config.evaluation.batch_size,
+                           description=description)
 
     def say(self, message: str) -> None:
         say(message, self.progress)
@@ -153,9 +174,8 @@ class CompositionRun:
         if not path.exists():
             self.say(f"[{name}] robustness at {', '.join(f'{r:g}' for r in radii)} on {len(y)} "
                      "validation points")
-        return evaluate_or_resume(path, self.models[name], x, y, self.threat, radii,
-                                  self.attack, batch_size=self.config.evaluation.batch_size,
-                                  progress=self.progress, description=f"{name}/validation")
+        return self.evaluate(path, self.models[name], x, y, radii, self.attack,
+                             f"{name}/validation")
 
     def accurate(self, name: str, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
         """Where model ``name`` answers ``(x, y)`` rightly."""
@@ -217,30 +237,38 @@ class CompositionRun:
 
     # -- attacks on the whole system -----------------------------------------------------------
 
-    def attacked(self, label: str, model: Any, attack: Any) -> Records | None:
+    def attacked(self, label: str, model: Any, attack: Any
+                 ) -> tuple[Records | None, dict[str, int]]:
         """Records of ``model`` (a composition, or a model attacked whole) under ``attack`` on
-        the first ``adaptive.limit`` test points (resumable)."""
+        the first ``adaptive.limit`` test points (resumable; each rank of the crew its shard),
+        and how many inputs each candidate of an adaptive ``attack`` broke first, summed over
+        the ranks (of the inputs this call computed)."""
         limit = min(self.config.adaptive.limit, len(self.test[1]))
         if limit == 0:
-            return None
+            return None, {}
         path = self.out / "records" / "adaptive" / f"{file_name(label)}.csv"
         if not path.exists():
             self.say(f"[{label}] attacking the whole system on {limit} test points")
-        return evaluate_or_resume(path, model, self.test[0][:limit], self.test[1][:limit],
-                                  self.threat, [self.eps], attack,
-                                  batch_size=self.config.evaluation.batch_size,
-                                  progress=self.progress, description=f"{label}/adaptive")
+        shares = self.crew.share(_AttackShard(evaluate_or_resume, (
+            path, model, self.test[0][:limit], self.test[1][:limit], self.threat, [self.eps]), {
+                "attack": attack, "batch_size": self.config.evaluation.batch_size,
+                "progress": self.progress, "description": f"{label}/adaptive"}))
+        counts: dict[str, int] = {}
+        for _, shard_counts in shares:
+            for name, count in shard_counts.items():
+                counts[name] = counts.get(name, 0) + count
+        return shares[0][0], counts
 
     def adaptive(self, label: str, composed: ComposedClassifier, counted: Records
                  ) -> AdaptiveComparison | None:
         """The composition under the adaptive attack against its count."""
         attack = AdaptiveAttack(**self.config.adaptive.attack_options(), seed=self.config.seed)
-        attacked = self.attacked(label, composed, attack)
+        attacked, counts = self.attacked(label, composed, attack)
         if attacked is None:
             return None
         candidates_path = self.out / "records" / "adaptive" / f"{file_name(label)}.candidates.json"
         if not candidates_path.exists():
-            atomic_write_json(candidates_path, attack.candidate_counts)
+            atomic_write_json(candidates_path, counts)
         return AdaptiveComparison(
             **compare_with_attack(attacked, counted, self.eps), attack=repr(attack),
             # which candidate broke each input first (of the attacks that wrote the records)
@@ -263,3 +291,13 @@ class CompositionRun:
                 settings.square_queries, seed=self.config.seed,
                 batch_size=self.config.evaluation.batch_size))
         return json.loads(path.read_text())
+
+
+class _AttackShard(PerSampleTask):
+    """A rank's share of an attack on the whole system: the records (rank 0), and how many
+    inputs each candidate of the attack (an ``AdaptiveAttack``; none for others) broke first on
+    this rank's shard."""
+
+    def __call__(self, process: Process) -> tuple[Records | None, dict[str, int]]:
+        records = super().__call__(process)
+        return records, dict(getattr(self.options["attack"], "candidate_counts", {}))

@@ -126,9 +126,9 @@ class SmoothingKind(SelectorKind):
                       y: torch.Tensor) -> tuple[Records, SelectionAt]:
         """One certification per split serves every ``κ``."""
         assert spec.smoothing is not None
-        certificates = certify_or_resume(
-            directory / "certificates" / f"{split}.csv", model, spec.smoothing, x, y,
-            run.progress, f"{directory.name}/{split}")
+        certificates = run.shared(certify_or_resume, directory / "certificates" / f"{split}.csv",
+                                  model, spec.smoothing, x, y,
+                                  description=f"{directory.name}/{split}")
         dimension = x[0].numel()
         return (certificates.records(run.threat, [run.eps], dimension),
                 smoothing_selection(certificates, spec.smoothing,
