@@ -1,10 +1,11 @@
-"""``robustgate evaluate`` and ``robustgate certify`` sharded across two processes (gloo on the
-CPU, on localhost, as under ``torchrun --nproc_per_node 2``): the per-sample files are those of
-one process, byte for byte (timing aside), and a sharded run killed mid-way resumes, also with
-another number of processes."""
+"""``robustgate evaluate``, ``robustgate certify`` and ``robustgate compose`` sharded across two
+processes (gloo on the CPU, on localhost, as under ``torchrun --nproc_per_node 2``): the
+per-sample files are those of one process, byte for byte (timing aside), and a sharded run killed
+mid-way resumes, also with another number of processes."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -94,15 +95,24 @@ def test_sharded_evaluation_and_certification_equal_one_process(checkpoint, tmp_
         "crown": ["certify", str(checkpoint), "--data", "threegauss", "--limit", "41",
                   "--method", "crown", "--radii", "0.05", "0.1", "--batch-size", "8",
                   "--quiet"],
+        # the composition deployed (a robustness selector: an attack per input) and attacked
+        "compose": ["compose", "--branch", str(checkpoint), "--core", str(checkpoint),
+                    "--data", "threegauss", "--limit", "41", "--eps", "0.3", "--steps", "5",
+                    "--adaptive", "--batch-size", "8", "--quiet"],
     }
+    tables = {"evaluate": ["records.csv"], "smoothing": ["certificates.csv"],
+              "crown": ["certificates.csv"], "compose": ["predictions.csv", "adaptive.csv"]}
     for name, arguments in commands.items():
         assert main([*arguments, "--out", str(tmp_path / "one" / name)]) == 0
         sharded([*arguments, "--out", str(tmp_path / "two" / name)])
-        file = "records.csv" if name == "evaluate" else "certificates.csv"
-        one, two = (tmp_path / run / name / file for run in ("one", "two"))
-        assert without_seconds(two) == without_seconds(one), name
+        for file in tables[name]:
+            one, two = (tmp_path / run / name / file for run in ("one", "two"))
+            assert without_seconds(two) == without_seconds(one), (name, file)
         assert sorted(path.name for path in two.parent.iterdir()) == sorted(
             path.name for path in one.parent.iterdir())
+    composed = [json.loads((tmp_path / run / "compose" / "summary.json").read_text())
+                for run in ("one", "two")]
+    assert composed[0] == composed[1] and 0 < composed[0]["adaptive"]["robust_accuracy"] < 1
     certificates = Certificates.read_csv(tmp_path / "two" / "smoothing" / "certificates.csv")
     assert len(certificates) == 41 and certificates.radii.max() > 0
     records = Records.read_csv(tmp_path / "two" / "evaluate" / "records.csv")

@@ -226,7 +226,6 @@ def _compose(args: argparse.Namespace) -> int:
                          f"mix: {parts}")
     if args.data is None:
         raise ValueError("composing checkpoints needs --data (and --root or --path)")
-    from robustgate.device import resolve_device
     from robustgate.evaluate import AdaptiveAttack
     from robustgate.threat import ThreatModel
 
@@ -235,6 +234,7 @@ def _compose(args: argparse.Namespace) -> int:
     threat.check_dimension(x)
     calibration = (_split(args, "validation")[0]
                    if args.coverage is not None or args.cascade else None)
+    process, device = _process_device(args.device)
     summary = compose_from_checkpoints(
         args.branch, args.core, x, y, threat, _attack(args), args.out, selector=args.selector,
         threshold=args.threshold, coverage=args.coverage,
@@ -245,8 +245,10 @@ def _compose(args: argparse.Namespace) -> int:
                                  restarts=args.restarts, target_classes=args.target_classes,
                                  seed=args.seed)
                   if args.adaptive or args.sanity else None),
-        device=resolve_device(args.device), batch_size=args.batch_size,
-        progress=not args.quiet)
+        device=device, batch_size=args.batch_size, progress=not args.quiet and process.is_main,
+        process=process)
+    if summary is None:  # a rank other than 0 of a torchrun run
+        return 0
     rows = {"composed": {key: summary[key] for key in ("natural_accuracy", "selection_rate")}}
     if "adaptive" in summary:
         rows["composed, adaptive attack"] = summary["adaptive"]

@@ -1,6 +1,7 @@
 """``robustgate compose``: a composition from per-sample records (offline, counted in the sound
 form) or from checkpoints (inference on a data split, with routes, and optionally the adaptive
-attack and its sanity checks)."""
+attack and its sanity checks; under torchrun each rank computes its shard of the predictions and
+of the adaptive attack's records, written by the resumable runner)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 from robustgate.attacks import Attack, check_attack_applies
 from robustgate.compose import ComposedClassifier
 from robustgate.config import DEFAULT_KAPPAS
+from robustgate.distributed import ALONE, Process, barrier
 from robustgate.evaluate import (
     AdaptiveAttack,
     Records,
@@ -23,14 +25,20 @@ from robustgate.evaluate import (
     robustness_metrics,
 )
 from robustgate.evaluate.operating_points import choose_kappa
+from robustgate.evaluate.records import same_labels
 from robustgate.evaluate.sanity import sanity_checks
 from robustgate.evaluate.sound_count import composition_metrics, route_counts
 from robustgate.inputs import check_inputs
-from robustgate.io import atomic_write_json, atomic_write_text
+from robustgate.io import atomic_write_json, record_settings
 from robustgate.models import load_checkpoint, predict_logits
 from robustgate.registry import SELECTOR_KINDS
+from robustgate.runner import run_per_sample
 from robustgate.select import Cascade
+from robustgate.table import INTEGER, Column, Schema, Table
 from robustgate.threat import ThreatModel
+
+PREDICTIONS = Schema("predictions", leading=(
+    Column("label", INTEGER), Column("prediction", INTEGER), Column("route", INTEGER)))
 
 
 def compose_from_records(
@@ -101,17 +109,24 @@ def compose_from_checkpoints(
     calibration: torch.Tensor | None = None, adaptive: AdaptiveAttack | None = None,
     device: torch.device | str = "cpu", batch_size: int = 500, progress: bool = True,
     kappa: float = 1.0, sanity: int = 0, square_queries: int = 1000, trust_code: bool = False,
-    form: str | None = None,
-) -> dict[str, Any]:
+    form: str | None = None, process: Process = ALONE,
+) -> dict[str, Any] | None:
     """Compose checkpoints and predict on ``(x, y)``: predictions with routes, route counts, and
     with ``adaptive`` the composition's robust accuracy under the adaptive attack and, on the
     first ``sanity`` inputs, the sanity checks of ``evaluate.sanity`` (Square with
     ``square_queries`` queries, growing eps). ``form``: the selector kind's form (the robustness
     selector's ``"cascade"``, its stages chosen on ``calibration``; the inputs each stage
-    decided in the summary)."""
+    decided in the summary). The predictions and the adaptive attack's records are resumable
+    tables (``compose.json`` keeps the settings they were made with); under torchrun
+    (``process``) each rank computes its shard of them, and rank 0 alone runs the sanity checks
+    and writes the summary, which the other ranks get as ``None``."""
     kind = SELECTOR_KINDS[selector]
     if not kind.chains and len(branches) > 1:
         raise ValueError(f"the {selector} selector composes one branch: give no chain with it")
+    if form == "cascade" and process.world_size > 1:
+        raise ValueError("--cascade chooses its stages by the time each takes on this machine, "
+                         "which the ranks of a torchrun run would measure apart: run it in one "
+                         "process")
     models = [load_checkpoint(path, device, trust_code)[0] for path in branches]
     core_model = load_checkpoint(core, device, trust_code)[0]
     check_attack_applies(attack, models[0].num_classes)
@@ -121,25 +136,34 @@ def compose_from_checkpoints(
     stages = [(model, kind.deploy(model, threat, attack, threshold, coverage, calibration,
                                   kappa, form)) for model in models]
     composed = ComposedClassifier.chain(stages, core_model)
-    labels, routes = [], []
-    for start in range(0, len(x), batch_size):
-        batch_labels, batch_routes = composed.predict(x[start : start + batch_size])
-        labels.append(batch_labels)
-        routes.append(batch_routes)
-    predicted = torch.cat(labels).numpy() if labels else np.empty(0, np.int64)
-    route = torch.cat(routes).numpy() if routes else np.empty(0, np.int64)
-    accurate = predicted == y.numpy()
     out = Path(out)
-    rows = ["index,label,prediction,route"] + [
-        f"{i},{int(y[i])},{int(predicted[i])},{int(route[i])}" for i in range(len(y))]
-    atomic_write_text(out / "predictions.csv", "\n".join(rows) + "\n")
     summary: dict[str, Any] = {
         "branches": [str(path) for path in branches], "core": str(core),
-        "selector": selector, "kappa": kappa, "samples": len(y),
+        "selector": selector, "kappa": kappa, "samples": len(y)}
+    if process.is_main:  # predictions of other settings are refused, not resumed
+        record_settings(out / "compose.json", {
+            **summary, "threat": repr(threat), "attack": repr(attack), "form": form,
+            "threshold": threshold, "coverage": coverage,
+            "adaptive": None if adaptive is None else repr(adaptive)}, "predictions")
+    barrier(process)
+    labels = y.cpu().numpy()
+
+    def predict(indices: np.ndarray) -> Table:
+        predicted, routes = composed.predict(x[torch.from_numpy(indices)])
+        return Table(PREDICTIONS, indices, {"label": labels[indices],
+                                            "prediction": predicted.cpu().numpy(),
+                                            "route": routes.cpu().numpy()}, {})
+
+    table = run_per_sample(PREDICTIONS, predict, len(y), batch_size, (), out / "predictions.csv",
+                           same_labels(labels, "predictions"), progress, "compose", process.rank,
+                           process.world_size)
+    predicted, route = table.columns["prediction"], table.columns["route"]
+    accurate = predicted == labels
+    summary.update({
         "natural_accuracy": float(accurate.mean()) if len(y) else None,
         "selection_rate": float((route == 0).mean()) if len(y) else None,
         "routes": route_counts(accurate, route, len(models)),
-    }
+    })
     checks = [getattr(selector, "attack", None) for _, selector in stages]
     if any(isinstance(check, Cascade) for check in checks):
         summary["cascade"] = [{"stages": list(check.stages), "decided": dict(check.decided)}
@@ -147,10 +171,13 @@ def compose_from_checkpoints(
     threshold = getattr(stages[0][1], "threshold", None)
     if threshold is not None:
         summary["threshold"] = threshold
-    if adaptive is not None:
-        records = evaluate_model(composed, x, y, threat, [threat.eps], adaptive,
-                                 batch_size=batch_size, progress=progress,
-                                 description="adaptive", path=out / "adaptive.csv")
+    records = None if adaptive is None else evaluate_model(
+        composed, x, y, threat, [threat.eps], adaptive, batch_size=batch_size, progress=progress,
+        description="adaptive", path=out / "adaptive.csv", rank=process.rank,
+        world_size=process.world_size)
+    if not process.is_main:
+        return None
+    if records is not None:
         summary["adaptive"] = {"attack": repr(adaptive), **robustness_metrics(
             records.accurate, records.robust_at(threat.eps))}
         if sanity:
