@@ -262,14 +262,41 @@ def test_a_composition_of_bound_selectors_exports_and_answers_alike(tmp_path):
     exported = torch.export.load(convolutional.export(tmp_path / "cnn.pt2", images[:2])).module()
     assert all(torch.equal(a, b) for a, b in zip(exported(images),
                                                  convolutional.predict(images), strict=True))
-    crown = ComposedClassifier(first, BoundSelector(first, threat, "crown"), core)
-    with pytest.raises(ValueError, match="method='ibp'"):
-        crown.export(tmp_path / "no.pt2", x[:4])
     attacked = ComposedClassifier(first, RobustnessSelector(first, threat, make_attack("pgd")),
                                   core)
     with pytest.raises(ValueError, match="only bound selectors"):
         attacked.export(tmp_path / "no.pt2", x[:4])
     assert not (tmp_path / "no.pt2").exists()
+
+
+@pytest.mark.parametrize(("method", "eps"), [("crown", 0.004), ("crown-ibp", 0.003),
+                                             ("ibp+crown", 0.004)])
+def test_a_crown_selector_exports_and_answers_as_in_python(tmp_path, method, eps):
+    """The CROWN methods' exporting form (every unit of a tightened layer, the whole batch at
+    once, the prediction from a forward pass) gives :func:`certify_bounds`'s predictions and
+    margins (to float32 summation order), and a composition under a CROWN bound selector exports
+    as one program that answers like the Python object, on a CNN whose hidden layer CROWN
+    tightens (its convolutions are above ``crown_neurons``: IBP there, as in Python)."""
+    from robustgate.certify import crown_certificates
+    from robustgate.compose import ComposedClassifier
+    from robustgate.select import BoundSelector
+
+    torch.manual_seed(0)
+    branch, core = StridedCNN(channels=(4, 8), hidden=32).eval(), StridedCNN().eval()
+    images = torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    threat = ThreatModel("linf", eps)
+    predicted, margin = certify_bounds(branch, images, threat, method)
+    exported_form = crown_certificates(branch, images, threat, method)
+    assert torch.equal(exported_form[0], predicted)
+    assert torch.allclose(exported_form[1], margin, atol=1e-5, rtol=0)
+    assert 0 < int((margin > 0).sum()) < len(images)  # some certified, some not
+    composed = ComposedClassifier(branch, BoundSelector(branch, threat, method), core)
+    program = torch.export.load(composed.export(tmp_path / "crown.pt2", images[:2])).module()
+    labels, routes = program(images)
+    expected_labels, expected_routes = composed.predict(images)
+    assert torch.equal(labels, expected_labels) and torch.equal(routes, expected_routes)
+    with pytest.raises(ValueError, match="CROWN methods"):
+        crown_certificates(branch, images, threat, "ibp")
 
 
 def test_review_cases_padding_crown_stability_and_radius_round_trip(tmp_path):

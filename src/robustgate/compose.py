@@ -108,17 +108,13 @@ class ComposedClassifier:
         return self.predict(x)[0]
 
     def program(self) -> ComposedProgram:
-        """The composition as one module, if every selector is an interval-bound selector."""
+        """The composition as one module, if every selector is a bound selector (IBP or a
+        CROWN method: ``BoundSelector.certified``)."""
         for route, (_, selector) in enumerate(self.stages):
             if not isinstance(selector, BoundSelector):
                 raise ValueError(f"stage {route} selects with {selector!r}: only bound selectors "
                                  "are a plain forward computation (attacks and Monte-Carlo "
                                  "certificates are not)")
-            if selector.method != "ibp":
-                raise ValueError(f"stage {route} selects by {selector.method!r}, which needs "
-                                 "the branch's clean prediction where it does not certify (a "
-                                 "data-dependent step torch.export does not trace); deploy with "
-                                 "method='ibp' to export")
         return ComposedProgram(self.stages, self.core)
 
     def export(self, path: str | Path, example: torch.Tensor) -> Path:

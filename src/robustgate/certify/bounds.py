@@ -318,15 +318,22 @@ def _exact_by_intervals(rules: list[Rule]) -> bool:
 
 
 def _tighten(walk: Walk, index: int, relu_bounds: dict[int, tuple[torch.Tensor, torch.Tensor]],
-             x: torch.Tensor, threat: ThreatModel) -> tuple[torch.Tensor, torch.Tensor]:
+             x: torch.Tensor, threat: ThreatModel, every_unit: bool = False,
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """IBP's bounds of the input of ReLU ``index`` intersected with CROWN's, on the units IBP
-    leaves unstable (a stable unit's relaxation is exact whatever its bounds)."""
+    leaves unstable (a stable unit's relaxation is exact whatever its bounds), in groups of
+    inputs sized by their unstable units; with ``every_unit``, on every unit of the whole batch
+    at once (the same relaxations, without a data-dependent shape: the form that exports)."""
     low, high = relu_bounds[index]
     flat_low, flat_high = low.flatten(1).clone(), high.flatten(1).clone()
-    unstable = (flat_low < 0) & (flat_high > 0)
-    units = unstable.any(dim=0).nonzero().squeeze(1)
-    if len(units) == 0:
-        return low, high
+    if every_unit:
+        unstable = torch.ones_like(flat_low, dtype=torch.bool)
+        units = torch.arange(flat_low.shape[1], device=x.device)
+    else:
+        unstable = (flat_low < 0) & (flat_high > 0)
+        units = unstable.any(dim=0).nonzero().squeeze(1)
+        if len(units) == 0:
+            return low, high
     shape = low.shape[1:]
     # the unit rows, through the operation before the ReLU once for the whole batch where it is
     # affine with one operand
@@ -340,9 +347,13 @@ def _tighten(walk: Walk, index: int, relu_bounds: dict[int, tuple[torch.Tensor, 
         (start,) = walk.operands(start)
     position = torch.zeros(shape.numel(), dtype=torch.long, device=x.device)
     position[units] = torch.arange(len(units), device=x.device)
-    counts = unstable.sum(dim=1)
-    for images in _chunks(2 * counts, _row_elements(walk, start)):
-        rows = max(int(counts[images].max()), 1)
+    if every_unit:
+        groups = [(torch.arange(x.shape[0], device=x.device), len(units))]
+    else:
+        counts = unstable.sum(dim=1)
+        groups = [(images, max(int(counts[images].max()), 1))
+                  for images in _chunks(2 * counts, _row_elements(walk, start))]
+    for images, rows in groups:
         mask = unstable[images]
         chosen = mask.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :rows]
         valid = mask.gather(1, chosen)
@@ -388,23 +399,29 @@ def preactivation_bounds(model: Bounded, x: torch.Tensor, threat: ThreatModel,
 
 
 def _tightened(walk: Walk, x: torch.Tensor, threat: ThreatModel, crown_neurons: int,
-               ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+               every_unit: bool = False) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """The walk's ReLU input bounds, tightened by CROWN where :func:`preactivation_bounds`
-    says, from the first ReLU to the last."""
+    says, from the first ReLU to the last (``every_unit``: as :func:`_tighten`)."""
     relu_bounds = dict(walk.relu_inputs)
     for index in sorted(relu_bounds):
         if (relu_bounds[index][0][0].numel() <= crown_neurons
                 and not _exact_by_intervals(walk.rules[1:index])):
-            relu_bounds[index] = _tighten(walk, index, relu_bounds, x, threat)
+            relu_bounds[index] = _tighten(walk, index, relu_bounds, x, threat, every_unit)
     return relu_bounds
 
 
 def _crown_specification(walk: Walk, relu_bounds: dict[int, tuple[torch.Tensor, torch.Tensor]],
                          specification: torch.Tensor, x: torch.Tensor, threat: ThreatModel,
-                         ) -> torch.Tensor:
-    """CROWN lower bounds of ``specification · f`` (per input) given the ReLU bounds."""
+                         chunked: bool = True) -> torch.Tensor:
+    """CROWN lower bounds of ``specification · f`` (per input) given the ReLU bounds, in groups
+    of inputs whose coefficients fit ``CHUNK_ELEMENTS`` (``chunked``) or the whole batch at
+    once."""
     final = len(walk.rules) - 1
     (start,) = walk.operands(final)
+    if not chunked:
+        coefficients, constant = walk.rules[final].backward(specification)
+        return _backward_lower(walk, start, relu_bounds, torch.arange(x.shape[0], device=x.device),
+                               coefficients, constant, x, threat)
     lower = torch.empty(specification.shape[:2], device=x.device, dtype=x.dtype)
     rows = torch.full((len(x),), specification.shape[1], device=x.device)
     for images in _chunks(rows, _row_elements(walk, start)):
@@ -468,6 +485,38 @@ def interval_certificates(model: nn.Module, x: torch.Tensor, threat: ThreatModel
     _check_certifiable(model)
     margin, classes = _best_class(_interval_pairs(model, x, threat)[1])
     return classes, margin
+
+
+def crown_certificates(model: nn.Module, x: torch.Tensor, threat: ThreatModel,
+                       method: str = "crown", crown_neurons: int = 2048,
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per input, the clean prediction and its certified margin by a CROWN ``method``
+    (``crown-ibp``, ``crown`` or ``ibp+crown``) as :func:`certify_bounds` bounds it, in the form
+    that exports (``torch.export``; trace the model first, :func:`traced`): the prediction from
+    a forward pass of every input, a tightened ReLU layer bounded on all of its units (stable
+    ones included, whose relaxation is exact whatever their bounds, so the bounds are the
+    same), and each backward pass over the whole batch at once. It costs more per input than
+    :func:`certify_bounds` (which bounds only the unstable units, in groups sized to memory),
+    and its margins equal those up to floating-point summation order."""
+    if method not in BOUND_METHODS or method == "ibp":
+        raise ValueError(f"method must be one of the CROWN methods "
+                         f"{[m for m in BOUND_METHODS if m != 'ibp']}, got {method!r} (IBP's "
+                         "exporting form is interval_certificates)")
+    _check_certifiable(model)
+    num_classes = traced(model).last_layer.out_features
+    with torch.no_grad():
+        walk, interval = _interval_pairs(model, x, threat, relu_inputs=True)
+        _check_crown(walk)
+        relu_bounds = _tightened(walk, x, threat, 0 if method == "crown-ibp" else crown_neurons,
+                                 every_unit=True)
+        predicted = model(x).argmax(dim=1)
+        margin = _crown_specification(
+            walk, relu_bounds, margin_specification(predicted, num_classes, x.dtype), x, threat,
+            chunked=False)
+        if method == "ibp+crown":
+            pairs = interval.gather(1, predicted.view(-1, 1, 1).expand(-1, 1, num_classes - 1))
+            margin = torch.maximum(margin, pairs.squeeze(1))
+    return predicted, margin.min(dim=1).values
 
 
 def certify_bounds(model: nn.Module, x: torch.Tensor, threat: ThreatModel,

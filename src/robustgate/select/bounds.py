@@ -4,7 +4,9 @@ Deployed at ``κ·eps``, it bounds the branch on ``B(x', κ·eps)`` around the i
 (IBP, CROWN-IBP, CROWN, or IBP or CROWN) and selects where the certified margin is positive.
 It answers with the class it certified (``select_and_answer``), the branch's clean prediction,
 so the branch does not run again on the inputs it selects. A plain forward computation, without
-an attack: a composition whose selectors are all IBP bound selectors exports as one program.
+an attack: a composition whose selectors are all bound selectors exports as one program (IBP
+without a forward pass of the branch; the CROWN methods with one, on every unit of the layers
+they tighten: :meth:`BoundSelector.certified`).
 Its stability is the evaluation's to count (``Selection.bounds``: IBP at ``(κ+1)·eps``).
 """
 
@@ -13,7 +15,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustgate.certify import BOUND_METHODS, certify_bounds, interval_certificates, traced
+from robustgate.certify import (
+    BOUND_METHODS,
+    certify_bounds,
+    crown_certificates,
+    interval_certificates,
+    traced,
+)
 from robustgate.select.robustness import logit_margin
 from robustgate.threat import ThreatModel
 
@@ -62,13 +70,13 @@ class BoundSelector(nn.Module):
         return self.select_and_answer(x)[0]
 
     def certified(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The selection and the certified class, by IBP without a forward pass (the form that
-        exports, ``interval_certificates``; a class certified on the ball is the clean
-        prediction, so it selects exactly where :meth:`margin` is positive); on ``x``'s
-        device."""
-        if self.method != "ibp":
-            raise ValueError(f"the selection by {self.method!r} needs the branch's clean "
-                             "prediction, a data-dependent step that torch.export does not "
-                             "trace; deploy with method='ibp' to export")
-        classes, margin = interval_certificates(self.model, x, self.threat)
+        """The selection and the certified class in the form that exports, on ``x``'s device:
+        by IBP without a forward pass (``interval_certificates``; a class certified on the ball
+        is the clean prediction, so it selects exactly where :meth:`margin` is positive), by
+        the CROWN methods with one (``crown_certificates``: the same margins as :meth:`margin`
+        up to floating-point summation order, at more cost per input)."""
+        if self.method == "ibp":
+            classes, margin = interval_certificates(self.model, x, self.threat)
+        else:
+            classes, margin = crown_certificates(self.model, x, self.threat, self.method)
         return margin > 0, classes

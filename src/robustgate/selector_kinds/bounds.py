@@ -5,8 +5,9 @@ settings.
 Counted from the branch's bound certificates (``Selection.bounds``): stable where IBP certifies
 ``(κ+1)·eps`` (interval bounds are monotone under inclusion). Its knob ``κ`` is configured, or
 chosen on validation data for an operating point (certificates kept in
-``certificates/validation``). With IBP the composition exports as one program
-(``exported/<composition>.pt2``), its answers compared with the Python object's.
+``certificates/validation``). The composition is exported as one program
+(``exported/<composition>.pt2``, by any bound method: ``BoundSelector.certified``), its answers
+compared with the Python object's.
 """
 
 from __future__ import annotations
@@ -105,8 +106,8 @@ class BoundsKind(SelectorKind):
     def evaluate(self, run: CompositionRun, composition: CompositionSettings
                  ) -> CertifiedCompositionResult:
         """Counted from the certificates, the core counting only where it is certified itself
-        (by any of its methods); with an IBP selector, the composition is exported as one
-        program and its answers compared with the Python object's on the whole test set."""
+        (by any of its methods); the composition is exported as one program and its answers
+        compared with the Python object's on the whole test set."""
         point = (None if composition.operating_point is None
                  else self._operating_point(run, composition))
         eps = run.eps
@@ -126,8 +127,7 @@ class BoundsKind(SelectorKind):
             result.operating_point = point
         run.say(f"[{composition.label}] certified {100 * result.certified_accuracy:.1f}% of "
                 f"{len(deployed)}" + ("" if point is None else f" at kappa {kappa:g}"))
-        if composition.bound_method == "ibp":
-            result.extras["export"] = _export_check(run, composition, kappa)
+        result.extras["export"] = _export_check(run, composition, kappa)
         return result
 
     def search_branch(self, run: CompositionRun, search: SearchSettings, model: nn.Module,
@@ -155,16 +155,21 @@ class BoundsKind(SelectorKind):
 def _export_check(run: CompositionRun, composition: CompositionSettings, kappa: float
                   ) -> dict[str, Any]:
     """Export the composition deployed at ``κ = kappa`` and compare the exported program's
-    labels and routes with the Python object's on every test input."""
+    labels and routes with the Python object's on every test input (in batches of the branch's
+    bound settings for a CROWN method, whose exported form bounds every unit of a batch at
+    once)."""
     x = run.test[0]
-    branch = run.models[composition.branches[0]]
-    deployed = ComposedClassifier(branch, BoundSelector(branch, run.threat, "ibp", kappa),
+    name = composition.branches[0]
+    branch, method = run.models[name], composition.bound_method
+    deployed = ComposedClassifier(branch, BoundSelector(branch, run.threat, method, kappa),
                                   run.models[composition.core])
     path = deployed.export(run.out / "exported" / f"{file_name(composition.label)}.pt2", x[:2])
     program = torch.export.load(path).module()
+    settings = run.config.models[name].bounds
+    size = 500 if method == "ibp" or settings is None else settings.batch_size
     agree, total = 0, 0
-    for start in range(0, len(x), 500):
-        batch = x[start : start + 500]
+    for start in range(0, len(x), size):
+        batch = x[start : start + size]
         labels, routes = deployed.predict(batch)
         exported_labels, exported_routes = program(batch.to(model_device(branch)))
         agree += int(((exported_labels.cpu() == labels) & (exported_routes.cpu() == routes))
