@@ -13,6 +13,12 @@ were trained on. One thread.
     .venv/bin/python benchmarks/cascade.py            # reduced: 300 test images
     ROBUSTGATE_CASCADE_IMAGES=2000 .venv/bin/python benchmarks/cascade.py   # the issue's 2,000
     ROBUSTGATE_CASCADE_BRANCHES=ibp .venv/bin/python benchmarks/cascade.py  # one branch
+    ROBUSTGATE_CASCADE_CHECKPOINT=runs/mnist-bounds/models/ibp/best.safetensors \
+        .venv/bin/python benchmarks/cascade.py   # a fully trained branch instead of the reduced
+
+With ``ROBUSTGATE_CASCADE_CHECKPOINT`` the branch is that checkpoint (e.g. the ``ibp`` model a
+run of configs/mnist-bounds.yaml trained), its stages chosen on the same 256 training images
+(possibly among those it was trained on: they choose the stages, never a decision counted here).
 
 A differing decision is one where the attack alone and the attack after the stages (the same
 attack, on other batches, so from other random starts) disagree; the cascade never certifies an
@@ -30,11 +36,13 @@ from support.harness import interleaved, mnist, start, table
 
 from robustgate.attacks import Attack, build_attack, check_robustness
 from robustgate.config import EVALUATION_ATTACK
+from robustgate.models import load_checkpoint
 from robustgate.select import Cascade, choose_stages
 from robustgate.threat import ThreatModel
 
 IMAGES = int(os.environ.get("ROBUSTGATE_CASCADE_IMAGES", "300"))
 BRANCHES = os.environ.get("ROBUSTGATE_CASCADE_BRANCHES", "ibp,trades,era").split(",")
+CHECKPOINT = os.environ.get("ROBUSTGATE_CASCADE_CHECKPOINT")
 EPS, BATCH, MEASURED = 0.1, 500, 256
 
 
@@ -46,15 +54,18 @@ def main() -> None:
     threat = ThreatModel("linf", EPS)
     attack = build_attack(EVALUATION_ATTACK, seed=0)
     print(f"{len(x)} images of {source}, eps {EPS} (linf), batch {BATCH}, attack {attack!r}")
+    if CHECKPOINT is not None:
+        model = load_checkpoint(CHECKPOINT, "cpu", trust_code=True)[0].eval()
+        compare(model, f"checkpoint {CHECKPOINT}", x, validation, threat, attack)
+        return
     for name in BRANCHES:
-        compare(name, x, validation, threat, attack)
+        compare(branch(name), describe(name), x, validation, threat, attack)
 
 
-def compare(name: str, x: torch.Tensor, validation: torch.Tensor, threat: ThreatModel,
-            attack: Attack) -> None:
-    """The cascade chosen for branch ``name`` against the attack alone on ``x``."""
-    model = branch(name)
-    print(f"-- {describe(name)}")
+def compare(model: torch.nn.Module, description: str, x: torch.Tensor, validation: torch.Tensor,
+            threat: ThreatModel, attack: Attack) -> None:
+    """The cascade chosen for ``model`` against the attack alone on ``x``."""
+    print(f"-- {description}")
     choice = choose_stages(model, validation, threat, attack, BATCH)
     print(f"stages chosen on {choice.inputs} validation images: {list(choice.stages)}; "
           f"seconds per input {choice.stage_seconds}; estimated seconds "

@@ -246,6 +246,14 @@ def test_compose_command_from_records_and_from_checkpoints(tmp_path):
     assert inference["natural_accuracy"] == inference["adaptive"]["natural_accuracy"]
     assert inference["adaptive"]["attack"].startswith("AdaptiveAttack(steps=10,")  # --steps
     assert sum(sum(r.values()) for r in inference["routes"].values()) == 20
+    # rerun in the same directory: the tables read back with the same settings, refused with
+    # other ones (here another kappa), and refused without the settings they were made with
+    assert main([*arguments, "--adaptive", "--sanity", "10", "--square-queries", "20", "--out",
+                 str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "summary.json").read_text()) == inference
+    assert main([*arguments, "--kappa", "2", "--out", str(tmp_path / "b")]) == 2
+    (tmp_path / "b" / "compose.json").unlink()
+    assert main([*arguments, "--out", str(tmp_path / "b")]) == 2
     assert main([*arguments, "--selector", "entropy", "--out", str(tmp_path / "c")]) == 2
     # the cascade: bound stages chosen on the validation split, the same answers
     assert main([*arguments, "--cascade", "--validation-size", "40", "--out",

@@ -153,7 +153,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _experiment(config: Any, out: Path, args: argparse.Namespace) -> Any:
     """``run_experiment`` in this process, one of a torchrun run or the only one: the results
-    on rank 0, ``None`` on the other ranks (which end once the models are trained)."""
+    on rank 0, ``None`` on the other ranks (which end once rank 0 dismisses them: they compute
+    their shards of the per-sample work until then)."""
     from robustgate import distributed
     from robustgate.pipeline import run_experiment
 

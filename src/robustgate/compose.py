@@ -6,10 +6,11 @@ the first branch whose selector selects it, or by the core. It returns the label
 is a certificate for a class (``select_and_answer``: the smoothing selector, the bound selector)
 answers with that class; a bound selector certifies its own model, which must be its branch.
 
-With interval-bound selectors only, the composition is a plain forward computation
-(:class:`ComposedProgram`) that ``ComposedClassifier.export`` writes as one ``torch.export``
-artefact: ``torch.export.load(path).module()(x)`` gives the same labels and routes, without
-robustgate.
+With bound selectors only (IBP or a CROWN method), the composition is a plain forward
+computation (:class:`ComposedProgram`) that ``ComposedClassifier.export`` writes as one
+``torch.export`` artefact: ``torch.export.load(path).module()(x)`` gives the labels and routes
+without robustgate (with IBP the same; with a CROWN method from margins equal to float32
+summation order, so a selection at a margin within about 1e-5 of 0 may differ).
 """
 
 from __future__ import annotations

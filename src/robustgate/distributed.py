@@ -20,6 +20,7 @@ import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -233,18 +234,24 @@ class Crew:
     :meth:`share`, each rank computing its shard (``runner``), while the other ranks
     :meth:`serve` until rank 0 dismisses them (leaving ``with crew:``, also on an error).
 
-    Tasks and their results pass through the process group's key-value store (the one torchrun
-    rendezvoused on) and ranks poll it, so that a rank waiting while rank 0 works alone for
-    hours (training a search's candidates) meets no collective's timeout. A task is pickled;
-    the objects of ``shared`` (the run's models, which every rank holds) travel by name and are
-    each rank's own, and tensors land on the receiving rank's ``device``. In one process
-    :meth:`share` runs the task and nothing travels."""
+    A task is pickled into a file of ``directory`` (on the file system every rank reads, as the
+    runner's shard files are), its number and the ranks' small results pass through the process
+    group's key-value store (the one torchrun rendezvoused on), which the ranks poll, so that a
+    rank waiting while rank 0 works alone for hours (training a search's candidates) meets no
+    collective's timeout. The objects of ``shared`` (the run's models, which every rank holds)
+    travel by name and are each rank's own; tensors travel as copies of their own elements
+    (not of the storage a slice views) and land on the receiving rank's ``device``. A task
+    that raises on another rank raises on rank 0 too, naming the rank. Every key and file is
+    removed once read, so a later crew starts clean. In one process :meth:`share` runs the task
+    and nothing travels."""
 
     def __init__(self, process: Process, device: torch.device | str = "cpu",
-                 shared: dict[str, Any] | None = None, poll_seconds: float = 0.05) -> None:
+                 shared: dict[str, Any] | None = None, directory: str | os.PathLike | None = None,
+                 poll_seconds: float = 0.05) -> None:
         self.process = process
         self.device = torch.device(device)
         self.shared = shared if shared is not None else {}  # filled in later by the owner
+        self.directory = directory
         self.poll_seconds = poll_seconds
         self._tasks = 0
 
@@ -255,9 +262,11 @@ class Crew:
         if not self.process.is_main:
             raise RuntimeError("only rank 0 shares tasks; the other ranks serve()")
         number = self._post(task)
-        results = [task(self.process)]
-        for rank in range(1, self.process.world_size):
-            results.append(self._receive(f"{CREW_KEY}/result/{number}/{rank}"))
+        results = [task(self.process)]  # where it raises, the others are left to torchrun
+        for rank, (failed, value) in enumerate(self._answers(number), start=1):
+            if failed:
+                raise RuntimeError(f"rank {rank} of the crew failed on a shared task: {value}")
+            results.append(value)
         return results
 
     def serve(self) -> None:
@@ -265,38 +274,85 @@ class Crew:
         if not _joined(self.process) or self.process.is_main:
             return
         number = 0
-        while (task := self._receive(f"{CREW_KEY}/task/{number}")) is not None:
-            result = task(self.process)
-            _store().set(f"{CREW_KEY}/result/{number}/{self.process.rank}", self._dumps(result))
+        while True:
+            path = self._receive(self._key("task", number))
+            task = None if path is None else self._loads(Path(path).read_bytes())
+            try:
+                answer = (False, None if task is None else task(self.process))
+            except Exception as error:
+                answer = (True, f"{type(error).__name__}: {error}")
+                raise
+            finally:
+                _store().set(self._key("result", number, self.process.rank), self._dumps(answer))
+            if task is None:
+                return
             number += 1
 
-    def dismiss(self) -> None:
-        """On rank 0: end the other ranks' :meth:`serve`."""
+    def dismiss(self, wait: bool = True) -> None:
+        """On rank 0: end the other ranks' :meth:`serve` (``wait``: until each has ended)."""
         if _joined(self.process) and self.process.is_main:
-            self._post(None)
+            number = self._post(None)
+            if wait:
+                self._answers(number)
+                if self.directory is not None and Path(self.directory).is_dir():
+                    Path(self.directory).rmdir()  # its task files are removed as they are read
 
     def __enter__(self) -> Crew:
         return self
 
-    def __exit__(self, *error: object) -> None:
-        self.dismiss()
+    def __exit__(self, error_type: type[BaseException] | None, *error: object) -> None:
+        # after an error on rank 0 the others may wait inside a shared task (at the runner's
+        # barrier) and never answer: dismiss them without waiting; torchrun ends a run whose
+        # rank failed
+        self.dismiss(wait=error_type is None)
+
+    def _key(self, *parts: object) -> str:
+        return "/".join([CREW_KEY, str(self.directory), *map(str, parts)])
+
+    def _path(self, number: int) -> Path:
+        if self.directory is None:
+            raise ValueError("a crew of several processes needs a directory for its tasks")
+        return Path(self.directory) / f"task-{number}.pickle"
 
     def _post(self, task: Callable[[Process], Any] | None) -> int:
         number = self._tasks
+        path = None
+        if task is not None:
+            path = self._path(number)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_suffix(".partial")
+            temporary.write_bytes(self._dumps(task))
+            os.replace(temporary, path)
+        _store().set(self._key("task", number), self._dumps(None if path is None else str(path)))
         self._tasks += 1
-        _store().set(f"{CREW_KEY}/task/{number}", self._dumps(task))
         return number
+
+    def _answers(self, number: int) -> list[tuple[bool, Any]]:
+        """Every other rank's answer to task ``number`` (whether it failed, and its result or
+        error); then the task's keys and file are removed."""
+        answers = [self._receive(self._key("result", number, rank))
+                   for rank in range(1, self.process.world_size)]
+        store = _store()
+        for rank in range(1, self.process.world_size):
+            store.delete_key(self._key("result", number, rank))
+        store.delete_key(self._key("task", number))
+        if self.directory is not None:
+            self._path(number).unlink(missing_ok=True)
+        return answers
 
     def _receive(self, key: str) -> Any:
         store = _store()
         while not store.check([key]):
             time.sleep(self.poll_seconds)
-        return _SharedUnpickler(io.BytesIO(store.get(key)), self.shared, self.device).load()
+        return self._loads(store.get(key))
 
     def _dumps(self, value: Any) -> bytes:
         buffer = io.BytesIO()
         _SharedPickler(buffer, self.shared).dump(value)
         return buffer.getvalue()
+
+    def _loads(self, data: bytes) -> Any:
+        return _SharedUnpickler(io.BytesIO(data), self.shared, self.device).load()
 
 
 class _SharedPickler(pickle.Pickler):
@@ -312,7 +368,7 @@ class _SharedPickler(pickle.Pickler):
             return ("shared", self.names[id(value)], None)
         if isinstance(value, torch.Tensor):
             data = io.BytesIO()
-            torch.save(value.detach().cpu(), data)
+            torch.save(value.detach().cpu().clone(), data)  # its elements, not a view's storage
             return ("tensor", data.getvalue(), (value.device.type, value.requires_grad,
                                                 isinstance(value, nn.Parameter)))
         return None

@@ -63,14 +63,20 @@ def check_output_directory(path: str | Path, option: str = "--out") -> Path:
     return path
 
 
-def record_settings(path: str | Path, settings: dict[str, Any], what: str) -> None:
-    """Write ``settings`` to ``path``, or, where ``path`` holds other settings, refuse (``what``
-    names the results kept beside them), so that nothing written with other settings is lost or
-    mixed with new results."""
+def check_settings(path: str | Path, settings: dict[str, Any], what: str) -> None:
+    """Refuse where ``path`` holds other settings than ``settings`` (``what`` names the results
+    kept beside them)."""
     path = Path(path)
     if path.exists() and json.loads(path.read_text()) != json.loads(json.dumps(settings)):
         raise ValueError(f"{path.parent} holds {what} made with other settings ({path}); choose "
                          "another --out or remove it")
+
+
+def record_settings(path: str | Path, settings: dict[str, Any], what: str) -> None:
+    """Write ``settings`` to ``path``, or, where ``path`` holds other settings, refuse (``what``
+    names the results kept beside them), so that nothing written with other settings is lost or
+    mixed with new results."""
+    check_settings(path, settings, what)
     atomic_write_json(path, settings)
 
 

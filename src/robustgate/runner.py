@@ -107,6 +107,8 @@ def run_per_sample(
     if path.exists():
         return _read_checked(path, schema, check, total)
     known = _known_rows(path, schema, check, mine, radii)
+    if world_size > 1:  # every rank has read the partial files before any rewrites its own
+        barrier()
     missing = mine[~np.isin(mine, known.index)]
     computed = _compute(schema, compute, missing, chunk, radii, known,
                         progress, description, rank, shard_path(path, rank, world_size))

@@ -504,6 +504,7 @@ def crown_certificates(model: nn.Module, x: torch.Tensor, threat: ThreatModel,
                          "exporting form is interval_certificates)")
     _check_certifiable(model)
     num_classes = traced(model).last_layer.out_features
+    x = as_model_dtype(x, model)
     with torch.no_grad():
         walk, interval = _interval_pairs(model, x, threat, relu_inputs=True)
         _check_crown(walk)

@@ -5,6 +5,7 @@ of the adaptive attack's records, written by the resumable runner)."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ from robustgate.evaluate.records import same_labels
 from robustgate.evaluate.sanity import sanity_checks
 from robustgate.evaluate.sound_count import composition_metrics, route_counts
 from robustgate.inputs import check_inputs
-from robustgate.io import atomic_write_json, record_settings
+from robustgate.io import atomic_write_json, check_settings
 from robustgate.models import load_checkpoint, predict_logits
 from robustgate.registry import SELECTOR_KINDS
 from robustgate.runner import run_per_sample
@@ -140,11 +141,23 @@ def compose_from_checkpoints(
     summary: dict[str, Any] = {
         "branches": [str(path) for path in branches], "core": str(core),
         "selector": selector, "kappa": kappa, "samples": len(y)}
-    if process.is_main:  # predictions of other settings are refused, not resumed
-        record_settings(out / "compose.json", {
-            **summary, "threat": repr(threat), "attack": repr(attack), "form": form,
-            "threshold": threshold, "coverage": coverage,
-            "adaptive": None if adaptive is None else repr(adaptive)}, "predictions")
+    # the tables are resumed only beside the settings they were made with: every input they
+    # depend on, the data and the checkpoints by their bytes
+    made_with = {**summary, "threat": repr(threat), "attack": repr(attack), "form": form,
+                 "threshold": threshold, "coverage": coverage, "data": _digest(x, y),
+                 "calibration": None if calibration is None else _digest(calibration),
+                 "checkpoints": [_file_digest(path) for path in [*branches, core]]}
+    if (out / "predictions.csv").exists() and not (out / "compose.json").exists():
+        raise ValueError(f"{out} holds predictions.csv without the settings it was made with "
+                         "(compose.json): choose another --out or remove it")
+    attacked_with = {**made_with, "adaptive": None if adaptive is None else repr(adaptive)}
+    for name, settings, what in (("compose.json", made_with, "predictions"),
+                                 ("adaptive.json", attacked_with, "adaptive records")):
+        check_settings(out / name, settings, what)  # every rank refuses alike
+    if process.is_main:
+        atomic_write_json(out / "compose.json", made_with)
+        if adaptive is not None:
+            atomic_write_json(out / "adaptive.json", attacked_with)
     barrier(process)
     labels = y.cpu().numpy()
 
@@ -165,8 +178,9 @@ def compose_from_checkpoints(
         "routes": route_counts(accurate, route, len(models)),
     })
     checks = [getattr(selector, "attack", None) for _, selector in stages]
-    if any(isinstance(check, Cascade) for check in checks):
-        summary["cascade"] = [{"stages": list(check.stages), "decided": dict(check.decided)}
+    if any(isinstance(check, Cascade) for check in checks):  # of the inputs this call decided
+        summary["cascade"] = [{"stages": list(check.stages), "decided": dict(check.decided),
+                               "inputs_decided_now": sum(check.decided.values())}
                               for check in checks]
     threshold = getattr(stages[0][1], "threshold", None)
     if threshold is not None:
@@ -185,3 +199,22 @@ def compose_from_checkpoints(
                                               square_queries, batch_size=batch_size)
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def _digest(*tensors: torch.Tensor) -> str:
+    """The SHA-256 of the tensors' shapes, dtypes and bytes."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        values = tensor.detach().cpu().contiguous()
+        digest.update(f"{tuple(values.shape)} {values.dtype}".encode())
+        digest.update(values.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _file_digest(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

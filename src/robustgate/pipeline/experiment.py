@@ -157,9 +157,10 @@ def run_experiment(
     train_records: dict[str, Records] = {}
     models = {}
     # under torchrun rank 0 composes, counts and reports, sharing their per-sample work with
-    # the other ranks, which hold the same models
+    # the other ranks, which hold the same models (its tasks' files in .crew/)
+    crew = Crew(process, device, models, out / ".crew")
     run = CompositionRun(config, out, models, records, (x_test, y_test), validation, threat,
-                         attack, device, progress, crew=Crew(process, device, models))
+                         attack, device, progress, crew=crew)
     results: SplitResults = {}
     x_certified, y_certified = run.certified_test
     dimension = x_test[0].numel()

@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from torch import nn
 from robustgate.attacks import Attack
 from robustgate.compose import ComposedClassifier
 from robustgate.config import CompositionSettings, ExperimentConfig
-from robustgate.distributed import ALONE, Crew, Process
+from robustgate.distributed import ALONE, Crew, Process, Result
 from robustgate.evaluate import (
     AdaptiveAttack,
     BoundCertificates,
@@ -53,7 +53,6 @@ from robustgate.runner import PerSampleTask
 from robustgate.threat import ThreatModel
 
 Data = tuple[torch.Tensor, torch.Tensor]
-Result = TypeVar("Result")
 
 
 def uncertified(core: Records, samples: int, eps: float) -> Records:
