@@ -287,6 +287,61 @@ def test_run_under_torchrun_shares_the_composition_stage_s_per_sample_work(tmp_p
             == untimed(json.loads((one / "metrics.json").read_text())["test"]))
 
 
+class _Summed:
+    """A crew's task: this rank's sum of the rows it takes of ``data`` through ``model`` (a shared
+    object, which travels by name), and where ``data`` came from."""
+
+    def __init__(self, model: nn.Module, data: torch.Tensor) -> None:
+        self.model, self.data = model, data
+
+    def __call__(self, process: distributed.Process) -> tuple[float, int, bool]:
+        rows = self.data[process.rank :: process.world_size]
+        return float(self.model(rows).sum()), len(rows), self.model is _SHARED_MODEL[0]
+
+
+_SHARED_MODEL: list[nn.Module] = []
+
+
+def _crew_worker(rank: int, port: int, directory: str) -> None:
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    _SHARED_MODEL.append(nn.Linear(4, 1))
+    process = distributed.start("cpu")
+    crew = distributed.Crew(process, "cpu", {"model": _SHARED_MODEL[0]}, directory)
+    try:
+        if not process.is_main:
+            crew.serve()
+            return
+        with crew:
+            # 4 million floats (16 MB, twice the store's value cap), of which the task carries a
+            # slice of 3 million: the slice's own elements travel, not its storage
+            data = torch.arange(4_000_000, dtype=torch.float32).view(-1, 4) / 4e6
+            task = _Summed(_SHARED_MODEL[0], data[: 750_000])
+            results = crew.share(task)
+            assert [count for _, count, _ in results] == [375_000, 375_000]
+            assert all(shared for _, _, shared in results)  # each rank's own model
+            assert sum(total for total, _, _ in results) == pytest.approx(
+                float(_SHARED_MODEL[0](data[: 750_000]).sum()), rel=1e-5)
+            assert crew.share(task) == results  # a second task, after the first's clean-up
+    finally:
+        distributed.stop()
+    assert not Path(directory).exists()  # every task file removed, the directory too
+
+
+def test_a_crew_shares_tasks_larger_than_the_store_takes_and_sends_shared_models_by_name(
+        tmp_path):
+    import socket
+
+    import torch.multiprocessing as multiprocessing
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    multiprocessing.spawn(_crew_worker, args=(port, str(tmp_path / ".crew")), nprocs=2)
+
+
 def untimed(value: Any) -> Any:
     """``value`` without its timing entries (keys naming seconds)."""
     if isinstance(value, dict):
