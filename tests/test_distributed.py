@@ -236,8 +236,9 @@ def test_run_under_torchrun_shares_the_composition_stage_s_per_sample_work(tmp_p
                                                                           monkeypatch):
     """Rank 0's composition stage hands its per-sample work to every rank
     (``distributed.Crew``): the AutoAttack cross-check, the records on the validation points
-    (an operating point's κ), the adaptive attack on a robustness selector, a learned gate (a
-    model rank 0 alone trained, sent whole) and soft mixing. Rank 1 computes its shard of each;
+    (an operating point's κ), the adaptive attack on a robustness selector, the cascade's
+    decisions on the test points, a learned gate (a model rank 0 alone trained, sent whole) and
+    soft mixing. Rank 1 computes its shard of each;
     the files are those of one process, the adaptive attack's candidate counts summed over the
     ranks."""
     mlp = {"architecture": "MLP", "arguments": {"in_features": 2, "hidden": [16, 16]}}
@@ -256,6 +257,7 @@ def test_run_under_torchrun_shares_the_composition_stage_s_per_sample_work(tmp_p
         "compositions": [
             {"branch": "robust", "core": "core",
              "operating_point": {"max_accuracy_drop": 0.05, "kappas": [1, 2]}},
+            {"branch": "robust", "core": "core", "cascade": True},
             {"branch": "robust", "core": "core", "selector": "gate"},
             {"branch": "robust", "core": "core", "selector": "mixing"}],
         "calibration": {"gate": {"train": {"epochs": 2, "batch_size": 16, "lr": 0.05}}},
@@ -273,8 +275,9 @@ def test_run_under_torchrun_shares_the_composition_stage_s_per_sample_work(tmp_p
     written = (tmp_path / "shards.log").read_text()
     shared = ["autoattack/core.csv", "autoattack/robust.csv", "records/validation/robust.csv",
               "records/validation/core.csv"] + [
-        str(path.relative_to(one)) for path in (one / "records" / "adaptive").glob("*.csv")]
-    assert len(shared) == 7, shared
+        str(path.relative_to(one)) for directory in ("adaptive", "cascade")
+        for path in (one / "records" / directory).glob("*.csv")]
+    assert len(shared) == 9, shared
     for name in shared:
         table = Path(name)
         assert f"{table.parent}/.{table.stem}.shard-1-of-2.partial.csv" in written, name
@@ -282,6 +285,11 @@ def test_run_under_torchrun_shares_the_composition_stage_s_per_sample_work(tmp_p
     for path in (one / "records" / "adaptive").glob("*.candidates.json"):
         assert (json.loads((two / path.relative_to(one)).read_text())
                 == json.loads(path.read_text())), path.name
+    # the cascade's stages are chosen by their measured cost: its counts over both ranks
+    (decided,) = (two / "records" / "cascade").glob("*.decided.json")
+    tested = len(decided.with_name(decided.name.replace(".decided.json", ".csv"))
+                 .read_text().splitlines()) - 1
+    assert tested > 0 and sum(json.loads(decided.read_text()).values()) == tested
     assert not [path for path in two.rglob("*.partial.csv")]
     assert (untimed(json.loads((two / "metrics.json").read_text())["test"])
             == untimed(json.loads((one / "metrics.json").read_text())["test"]))

@@ -18,6 +18,7 @@ robust on the larger ball, which no cascade decision at ``κ·eps`` changes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -32,7 +33,7 @@ from robustgate.config import CompositionSettings, SearchSettings, TrainSpec
 from robustgate.evaluate import Records, Selection
 from robustgate.evaluate.operating_points import SelectionAt, choose_kappa, operating_curve
 from robustgate.evaluate.results import CompositionResult, OperatingPoint
-from robustgate.io import file_name
+from robustgate.io import atomic_write_json, file_name
 from robustgate.select import (
     Cascade,
     RobustnessSelector,
@@ -144,19 +145,23 @@ class RobustnessKind(SelectorKind):
         model, selector_threat = run.models[name], run.threat.scaled(kappa)
         choice = choose_stages(model, run.calibration()[0][:CASCADE_MEASURED], selector_threat,
                                run.attack, run.config.evaluation.batch_size)
-        cascade = Cascade(run.attack, choice.stages)
-        selected = RobustnessSelector(model, run.threat, cascade, kappa,
-                                      run.config.evaluation.batch_size).select(run.test[0])
-        selected = selected.numpy()
-        records = run.records[name]
-        Records(records.labels, records.predictions, {kappa * run.eps: selected}).to_csv(
-            run.out / "records" / "cascade" / f"{file_name(composition.label)}.{name}.csv")
-        differing = np.flatnonzero(selected != records.robust_at(kappa * run.eps))
+        # the cascade's decisions on the test points: robust where it selects (each rank of the
+        # crew its shard, with the stages chosen here), its stage counts kept beside
+        path = run.out / "records" / "cascade" / f"{file_name(composition.label)}.{name}.csv"
+        cascaded, counts = run.tallied(path, model, *run.test, [kappa * run.eps],
+                                       Cascade(run.attack, choice.stages),
+                                       f"{composition.label}/{name}/cascade", "decided")
+        decided_path = path.with_suffix(".decided.json")
+        if not decided_path.exists():
+            atomic_write_json(decided_path, counts)
+        decided = json.loads(decided_path.read_text())
+        selected = cascaded.robust_at(kappa * run.eps)
+        differing = np.flatnonzero(selected != run.records[name].robust_at(kappa * run.eps))
         run.say(f"[{composition.label}] {name}: cascade {describe_route(choice.stages)}"
-                f", inputs decided per stage {dict(cascade.decided)}, {len(differing)} "
+                f", inputs decided per stage {decided}, {len(differing)} "
                 "decisions differ from the attack's")
         return Cascade(run.attack, choice.stages), selected, {
-            "choice": choice.as_dict(), "decided": dict(cascade.decided),
+            "choice": choice.as_dict(), "decided": decided,
             "selected": int(selected.sum()), "differing_decisions": len(differing),
             "differing_indices": differing.tolist()}
 

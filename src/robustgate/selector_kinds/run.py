@@ -5,7 +5,9 @@ and the files it writes beside them.
 Files in the run directory: ``records/validation/<model>.csv`` (records on the calibration
 points), ``selection/<composition>.csv`` (routes and scores), ``records/composed/<composition>.csv``
 (the composition's records in the sound form), ``records/certified/<composition>.csv`` (a
-certified composition's records), and ``records/adaptive/<composition>.csv`` (per-sample records
+certified composition's records), ``records/cascade/<composition>.<branch>.csv`` (a cascade's
+decisions on the test points, robust where it selects, with ``.decided.json``, the inputs each
+stage decided), and ``records/adaptive/<composition>.csv`` (per-sample records
 under the adaptive attack, or under the evaluation attack for a model attacked whole) with
 ``<composition>.candidates.json`` beside (how many inputs each candidate of the adaptive attack
 broke first).
@@ -248,10 +250,19 @@ class CompositionRun:
         path = self.out / "records" / "adaptive" / f"{file_name(label)}.csv"
         if not path.exists():
             self.say(f"[{label}] attacking the whole system on {limit} test points")
-        shares = self.crew.share(_AttackShard(evaluate_or_resume, (
-            path, model, self.test[0][:limit], self.test[1][:limit], self.threat, [self.eps]), {
-                "attack": attack, "batch_size": self.config.evaluation.batch_size,
-                "progress": self.progress, "description": f"{label}/adaptive"}))
+        return self.tallied(path, model, self.test[0][:limit], self.test[1][:limit],
+                            [self.eps], attack, f"{label}/adaptive", "candidate_counts")
+
+    def tallied(self, path: Path, model: Any, x: torch.Tensor, y: torch.Tensor,
+                radii: Sequence[float], attack: Any, description: str, tally: str,
+                ) -> tuple[Records, dict[str, int]]:
+        """:meth:`evaluate`, and the counts ``attack`` keeps in its attribute ``tally`` (an
+        adaptive attack's ``candidate_counts``, a cascade's ``decided``) summed over the ranks'
+        shards (of the inputs this call computed)."""
+        shares = self.crew.share(_TalliedShard(evaluate_or_resume, (path, model, x, y,
+                                                                    self.threat, radii), {
+            "attack": attack, "batch_size": self.config.evaluation.batch_size,
+            "progress": self.progress, "description": description}, tally))
         counts: dict[str, int] = {}
         for _, shard_counts in shares:
             for name, count in shard_counts.items():
@@ -292,11 +303,13 @@ class CompositionRun:
         return json.loads(path.read_text())
 
 
-class _AttackShard(PerSampleTask):
-    """A rank's share of an attack on the whole system: the records (rank 0), and how many
-    inputs each candidate of the attack (an ``AdaptiveAttack``; none for others) broke first on
-    this rank's shard."""
+@dataclass
+class _TalliedShard(PerSampleTask):
+    """A rank's share of an evaluation: the records (rank 0), and the counts the attack keeps in
+    its attribute ``tally`` over this rank's shard (none where it keeps none)."""
+
+    tally: str = "candidate_counts"
 
     def __call__(self, process: Process) -> tuple[Records | None, dict[str, int]]:
         records = super().__call__(process)
-        return records, dict(getattr(self.options["attack"], "candidate_counts", {}))
+        return records, dict(getattr(self.options["attack"], self.tally, {}))
