@@ -184,7 +184,8 @@ def test_run_under_torchrun_trains_batch_norm_models_and_rank_0_reports(tmp_path
 def test_run_under_torchrun_shards_every_model_s_records_and_certificates(tmp_path,
                                                                          monkeypatch):
     """The per-sample work of ``robustgate run`` (every model's attack records, on the training
-    split too, its bound certificates and its smoothing certificates) sharded over two ranks:
+    split too, its bound certificates and its smoothing certificates, and the sequential
+    smoothing selector's decisions on the test points) sharded over two ranks:
     the same files, byte for byte (timing aside), as one process computes from the same trained
     models."""
     mlp = {"architecture": "MLP", "arguments": {"in_features": 2, "hidden": [16, 16]}}
@@ -206,7 +207,9 @@ def test_run_under_torchrun_shards_every_model_s_records_and_certificates(tmp_pa
                        "attack": {"name": "pgd", "steps": 5}, "autoattack_check": 0,
                        "splits": ["test", "train"], "certified_radii": [0.1]},
         "compositions": [{"branch": "ibp", "core": "core", "selector": "bounds"},
-                         {"branch": "gaussian", "core": "core", "selector": "smoothing"}],
+                         {"branch": "gaussian", "core": "core", "selector": "smoothing"},
+                         {"branch": "gaussian", "core": "core", "selector": "smoothing",
+                          "sequential": True}],
         "adaptive": {"limit": 0},
     }
     config = str(write_config(tmp_path / "experiment.yaml", experiment))
@@ -221,10 +224,11 @@ def test_run_under_torchrun_shards_every_model_s_records_and_certificates(tmp_pa
     per_sample = sorted(str(path.relative_to(one)) for directory in ("records", "certificates")
                         for path in (one / directory).rglob("*.csv"))
     assert {"records/test/core.csv", "records/train/ibp.csv", "certificates/test/ibp.crown.csv",
-            "certificates/test/gaussian.csv"} <= set(per_sample)
+            "certificates/test/gaussian.csv",
+            "records/sequential/gaussian-core-smoothing-sequential.csv"} <= set(per_sample)
     for name in per_sample:
         table = Path(name)
-        if table.parent.name in ("test", "train"):  # a model's: rank 1 computed its shard
+        if table.parent.name in ("test", "train", "sequential"):  # rank 1 computed its shard
             assert f"{table.parent}/.{table.stem}.shard-1-of-2.partial.csv" in written, name
         assert without_seconds(two / name) == without_seconds(one / name), name
     assert not [path for path in two.rglob("*.partial.csv")]

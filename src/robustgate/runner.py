@@ -38,6 +38,12 @@ def input_seed(seed: int, index: int, *more: int) -> int:
     return int(np.random.SeedSequence(seed, spawn_key=(index, *more)).generate_state(1)[0])
 
 
+def contiguous_runs(indices: np.ndarray) -> list[np.ndarray]:
+    """``indices`` (increasing) split into runs of consecutive ones, for computations that take
+    a block of a data set from an offset."""
+    return np.split(indices, np.flatnonzero(np.diff(indices) != 1) + 1)
+
+
 def shard_indices(total: int, chunk: int, rank: int, world_size: int) -> np.ndarray:
     """The samples among ``total`` that ``rank`` computes, increasing: the chunks ``k`` of the
     grid ``[k·chunk, (k+1)·chunk)`` with ``k ≡ rank (mod world_size)``. Whole chunks, so that

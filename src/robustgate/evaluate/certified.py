@@ -28,7 +28,7 @@ from robustgate.evaluate.records import Records, same_labels
 from robustgate.inputs import check_labels
 from robustgate.io import say
 from robustgate.models.modes import eval_mode, model_device
-from robustgate.runner import run_per_sample
+from robustgate.runner import contiguous_runs, run_per_sample
 from robustgate.table import FLAG, INTEGER, REAL, Column, Schema, Table, radius_column, read_table
 from robustgate.threat import ThreatModel
 
@@ -239,10 +239,9 @@ def certify_smoothed(
 
     def compute(indices: np.ndarray) -> Table:
         began = time.perf_counter()
-        runs = np.split(indices, np.flatnonzero(np.diff(indices) != 1) + 1)  # contiguous runs
         predictions, radii, p_lower = (torch.cat(parts) for parts in zip(*(
             smooth.certify(x[run[0] : run[-1] + 1], n0, n, alpha, seed=seed, offset=int(run[0]))
-            for run in runs), strict=True))
+            for run in contiguous_runs(indices)), strict=True))
         seconds = np.full(len(indices), (time.perf_counter() - began) / len(indices))
         return Certificates(labels[indices], predictions.numpy(), radii.numpy(),
                             p_lower.numpy(), seconds, indices).table()

@@ -10,8 +10,9 @@ deployed as a majority vote of its ``votes`` draws, where its certified radius r
 
 Its sequential form (``sequential: true``) deploys the selector as a sequential test
 (``Smooth.decide`` up to the settings' ``n`` draws, ``certify.look_schedule``): the evaluation
-deploys it on the certified test points, counts its selection, and reports the model
-evaluations it spent beside CERTIFY's ``n0 + n``; its stability is counted at
+deploys it on the certified test points (``records/sequential/<composition>.csv``, a resumable
+per-sample table every rank of a torchrun run shares), counts its selection, and reports the
+model evaluations it spent beside CERTIFY's ``n0 + n``; its stability is counted at
 ``certify.sequential_stable_radius``.
 """
 
@@ -30,10 +31,20 @@ from robustgate.config import CompositionSettings, SearchSettings, SmoothingSett
 from robustgate.evaluate import Certificates, Records, Selection
 from robustgate.evaluate.certified import certify_or_resume
 from robustgate.evaluate.operating_points import SelectionAt
+from robustgate.evaluate.records import same_labels
 from robustgate.evaluate.results import CertifiedCompositionResult
+from robustgate.io import file_name
+from robustgate.runner import contiguous_runs, run_per_sample
 from robustgate.select import SmoothingSelector
 from robustgate.selector_kinds.base import SelectorKind
 from robustgate.selector_kinds.run import CompositionRun, uncertified
+from robustgate.table import FLAG, INTEGER, Column, Schema, Table
+
+SEQUENTIAL_DECISIONS = Schema("sequential selector's decisions", leading=(
+    Column("label", INTEGER), Column("selected", FLAG), Column("prediction", INTEGER),
+    Column("model_evaluations", INTEGER)))
+# inputs per chunk of that table (and per partial write), as for CERTIFY's certificates
+DECISION_CHUNK = 100
 
 
 def smoothing_selection(certificates: Certificates, settings: SmoothingSettings,
@@ -107,11 +118,13 @@ class SmoothingKind(SelectorKind):
         name = composition.branches[0]
         settings = run.config.models[name].smoothing
         assert settings is not None
-        x = run.certified_test[0]
         selector = SmoothingSelector(Smooth.from_settings(run.models[name], settings), radius,
                                      settings, seed=run.config.seed, sequential=True)
-        selected, _, evaluations = selector.decide(x)
-        deployed = selected.numpy()
+        path = run.out / "records" / "sequential" / f"{file_name(composition.label)}.csv"
+        decisions = run.shared(sequential_decisions, selector, *run.certified_test, path,
+                               DECISION_CHUNK, description=f"{composition.label}/sequential")
+        deployed = decisions.columns["selected"]
+        evaluations = torch.from_numpy(decisions.columns["model_evaluations"])
         differing = np.flatnonzero(deployed != selection.selected)
         run.say(f"[{composition.label}] sequential selector: "
                 f"{float(evaluations.double().mean()):.0f} model evaluations per input "
@@ -154,3 +167,26 @@ def _sequential_note(sequential: dict[str, Any] | None) -> str:
 
 
 SMOOTHING = SmoothingKind()
+
+
+def sequential_decisions(selector: SmoothingSelector, x: torch.Tensor, y: torch.Tensor,
+                         path: Path, chunk: int, progress: bool = True, description: str = "",
+                         rank: int = 0, world_size: int = 1) -> Table:
+    """The sequential ``selector``'s decisions on ``(x, y)`` with the model evaluations each
+    spent, in the resumable table ``path``, ``chunk`` inputs at a time (``rank`` of
+    ``world_size`` its shard); each input's noise is drawn from the selector's seed and its
+    index."""
+    labels = y.cpu().numpy()
+
+    def compute(indices: np.ndarray) -> Table:
+        selected, predictions, evaluations = (torch.cat(parts) for parts in zip(*(
+            selector.decide(x[run[0] : run[-1] + 1], offset=int(run[0]))
+            for run in contiguous_runs(indices)), strict=True))
+        return Table(SEQUENTIAL_DECISIONS, indices, {
+            "label": labels[indices], "selected": selected.cpu().numpy(),
+            "prediction": predictions.cpu().numpy(),
+            "model_evaluations": evaluations.cpu().numpy()}, {})
+
+    return run_per_sample(SEQUENTIAL_DECISIONS, compute, len(x), chunk, (), path,
+                          same_labels(labels, "decisions"), progress, description, rank,
+                          world_size)
