@@ -214,10 +214,13 @@ def test_run_under_torchrun_shards_every_model_s_records_and_certificates(tmp_pa
     }
     config = str(write_config(tmp_path / "experiment.yaml", experiment))
     one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    (one / "decision_regions.png").write_bytes(b"")  # rank 0's alone: not drawn here
     assert main(["run", config, "--out", str(one), "--device", "cpu", "--quiet"]) == 0
     two.mkdir()
     shutil.copytree(one / "models", two / "models")
-    shutil.copy(one / "config.json", two / "config.json")
+    for name in ("config.json", "decision_regions.png"):
+        shutil.copy(one / name, two / name)
     monkeypatch.setenv("ROBUSTGATE_TEST_SHARD_LOG", str(tmp_path / "shards.log"))
     finished(torchrun(2, ["run", config, "--out", str(two)]))
     written = (tmp_path / "shards.log").read_text()
@@ -271,11 +274,15 @@ def test_run_under_torchrun_shares_the_composition_stage_s_per_sample_work(tmp_p
     }
     config = str(write_config(tmp_path / "experiment.yaml", experiment))
     one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    # the decision regions (a robustness check on each point of a 200 x 200 grid, rank 0's
+    # alone) are not what this test is about: a file in their place skips drawing them
+    (one / "decision_regions.png").write_bytes(b"")
     assert main(["run", config, "--out", str(one), "--device", "cpu", "--quiet"]) == 0
     two.mkdir()
     shutil.copytree(one / "models", two / "models",
                     ignore=shutil.ignore_patterns("gates"))  # rank 0 trains the gate again
-    for name in ("config.json", "decision_regions.png"):  # rank 0 alone draws the regions
+    for name in ("config.json", "decision_regions.png"):
         shutil.copy(one / name, two / name)
     monkeypatch.setenv("ROBUSTGATE_TEST_SHARD_LOG", str(tmp_path / "shards.log"))
     finished(torchrun(2, ["run", config, "--out", str(two)]))
