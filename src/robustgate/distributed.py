@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from robustgate.device import resolve_device
+from robustgate.io import atomic_write
 
 
 @dataclass(frozen=True)
@@ -319,10 +320,8 @@ class Crew:
         path = None
         if task is not None:
             path = self._path(number)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_suffix(".partial")
-            temporary.write_bytes(self._dumps(task))
-            os.replace(temporary, path)
+            data = self._dumps(task)
+            atomic_write(path, lambda temporary: temporary.write_bytes(data))
         _store().set(self._key("task", number), self._dumps(None if path is None else str(path)))
         self._tasks += 1
         return number

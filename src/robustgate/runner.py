@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from robustgate.distributed import Process, barrier
+from robustgate.distributed import Crew, Process, barrier
 from robustgate.table import Schema, Table, canonical_radius, concatenate, read_table
 
 Compute = Callable[[np.ndarray], Table]
@@ -86,6 +86,12 @@ class PerSampleTask:
                    "progress": self.options.get("progress", True) and process.is_main}
         result = self.compute(*self.arguments, **options)
         return result if process.is_main else None
+
+
+def shared(crew: Crew, compute: Callable[..., Any], *arguments: Any, **options: Any) -> Any:
+    """``compute(*arguments, **options)`` as a :class:`PerSampleTask` on every rank of ``crew``
+    (each its shard; in one process, the whole); rank 0's result."""
+    return crew.share(PerSampleTask(compute, arguments, options))[0]
 
 
 def run_per_sample(

@@ -20,7 +20,7 @@ from robustgate.distributed import ALONE, Crew
 from robustgate.evaluate.records import Records, evaluate_or_resume
 from robustgate.evaluate.results import AutoAttackCheck
 from robustgate.io import say
-from robustgate.runner import PerSampleTask
+from robustgate.runner import shared
 from robustgate.threat import ThreatModel
 
 
@@ -44,11 +44,9 @@ def autoattack_check(
         say(f"[{name}] AutoAttack check on {count} test points", progress)
         reference = records[name]
         radii = sorted(reference.robust)
-        strong = crew.share(PerSampleTask(
-            evaluate_or_resume, (directory / f"{name}.csv", model, x[:count], y[:count], threat,
-                                 radii, attack),
-            {"batch_size": batch_size, "progress": progress,
-             "description": f"{name}/autoattack"}))[0]
+        strong = shared(crew, evaluate_or_resume, directory / f"{name}.csv", model, x[:count],
+                        y[:count], threat, radii, attack, batch_size=batch_size,
+                        progress=progress, description=f"{name}/autoattack")
         evaluation = float((reference.accurate & reference.robust_at(threat.eps))[:count].mean())
         autoattack = float((strong.accurate & strong.robust_at(threat.eps)).mean())
         check[name] = AutoAttackCheck(

@@ -17,6 +17,7 @@ import torch
 from robustgate.attacks import Attack, check_attack_applies
 from robustgate.compose import ComposedClassifier
 from robustgate.config import DEFAULT_KAPPAS
+from robustgate.data.idx import file_digest
 from robustgate.distributed import ALONE, Process, barrier
 from robustgate.evaluate import (
     AdaptiveAttack,
@@ -146,7 +147,8 @@ def compose_from_checkpoints(
     made_with = {**summary, "threat": repr(threat), "attack": repr(attack), "form": form,
                  "threshold": threshold, "coverage": coverage, "data": _digest(x, y),
                  "calibration": None if calibration is None else _digest(calibration),
-                 "checkpoints": [_file_digest(path) for path in [*branches, core]]}
+                 "checkpoints": [file_digest(Path(path), "sha256")
+                                 for path in [*branches, core]]}
     if (out / "predictions.csv").exists() and not (out / "compose.json").exists():
         raise ValueError(f"{out} holds predictions.csv without the settings it was made with "
                          "(compose.json): choose another --out or remove it")
@@ -208,13 +210,4 @@ def _digest(*tensors: torch.Tensor) -> str:
         values = tensor.detach().cpu().contiguous()
         digest.update(f"{tuple(values.shape)} {values.dtype}".encode())
         digest.update(values.numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _file_digest(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
     return digest.hexdigest()

@@ -18,7 +18,6 @@ robust on the larger ball, which no cascade decision at ``κ·eps`` changes.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -33,7 +32,7 @@ from robustgate.config import CompositionSettings, SearchSettings, TrainSpec
 from robustgate.evaluate import Records, Selection
 from robustgate.evaluate.operating_points import SelectionAt, choose_kappa, operating_curve
 from robustgate.evaluate.results import CompositionResult, OperatingPoint
-from robustgate.io import atomic_write_json, file_name
+from robustgate.io import file_name
 from robustgate.select import (
     Cascade,
     RobustnessSelector,
@@ -148,13 +147,10 @@ class RobustnessKind(SelectorKind):
         # the cascade's decisions on the test points: robust where it selects (each rank of the
         # crew its shard, with the stages chosen here), its stage counts kept beside
         path = run.out / "records" / "cascade" / f"{file_name(composition.label)}.{name}.csv"
-        cascaded, counts = run.tallied(path, model, *run.test, [kappa * run.eps],
-                                       Cascade(run.attack, choice.stages),
-                                       f"{composition.label}/{name}/cascade", "decided")
-        decided_path = path.with_suffix(".decided.json")
-        if not decided_path.exists():
-            atomic_write_json(decided_path, counts)
-        decided = json.loads(decided_path.read_text())
+        cascaded, decided = run.tallied(path, model, *run.test, [kappa * run.eps],
+                                        Cascade(run.attack, choice.stages),
+                                        f"{composition.label}/{name}/cascade", "decided",
+                                        path.with_suffix(".decided.json"))
         selected = cascaded.robust_at(kappa * run.eps)
         differing = np.flatnonzero(selected != run.records[name].robust_at(kappa * run.eps))
         run.say(f"[{composition.label}] {name}: cascade {describe_route(choice.stages)}"

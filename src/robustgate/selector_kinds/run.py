@@ -51,7 +51,7 @@ from robustgate.evaluate.statistics import clopper_pearson
 from robustgate.io import atomic_write_json, file_name, say
 from robustgate.models.modes import predict_logits
 from robustgate.registry import SELECTOR_KINDS
-from robustgate.runner import PerSampleTask
+from robustgate.runner import PerSampleTask, shared
 from robustgate.threat import ThreatModel
 
 Data = tuple[torch.Tensor, torch.Tensor]
@@ -103,8 +103,7 @@ class CompositionRun:
         ``world_size`` and ``progress`` (``evaluate_or_resume``, ``certify_or_resume``,
         ``bound_certificates_or_resume``), on every rank of the crew, each its shard (in one
         process, the whole); its result."""
-        return self.crew.share(PerSampleTask(compute, arguments,
-                                             {"progress": self.progress, **options}))[0]
+        return shared(self.crew, compute, *arguments, **{"progress": self.progress, **options})
 
     def evaluate(self, path: Path, model: nn.Module | ComposedClassifier, x: torch.Tensor,
                  y: torch.Tensor, radii: Sequence[float], attack: Any, description: str
@@ -238,12 +237,12 @@ class CompositionRun:
 
     # -- attacks on the whole system -----------------------------------------------------------
 
-    def attacked(self, label: str, model: Any, attack: Any
+    def attacked(self, label: str, model: Any, attack: Any, kept: Path | None = None
                  ) -> tuple[Records | None, dict[str, int]]:
         """Records of ``model`` (a composition, or a model attacked whole) under ``attack`` on
         the first ``adaptive.limit`` test points (resumable; each rank of the crew its shard),
-        and how many inputs each candidate of an adaptive ``attack`` broke first, summed over
-        the ranks (of the inputs this call computed)."""
+        and how many inputs each candidate of an adaptive ``attack`` broke first
+        (:meth:`tallied`, ``kept`` there)."""
         limit = min(self.config.adaptive.limit, len(self.test[1]))
         if limit == 0:
             return None, {}
@@ -251,14 +250,15 @@ class CompositionRun:
         if not path.exists():
             self.say(f"[{label}] attacking the whole system on {limit} test points")
         return self.tallied(path, model, self.test[0][:limit], self.test[1][:limit],
-                            [self.eps], attack, f"{label}/adaptive", "candidate_counts")
+                            [self.eps], attack, f"{label}/adaptive", "candidate_counts", kept)
 
     def tallied(self, path: Path, model: Any, x: torch.Tensor, y: torch.Tensor,
                 radii: Sequence[float], attack: Any, description: str, tally: str,
-                ) -> tuple[Records, dict[str, int]]:
+                kept: Path | None = None) -> tuple[Records, dict[str, int]]:
         """:meth:`evaluate`, and the counts ``attack`` keeps in its attribute ``tally`` (an
         adaptive attack's ``candidate_counts``, a cascade's ``decided``) summed over the ranks'
-        shards (of the inputs this call computed)."""
+        shards, of the inputs this call computed; with ``kept``, written there by the first
+        call and read back from there by every later one."""
         shares = self.crew.share(_TalliedShard(evaluate_or_resume, (path, model, x, y,
                                                                     self.threat, radii), {
             "attack": attack, "batch_size": self.config.evaluation.batch_size,
@@ -267,23 +267,25 @@ class CompositionRun:
         for _, shard_counts in shares:
             for name, count in shard_counts.items():
                 counts[name] = counts.get(name, 0) + count
-        return shares[0][0], counts
+        if kept is None:
+            return shares[0][0], counts
+        if not kept.exists():
+            atomic_write_json(kept, counts)
+        return shares[0][0], json.loads(kept.read_text())
 
     def adaptive(self, label: str, composed: ComposedClassifier, counted: Records
                  ) -> AdaptiveComparison | None:
         """The composition under the adaptive attack against its count."""
         attack = AdaptiveAttack(**self.config.adaptive.attack_options(), seed=self.config.seed)
-        attacked, counts = self.attacked(label, composed, attack)
+        attacked, candidates = self.attacked(
+            label, composed, attack,
+            self.out / "records" / "adaptive" / f"{file_name(label)}.candidates.json")
         if attacked is None:
             return None
-        candidates_path = self.out / "records" / "adaptive" / f"{file_name(label)}.candidates.json"
-        if not candidates_path.exists():
-            atomic_write_json(candidates_path, counts)
         return AdaptiveComparison(
             **compare_with_attack(attacked, counted, self.eps), attack=repr(attack),
             # which candidate broke each input first (of the attacks that wrote the records)
-            candidates=json.loads(candidates_path.read_text()),
-            sanity=self._sanity(label, composed, attack))
+            candidates=candidates, sanity=self._sanity(label, composed, attack))
 
     def _sanity(self, label: str, composed: ComposedClassifier, attack: AdaptiveAttack
                 ) -> dict[str, Any] | None:

@@ -56,6 +56,29 @@ def smoothing_selection(certificates: Certificates, settings: SmoothingSettings,
                                                      kappa, sequential)
 
 
+def sequential_decisions(selector: SmoothingSelector, x: torch.Tensor, y: torch.Tensor,
+                         path: Path, chunk: int, progress: bool = True, description: str = "",
+                         rank: int = 0, world_size: int = 1) -> Table:
+    """The sequential ``selector``'s decisions on ``(x, y)`` with the model evaluations each
+    spent, in the resumable table ``path``, ``chunk`` inputs at a time (``rank`` of
+    ``world_size`` its shard); each input's noise is drawn from the selector's seed and its
+    index."""
+    labels = y.cpu().numpy()
+
+    def compute(indices: np.ndarray) -> Table:
+        selected, predictions, evaluations = (torch.cat(parts) for parts in zip(*(
+            selector.decide(x[run[0] : run[-1] + 1], offset=int(run[0]))
+            for run in contiguous_runs(indices)), strict=True))
+        return Table(SEQUENTIAL_DECISIONS, indices, {
+            "label": labels[indices], "selected": selected.cpu().numpy(),
+            "prediction": predictions.cpu().numpy(),
+            "model_evaluations": evaluations.cpu().numpy()}, {})
+
+    return run_per_sample(SEQUENTIAL_DECISIONS, compute, len(x), chunk, (), path,
+                          same_labels(labels, "decisions"), progress, description, rank,
+                          world_size)
+
+
 class SmoothingKind(SelectorKind):
     name = "smoothing"
     certified = True
@@ -124,13 +147,13 @@ class SmoothingKind(SelectorKind):
         decisions = run.shared(sequential_decisions, selector, *run.certified_test, path,
                                DECISION_CHUNK, description=f"{composition.label}/sequential")
         deployed = decisions.columns["selected"]
-        evaluations = torch.from_numpy(decisions.columns["model_evaluations"])
+        evaluations = float(decisions.columns["model_evaluations"].mean())
         differing = np.flatnonzero(deployed != selection.selected)
-        run.say(f"[{composition.label}] sequential selector: "
-                f"{float(evaluations.double().mean()):.0f} model evaluations per input "
-                f"(CERTIFY {settings.n0 + settings.n}), {len(differing)} selections differ")
+        run.say(f"[{composition.label}] sequential selector: {evaluations:.0f} model "
+                f"evaluations per input (CERTIFY {settings.n0 + settings.n}), {len(differing)} "
+                "selections differ")
         return replace(selection, selected=deployed), {"sequential": {
-            "model_evaluations_per_input": float(evaluations.double().mean()),
+            "model_evaluations_per_input": evaluations,
             "certify_evaluations_per_input": settings.n0 + settings.n,
             "differing_selections": len(differing), "differing_indices": differing.tolist()}}
 
@@ -168,25 +191,3 @@ def _sequential_note(sequential: dict[str, Any] | None) -> str:
 
 SMOOTHING = SmoothingKind()
 
-
-def sequential_decisions(selector: SmoothingSelector, x: torch.Tensor, y: torch.Tensor,
-                         path: Path, chunk: int, progress: bool = True, description: str = "",
-                         rank: int = 0, world_size: int = 1) -> Table:
-    """The sequential ``selector``'s decisions on ``(x, y)`` with the model evaluations each
-    spent, in the resumable table ``path``, ``chunk`` inputs at a time (``rank`` of
-    ``world_size`` its shard); each input's noise is drawn from the selector's seed and its
-    index."""
-    labels = y.cpu().numpy()
-
-    def compute(indices: np.ndarray) -> Table:
-        selected, predictions, evaluations = (torch.cat(parts) for parts in zip(*(
-            selector.decide(x[run[0] : run[-1] + 1], offset=int(run[0]))
-            for run in contiguous_runs(indices)), strict=True))
-        return Table(SEQUENTIAL_DECISIONS, indices, {
-            "label": labels[indices], "selected": selected.cpu().numpy(),
-            "prediction": predictions.cpu().numpy(),
-            "model_evaluations": evaluations.cpu().numpy()}, {})
-
-    return run_per_sample(SEQUENTIAL_DECISIONS, compute, len(x), chunk, (), path,
-                          same_labels(labels, "decisions"), progress, description, rank,
-                          world_size)
