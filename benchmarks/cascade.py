@@ -31,18 +31,16 @@ from __future__ import annotations
 import os
 
 import torch
-from support.branches import TRAINING_IMAGES, branch, describe
+from support.branches import TRAINING_IMAGES, branch, branch_or_checkpoint, describe
 from support.harness import interleaved, mnist, start, table
 
 from robustgate.attacks import Attack, build_attack, check_robustness
 from robustgate.config import EVALUATION_ATTACK
-from robustgate.models import load_checkpoint
 from robustgate.select import Cascade, choose_stages
 from robustgate.threat import ThreatModel
 
 IMAGES = int(os.environ.get("ROBUSTGATE_CASCADE_IMAGES", "300"))
 BRANCHES = os.environ.get("ROBUSTGATE_CASCADE_BRANCHES", "ibp,trades,era").split(",")
-CHECKPOINT = os.environ.get("ROBUSTGATE_CASCADE_CHECKPOINT")
 EPS, BATCH, MEASURED = 0.1, 500, 256
 
 
@@ -54,9 +52,9 @@ def main() -> None:
     threat = ThreatModel("linf", EPS)
     attack = build_attack(EVALUATION_ATTACK, seed=0)
     print(f"{len(x)} images of {source}, eps {EPS} (linf), batch {BATCH}, attack {attack!r}")
-    if CHECKPOINT is not None:
-        model = load_checkpoint(CHECKPOINT, "cpu", trust_code=True)[0].eval()
-        compare(model, f"checkpoint {CHECKPOINT}", x, validation, threat, attack)
+    if "ROBUSTGATE_CASCADE_CHECKPOINT" in os.environ:
+        compare(*branch_or_checkpoint("checkpoint", "ROBUSTGATE_CASCADE_CHECKPOINT"), x,
+                validation, threat, attack)
         return
     for name in BRANCHES:
         compare(branch(name), describe(name), x, validation, threat, attack)

@@ -3,7 +3,8 @@ fixed-N selector (CERTIFY with ``n0`` + N draws), side by side in one run: model
 image, seconds, and the selections that differ.
 
 Model: a reduced ``gauss_050`` (SmallCNN 16/32/100 trained briefly with Gaussian noise at
-σ = 0.5 by the benchmark, ``support/branches.py``); σ = 0.5, the selector's L2 radius 0.5
+σ = 0.5 by the benchmark, ``support/branches.py``), or with ``ROBUSTGATE_SEQUENTIAL_CHECKPOINT``
+that checkpoint (e.g. the ``gauss_050`` a run of configs/mnist-certified.yaml trained); σ = 0.5, the selector's L2 radius 0.5
 (eps = 0.5, κ = 1), α = 0.001, n0 = 100, N_max = 100,000 (fixed N = 100,000 the reference,
 fixed N = 10,000 beside it), noise batch 400, on the first ``IMAGES`` MNIST test images (20 by
 default: fixed N = 100,000 is 100,100 forward passes per image on this CPU). Each selector runs
@@ -11,6 +12,8 @@ once (the model evaluations are counts, not timings). One thread.
 
     .venv/bin/python benchmarks/sequential_smoothing.py                              # 20 images
     ROBUSTGATE_SEQUENTIAL_IMAGES=100 .venv/bin/python benchmarks/sequential_smoothing.py  # issue's
+    ROBUSTGATE_SEQUENTIAL_CHECKPOINT=runs/mnist-certified/models/gauss_050/best.safetensors \
+        .venv/bin/python benchmarks/sequential_smoothing.py  # the config's own gauss_050
 
 Every differing selection is explained by the bounds: the fixed-N lower bound at level α and
 the sequential test's at level α/K (K looks) on other draws, printed for each.
@@ -22,7 +25,7 @@ import os
 import time
 
 from scipy.stats import norm
-from support.branches import branch, describe
+from support.branches import branch_or_checkpoint
 from support.harness import mnist, start
 
 from robustgate.certify import Smooth, look_schedule
@@ -34,9 +37,10 @@ SIGMA, RADIUS, ALPHA, N0, N_MAX, NOISE_BATCH = 0.5, 0.5, 0.001, 100, 100_000, 40
 def main() -> None:
     start("sequential smoothing selector against fixed N")
     x, _, source = mnist("test", IMAGES)
-    smooth = Smooth(branch("gauss_050"), 10, SIGMA, batch_size=NOISE_BATCH)
+    model, description = branch_or_checkpoint("gauss_050", "ROBUSTGATE_SEQUENTIAL_CHECKPOINT")
+    smooth = Smooth(model, 10, SIGMA, batch_size=NOISE_BATCH)
     looks = look_schedule(N_MAX)
-    print(f"{describe('gauss_050')}; {len(x)} images of {source}; sigma {SIGMA}, L2 radius "
+    print(f"{description}; {len(x)} images of {source}; sigma {SIGMA}, L2 radius "
           f"{RADIUS} (threshold p > {norm.cdf(RADIUS / SIGMA):.4f}), alpha {ALPHA}, n0 {N0}, "
           f"looks {looks}, noise batch {NOISE_BATCH}")
     started = time.perf_counter()

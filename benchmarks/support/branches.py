@@ -21,7 +21,7 @@ import torch
 from support.harness import briefly_trained, mnist
 from torch import nn
 
-from robustgate.models import SmallCNN, StridedCNN
+from robustgate.models import SmallCNN, StridedCNN, load_checkpoint
 
 CACHE = Path(os.environ.get("ROBUSTGATE_BENCH_BRANCHES",
                             Path(__file__).resolve().parents[2] / "runs" / "bench-branches"))
@@ -69,3 +69,14 @@ def branch(name: str) -> nn.Module:
     CACHE.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     return model.eval()
+
+
+def branch_or_checkpoint(name: str, variable: str) -> tuple[nn.Module, str]:
+    """The checkpoint the environment variable ``variable`` names (a fully trained branch, e.g.
+    the ``name`` model of a run of its shipped config), else the reduced branch ``name``; with
+    its description, in eval mode."""
+    checkpoint = os.environ.get(variable)
+    if checkpoint is None:
+        return branch(name), describe(name)
+    model = load_checkpoint(checkpoint, "cpu", trust_code=True)[0].eval()
+    return model, f"{name}: checkpoint {checkpoint} (fully trained, from {variable})"
