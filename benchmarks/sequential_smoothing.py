@@ -4,11 +4,11 @@ image, seconds, and the selections that differ.
 
 Model: a reduced ``gauss_050`` (SmallCNN 16/32/100 trained briefly with Gaussian noise at
 σ = 0.5 by the benchmark, ``support/branches.py``), or with ``ROBUSTGATE_SEQUENTIAL_CHECKPOINT``
-that checkpoint (e.g. the ``gauss_050`` a run of configs/mnist-certified.yaml trained); σ = 0.5, the selector's L2 radius 0.5
-(eps = 0.5, κ = 1), α = 0.001, n0 = 100, N_max = 100,000 (fixed N = 100,000 the reference,
-fixed N = 10,000 beside it), noise batch 400, on the first ``IMAGES`` MNIST test images (20 by
-default: fixed N = 100,000 is 100,100 forward passes per image on this CPU). Each selector runs
-once (the model evaluations are counts, not timings). One thread.
+that checkpoint (e.g. the ``gauss_050`` a run of configs/mnist-certified.yaml trained); σ = 0.5,
+the selector's L2 radius 0.5 (eps = 0.5, κ = 1), α = 0.001, n0 = 100, N_max = 100,000 (fixed
+N = 100,000 the reference, fixed N = 10,000 beside it), noise batch 400, on the first ``IMAGES``
+MNIST test images (20 by default: fixed N = 100,000 is 100,100 forward passes per image on this
+CPU). Each selector runs once (the model evaluations are counts, not timings). One thread.
 
     .venv/bin/python benchmarks/sequential_smoothing.py                              # 20 images
     ROBUSTGATE_SEQUENTIAL_IMAGES=100 .venv/bin/python benchmarks/sequential_smoothing.py  # issue's

@@ -191,3 +191,16 @@ def test_the_demo_recipe_reproduces_the_paper_picture(tmp_path):
         # the count is a lower bound on the deployed system's exact robust accuracy
         assert sound.robust_accuracy <= exact["robust_accuracy"]
         assert exact["natural_accuracy"] == pytest.approx(sound.natural_accuracy, abs=0.005)
+
+
+def test_the_demo_prints_the_test_points_last(tmp_path, capsys, monkeypatch):
+    class Result:
+        def to_json(self) -> dict:
+            return {split: {"standard": {"natural_accuracy": accuracy, "robust_accuracy": 0.5}}
+                    for split, accuracy in (("test", 0.25), ("train", 0.75))}
+
+    monkeypatch.setattr("robustgate.cli._experiment", lambda *arguments: Result())
+    assert main(["demo", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.index("train points") < printed.index("test points")
+    assert printed.index("75.0%") < printed.index("25.0%")
