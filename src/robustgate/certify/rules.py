@@ -266,9 +266,14 @@ def _fixed_windows(layer: nn.AdaptiveAvgPool2d, input_shape: torch.Size) -> nn.A
 
 
 def _centre_radius(low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The centre and radius of ``[low, high]`` (in two passes over memory)."""
-    centre = torch.lerp(low, high, 0.5)
-    return centre, high - centre
+    """The centre and radius of ``[low, high]``, both the caller's own tensors: computed in
+    their place where no gradient flows through them (a certificate: no new tensor of the
+    layer's size), out of place under autograd (certified training)."""
+    if low.requires_grad or high.requires_grad:
+        centre = torch.lerp(low, high, 0.5)
+        return centre, high - centre
+    centre = low.lerp_(high, 0.5)
+    return centre, high.sub_(centre)
 
 
 def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
