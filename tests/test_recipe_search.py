@@ -127,7 +127,7 @@ def test_without_an_accepted_pair_the_closest_is_named():
 # -- configuration ---------------------------------------------------------------------------
 
 MLP = {"architecture": "MLP", "arguments": {"in_features": 2, "hidden": [64, 64, 64]}}
-TRAIN = {"epochs": 20, "batch_size": 10, "lr": 0.03, "weight_decay": 0.0001}
+TRAIN = {"epochs": 10, "batch_size": 10, "lr": 0.03, "weight_decay": 0.0001}
 THREAT = {"norm": "linf", "eps": 0.1}
 ATTACK = {"steps": 10, "relative_step": 0.25}
 SEARCH = {
