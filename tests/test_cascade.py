@@ -24,7 +24,7 @@ from robustgate.select import CASCADE_STAGES, Cascade, RobustnessSelector, choos
 from robustgate.select.cascade import MARGIN_TOLERANCE, certified_by, cheapest_cascade
 from robustgate.threat import ThreatModel
 from robustgate.train import TrainConfig, fit
-from tests.conftest import exact_radius, random_linear
+from tests.conftest import exact_radius, random_linear, without_decision_regions
 
 # PGD without a random start: its answer on an input does not depend on the batch it is in, so
 # the cascade and the attack alone must agree exactly
@@ -147,8 +147,8 @@ def test_the_cascade_form_runs_through_an_experiment_and_reports_its_stages(tmp_
     config = parse_config(values, type(config))
     label = "era→standard [cascade]"
     assert [c.label for c in config.compositions][1] == label
-    (tmp_path / "decision_regions.png").write_bytes(b"")  # kept as drawn: not under test here
-    result = run_experiment(config, tmp_path, device="cpu", progress=False).test
+    result = run_experiment(config, without_decision_regions(tmp_path), device="cpu",
+                            progress=False).test
     cascade = result[label].extras["cascade"]["era"]
     assert sum(cascade["decided"].values()) == 100
     plain = result["era→standard"]

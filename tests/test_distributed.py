@@ -23,7 +23,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import yaml
-from conftest import checkpoint_weights, interrupt_training_after, without_seconds
+from conftest import (
+    checkpoint_weights,
+    interrupt_training_after,
+    without_decision_regions,
+    without_seconds,
+)
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -214,8 +219,7 @@ def test_run_under_torchrun_shards_every_model_s_records_and_certificates(tmp_pa
     }
     config = str(write_config(tmp_path / "experiment.yaml", experiment))
     one, two = tmp_path / "one", tmp_path / "two"
-    one.mkdir()
-    (one / "decision_regions.png").write_bytes(b"")  # rank 0's alone: not drawn here
+    without_decision_regions(one)  # rank 0's alone: not under test
     assert main(["run", config, "--out", str(one), "--device", "cpu", "--quiet"]) == 0
     two.mkdir()
     shutil.copytree(one / "models", two / "models")
@@ -274,10 +278,7 @@ def test_run_under_torchrun_shares_the_composition_stage_s_per_sample_work(tmp_p
     }
     config = str(write_config(tmp_path / "experiment.yaml", experiment))
     one, two = tmp_path / "one", tmp_path / "two"
-    one.mkdir()
-    # the decision regions (a robustness check on each point of a 200 x 200 grid, rank 0's
-    # alone) are not what this test is about: a file in their place skips drawing them
-    (one / "decision_regions.png").write_bytes(b"")
+    without_decision_regions(one)  # rank 0's alone: not under test
     assert main(["run", config, "--out", str(one), "--device", "cpu", "--quiet"]) == 0
     two.mkdir()
     shutil.copytree(one / "models", two / "models",

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import interrupt_at_call
+from conftest import interrupt_at_call, without_decision_regions
 
 from robustgate.cli import main
 from robustgate.config import ExperimentConfig, demo_config, parse_config
@@ -114,10 +114,9 @@ def test_small_demo_writes_the_report_with_the_exact_count_and_the_regions(tmp_p
 
 
 def test_an_interrupted_demo_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
-    for run in ("straight", "resumed"):  # the regions kept as drawn: the results are under test
-        (tmp_path / run).mkdir()
-        (tmp_path / run / "decision_regions.png").write_bytes(b"")
-    straight = run_experiment(small_demo(), tmp_path / "straight", device="cpu", progress=False)
+    straight = run_experiment(small_demo(), without_decision_regions(tmp_path / "straight"),
+                              device="cpu", progress=False)
+    without_decision_regions(tmp_path / "resumed")
     interrupt_at_call(monkeypatch, experiment, "evaluate_or_resume", 4)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(small_demo(), tmp_path / "resumed", device="cpu", progress=False)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import without_decision_regions
 from test_pipeline import small_demo
 
 import robustgate
@@ -61,8 +62,8 @@ def test_a_kind_named_nowhere_but_here_runs_through_a_whole_experiment(branch_al
                                        "selector": "branch_alone"}])
     label = "era→standard [branch_alone]"
     assert [c.label for c in config.compositions] == ["era→standard", label]
-    (tmp_path / "decision_regions.png").write_bytes(b"")  # kept as drawn: not under test here
-    result = run_experiment(config, tmp_path, device="cpu", progress=False)
+    result = run_experiment(config, without_decision_regions(tmp_path), device="cpu",
+                            progress=False)
     branch = Records.read_csv(tmp_path / "records" / "test" / "era.csv")
     counted = result.test[label]
     assert counted.selection_rate == 1.0
