@@ -6,6 +6,7 @@ from conftest import Linear, exact_radius, random_linear
 
 from robustgate.attacks import (
     PGD,
+    AttackSequence,
     AutoAttackAdapter,
     build_attack,
     check_robustness,
@@ -244,22 +245,63 @@ def test_each_attack_parameter_has_one_default_wherever_it_is_set():
 def test_the_records_check_is_raised_to_the_strong_rule_by_default():
     cheaper = AttackSettings(name="pgd", steps=10, relative_step=0.1, objective="ce",
                              target_classes=2)
-    strong = records_check(cheaper, "strong", 10)
-    assert (strong.objective, strong.restarts, strong.target_classes, strong.steps) == (
-        "margin", 2, 9, 20)  # every other class, 2 restarts, enough steps to cross the ball
-    assert records_check(cheaper, "attack", 10) == cheaper  # the cheaper check, kept
-    assert records_check(AttackSettings(name="apgd-ce"), "strong", 10).name == "autoattack"
-    autoattack = AttackSettings(name="autoattack")
-    assert records_check(autoattack, "strong", 10) == autoattack
+    strong = records_check(cheaper, "strong", 10, seed=0)
+    assert isinstance(strong, AttackSequence)
+    pgd, apgd = strong.attacks
+    # margin PGD, 2 restarts, enough steps to cross the ball; the targeted runs are APGD-T's
+    assert (pgd.objective, pgd.restarts, pgd.target_classes, pgd.steps) == ("margin", 2, 0, 20)
+    assert apgd.attacks == ("apgd-ce", "apgd-t") and (apgd.iterations, apgd.restarts) == (100, 1)
+    # three classes: APGD-T's loss is undefined, the PGD aims at every other class itself
+    pgd, apgd = records_check(cheaper, "strong", 3, seed=0).attacks
+    assert pgd.target_classes == 2 and apgd.attacks == ("apgd-ce",)
+    assert repr(records_check(cheaper, "attack", 10, seed=0)) == repr(
+        build_attack(cheaper, seed=0))  # the cheaper check, kept
+    assert records_check(AttackSettings(name="apgd-ce"), "strong", 10, seed=0).attacks is None
+    assert records_check(AttackSettings(name="autoattack"), "strong", 10, seed=0).attacks is None
     with pytest.raises(ValueError, match="unknown records check 'weak'"):
-        records_check(cheaper, "weak", 10)
+        records_check(cheaper, "weak", 10, seed=0)
+
+
+class _Shift:
+    """A fake attack that moves the inputs ``where`` by ``by`` along the first feature."""
+
+    def __init__(self, where: list[int], by: float) -> None:
+        self.where, self.by, self.seen = where, by, []
+
+    def __call__(self, model, x, target, threat):
+        self.seen.append(len(x))
+        moved = x.clone()
+        for position in self.where:
+            if position < len(x):
+                moved[position, 0] += self.by
+        return moved
+
+
+def test_an_attack_sequence_keeps_every_stage_s_flips_and_attacks_only_what_stands():
+    """A two-class model that flips where the first feature passes 0.5: the first stage breaks
+    input 0, the second the first two of what stands (inputs 1 and 2); every other input holds
+    and comes back unmoved."""
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]))
+        model.bias.copy_(torch.tensor([0.5, -0.5]))
+    x = torch.full((5, 2), 0.45)
+    first, second = _Shift([0], 0.1), _Shift([0, 1], 0.1)
+    threat = ThreatModel("linf", 0.1)
+    predicted, robust = check_robustness(model, x, threat, AttackSequence([first, second]))
+    assert predicted.tolist() == [0] * 5
+    assert robust.tolist() == [False, False, False, True, True]
+    assert (first.seen, second.seen) == ([5], [4])
+    assert torch.equal(AttackSequence([first, second])(model, x, predicted, threat)[3:], x[3:])
+    with pytest.raises(ValueError, match="at least one attack"):
+        AttackSequence([])
 
 
 def test_the_strong_check_finds_the_flips_towards_an_unlikely_class_the_cheaper_one_misses():
     """Class 3 is the least likely at x yet the only one reachable in the ball, along a direction
     that every likelier class's gradient points away from: the margin run led by the runner-up
-    and the targeted runs towards the 2 likeliest classes miss it; a targeted run towards every
-    class finds it on every input."""
+    and the targeted runs towards the 2 likeliest classes miss it; the strong check's targeted
+    stage (APGD-T towards every other class) finds it on every input."""
     model = torch.nn.Linear(2, 4)
     weight = torch.tensor([[0.0, 0.0], [-1.0, 1.0], [-0.9, 0.9], [25.0, -25.0]])
     with torch.no_grad():
@@ -269,7 +311,6 @@ def test_the_strong_check_finds_the_flips_towards_an_unlikely_class_the_cheaper_
     threat = ThreatModel("linf", 0.1)
     cheaper = AttackSettings(name="pgd", steps=50, relative_step=0.1, target_classes=2)
     _, weak = check_robustness(model, x, threat, build_attack(cheaper, seed=0))
-    _, strong = check_robustness(model, x, threat,
-                                 build_attack(records_check(cheaper, "strong", 4), seed=0))
+    _, strong = check_robustness(model, x, threat, records_check(cheaper, "strong", 4, seed=0))
     assert not strong.any()
     assert weak.float().mean() > 0.3

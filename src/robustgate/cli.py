@@ -99,7 +99,7 @@ def _attack(args: argparse.Namespace, num_classes: int | None = None) -> Any:
                               relative_step=args.relative_step,
                               target_classes=args.target_classes)
     if num_classes is not None:
-        settings = records_check(settings, args.records_check, num_classes)
+        return records_check(settings, args.records_check, num_classes, args.seed)
     return build_attack(settings, args.seed)
 
 
@@ -514,9 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     _attack_options(evaluate)
     evaluate.add_argument("--eps", type=RADIUS, nargs="+", required=True, help="radii to check")
     evaluate.add_argument("--records-check", default="strong", choices=RECORDS_CHECKS,
-                          help="strong (default): the attack raised to margin PGD towards every "
-                          "class with restarts, or AutoAttack's standard version, as the records "
-                          "a count leans on need; attack: as given (cheaper)")
+                          help="strong (default): the attack raised to margin PGD with restarts "
+                          "then APGD-CE and APGD-T, or to AutoAttack's standard version, as the "
+                          "records a count leans on need; attack: as given (cheaper)")
     evaluate.add_argument("--out", required=True, help="directory for records and summary")
     _common(evaluate)
     _trust_code(evaluate)

@@ -314,7 +314,7 @@ class TrainRunConfig(TrainSpec):
 class EvaluationSettings(_Strict):
     attack: AttackSettings = Field(default_factory=EVALUATION_ATTACK.model_copy)
     # the check behind the records a count leans on (``attacks.records_check``): ``strong``
-    # raises ``attack`` to margin PGD towards every class with restarts (or AutoAttack's
+    # raises ``attack`` to margin PGD with restarts, then APGD-CE and APGD-T (or to AutoAttack's
     # standard version); ``attack`` keeps it as configured (cheaper)
     records_check: Literal["strong", "attack"] = "strong"
     threat: ThreatSettings = Field(default_factory=ThreatSettings)

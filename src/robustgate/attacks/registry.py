@@ -47,5 +47,6 @@ def check_attack_applies(attack: Attack, num_classes: int) -> None:
     """Refuse, before anything runs, an attack that cannot attack a model of ``num_classes``
     classes (``apgd-t`` on two classes); robustgate's PGD and the standard AutoAttack work on
     any number."""
-    if isinstance(attack, AutoAttackAdapter):
-        attack.check_classes(num_classes)
+    check_classes = getattr(attack, "check_classes", None)
+    if check_classes is not None:
+        check_classes(num_classes)

@@ -134,8 +134,7 @@ def run_experiment(
     try:
         # the attack as configured must apply, also where the records' check raises it
         check_attack_applies(build_attack(settings.attack, seed), num_classes)
-        attack = build_attack(records_check(settings.attack, settings.records_check,
-                                            num_classes), seed)
+        attack = records_check(settings.attack, settings.records_check, num_classes, seed)
         check_attack_applies(attack, num_classes)
     except ValueError as error:
         raise ValueError(f"evaluation.attack: {error}") from None

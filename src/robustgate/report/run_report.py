@@ -614,8 +614,8 @@ def _autoattack_section(run: Run) -> Section | None:
     records_check = run.config.evaluation.records_check
     notes.insert(0, (
         f"The records were written by `{attack}` "
-        + ("raised to the strong check (margin PGD towards every class with restarts, or "
-           "AutoAttack's standard version: attacks.records_check)" if records_check == "strong"
+        + ("raised to the strong check (margin PGD with restarts, then APGD-CE and APGD-T; "
+           "or AutoAttack's standard version: attacks.records_check)" if records_check == "strong"
            else "as configured (evaluation.records_check: attack, the cheaper check)")
         + f"; AutoAttack checked them on the first {run.config.evaluation.autoattack_check} "
         "test points at every radius they hold."))
