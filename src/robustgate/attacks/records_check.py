@@ -23,10 +23,11 @@ towards every other class (this module's previous strong rule, and one run more)
 inputs robust; APGD-CE and APGD-T after its untargeted runs held 231 (34 more flips, none that
 the targeted PGD found and APGD missed), and AutoAttack's standard version broke 1 of those 231
 more; the sequence took 1.4 times the PGD rule's time. On the ``era_2eps`` branch at 0.2 (300
-images) it held 287 against 288, AutoAttack's Square 1 more, at 1.8 times the time. FAB-T and Square, the two stages left
-out, cost most where inputs hold (Square's 5,000 queries on each): the run's cross-check against
-the whole ensemble on a subset (``evaluate.cross_check``) reports every flip they find that the
-check missed, each a witness that the check is weaker than AutoAttack on that model.
+images) it held 287 against 288, AutoAttack's Square 1 more, at 1.8 times the time. FAB-T and
+Square, the two stages left out, cost most where inputs hold (Square's 5,000 queries on each):
+the run's cross-check against the whole ensemble on a subset (``evaluate.cross_check``) reports
+every flip they find that the check missed, each a witness that the check is weaker than
+AutoAttack on that model.
 
 The cheaper check (``attack``: the evaluation attack as configured) stays available, with the
 same cross-check.
