@@ -78,6 +78,9 @@ def compare(model: torch.nn.Module, description: str, x: torch.Tensor, y: torch.
               f"the strong one breaks, the strong one {int(np.sum(held & ~cheaper))} the "
               "cheaper one breaks")
         standing = np.flatnonzero(held[:REFERENCE])
+        if len(standing) == 0:
+            print(f"  at {radius:g}: the strong check holds none of the first {REFERENCE}")
+            continue
         started = time.perf_counter()
         reference = evaluate_model(model, x[standing], y[standing],
                                    ThreatModel("linf", radius), [radius],
