@@ -19,7 +19,9 @@ from robustgate.threat import ThreatModel
 class AttackSequence:
     """``attacks`` in order; an input leaves the sequence at the first point that changes the
     model's prediction from ``target``, which is the point returned for it (else ``x`` itself).
-    ``indices`` go to the stages that seed their randomness per input (``PerInputAttack``)."""
+    It takes the inputs' ``indices`` (``PerInputAttack``'s signature) and hands them to the
+    stages that seed their randomness per input; a stage seeded per batch (``pyautoattack``'s)
+    makes an input's answer depend on its batch, as that stage alone would."""
 
     seeded_per_input = True
 
