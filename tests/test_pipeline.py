@@ -127,6 +127,8 @@ def test_an_interrupted_demo_resumes_to_the_uninterrupted_result(tmp_path, monke
     resumed = run_experiment(small_demo(), tmp_path / "resumed", device="cpu", progress=False)
     assert without_time(resumed) == without_time(straight)
     assert models.stat().st_mtime_ns == trained  # not trained again
+    # the run says which check wrote its records (a resume under another one is refused)
+    assert (tmp_path / "resumed" / "records_check.txt").read_text().startswith("PGD(")
 
 
 def test_a_different_config_in_the_same_directory_is_refused(tmp_path):

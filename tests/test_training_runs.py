@@ -353,6 +353,24 @@ def test_an_operating_point_without_validation_data_is_refused_before_training(t
     assert not (tmp_path / "never").exists()
 
 
+def test_records_of_another_records_check_are_refused_not_joined(tmp_path):
+    """The config does not name the check's code: a run resumed by a release whose records'
+    check changed is refused, naming both checks and the remedy, before anything is written."""
+    from robustgate.run_directory import check_records_check
+
+    check_records_check(tmp_path, "PGD(steps=50) then APGD")
+    (tmp_path / "records" / "test").mkdir(parents=True)
+    (tmp_path / "records" / "test" / "core.csv").write_text("index,label\n")
+    check_records_check(tmp_path, "PGD(steps=50) then APGD")  # the same check resumes
+    with pytest.raises(ValueError, match=r"written by the records' check PGD\(steps=50\) then "
+                       r"APGD; this robustgate's is PGD\(steps=20\): remove"):
+        check_records_check(tmp_path, "PGD(steps=20)")
+    (tmp_path / "records_check.txt").unlink()
+    with pytest.raises(ValueError, match="did not record its records' check"):
+        check_records_check(tmp_path, "PGD(steps=20)")
+    assert not (tmp_path / "records_check.txt").exists()
+
+
 def test_a_run_written_by_an_earlier_release_resumes(tmp_path):
     """A stored config or spec without settings added since (their defaults) is the same run;
     a changed value is not."""

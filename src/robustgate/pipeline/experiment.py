@@ -4,7 +4,8 @@ package): train several models on one data set, evaluate them with one check on 
 split too where ``evaluation.splits`` asks), cross-check the records against full AutoAttack,
 compose them, and report; the results are objects (``evaluate.results``).
 
-The run directory holds ``config.json``, ``models/<name>/`` (training runs, resumable),
+The run directory holds ``config.json``, ``records_check.txt`` (the check that writes its
+records: a resume under another is refused), ``models/<name>/`` (training runs, resumable),
 ``records/<split>/<name>.csv`` (per-sample records, resumable), ``autoattack/<name>.csv`` (the
 AutoAttack cross-check, ``evaluate.cross_check``), the smoothed models' and the bounded models'
 certificates (``certificates/test/``), the compositions' files (each written by its selector
@@ -48,7 +49,7 @@ from robustgate.registry import SELECTOR_KINDS
 from robustgate.report.decision_regions import FILE as REGIONS_FILE
 from robustgate.report.decision_regions import RESOLUTION, plot_decision_regions
 from robustgate.report.run_report import write_reports
-from robustgate.run_directory import check_run_directory
+from robustgate.run_directory import check_records_check, check_run_directory
 from robustgate.selector_kinds import CompositionRun
 from robustgate.train.augmentation import make_augmentation
 from robustgate.train.run import train_model, training_attack_of, training_data
@@ -140,6 +141,7 @@ def run_experiment(
         raise ValueError(f"evaluation.attack: {error}") from None
     if process.is_main:
         check_run_directory(out, json.loads(config.model_dump_json()), ExperimentConfig)
+        check_records_check(out, repr(attack))
     barrier(process)
     checkpoints: dict[str, Path] = {}
     for name, spec in config.models.items():
