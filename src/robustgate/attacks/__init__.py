@@ -9,5 +9,5 @@ from robustgate.attacks.robustness import check_robustness
 from robustgate.attacks.sequence import AttackSequence
 
 __all__ = ["ATTACKS", "PGD", "RECORDS_CHECKS", "Attack", "AttackSequence", "AutoAttackAdapter",
-           "build_attack",
-           "check_attack_applies", "check_robustness", "make_attack", "records_check"]
+           "build_attack", "check_attack_applies", "check_robustness", "make_attack",
+           "records_check"]
