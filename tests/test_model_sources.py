@@ -114,7 +114,7 @@ def test_the_cifar10_config_runs_end_to_end_on_generated_data_with_tiny_widths(t
     torch.save(robustbench_wideresnet(10, 1), checkpoint)
     tiny = {"depth": 10, "widen_factor": 1}
     overrides = [f"data.root={tmp_path}", "data.verify=false", "data.validation_size=8",
-                 "evaluation.autoattack_check=0",
+                 "evaluation.autoattack_check=0", "evaluation.records_check=attack",
                  "evaluation.attack.steps=2", "evaluation.limit=8",
                  "models.era.validation.limit=8", "models.era.loss.attack.steps=2"]
     for name in ("standard", "era"):
