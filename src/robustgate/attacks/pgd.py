@@ -48,6 +48,15 @@ class PerInputAttack(Protocol):
     ) -> torch.Tensor: ...
 
 
+def run_attack(attack: Attack, model: nn.Module, x: torch.Tensor, target: torch.Tensor,
+               threat: ThreatModel, indices: torch.Tensor | None = None) -> torch.Tensor:
+    """``attack`` on ``x``, given the inputs' ``indices`` in their data set where it seeds its
+    randomness per input (``PerInputAttack``) and they are known."""
+    if indices is not None and isinstance(attack, PerInputAttack):
+        return attack(model, x, target, threat, indices=indices)
+    return attack(model, x, target, threat)
+
+
 class PGD:
     """PGD that moves the prediction away from ``target``.
 

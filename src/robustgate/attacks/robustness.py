@@ -12,7 +12,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from robustgate.attacks.pgd import Attack, PerInputAttack
+from robustgate.attacks.pgd import Attack, run_attack
 from robustgate.inputs import check_inputs, check_outputs
 from robustgate.models.modes import as_model_dtype, eval_mode, model_device
 from robustgate.threat import ThreatModel
@@ -65,10 +65,8 @@ def check_robustness(
         for start in range(0, len(x), batch_size):
             batch = x[start : start + batch_size].to(device)
             predicted = labels(batch)
-            x_adv = (attack(predictor, batch, predicted, threat,
-                            indices=indices[start : start + batch_size])
-                     if indices is not None and isinstance(attack, PerInputAttack)
-                     else attack(predictor, batch, predicted, threat))
+            x_adv = run_attack(attack, predictor, batch, predicted, threat,
+                               None if indices is None else indices[start : start + batch_size])
             distance = threat.norm_of(x_adv - batch)
             if bool((distance > threat.eps + BALL_TOLERANCE).any()):
                 raise RuntimeError(

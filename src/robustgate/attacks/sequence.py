@@ -10,7 +10,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from robustgate.attacks.pgd import Attack, PerInputAttack
+from robustgate.attacks.pgd import Attack, run_attack
+from robustgate.attacks.registry import check_attack_applies
 from robustgate.inputs import check_outputs
 from robustgate.models.modes import as_model_dtype
 from robustgate.threat import ThreatModel
@@ -37,8 +38,7 @@ class AttackSequence:
         """Refuse, before anything runs, a sequence with a stage that cannot attack a model of
         ``num_classes`` classes."""
         for attack in self.attacks:
-            if hasattr(attack, "check_classes"):
-                attack.check_classes(num_classes)
+            check_attack_applies(attack, num_classes)
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, threat: ThreatModel,
@@ -55,8 +55,7 @@ class AttackSequence:
             if len(standing) == 0:
                 break
             origin, aim = x[standing], target[standing]
-            x_adv = (attack(model, origin, aim, threat, indices=indices[standing.cpu()])
-                     if isinstance(attack, PerInputAttack) else attack(model, origin, aim, threat))
+            x_adv = run_attack(attack, model, origin, aim, threat, indices[standing.cpu()])
             with torch.no_grad():
                 logits = model(x_adv)
             check_outputs(logits, type(model).__name__)

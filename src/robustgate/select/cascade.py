@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from robustgate.attacks import Attack, check_robustness
-from robustgate.attacks.pgd import PerInputAttack
+from robustgate.attacks.pgd import run_attack
 from robustgate.attacks.robustness import BALL_TOLERANCE
 from robustgate.certify import certify_bounds
 from robustgate.models.modes import eval_mode, model_device, predict_logits
@@ -113,12 +113,9 @@ class Cascade:
         if not len(remaining):
             return x
         x_adv = x.clone()
-        if isinstance(self.attack, PerInputAttack):
-            positions = torch.arange(len(x)) if indices is None else indices.cpu()
-            x_adv[remaining] = self.attack(model, x[remaining], target[remaining], threat,
-                                           indices=positions[remaining.cpu()])
-        else:
-            x_adv[remaining] = self.attack(model, x[remaining], target[remaining], threat)
+        positions = torch.arange(len(x)) if indices is None else indices.cpu()
+        x_adv[remaining] = run_attack(self.attack, model, x[remaining], target[remaining], threat,
+                                      positions[remaining.cpu()])
         return x_adv
 
 
