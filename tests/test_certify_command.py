@@ -80,7 +80,7 @@ def test_certify_command_summarizes_resumes_and_says_what_it_certified(
     assert main([*arguments, str(out)]) == 0
     assert json.loads((out / "summary.json").read_text())["metrics"] == summary["metrics"]
     assert main([*arguments[:5], "0.3", *arguments[6:], str(out)]) == 2
-    assert "other settings" in capsys.readouterr().err
+    assert "sigma: 0.2 there, 0.3 now" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("change, message", [

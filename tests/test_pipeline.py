@@ -128,7 +128,8 @@ def test_an_interrupted_demo_resumes_to_the_uninterrupted_result(tmp_path, monke
     assert without_time(resumed) == without_time(straight)
     assert models.stat().st_mtime_ns == trained  # not trained again
     # the run says which check wrote its records (a resume under another one is refused)
-    assert (tmp_path / "resumed" / "records_check.txt").read_text().startswith("PGD(")
+    stamp = json.loads((tmp_path / "resumed" / "records_check.json").read_text())
+    assert stamp["records_check"].startswith("PGD(")
 
 
 def test_a_different_config_in_the_same_directory_is_refused(tmp_path):

@@ -300,7 +300,8 @@ def test_evaluate_command_writes_records_and_resumes(tmp_path, capsys):
     assert not (out / "records.partial.csv").exists()
     assert json.loads((out / "summary.json").read_text()) == summary
     assert main([*arguments, "0.05", "--out", str(out)]) == 2
-    assert "other settings" in capsys.readouterr().err
+    assert "other settings" in (error := capsys.readouterr().err)
+    assert "eps: [0.05, 0.1] there, [0.05] now" in error  # the setting that differs, named
     assert (out / "records.csv").read_text() == whole
     assert main([*arguments, "-1", "--out", str(tmp_path / "bad")]) == 2
     assert "eps" in capsys.readouterr().err
@@ -362,13 +363,13 @@ def test_records_of_another_records_check_are_refused_not_joined(tmp_path):
     (tmp_path / "records" / "test").mkdir(parents=True)
     (tmp_path / "records" / "test" / "core.csv").write_text("index,label\n")
     check_records_check(tmp_path, "PGD(steps=50) then APGD")  # the same check resumes
-    with pytest.raises(ValueError, match=r"written by the records' check PGD\(steps=50\) then "
-                       r"APGD; this robustgate's is PGD\(steps=20\): remove"):
+    with pytest.raises(ValueError, match=r"other settings .*records_check: PGD\(steps=50\) then "
+                       r"APGD there, PGD\(steps=20\) now\); remove .*records"):
         check_records_check(tmp_path, "PGD(steps=20)")
-    (tmp_path / "records_check.txt").unlink()
+    (tmp_path / "records_check.json").unlink()
     with pytest.raises(ValueError, match="did not record its records' check"):
         check_records_check(tmp_path, "PGD(steps=20)")
-    assert not (tmp_path / "records_check.txt").exists()
+    assert not (tmp_path / "records_check.json").exists()
 
 
 def test_a_run_written_by_an_earlier_release_resumes(tmp_path):

@@ -63,20 +63,28 @@ def check_output_directory(path: str | Path, option: str = "--out") -> Path:
     return path
 
 
-def check_settings(path: str | Path, settings: dict[str, Any], what: str) -> None:
+def check_settings(path: str | Path, settings: dict[str, Any], what: str,
+                   remedy: str = "choose another --out or remove it") -> None:
     """Refuse where ``path`` holds other settings than ``settings`` (``what`` names the results
-    kept beside them)."""
+    kept beside them), naming each setting that differs, its stored value and its new one."""
     path = Path(path)
-    if path.exists() and json.loads(path.read_text()) != json.loads(json.dumps(settings)):
-        raise ValueError(f"{path.parent} holds {what} made with other settings ({path}); choose "
-                         "another --out or remove it")
+    if not path.exists():
+        return
+    stored, new = json.loads(path.read_text()), json.loads(json.dumps(settings))
+    if stored != new:
+        differences = "; ".join(
+            f"{key}: {stored.get(key, '(none)')} there, {new.get(key, '(none)')} now"
+            for key in sorted(set(stored) | set(new)) if stored.get(key) != new.get(key))
+        raise ValueError(f"{path.parent} holds {what} made with other settings ({path}: "
+                         f"{differences}); {remedy}")
 
 
-def record_settings(path: str | Path, settings: dict[str, Any], what: str) -> None:
+def record_settings(path: str | Path, settings: dict[str, Any], what: str,
+                    remedy: str = "choose another --out or remove it") -> None:
     """Write ``settings`` to ``path``, or, where ``path`` holds other settings, refuse (``what``
-    names the results kept beside them), so that nothing written with other settings is lost or
-    mixed with new results."""
-    check_settings(path, settings, what)
+    names the results kept beside them, ``remedy`` what to do), so that nothing written with
+    other settings is lost or mixed with new results."""
+    check_settings(path, settings, what, remedy)
     atomic_write_json(path, settings)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from robustgate.config import parse_config
-from robustgate.io import atomic_write, atomic_write_json
+from robustgate.io import atomic_write_json, record_settings
 
 
 def check_run_directory(out: Path, resolved: dict[str, Any], schema: type | None = None,
@@ -46,23 +46,18 @@ def check_records_check(out: Path, description: str) -> None:
     where ``out`` holds records already, insist they came from the same check: the config does
     not name the check's code, and a run resumed by a release whose records' check changed would
     otherwise join records of two checks in one table, silently."""
-    path = out / "records_check.txt"
+    path = out / "records_check.json"
     records = out / "records"
-    if path.exists():
-        stored = path.read_text().strip()
-        if stored != description:
-            raise ValueError(
-                f"the records in {records} were written by the records' check {stored}; this "
-                f"robustgate's is {description}: remove {records} (the records and the adaptive "
-                "attack's, which ran the deployed selectors' check) to recompute them with it, "
-                "or resume with the release that wrote them")
-        return
-    if records.exists() and any(records.iterdir()):
+    if not path.exists() and records.exists() and any(records.iterdir()):
         raise ValueError(
             f"{records} holds records of a release that did not record its records' check; "
             f"this robustgate's is {description}: remove {records} to recompute them with it, "
-            f"or, if they were written by that very check, write it into {path}")
-    atomic_write(path, lambda temporary: temporary.write_text(description + "\n"))
+            f"or, if they were written by that very check, record it in {path} as "
+            '{"records_check": "<that description>"}')
+    record_settings(path, {"records_check": description}, "records",
+                    f"remove {records} (the records and the adaptive attack's, which ran the "
+                    "deployed selectors' check) to recompute them with this release's check, or "
+                    "resume with the release that wrote them")
 
 
 def _same_after(schema: type | None, stored: dict[str, Any], resolved: dict[str, Any]) -> bool:

@@ -4,7 +4,7 @@ package): train several models on one data set, evaluate them with one check on 
 split too where ``evaluation.splits`` asks), cross-check the records against full AutoAttack,
 compose them, and report; the results are objects (``evaluate.results``).
 
-The run directory holds ``config.json``, ``records_check.txt`` (the check that writes its
+The run directory holds ``config.json``, ``records_check.json`` (the check that writes its
 records: a resume under another is refused), ``models/<name>/`` (training runs, resumable),
 ``records/<split>/<name>.csv`` (per-sample records, resumable), ``autoattack/<name>.csv`` (the
 AutoAttack cross-check, ``evaluate.cross_check``), the smoothed models' and the bounded models'
