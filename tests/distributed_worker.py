@@ -1,7 +1,8 @@
 """A robustgate command as one process of a test's torchrun run (or as the only process): a rank
 other than 0 refuses to write any file but its own shard of a per-sample table, and
 ``ROBUSTGATE_TEST_INTERRUPT_AFTER=K`` stops training right after epoch K is saved, as a run
-killed mid-way (``ROBUSTGATE_TEST_SHARD_LOG=FILE``: the shards written there noted in FILE).
+killed mid-way (``ROBUSTGATE_TEST_SHARD_LOG=FILE``: the shards such a rank writes, and the
+training runs it takes part in, noted in FILE).
 
     torchrun --standalone --nproc_per_node 2 tests/distributed_worker.py train CONFIG --out DIR
 """
@@ -19,11 +20,22 @@ import pytest
 from conftest import interrupt_training_after
 
 import robustgate.io
+import robustgate.train.run
 from robustgate.cli import main
 from robustgate.distributed import current
 
 INTERRUPT_AFTER = "ROBUSTGATE_TEST_INTERRUPT_AFTER"
 SHARD_LOG = "ROBUSTGATE_TEST_SHARD_LOG"  # where a rank other than 0 notes each shard it writes
+
+
+def noted_fit(*args: object, description: str = "", **kwargs: object) -> object:
+    """``train.loop.fit`` on a rank other than 0, noted in the shard log."""
+    with open(os.environ[SHARD_LOG], "a") as log:
+        log.write(f"{current().rank} trains {description}\n")
+    return FIT(*args, description=description, **kwargs)
+
+
+FIT = robustgate.train.run.fit
 
 
 def refuse_to_write(*args: object, prefix: str = "", dir: str | Path | None = None,
@@ -45,6 +57,8 @@ if __name__ == "__main__":
     if not current().is_main:  # every file robustgate writes goes through io.atomic_write
         monkeypatch.setattr(robustgate.io, "tempfile",
                             types.SimpleNamespace(mkstemp=refuse_to_write))
+        if SHARD_LOG in os.environ:
+            monkeypatch.setattr(robustgate.train.run, "fit", noted_fit)
     if INTERRUPT_AFTER in os.environ:
         interrupt_training_after(monkeypatch, int(os.environ[INTERRUPT_AFTER]))
     sys.exit(main(sys.argv[1:]))

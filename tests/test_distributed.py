@@ -248,10 +248,10 @@ def test_run_under_torchrun_shares_the_composition_stage_s_per_sample_work(tmp_p
     """Rank 0's composition stage hands its per-sample work to every rank
     (``distributed.Crew``): the AutoAttack cross-check, the records on the validation points
     (an operating point's κ), the adaptive attack on a robustness selector, the cascade's
-    decisions on the test points, a learned gate (a model rank 0 alone trained, sent whole) and
-    soft mixing. Rank 1 computes its shard of each;
-    the files are those of one process, the adaptive attack's candidate counts summed over the
-    ranks."""
+    decisions on the test points, a learned gate (a model rank 0 alone trained, sent whole),
+    soft mixing and a recipe search (its candidate trained by both ranks together). Rank 1
+    computes its shard of each; the files are those of one process, the adaptive attack's
+    candidate counts summed over the ranks, the candidate trained as one process trains it."""
     mlp = {"architecture": "MLP", "arguments": {"in_features": 2, "hidden": [16, 16]}}
     trades = {"name": "trades", "threat": {"norm": "linf", "eps": 0.1},
               "params": {"beta_trades": 6.0}, "attack": {"steps": 3, "relative_step": 0.25}}
@@ -275,6 +275,12 @@ def test_run_under_torchrun_shares_the_composition_stage_s_per_sample_work(tmp_p
             {"branch": "robust", "core": "core", "selector": "mixing"}],
         "calibration": {"gate": {"train": {"epochs": 2, "batch_size": 16, "lr": 0.05}}},
         "adaptive": {"limit": 30, "steps": 5, "restarts": 1, "sanity": 0},
+        "searches": [{"name": "recipe", "core": "core", "max_accuracy_drop": 0.2,
+                      "choose_size": 30, "recipe": {
+                          "model": {**mlp, "init": "@robust"}, "loss": trades,
+                          "train": {"epochs": 2, "batch_size": 20, "lr": 0.01},
+                          "validation": {"limit": 30}},
+                      "grid": {"loss.params.beta_trades": [3.0]}}],
     }
     config = str(write_config(tmp_path / "experiment.yaml", experiment))
     one, two = tmp_path / "one", tmp_path / "two"
@@ -292,7 +298,17 @@ def test_run_under_torchrun_shares_the_composition_stage_s_per_sample_work(tmp_p
               "records/validation/core.csv"] + [
         str(path.relative_to(one)) for directory in ("adaptive", "cascade")
         for path in (one / "records" / directory).glob("*.csv")]
-    assert len(shared) == 9, shared
+    search = one / "searches" / "recipe"
+    shared += [str(path.relative_to(one)) for path in (search / "core").rglob("*.csv")]
+    assert len(shared) == 9 + 2, shared  # the core's records on the choosing and confirming parts
+    # the search's candidate trained by both ranks together, to what one process trains, and
+    # its records computed by both (rank 1 its shard of each)
+    assert "1 trains model" in written
+    candidate = search.relative_to(one) / "candidates" / "0"
+    assert_close_runs(one / candidate / "model", two / candidate / "model")
+    for split in ("choose", "confirm", "test"):
+        assert f"{candidate}/records/.{split}.shard-1-of-2.partial.csv" in written, split
+        assert (two / candidate / "records" / f"{split}.csv").exists()
     for name in shared:
         table = Path(name)
         assert f"{table.parent}/.{table.stem}.shard-1-of-2.partial.csv" in written, name

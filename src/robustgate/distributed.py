@@ -18,7 +18,7 @@ import io
 import os
 import pickle
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -238,17 +238,18 @@ class Crew:
     A task is pickled into a file of ``directory`` (on the file system every rank reads, as the
     runner's shard files are), its number and the ranks' small results pass through the process
     group's key-value store (the one torchrun rendezvoused on), which the ranks poll, so that a
-    rank waiting while rank 0 works alone for hours (training a search's candidates) meets no
-    collective's timeout. The objects of ``shared`` (the run's models, which every rank holds)
-    travel by name and are each rank's own; tensors travel as copies of their own elements
-    (not of the storage a slice views) and land on the receiving rank's ``device``. A task
+    rank waiting while rank 0 works alone for long (composing, the export and sanity checks)
+    meets no collective's timeout. A task may itself be collective (a training run every rank
+    takes part in). The objects of ``shared`` (the run's models and training split, which every
+    rank holds) travel by name and are each rank's own; tensors travel as copies of their own
+    elements (not of the storage a slice views) and land on the receiving rank's ``device``. A task
     that raises on another rank raises on rank 0 too, naming the rank. Every key and file is
     removed once read, so a later crew starts clean. In one process :meth:`share` runs the task
     and nothing travels."""
 
     def __init__(self, process: Process, device: torch.device | str = "cpu",
-                 shared: dict[str, Any] | None = None, directory: str | os.PathLike | None = None,
-                 poll_seconds: float = 0.05) -> None:
+                 shared: Mapping[str, Any] | None = None,
+                 directory: str | os.PathLike | None = None, poll_seconds: float = 0.05) -> None:
         self.process = process
         self.device = torch.device(device)
         self.shared = shared if shared is not None else {}  # filled in later by the owner
@@ -358,7 +359,7 @@ class _SharedPickler(pickle.Pickler):
     """Pickles the objects of ``shared`` as their names and tensors as the bytes of CPU copies
     with their device type."""
 
-    def __init__(self, file: io.BytesIO, shared: dict[str, Any]) -> None:
+    def __init__(self, file: io.BytesIO, shared: Mapping[str, Any]) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.names = {id(value): name for name, value in shared.items()}
 
@@ -377,7 +378,7 @@ class _SharedUnpickler(pickle.Unpickler):
     """Reads what :class:`_SharedPickler` wrote: names as this rank's ``shared`` objects,
     tensors on this rank's ``device`` (those that were on an accelerator)."""
 
-    def __init__(self, file: io.BytesIO, shared: dict[str, Any], device: torch.device) -> None:
+    def __init__(self, file: io.BytesIO, shared: Mapping[str, Any], device: torch.device) -> None:
         super().__init__(file)
         self.shared, self.device = shared, device
 

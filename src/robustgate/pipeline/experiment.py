@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import ChainMap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -157,9 +158,11 @@ def run_experiment(
     records: dict[str, Records] = {}
     train_records: dict[str, Records] = {}
     models = {}
-    # under torchrun rank 0 composes, counts and reports, sharing their per-sample work with
-    # the other ranks, which hold the same models (its tasks' files in .crew/)
-    crew = Crew(process, device, models, out / ".crew")
+    # under torchrun rank 0 composes, counts and reports, sharing their per-sample work (and a
+    # search's trainings) with the other ranks, which hold the same models and training split,
+    # each its own device (its tasks' files in .crew/)
+    crew = Crew(process, device,
+                ChainMap(models, {"training split": train, "device": device}), out / ".crew")
     run = CompositionRun(config, out, models, records, (x_test, y_test), validation, threat,
                          attack, device, progress, crew=crew)
     results: SplitResults = {}
@@ -244,8 +247,7 @@ def run_experiment(
         # the searches of a recipe last: each trains and counts candidates of its own
         searches = {}
         if config.searches:
-            runner = SearchRunner(run, train, num_classes, metadata,
-                                  lambda ref: checkpoints[ref[1:]])
+            runner = SearchRunner(run, train, num_classes, metadata, checkpoints)
             searches = {search.name: runner.run(search) for search in config.searches}
         result = ExperimentResults(
             results, check, settings.attack.name, eps, len(y_test),

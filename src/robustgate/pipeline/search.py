@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from robustgate.config import ExperimentConfig, SearchSettings
+from robustgate.distributed import Process
 from robustgate.evaluate import (
     Records,
     compose_records,
@@ -65,13 +66,15 @@ SPLITS = ("choose", "confirm", "test")
 class SearchRunner:
     """Runs the searches of ``evidence.config`` once its models are trained and evaluated
     (``evidence``: the experiment's, the cores' test records and certificates among it);
-    ``resolve`` finds the experiment's checkpoints (``@name``)."""
+    ``checkpoints`` are the experiment's, by name (a candidate's ``@name``). Under torchrun
+    every rank of the evidence's crew trains each candidate together, as the experiment's
+    models were trained."""
 
     evidence: CompositionRun
     train: Data
     num_classes: int
     metadata: dict[str, Any]
-    resolve: Callable[[str], Path]
+    checkpoints: dict[str, Path]
 
     @property
     def config(self) -> ExperimentConfig:
@@ -111,10 +114,10 @@ class SearchRunner:
                 directory = base / "candidates" / name
                 say(f"[{search.name}] candidate {index} ({len(described) + 1} tried of "
                     f"{len(candidates)}): {overrides}", self.progress)
-                checkpoint = train_model(
+                checkpoint = self.evidence.crew.share(_TrainCandidate(
                     spec, self.train, choose, self.num_classes, directory / "model",
-                    seed=self.config.seed, device=self.evidence.device, progress=self.progress,
-                    metadata=self.metadata, resolve=self.resolve)
+                    self.config.seed, self.evidence.device, self.progress, self.metadata,
+                    self.checkpoints))[0]
                 model, _ = load_checkpoint(checkpoint, self.evidence.device, trust_code=True)
                 summary = json.loads((directory / "model" / "summary.json").read_text())
                 described[index] = SearchCandidate(name, overrides, summary["best_epoch"])
@@ -223,6 +226,31 @@ class SearchRunner:
             accuracy_test="exact McNemar, two-sided, on the inputs only one of them answers "
                           "rightly",
             against=against)
+
+
+@dataclass
+class _TrainCandidate:
+    """A crew's task: a candidate's training run on every rank, each on its own device (the
+    run's device and training split are among the objects the crew's ranks hold by name); the
+    best checkpoint's path."""
+
+    spec: Any
+    train: Data
+    validation: Data
+    num_classes: int
+    out: Path
+    seed: int
+    device: torch.device
+    progress: bool
+    metadata: dict[str, Any]
+    checkpoints: dict[str, Path]
+
+    def __call__(self, process: Process) -> Path:
+        return train_model(
+            self.spec, self.train, self.validation, self.num_classes, self.out, seed=self.seed,
+            device=self.device, progress=self.progress and process.is_main,
+            metadata=self.metadata, resolve=lambda reference: self.checkpoints[reference[1:]],
+            process=process)
 
 
 def paired_robust_comparison(first: Records, second: Records, eps: float) -> PairedComparison:
