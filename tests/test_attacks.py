@@ -126,14 +126,24 @@ def test_invalid_pgd_settings_are_errors(arguments):
 
 
 @pytest.mark.parametrize("name", ["apgd-ce", "autoattack"])
-def test_pyautoattack_matches_the_exact_radius_of_a_binary_linear_classifier(name):
-    model = random_linear(2, dim=5, seed=2)
-    x = interior_points(300, 5, seed=1)
+@pytest.mark.parametrize("low, high", [(0.0, 1.0), (-1.0, 1.0)])
+def test_pyautoattack_matches_the_exact_radius_of_a_binary_linear_classifier(name, low, high):
+    """Also on a domain other than pyautoattack's [0, 1] (the problem stretched onto it): the
+    adapter attacks its rescaled view and answers in the inputs' own space, inside the ball."""
+    unit = random_linear(2, dim=5, seed=2)
+    width = high - low
+    weight, bias = unit.linear.weight.detach(), unit.linear.bias.detach()
+    model = Linear(weight / width, bias - weight.sum(1) * low / width)  # unit((x - low) / width)
+    x = low + width * interior_points(300, 5, seed=1)
     radius = exact_radius(model, x, "linf")
-    eps = min(0.25, float(radius.median()))
-    _, robust = check_robustness(model, x, ThreatModel("linf", eps), make_attack(name, steps=50))
+    eps = min(0.25 * width, float(radius.median()))
+    threat = ThreatModel("linf", eps, low, high)
+    attack = make_attack(name, steps=50)
+    _, robust = check_robustness(model, x, threat, attack)
     assert not robust[radius < 0.8 * eps].any()
     assert robust[radius > 1.2 * eps].all()
+    x_adv = attack(model, x, model(x).argmax(1), threat)
+    assert (x_adv - x).abs().max() <= eps + 1e-6 and x_adv.min() >= low and x_adv.max() <= high
 
 
 def test_targeted_apgd_finds_the_nearest_boundary_of_a_multiclass_linear_classifier():

@@ -83,18 +83,16 @@ class AutoAttackAdapter:
     ) -> torch.Tensor:
         from pyautoattack import AutoAttack
 
-        if (threat.low, threat.high) != (0.0, 1.0):
-            raise ValueError(
-                f"pyautoattack works on the domain [0, 1], the threat model has "
-                f"[{threat.low}, {threat.high}]"
-            )
         x = as_model_dtype(x, model)
         if threat.eps == 0 or len(x) == 0:
             return x.detach().clone()
-        shape = x.shape
-        if x.dim() < 4:  # Square expects images: view other inputs as (n, 1, 1, features)
-            model = _FlatInput(model, shape[1:])
-            x = x.reshape(len(x), 1, 1, -1)
+        original, low, width = x, threat.low, threat.high - threat.low
+        if x.dim() < 4 or (low, width) != (0.0, 1.0):
+            # pyautoattack attacks images in [0, 1]: its view of the inputs, the ball rescaled
+            model = _UnitView(model, x.shape[1:], low, width)
+            x = (x - low) / width
+            if x.dim() < 4:
+                x = x.reshape(len(x), 1, 1, -1)
         with torch.no_grad():
             probe = model(x[:1])
         check_outputs(probe, "the attacked model")
@@ -103,7 +101,7 @@ class AutoAttackAdapter:
         attacks = self.attacks
         if attacks is None and num_classes < 4:
             attacks = TWO_CLASS_ATTACKS if num_classes < 3 else THREE_CLASS_ATTACKS
-        common = {"eps": threat.eps, "norm": NORMS[threat.norm], "seed": self.seed,
+        common = {"eps": threat.eps / width, "norm": NORMS[threat.norm], "seed": self.seed,
                   "device": x.device}
         if attacks is None:
             adversary = AutoAttack(model, version="standard", **common)
@@ -126,16 +124,25 @@ class AutoAttackAdapter:
         x_adv, _ = adversary.run_standard_evaluation(
             x.detach(), target.detach(), batch_size=len(x)
         )
-        return x_adv.reshape(shape)
+        if isinstance(model, _UnitView):  # back to the inputs' own space, inside the ball
+            return threat.project(model.inputs(x_adv), original)
+        return x_adv
 
 
-class _FlatInput(nn.Module):
-    """``model`` applied to image-shaped views of non-image inputs."""
+class _UnitView(nn.Module):
+    """``model`` applied to ``pyautoattack``'s view of its inputs: images in ``[0, 1]``
+    (non-image inputs viewed as ``1×1×features``, a domain ``[low, low + width]`` rescaled)."""
 
-    def __init__(self, model: nn.Module, input_shape: torch.Size) -> None:
+    def __init__(self, model: nn.Module, input_shape: torch.Size, low: float,
+                 width: float) -> None:
         super().__init__()
         self.model = model
         self.input_shape = input_shape
+        self.low, self.width = low, width
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.reshape(len(x), *self.input_shape))
+    def inputs(self, view: torch.Tensor) -> torch.Tensor:
+        """The model's inputs a view stands for."""
+        return (self.low + self.width * view).reshape(len(view), *self.input_shape)
+
+    def forward(self, view: torch.Tensor) -> torch.Tensor:
+        return self.model(self.inputs(view))
