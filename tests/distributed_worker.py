@@ -2,7 +2,7 @@
 other than 0 refuses to write any file but its own shard of a per-sample table, and
 ``ROBUSTGATE_TEST_INTERRUPT_AFTER=K`` stops training right after epoch K is saved, as a run
 killed mid-way (``ROBUSTGATE_TEST_SHARD_LOG=FILE``: the shards such a rank writes, and the
-training runs it takes part in, noted in FILE).
+search candidates it trains, noted in FILE).
 
     torchrun --standalone --nproc_per_node 2 tests/distributed_worker.py train CONFIG --out DIR
 """
@@ -20,22 +20,21 @@ import pytest
 from conftest import interrupt_training_after
 
 import robustgate.io
-import robustgate.train.run
+import robustgate.pipeline.search
 from robustgate.cli import main
 from robustgate.distributed import current
 
 INTERRUPT_AFTER = "ROBUSTGATE_TEST_INTERRUPT_AFTER"
 SHARD_LOG = "ROBUSTGATE_TEST_SHARD_LOG"  # where a rank other than 0 notes each shard it writes
+TRAIN_CANDIDATE = robustgate.pipeline.search.train_model
 
 
-def noted_fit(*args: object, description: str = "", **kwargs: object) -> object:
-    """``train.loop.fit`` on a rank other than 0, noted in the shard log."""
+def noted_training(spec: object, train: object, validation: object, num_classes: int,
+                   out: Path, **options: object) -> Path:
+    """A search candidate's ``train_model`` on a rank other than 0, noted in the shard log."""
     with open(os.environ[SHARD_LOG], "a") as log:
-        log.write(f"{current().rank} trains {description}\n")
-    return FIT(*args, description=description, **kwargs)
-
-
-FIT = robustgate.train.run.fit
+        log.write(f"{current().rank} trains {out}\n")
+    return TRAIN_CANDIDATE(spec, train, validation, num_classes, out, **options)
 
 
 def refuse_to_write(*args: object, prefix: str = "", dir: str | Path | None = None,
@@ -58,7 +57,7 @@ if __name__ == "__main__":
         monkeypatch.setattr(robustgate.io, "tempfile",
                             types.SimpleNamespace(mkstemp=refuse_to_write))
         if SHARD_LOG in os.environ:
-            monkeypatch.setattr(robustgate.train.run, "fit", noted_fit)
+            monkeypatch.setattr(robustgate.pipeline.search, "train_model", noted_training)
     if INTERRUPT_AFTER in os.environ:
         interrupt_training_after(monkeypatch, int(os.environ[INTERRUPT_AFTER]))
     sys.exit(main(sys.argv[1:]))

@@ -146,6 +146,34 @@ def test_pyautoattack_matches_the_exact_radius_of_a_binary_linear_classifier(nam
     assert (x_adv - x).abs().max() <= eps + 1e-6 and x_adv.min() >= low and x_adv.max() <= high
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_autoattack_attacks_a_rescaled_view_of_another_domain(norm, monkeypatch):
+    """pyautoattack attacks images in [0, 1]: on the domain [-1, 3] it is given the inputs' view
+    in [0, 1] and eps / 4 (in either norm), and the answer is in the inputs' own ball."""
+    import pyautoattack
+
+    seen = {}
+
+    class Recording(pyautoattack.AutoAttack):
+        def __init__(self, model, **options):
+            seen.update(options)
+            super().__init__(model, **options)
+
+        def run_standard_evaluation(self, x, y, **options):
+            seen["view"] = x.clone()
+            return super().run_standard_evaluation(x, y, **options)
+
+    monkeypatch.setattr(pyautoattack, "AutoAttack", Recording)
+    model = random_linear(3, dim=5, seed=1)
+    x = -1 + 4 * interior_points(20, 5, seed=0)
+    threat = ThreatModel(norm, 0.4, -1.0, 3.0)
+    x_adv = AutoAttackAdapter(["apgd-ce"], iterations=5)(model, x, model(x).argmax(1), threat)
+    assert seen["eps"] == pytest.approx(0.1)
+    assert torch.allclose(seen["view"].reshape(x.shape), (x + 1) / 4)
+    assert (threat.norm_of(x_adv - x) <= 0.4 + 1e-5).all()
+    assert x_adv.min() >= -1 and x_adv.max() <= 3
+
+
 def test_targeted_apgd_finds_the_nearest_boundary_of_a_multiclass_linear_classifier():
     model = random_linear(4, dim=5, seed=4)
     x = interior_points(500, 5, seed=1)

@@ -303,8 +303,8 @@ def test_run_under_torchrun_shares_the_composition_stage_s_per_sample_work(tmp_p
     assert len(shared) == 9 + 2, shared  # the core's records on the choosing and confirming parts
     # the search's candidate trained by both ranks together, to what one process trains, and
     # its records computed by both (rank 1 its shard of each)
-    assert "1 trains model" in written
     candidate = search.relative_to(one) / "candidates" / "0"
+    assert f"1 trains {two / candidate / 'model'}" in written
     assert_close_runs(one / candidate / "model", two / candidate / "model")
     for split in ("choose", "confirm", "test"):
         assert f"{candidate}/records/.{split}.shard-1-of-2.partial.csv" in written, split
@@ -390,6 +390,16 @@ def untimed(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: untimed(item) for key, item in value.items() if "seconds" not in key}
     return value
+
+
+def test_a_crew_sends_a_device_as_the_receiving_rank_s_own():
+    """A task naming rank 0's device (a search candidate's training) computes on the receiving
+    rank's own device of that type; a device of another type travels as it is."""
+    sender = distributed.Crew(distributed.ALONE, "cuda:0")
+    receiver = distributed.Crew(distributed.ALONE, "cuda:1")
+    task = {"run": torch.device("cuda:0"), "other": torch.device("cpu")}
+    assert receiver._loads(sender._dumps(task)) == {"run": torch.device("cuda:1"),
+                                                    "other": torch.device("cpu")}
 
 
 def test_one_process_is_rank_0_of_1_and_helpers_do_nothing(monkeypatch):

@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -356,9 +357,12 @@ def test_an_operating_point_without_validation_data_is_refused_before_training(t
 
 def test_records_of_another_records_check_are_refused_not_joined(tmp_path):
     """The config does not name the check's code: a run resumed by a release whose records'
-    check changed is refused, naming both checks and the remedy, before anything is written."""
+    check changed is refused, naming both checks and the remedy, before anything is written;
+    the remedy (the records removed) works, and a record of the release before (a text file)
+    is read as it wrote it."""
     from robustgate.run_directory import check_records_check
 
+    stamp = tmp_path / "records_check.json"
     check_records_check(tmp_path, "PGD(steps=50) then APGD")
     (tmp_path / "records" / "test").mkdir(parents=True)
     (tmp_path / "records" / "test" / "core.csv").write_text("index,label\n")
@@ -366,10 +370,30 @@ def test_records_of_another_records_check_are_refused_not_joined(tmp_path):
     with pytest.raises(ValueError, match=r"other settings .*records_check: PGD\(steps=50\) then "
                        r"APGD there, PGD\(steps=20\) now\); remove .*records"):
         check_records_check(tmp_path, "PGD(steps=20)")
-    (tmp_path / "records_check.json").unlink()
+    stamp.unlink()
     with pytest.raises(ValueError, match="did not record its records' check"):
         check_records_check(tmp_path, "PGD(steps=20)")
-    assert not (tmp_path / "records_check.json").exists()
+    assert not stamp.exists()
+    (tmp_path / "records_check.txt").write_text("PGD(steps=50) then APGD\n")  # as it was kept
+    check_records_check(tmp_path, "PGD(steps=50) then APGD")
+    assert json.loads(stamp.read_text()) == {"records_check": "PGD(steps=50) then APGD"}
+    assert not (tmp_path / "records_check.txt").exists()
+    shutil.rmtree(tmp_path / "records")  # the remedy: the records recomputed with the new check
+    check_records_check(tmp_path, "PGD(steps=20)")
+    assert json.loads(stamp.read_text()) == {"records_check": "PGD(steps=20)"}
+
+
+def test_a_refusal_of_other_settings_names_each_setting_that_differs(tmp_path):
+    from robustgate.io import check_settings, record_settings
+
+    path = tmp_path / "settings.json"
+    record_settings(path, {"eps": [0.1], "limit": None}, "records")
+    with pytest.raises(ValueError, match=r"settings.json: eps: \[0.1\] there, \[0.2\] now; "
+                       r"limit: None there, \(not set\) now\); choose another --out"):
+        record_settings(path, {"eps": [0.2]}, "records")
+    path.write_text("[0.1]")  # not settings at all
+    with pytest.raises(ValueError, match=r"settings.json: \[0.1\] there\)"):
+        check_settings(path, {"eps": [0.1]}, "records")
 
 
 def test_a_run_written_by_an_earlier_release_resumes(tmp_path):

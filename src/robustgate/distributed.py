@@ -8,7 +8,8 @@ the helpers here are no-ops in one process, so that the same code runs either wa
 wraps the model in DistributedDataParallel (:func:`parallel`), averages what each rank measured
 (:func:`mean_over_ranks`) and lets rank 0 alone write while the others wait (:func:`barrier`);
 where rank 0 runs a stage by itself (counting, composing, reporting), the others stand by as its
-:class:`Crew` and take their shards of every per-sample computation it hands them.
+:class:`Crew`: they take their shards of every per-sample computation it hands them, and take
+part in every training it hands them (a search's candidates).
 """
 
 from __future__ import annotations
@@ -242,7 +243,8 @@ class Crew:
     meets no collective's timeout. A task may itself be collective (a training run every rank
     takes part in). The objects of ``shared`` (the run's models and training split, which every
     rank holds) travel by name and are each rank's own; tensors travel as copies of their own
-    elements (not of the storage a slice views) and land on the receiving rank's ``device``. A task
+    elements (not of the storage a slice views) and land on the receiving rank's ``device``,
+    and a device of that device's type arrives as the receiving rank's ``device``. A task
     that raises on another rank raises on rank 0 too, naming the rank. Every key and file is
     removed once read, so a later crew starts clean. In one process :meth:`share` runs the task
     and nothing travels."""
@@ -356,8 +358,8 @@ class Crew:
 
 
 class _SharedPickler(pickle.Pickler):
-    """Pickles the objects of ``shared`` as their names and tensors as the bytes of CPU copies
-    with their device type."""
+    """Pickles the objects of ``shared`` as their names, tensors as the bytes of CPU copies
+    with their device type, and devices by name."""
 
     def __init__(self, file: io.BytesIO, shared: Mapping[str, Any]) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
@@ -366,6 +368,8 @@ class _SharedPickler(pickle.Pickler):
     def persistent_id(self, value: Any) -> tuple[str, Any, Any] | None:
         if id(value) in self.names:
             return ("shared", self.names[id(value)], None)
+        if isinstance(value, torch.device):
+            return ("device", str(value), None)
         if isinstance(value, torch.Tensor):
             data = io.BytesIO()
             torch.save(value.detach().cpu().clone(), data)  # its elements, not a view's storage
@@ -376,7 +380,8 @@ class _SharedPickler(pickle.Pickler):
 
 class _SharedUnpickler(pickle.Unpickler):
     """Reads what :class:`_SharedPickler` wrote: names as this rank's ``shared`` objects,
-    tensors on this rank's ``device`` (those that were on an accelerator)."""
+    tensors on this rank's ``device`` (those that were on an accelerator), and a device of this
+    rank's device type as that device."""
 
     def __init__(self, file: io.BytesIO, shared: Mapping[str, Any], device: torch.device) -> None:
         super().__init__(file)
@@ -386,6 +391,9 @@ class _SharedUnpickler(pickle.Unpickler):
         kind, value, details = pid
         if kind == "shared":
             return self.shared[value]
+        if kind == "device":  # a device of this rank's type is this rank's own
+            device = torch.device(value)
+            return self.device if device.type == self.device.type else device
         device_type, requires_grad, parameter = details
         tensor = torch.load(io.BytesIO(value), weights_only=True,
                             map_location="cpu" if device_type == "cpu" else self.device)

@@ -71,12 +71,17 @@ def check_settings(path: str | Path, settings: dict[str, Any], what: str,
     if not path.exists():
         return
     stored, new = json.loads(path.read_text()), json.loads(json.dumps(settings))
-    if stored != new:
+    if stored == new:
+        return
+    if isinstance(stored, dict):
         differences = "; ".join(
-            f"{key}: {stored.get(key, '(none)')} there, {new.get(key, '(none)')} now"
-            for key in sorted(set(stored) | set(new)) if stored.get(key) != new.get(key))
-        raise ValueError(f"{path.parent} holds {what} made with other settings ({path}: "
-                         f"{differences}); {remedy}")
+            f"{key}: {stored.get(key, '(not set)')} there, {new.get(key, '(not set)')} now"
+            for key in sorted(set(stored) | set(new))
+            if (key in stored, stored.get(key)) != (key in new, new.get(key)))
+    else:
+        differences = f"{stored!r} there"
+    raise ValueError(f"{path.parent} holds {what} made with other settings ({path}: "
+                     f"{differences}); {remedy}")
 
 
 def record_settings(path: str | Path, settings: dict[str, Any], what: str,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from robustgate.config import parse_config
-from robustgate.io import atomic_write_json, record_settings
+from robustgate.io import atomic_write_json, check_settings
 
 
 def check_run_directory(out: Path, resolved: dict[str, Any], schema: type | None = None,
@@ -45,19 +45,27 @@ def check_records_check(out: Path, description: str) -> None:
     """Record in ``out`` which check writes its records (``description``, the attack's repr), or,
     where ``out`` holds records already, insist they came from the same check: the config does
     not name the check's code, and a run resumed by a release whose records' check changed would
-    otherwise join records of two checks in one table, silently."""
+    otherwise join records of two checks in one table, silently. Where no record is left (the
+    remedy of a refusal: the records removed), the new check is recorded."""
     path = out / "records_check.json"
     records = out / "records"
-    if not path.exists() and records.exists() and any(records.iterdir()):
+    legacy = out / "records_check.txt"  # where releases before this one recorded it
+    if legacy.exists() and not path.exists():
+        atomic_write_json(path, {"records_check": legacy.read_text().strip()})
+        legacy.unlink()
+    if not (records.is_dir() and any(item.is_file() for item in records.rglob("*"))):
+        atomic_write_json(path, {"records_check": description})
+        return
+    if not path.exists():
         raise ValueError(
             f"{records} holds records of a release that did not record its records' check; "
             f"this robustgate's is {description}: remove {records} to recompute them with it, "
             f"or, if they were written by that very check, record it in {path} as "
             '{"records_check": "<that description>"}')
-    record_settings(path, {"records_check": description}, "records",
-                    f"remove {records} (the records and the adaptive attack's, which ran the "
-                    "deployed selectors' check) to recompute them with this release's check, or "
-                    "resume with the release that wrote them")
+    check_settings(path, {"records_check": description}, "records",
+                   f"remove {records} (the records and the adaptive attack's, which ran the "
+                   "deployed selectors' check) to recompute them with this release's check, or "
+                   "resume with the release that wrote them")
 
 
 def _same_after(schema: type | None, stored: dict[str, Any], resolved: dict[str, Any]) -> bool:

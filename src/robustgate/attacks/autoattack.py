@@ -124,9 +124,9 @@ class AutoAttackAdapter:
         x_adv, _ = adversary.run_standard_evaluation(
             x.detach(), target.detach(), batch_size=len(x)
         )
-        if isinstance(model, _UnitView):  # back to the inputs' own space, inside the ball
-            return threat.project(model.inputs(x_adv), original)
-        return x_adv
+        if isinstance(model, _UnitView):  # back to the inputs' own space
+            x_adv = model.inputs(x_adv)
+        return threat.project(x_adv, original)
 
 
 class _UnitView(nn.Module):

@@ -101,8 +101,8 @@ def run_experiment(
     certificates (``runner``: the same files as one process); rank 0 then cross-checks, composes
     (the adaptive attack included), runs the searches and reports, handing every per-sample
     computation of that stage (the AutoAttack cross-check, records on the validation points and
-    of a search's candidates, the adaptive attack) to all ranks (``distributed.Crew``), and the
-    other ranks return ``None`` once rank 0 is done."""
+    of a search's candidates, the adaptive attack) and every search candidate's training to all
+    ranks (``distributed.Crew``), and the other ranks return ``None`` once rank 0 is done."""
     out = Path(out)
     device = resolve_device(device)
     _check_model_references(config)
@@ -159,10 +159,9 @@ def run_experiment(
     train_records: dict[str, Records] = {}
     models = {}
     # under torchrun rank 0 composes, counts and reports, sharing their per-sample work (and a
-    # search's trainings) with the other ranks, which hold the same models and training split,
-    # each its own device (its tasks' files in .crew/)
-    crew = Crew(process, device,
-                ChainMap(models, {"training split": train, "device": device}), out / ".crew")
+    # search's trainings) with the other ranks, which hold the same models and training split
+    # (its tasks' files in .crew/)
+    crew = Crew(process, device, ChainMap(models, {TRAINING_SPLIT: train}), out / ".crew")
     run = CompositionRun(config, out, models, records, (x_test, y_test), validation, threat,
                          attack, device, progress, crew=crew)
     results: SplitResults = {}
@@ -255,6 +254,11 @@ def run_experiment(
         atomic_write_json(out / "metrics.json", result.to_json())
         write_reports(out)
         return result
+
+
+# the name the training split travels by between the crew's ranks (no model's name: it holds a
+# separator)
+TRAINING_SPLIT = "run/training split"
 
 
 def _attack_radii(compositions: Sequence[CompositionSettings], models: dict[str, TrainSpec],

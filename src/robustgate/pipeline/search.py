@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from robustgate.config import ExperimentConfig, SearchSettings
+from robustgate.config import ExperimentConfig, SearchSettings, TrainSpec
 from robustgate.distributed import Process
 from robustgate.evaluate import (
     Records,
@@ -230,11 +230,11 @@ class SearchRunner:
 
 @dataclass
 class _TrainCandidate:
-    """A crew's task: a candidate's training run on every rank, each on its own device (the
-    run's device and training split are among the objects the crew's ranks hold by name); the
-    best checkpoint's path."""
+    """A crew's task: a candidate's training run on every rank, each on its own device (as a
+    crew sends devices) and its own copy of the run's training split (which travels by name);
+    the best checkpoint's path."""
 
-    spec: Any
+    spec: TrainSpec
     train: Data
     validation: Data
     num_classes: int
