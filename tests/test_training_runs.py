@@ -346,18 +346,6 @@ def test_the_shipped_experiment_configs_load():
     assert composition.label == "era→core [bounds: ibp, operating point: accuracy ≥ core − 0.3 pt]"
 
 
-def test_certificates_on_more_test_points_than_are_evaluated_are_refused():
-    """The certified test points are the first of the evaluated ones: a certify_limit above
-    limit would be cut to it silently, so it is refused, naming both; the default is cut."""
-    evaluation = {"threat": {"eps": 0.1}, "limit": 100}
-    with pytest.raises(ValueError, match="certify_limit 1000 is more than limit 100: .* raise "
-                       "limit or lower certify_limit to at most 100"):
-        parse_config({**EXPERIMENT, "evaluation": {**evaluation, "certify_limit": 1000}},
-                     ExperimentConfig)
-    assert parse_config({**EXPERIMENT, "evaluation": evaluation},
-                        ExperimentConfig).evaluation.certify_limit == 500
-
-
 def test_an_operating_point_without_validation_data_is_refused_before_training(tmp_path):
     config = parse_config({**EXPERIMENT, "data": {**EXPERIMENT["data"], "validation_size": 0},
                            "compositions": [{"branch": "era", "core": "core",

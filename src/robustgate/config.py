@@ -324,8 +324,8 @@ class EvaluationSettings(_Strict):
     # ``autoattack_check`` test points, at every radius they hold (``evaluate.cross_check``)
     autoattack_check: int = Field(100, ge=0)
     # certified models are certified on the first ``certify_limit`` of the evaluated test points
-    # (at most ``limit``: a larger value given is refused), summarized at ``certified_radii``
-    # (in the threat's norm; Linf through the covering L2 radius) and eps
+    # (at most ``limit`` of them), summarized at ``certified_radii`` (in the threat's norm; Linf
+    # through the covering L2 radius) and eps
     certify_limit: int | None = Field(500, ge=1)
     certified_radii: list[float] = Field(default_factory=list)
     # the splits evaluated (the test split always; ``train`` beside it: the models and the
@@ -339,16 +339,6 @@ class EvaluationSettings(_Strict):
     @classmethod
     def _with_test(cls, splits: list[str]) -> list[str]:
         return [split for split in ("train", "test") if split in {*splits, "test"}]
-
-    @model_validator(mode="after")
-    def _certified_among_the_evaluated(self) -> EvaluationSettings:
-        if ("certify_limit" in self.model_fields_set and self.limit is not None
-                and (self.certify_limit is None or self.certify_limit > self.limit)):
-            raise ValueError(
-                f"certify_limit {self.certify_limit} is more than limit {self.limit}: the "
-                "certified test points are the first of the evaluated ones; raise limit or "
-                f"lower certify_limit to at most {self.limit}")
-        return self
 
     @model_validator(mode="after")
     def _exact_for_linf(self) -> EvaluationSettings:
