@@ -63,8 +63,12 @@ def check_output_directory(path: str | Path, option: str = "--out") -> Path:
     return path
 
 
+# what to do where a directory holds results made with other settings (the usual remedy)
+ANOTHER_OUT = "choose another --out or remove it"
+
+
 def check_settings(path: str | Path, settings: dict[str, Any], what: str,
-                   remedy: str = "choose another --out or remove it") -> None:
+                   remedy: str = ANOTHER_OUT) -> None:
     """Refuse where ``path`` holds other settings than ``settings`` (``what`` names the results
     kept beside them), naming each setting that differs, its stored value and its new one."""
     path = Path(path)
@@ -85,7 +89,7 @@ def check_settings(path: str | Path, settings: dict[str, Any], what: str,
 
 
 def record_settings(path: str | Path, settings: dict[str, Any], what: str,
-                    remedy: str = "choose another --out or remove it") -> None:
+                    remedy: str = ANOTHER_OUT) -> None:
     """Write ``settings`` to ``path``, or, where ``path`` holds other settings, refuse (``what``
     names the results kept beside them, ``remedy`` what to do), so that nothing written with
     other settings is lost or mixed with new results."""

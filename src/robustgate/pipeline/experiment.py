@@ -91,6 +91,11 @@ def _check_model_references(config: ExperimentConfig) -> None:
                              f"of the config; models: {sorted(config.models)}")
 
 
+# the name the training split travels by between the crew's ranks (no model's name: it holds a
+# separator)
+TRAINING_SPLIT = "run/training split"
+
+
 def run_experiment(
     config: ExperimentConfig, out: str | Path, device: str | torch.device = "auto",
     progress: bool = True, process: Process = ALONE,
@@ -254,11 +259,6 @@ def run_experiment(
         atomic_write_json(out / "metrics.json", result.to_json())
         write_reports(out)
         return result
-
-
-# the name the training split travels by between the crew's ranks (no model's name: it holds a
-# separator)
-TRAINING_SPLIT = "run/training split"
 
 
 def _attack_radii(compositions: Sequence[CompositionSettings], models: dict[str, TrainSpec],
